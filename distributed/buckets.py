@@ -1,0 +1,70 @@
+"""Gradient buckets: flat buffers that the parameters' gradients are views of, so no copy precedes MPI."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from network.backend import Array, device_of, get_array_module
+from network.parameter import Parameter
+
+DEFAULT_BUCKET_CAP_MB = 4.0
+
+
+def assign_buckets(params: Sequence[Parameter], cap_bytes: int) -> list[list[Parameter]]:
+    """Group `params`, in the given order, into consecutive buckets of about `cap_bytes` each.
+
+    A bucket is closed once it holds `cap_bytes` or more, so a parameter larger than the cap
+    gets a bucket of its own; a change of dtype or device also starts a new bucket (one flat
+    buffer holds one dtype on one device).
+
+    Raises:
+        ValueError: for a cap below one byte.
+    """
+    if cap_bytes < 1:
+        raise ValueError(f"bucket cap must be at least 1 byte, got {cap_bytes}; pass e.g. bucket_cap_mb=4")
+    buckets: list[list[Parameter]] = []
+    filled = 0
+    for p in params:
+        if not buckets or filled >= cap_bytes or not _compatible(buckets[-1][0], p):
+            buckets.append([])
+            filled = 0
+        buckets[-1].append(p)
+        filled += p.size * p.dtype.itemsize
+    return buckets
+
+
+def _compatible(a: Parameter, b: Parameter) -> bool:
+    return a.dtype == b.dtype and device_of(a.data) == device_of(b.data)
+
+
+class GradientBucket:
+    """One flat gradient buffer; each parameter's `grad` is rebound, once, to a view into it.
+
+    The current gradient values are copied into the buffer, so nothing accumulated so far is
+    lost. Backward passes keep adding into `p.grad` in place, which writes the buffer.
+    """
+
+    def __init__(self, params: Sequence[Parameter]):
+        if not params:
+            raise ValueError("a gradient bucket needs at least one parameter")
+        first = params[0].data
+        self.params = list(params)
+        self.buffer: Array = get_array_module(first).zeros(sum(p.size for p in params), dtype=first.dtype)
+        self.views: list[Array] = []
+        offset = 0
+        for p in self.params:
+            view = self.buffer[offset:offset + p.size].reshape(p.shape)
+            view[...] = p.grad
+            p.grad = view
+            self.views.append(view)
+            offset += p.size
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.nbytes)
+
+    def rebound_parameter(self) -> Parameter | None:
+        """The first parameter whose `grad` is no longer this bucket's view (e.g. after `p.to(...)`), if any."""
+        for p, view in zip(self.params, self.views):
+            if p.grad is not view:
+                return p
+        return None

@@ -1,0 +1,252 @@
+"""DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from distributed.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets
+from distributed.communicator import Communicator, MpiComm, as_communicator
+from distributed.consistency import check_same_model
+from distributed.gradient_reducer import GradientReducer, SyncStats
+from distributed.timeline import span
+from network.backend import Array
+from network.layer import REMEMBERED, Layer
+from network.parameter import Parameter
+from network.sequential import Sequential
+
+
+class DataParallel:
+    """Data-parallel training of `module` over the ranks of `comm`.
+
+    Every rank holds a full replica and runs forward and backward on its own shard of the
+    batch. At construction rank 0's parameters and buffers are broadcast, and each gradient
+    is rebound to a view into a flat per-bucket buffer. `backward` walks the layers of a
+    Sequential in reverse; as soon as the last gradient of a bucket is final, that bucket's
+    non-blocking allreduce starts, so communication overlaps the rest of backward. When
+    `backward` returns, every gradient is the mean over ranks: the gradient of the loss on the
+    global batch when each rank's loss is a mean over an equal-sized shard.
+
+    Usage::
+
+        dp = DataParallel(model)            # collective: all ranks construct together
+        out = dp(x_local)
+        loss_fn(out, y_local); dp.backward(loss_fn.backward())
+        optimizer.step()                    # optimizer over dp.parameters()
+
+    Args:
+        module: the model (a Sequential gets overlapped communication; any other Layer has
+            its buckets reduced after its whole backward).
+        comm: an mpi4py communicator or Communicator; None clones MPI.COMM_WORLD.
+        bucket_cap_mb: target size of a gradient bucket in MiB (default 4).
+        compression: None, or "float16" to allreduce float16 copies of the gradient buffers
+            (half the bytes, about 3 significant digits per averaged gradient).
+        broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
+            training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
+
+    Raises:
+        TypeError: when `module` is not a network Layer.
+        ValueError: on every rank, when ranks built models whose parameter or buffer names,
+            shapes or dtypes differ; for a non-positive bucket size or unknown compression.
+    """
+
+    def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
+                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
+                 broadcast_buffers: bool = True):
+        if not isinstance(module, Layer):
+            raise TypeError(f"DataParallel wraps a network Layer (e.g. a Sequential), got {type(module).__name__}")
+        if not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+        self.module = module
+        self.comm = as_communicator(comm)
+        self.broadcast_buffers = bool(broadcast_buffers)
+        try:
+            check_same_model(module, self.comm)
+        except ValueError:
+            if self.comm is not comm:  # every rank raises, so freeing our clone is collective-safe
+                self.comm.free()
+            raise
+        self._broadcast_state()
+        self._final_params = _params_final_after_each_layer(module)
+        ready_order = [p for layer_params in reversed(self._final_params) for p in layer_params]
+        groups = assign_buckets(ready_order, int(bucket_cap_mb * 2**20))
+        self.buckets = [GradientBucket(group) for group in groups]
+        self._reducer = GradientReducer(self.buckets, self.comm, compression)
+        self._sync_gradients = True
+        self._last_cache: Any = REMEMBERED
+
+    # --- forward and backward ------------------------------------------------------------
+    def forward(self, x: Array) -> tuple[Array, Any]:
+        """The module's forward on this rank's shard: (output, cache for `backward`)."""
+        if self.module.training and self.broadcast_buffers:
+            self.sync_buffers()
+        with span("forward"):
+            return self.module.forward(x)
+
+    def __call__(self, x: Array) -> Array:
+        y, self._last_cache = self.forward(x)
+        return y
+
+    def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
+        """Backpropagate `dout` and return once every gradient is averaged over ranks.
+
+        Collective (outside `no_sync()`): every rank must call it for the same number of steps.
+
+        Args:
+            dout: gradient of this rank's loss with respect to this rank's output.
+            cache: from `forward`; defaults to the one remembered by the last `dp(x)`.
+            input_grad: also compute and return the gradient with respect to the input (not averaged).
+
+        Returns:
+            The input gradient when `input_grad`, else None.
+        """
+        cache = self._take_cache(cache)
+        if not self._sync_gradients:
+            with span("backward", synchronised=False):
+                return self._run_backward(dout, cache, input_grad, on_layer_done=None)
+        self._reducer.start()
+        with span("backward"):
+            input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=self._reducer.mark_ready)
+        self._reducer.finish()
+        return input_gradient
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Within this context backward only accumulates local gradients; the first backward after
+        it averages everything accumulated (gradient accumulation with one allreduce)."""
+        previous, self._sync_gradients = self._sync_gradients, False
+        try:
+            yield
+        finally:
+            self._sync_gradients = previous
+
+    @property
+    def last_sync_stats(self) -> SyncStats:
+        """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
+        return self._reducer.last_stats
+
+    def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
+        if not isinstance(self.module, Sequential):
+            dx = self.module.backward(dout, cache)
+            if on_layer_done is not None:
+                on_layer_done([p for params in self._final_params for p in params])
+            return dx if input_grad else None
+        return self._run_sequential_backward(dout, cache, input_grad, on_layer_done)
+
+    def _run_sequential_backward(self, dy: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
+        layers = self.module.layers
+        stop = 0 if input_grad else _first_layer_with_parameters(layers)
+        for index in range(len(layers) - 1, stop - 1, -1):
+            if index == stop and not input_grad:
+                layers[index].backward_weight(dy, cache.caches[index])
+                dy = None
+            else:
+                dy = layers[index].backward(dy, cache.caches[index])
+            if on_layer_done is not None:
+                on_layer_done(self._final_params[index])
+        return dy if input_grad else None
+
+    def _take_cache(self, cache: Any) -> Any:
+        if cache is not REMEMBERED:
+            return cache
+        if self._last_cache is REMEMBERED:
+            raise RuntimeError("DataParallel.backward was called without a cache and no forward is remembered; "
+                               "call dp(x) first, or pass the cache returned by dp.forward(x)")
+        cache, self._last_cache = self._last_cache, REMEMBERED
+        return cache
+
+    # --- state shared by all ranks -----------------------------------------------------------
+    def sync_buffers(self) -> None:
+        """Overwrite every rank's buffers (BatchNorm running statistics) with rank 0's. Collective."""
+        for _, buffer in self.module.named_buffers():
+            self.comm.bcast(buffer, root=0)
+
+    def _broadcast_state(self) -> None:
+        for p in _unique_parameters(self.module):
+            self.comm.bcast(p.data, root=0)
+        self.sync_buffers()
+
+    # --- what a training loop expects of a model -----------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        return self.module.parameters()
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        return self.module.named_parameters(prefix)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        return self.module.named_buffers(prefix)
+
+    def zero_grad(self) -> None:
+        """Reset every gradient to zero (one fill per bucket buffer)."""
+        for bucket in self.buckets:
+            bucket.buffer.fill(0)
+
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
+    def train(self, mode: bool = True) -> "DataParallel":
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> "DataParallel":
+        return self.train(False)
+
+    def state_dict(self) -> dict[str, Array]:
+        """The module's state dict (identical on all ranks after each synchronised step)."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Load `state` into the module; call it on every rank with the same state."""
+        self.module.load_state_dict(state)
+
+    def to(self, device: str | None = None, dtype=None) -> "DataParallel":
+        """Refused: moving would rebind the gradients away from their buckets.
+
+        Raises:
+            RuntimeError: always; move or cast the module before wrapping it.
+        """
+        raise RuntimeError("DataParallel cannot move or cast a wrapped model; call module.to(...) "
+                           "before DataParallel(module)")
+
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
+    @property
+    def size(self) -> int:
+        return self.comm.size
+
+    def __repr__(self) -> str:
+        return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
+                f"compression={self._reducer.compression!r},\n  module={self.module!r})")
+
+
+def _unique_parameters(module: Layer) -> list[Parameter]:
+    seen: dict[int, Parameter] = {}
+    for p in module.parameters():
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _params_final_after_each_layer(module: Layer) -> list[list[Parameter]]:
+    """For each top-level layer, the parameters whose gradient is final once its backward ran.
+
+    Backward visits layers last to first, so a parameter shared by several layers is final
+    after the first of them. A module that is not a Sequential counts as one layer.
+    """
+    layers = module.layers if isinstance(module, Sequential) else [module]
+    first_owner: dict[int, int] = {}
+    for index in range(len(layers) - 1, -1, -1):
+        for p in layers[index].parameters():
+            first_owner[id(p)] = index
+    final: list[list[Parameter]] = [[] for _ in layers]
+    for p in _unique_parameters(module):
+        final[first_owner[id(p)]].append(p)
+    return [list(reversed(params)) for params in final]
+
+
+def _first_layer_with_parameters(layers: list[Layer]) -> int:
+    for index, layer in enumerate(layers):
+        if layer.parameters():
+            return index
+    return len(layers)

@@ -1,0 +1,45 @@
+"""End a rank whose launcher is gone, instead of letting it wait forever for ranks that no longer exist."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from mpi4py import MPI
+
+ORPHAN_EXIT_CODE = 4
+
+_started = False
+
+
+def exit_when_orphaned(check_every_s: float = 1.0) -> None:
+    """Watch, from a daemon thread, for this rank's parent (mpiexec's per-node proxy) to disappear.
+
+    When a job is aborted or its launcher is killed, a rank that misses the launcher's kill
+    would otherwise spin in its next MPI wait forever. Once the parent process is gone, the
+    rank prints why and exits. Only ranks of a job of several ranks are watched; calling
+    this again does nothing.
+    """
+    global _started
+    if _started or MPI.COMM_WORLD.Get_size() == 1:
+        return
+    _started = True
+    watch_parent(MPI.COMM_WORLD.Get_rank(), check_every_s)
+
+
+def watch_parent(rank: int, check_every_s: float = 1.0) -> threading.Thread:
+    """Start the daemon thread that exits this process (status 4) once its parent process is gone."""
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(check_every_s)
+        sys.stderr.write(f"rank {rank}: its launcher (process {launcher}) is gone; exiting instead of waiting "
+                         "for ranks that no longer exist\n")
+        sys.stderr.flush()
+        os._exit(ORPHAN_EXIT_CODE)
+
+    thread = threading.Thread(target=watch, name="mpiprop-orphan-guard", daemon=True)
+    thread.start()
+    return thread

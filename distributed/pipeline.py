@@ -1,0 +1,289 @@
+"""Pipeline: a Sequential cut into stages over MPI ranks, trained with a micro-batch schedule."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy
+
+from distributed.batch_header import describe_batch, plan_batch
+from distributed.communicator import Communicator, MpiComm
+from distributed.consistency import check_same_model
+from distributed.micro_batches import BatchPlan
+from distributed.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
+                                   parameter_counts)
+from distributed.pipeline_stats import StageStats
+from distributed.polite_wait import wait_politely
+from distributed.schedule_simulation import check_schedule, simulate
+from distributed.schedules import SCHEDULES, Step, forward_only, make_schedule
+from distributed.stage import RunResult, StageExecutor
+from distributed.watchdog import waiting_in
+from network.backend import Array, get_array_module, is_array, to_numpy
+from network.checks import positive_int
+from network.losses import Loss
+from network.parameter import Parameter
+from network.sequential import Sequential
+
+BALANCE_RULES = ("parameters", "time")
+
+
+class Pipeline:
+    """Pipeline parallelism: the layers of `model` split across the ranks of `comm`, in rank order.
+
+    Every rank constructs the same `model` (as for data parallelism); each rank then keeps
+    and trains only its stage, a slice sharing the model's layers, after receiving rank 0's
+    values for it. A batch is cut into `micro_batches` micro-batches that flow through
+    the stages: activations go forward and gradients back in non-blocking point-to-point
+    messages, in the order `schedule` prescribes.
+
+    Usage (the same on every rank)::
+
+        pipe = Pipeline(model, micro_batches=8, schedule="1f1b")
+        optimizer = nn.optim.SGD(pipe.parameters(), lr=0.1)
+        optimizer.zero_grad()
+        loss = pipe.train_step(x, y, loss_fn)     # x read on the first stage, y on the last
+        optimizer.step()
+
+    Args:
+        model: the whole model, identical on every rank.
+        micro_batches: micro-batches per batch. A batch whose size it does not divide is cut
+            into micro-batches one row apart in size, weighted so the loss and gradients are
+            still exactly the batch mean's (for losses that average over rows).
+        schedule: "gpipe", "1f1b", "interleaved" (several chunks per rank) or "zb-h1"
+            (zero-bubble: backward split into input- and weight-gradient steps).
+        balance: layers per stage, e.g. [3, 4] (per chunk, in virtual-stage order, for
+            "interleaved"); None or "parameters" balances the parameter count; "time"
+            balances forward+backward time measured on `sample_input` on rank 0.
+        comm: an mpi4py communicator or Communicator whose ranks are the stages; None uses
+            all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
+        virtual_stages: model chunks per rank; default 2 for "interleaved", else 1.
+        sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
+
+    Raises:
+        TypeError: when `model` is not a Sequential.
+        ValueError: on every rank, for an unknown schedule or balance rule, a balance that
+            does not fit the model, fewer layers than stages, micro-batch counts the schedule
+            cannot use, or ranks that built different models.
+    """
+
+    def __init__(self, model: Sequential, micro_batches: int, schedule: str = "1f1b",
+                 balance: Sequence[int] | str | None = None, comm: "MpiComm | Communicator | None" = None, *,
+                 virtual_stages: int | None = None, sample_input: Array | None = None):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"Pipeline splits a network Sequential, got {type(model).__name__}; "
+                            "wrap the layers in nn.Sequential(...)")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown pipeline schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+        self.micro_batches = positive_int(micro_batches, "micro_batches")
+        self.schedule_name = schedule
+        self.virtual_stages = positive_int(virtual_stages or (2 if schedule == "interleaved" else 1),
+                                           "virtual_stages")
+        self.comm = Communicator(comm)
+        self.stage_index, self.num_stages = self.comm.rank, self.comm.size
+        self.schedule = make_schedule(schedule, self.num_stages, self.micro_batches, self.virtual_stages)
+        check_same_model(model, self.comm, owner="Pipeline")
+        self.balance = self._resolve_balance(model, balance, sample_input)
+        all_ranges = layer_ranges(self.balance)
+        self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
+        self.chunks = [model[start:stop] for start, stop in self.chunk_ranges]
+        self._receive_parameters_from_rank_zero(model, all_ranges)
+        check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
+        simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
+        self.steps: list[Step] = self.schedule[self.stage_index]
+        self._executor = StageExecutor(self.chunks, self.comm)
+        self.last_stats: StageStats | None = None
+
+    # --- where this rank stands ---------------------------------------------------------------
+    @property
+    def is_first(self) -> bool:
+        """Whether this rank reads the input (it holds virtual stage 0)."""
+        return self.stage_index == 0
+
+    @property
+    def is_last(self) -> bool:
+        """Whether this rank computes the loss (it holds the last virtual stage)."""
+        return self.stage_index == self.num_stages - 1
+
+    # --- training, evaluation, prediction -------------------------------------------------------
+    def train_step(self, x: Array | None, y: Array | None, loss_fn: Loss) -> float:
+        """Forward and backward of one batch through the pipeline; collective over the stages.
+
+        Gradients are added to each local parameter's `.grad` (zero them first, as before a
+        plain backward); afterwards they equal the whole model's gradients for the batch.
+
+        Args:
+            x: the input batch on the first stage (ignored elsewhere; pass None).
+            y: the targets on the last stage (ignored elsewhere; pass None).
+            loss_fn: a mean-reducing loss such as nn.CrossEntropyLoss().
+
+        Returns:
+            the batch's mean loss, on every rank.
+
+        Raises:
+            ValueError: on every rank, when x or y is missing or their sizes do not fit.
+        """
+        plan = self._agree_on_batch(x, y, needs_targets=True)
+        result = self._executor.run(self.steps, plan, x, y, loss_fn)
+        return self._finish(result)
+
+    def evaluate(self, x: Array | None, y: Array | None, loss_fn: Loss) -> float:
+        """The mean loss of a batch without gradients; collective. Call `eval()` first for eval mode.
+
+        Args and raises as for `train_step`.
+        """
+        plan = self._agree_on_batch(x, y, needs_targets=True)
+        schedule = forward_only(self.num_stages, self.micro_batches, self.virtual_stages)
+        result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn)
+        return self._finish(result)
+
+    def predict(self, x: Array | None) -> Array | None:
+        """The model's output for a batch; collective.
+
+        Args:
+            x: the input batch on the first stage (None elsewhere).
+
+        Returns:
+            the output on the last stage, None on the other ranks.
+        """
+        plan = self._agree_on_batch(x, None, needs_targets=False)
+        schedule = forward_only(self.num_stages, self.micro_batches, self.virtual_stages)
+        result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=True)
+        self._finish(result)
+        if result.outputs is None:
+            return None
+        return get_array_module(result.outputs[0]).concatenate(result.outputs, axis=0)
+
+    def gather_stats(self) -> list[StageStats]:
+        """Every rank's timeline of the last batch (bubble fraction, peak stash), on every rank; collective."""
+        return self.comm.allgather_object(self.last_stats)
+
+    # --- parameters and state ---------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """This rank's parameters under their names in the whole model, e.g. ("4.weight", p)."""
+        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
+            for offset, layer in enumerate(chunk):
+                yield from layer.named_parameters(f"{start + offset}.")
+
+    def parameters(self) -> list[Parameter]:
+        """This rank's parameters (give them to the optimizer)."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Array]]:
+        """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
+        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
+            for offset, layer in enumerate(chunk):
+                yield from layer.named_buffers(f"{start + offset}.")
+
+    def local_state_dict(self) -> dict[str, Array]:
+        """Copies of this rank's parameters and buffers, keyed by whole-model name."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: b.copy() for name, b in self.named_buffers()})
+        return state
+
+    def consolidated_state_dict(self, root: int = 0) -> dict[str, Any] | None:
+        """The whole model's state dict (numpy arrays) on rank `root`, None elsewhere; collective.
+
+        It loads into the plain Sequential with `model.load_state_dict(state)`.
+        """
+        local = {name: to_numpy(array) for name, array in self.local_state_dict().items()}
+        with waiting_in(f"gather of the model's state on rank {root}"):
+            parts = self.comm.mpi_comm.gather(local, root=root)
+        if parts is None:
+            return None
+        merged = {name: array for part in parts for name, array in part.items()}
+        return dict(sorted(merged.items(), key=lambda item: _layer_index(item[0])))
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Load this rank's entries of a whole-model state dict (e.g. a consolidated checkpoint).
+
+        Raises:
+            KeyError: when an entry of a local layer is missing or unexpected.
+        """
+        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
+            for offset, layer in enumerate(chunk):
+                prefix = f"{start + offset}."
+                layer.load_state_dict({name[len(prefix):]: value for name, value in state.items()
+                                       if name.startswith(prefix)})
+
+    def zero_grad(self) -> None:
+        """Reset this rank's gradients to zero."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    @property
+    def training(self) -> bool:
+        return self.chunks[0].training
+
+    def train(self, mode: bool = True) -> "Pipeline":
+        """Set training mode on this rank's layers (call on every rank); returns self."""
+        for chunk in self.chunks:
+            chunk.train(mode)
+        return self
+
+    def eval(self) -> "Pipeline":
+        """Evaluation mode (dropout off, BatchNorm running statistics); returns self."""
+        return self.train(False)
+
+    def __repr__(self) -> str:
+        return (f"Pipeline(stage {self.stage_index} of {self.num_stages}, schedule={self.schedule_name!r}, "
+                f"micro_batches={self.micro_batches}, balance={self.balance}, layers={self.chunk_ranges})")
+
+    # --- construction helpers -----------------------------------------------------------------------
+    def _resolve_balance(self, model: Sequential, balance, sample_input: Array | None) -> list[int]:
+        parts = self.num_stages * self.virtual_stages
+        if balance is None or balance == "parameters":
+            return balance_costs(parameter_counts(model), parts)
+        if balance == "time":
+            return balance_costs(self._layer_times_from_rank_zero(model, sample_input), parts)
+        if isinstance(balance, str):
+            raise ValueError(f"unknown balance rule {balance!r}; use one of {BALANCE_RULES} or a list of layer counts")
+        return check_balance(balance, len(model), parts)
+
+    def _layer_times_from_rank_zero(self, model: Sequential, sample_input: Array | None) -> list[float]:
+        times: Any = None
+        if self.comm.rank == 0:
+            if is_array(sample_input):
+                times = measure_layer_times(model, sample_input)
+            else:
+                times = "balance='time' needs sample_input (one micro-batch of input) on rank 0"
+        times = self.comm.bcast_object(times, root=0)
+        if isinstance(times, str):
+            raise ValueError(times)
+        return times
+
+    def _receive_parameters_from_rank_zero(self, model: Sequential, all_ranges: list[tuple[int, int]]) -> None:
+        """Overwrite each rank's stage with rank 0's values, so the pipeline trains rank 0's model."""
+        for stage, (start, stop) in enumerate(all_ranges):
+            owner = stage % self.num_stages
+            if owner == 0 or self.comm.rank not in (0, owner):
+                continue
+            for index, array in enumerate(_state_arrays(model[start:stop])):
+                if self.comm.rank == 0:
+                    self.comm.send(array, owner, tag=index)
+                else:
+                    self.comm.recv(array, 0, tag=index)
+
+    # --- per-batch agreement and results ---------------------------------------------------------------
+    def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool) -> BatchPlan:
+        """All ranks learn the batch's size and input signature from the first rank, and check the targets."""
+        header = describe_batch(x, y, self.is_first, self.is_last, needs_targets)
+        wait_politely([self.comm.iallreduce(header, "max")])
+        return plan_batch(header, self.micro_batches, needs_targets)
+
+    def _finish(self, result: RunResult) -> float | None:
+        """Share the last stage's loss with every rank; the run's span ends here on all of them."""
+        started = time.perf_counter()
+        loss = numpy.array([result.loss if result.loss is not None else 0.0])
+        wait_politely([self.comm.iallreduce(loss, "sum")])
+        result.stats.total += time.perf_counter() - started
+        self.last_stats = result.stats
+        return float(loss[0])
+
+
+def _state_arrays(layers: Sequential) -> list[Array]:
+    arrays = [p.data for p in layers.parameters()]
+    return arrays + [buffer for _, buffer in layers.named_buffers()]
+
+
+def _layer_index(name: str) -> int:
+    return int(name.split(".", 1)[0])

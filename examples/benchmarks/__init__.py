@@ -1,0 +1,1 @@
+"""Speed benchmarks that compare mpiprop with reference implementations, side by side."""

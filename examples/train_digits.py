@@ -1,0 +1,100 @@
+"""Train an MLP classifier on scikit-learn's handwritten digits; the last line printed is test_accuracy=<float>.
+
+    python examples/train_digits.py                       # defaults: about 0.97 in a few seconds
+    python examples/train_digits.py --epochs 40 --checkpoint digits.npz --metrics-out digits.jsonl
+    python examples/train_digits.py --epochs 60 --checkpoint digits.npz --resume digits.npz
+    mpiexec -n 2 python examples/train_digits.py          # data parallel: same global batch, same accuracy
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import distributed
+import network as nn
+from network.callbacks import EarlyStopping
+from network.data import ArrayDataset, DataLoader
+from network.datasets import load_digits
+from network.preprocessing import Standardizer, train_val_split
+from network.schedules import CosineAnnealingLR, LinearWarmup
+
+TEST_FRACTION = 0.2
+VAL_FRACTION = 0.15
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40, help="total epochs (default 40)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="samples per batch over all ranks; each of N ranks takes 1/N (default 32)")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate of SGD with momentum (default 0.05)")
+    parser.add_argument("--hidden", type=int, default=128, help="width of the two hidden layers (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and shuffling")
+    parser.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
+    parser.add_argument("--checkpoint", help="write a checkpoint to this file after every epoch")
+    parser.add_argument("--checkpoint-every", type=int, help="also write the checkpoint every this many steps")
+    parser.add_argument("--resume", help="resume from this checkpoint (written with --checkpoint)")
+    parser.add_argument("--metrics-out", help="write one JSON line of metrics per epoch to this file")
+    parser.add_argument("--plot", help="save a PNG of the training curves to this file (needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="print only the final line")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="train on the CPU (numpy) or a GPU (cupy), one GPU per local rank (default cpu)")
+    return parser.parse_args(argv)
+
+
+def build_model(hidden: int) -> nn.Sequential:
+    """64 pixels -> hidden -> hidden -> 10 classes, ReLU and dropout between."""
+    return nn.Sequential(
+        nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(hidden, 10),
+    )
+
+
+def load_splits(seed: int) -> dict[str, tuple]:
+    """Train/validation/test arrays, standardised with the training statistics; the test set is fixed."""
+    x, y = load_digits()
+    rest, test = train_val_split(x, y, TEST_FRACTION, seed=0)
+    train, val = train_val_split(*rest, VAL_FRACTION, seed=seed)
+    scaler = Standardizer().fit(train[0])
+    return {name: (scaler.transform(part[0]), part[1]) for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+def main(argv: Sequence[str] | None = None) -> float:
+    """Run the example; returns the test accuracy."""
+    args = parse_args(argv)
+    rank, world_size = distributed.rank(), distributed.size()
+    if args.batch_size % world_size:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
+    shards = {"rank": rank, "world_size": world_size}
+    nn.manual_seed(args.seed)
+    splits = load_splits(args.seed)
+    train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // world_size, shuffle=True,
+                              seed=args.seed, **shards)
+    val_loader = DataLoader(ArrayDataset(*splits["val"]), 256, uneven="keep", **shards)
+    model = build_model(args.hidden)
+    if args.device == "cuda":
+        distributed.bind_gpu()
+        model.to("cuda")
+    if world_size > 1:
+        model = distributed.DataParallel(model)  # rank 0's initial weights on every rank
+        nn.manual_seed(args.seed + rank)  # independent dropout masks per rank
+    optimizer = nn.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    steps = args.epochs * len(train_loader)
+    warmup = min(len(train_loader), steps - 1) or 1
+    schedule = LinearWarmup(CosineAnnealingLR(args.lr, total=max(steps - warmup, 1)), warmup_steps=warmup)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=5.0,
+                         callbacks=[EarlyStopping("val_loss", patience=args.patience)],
+                         checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                         metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet,
+                         average_metrics=distributed.average_metrics if world_size > 1 else None,
+                         comm=model.comm if world_size > 1 else None, **shards)
+    trainer.fit(train_loader, args.epochs, val_loader, resume_from=args.resume)
+    test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 256, uneven="keep", **shards))
+    if rank == 0:
+        print(f"test_accuracy={test['accuracy']:.4f}")
+    return test["accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""`python -m launch ...` is the `mpiprop` command."""
+from launch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Launcher: the installed mpiexec, its flavour and this node's cores, turning RunOptions into a started job."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from launch.mpiexec import RunOptions, build_command, count_hosts, detect_flavour, find_mpiexec, launch_warnings
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS tells it, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class JobFailed(RuntimeError):
+    """An MPI job exited with a non-zero status."""
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """Everything `build_command` needs that comes from this machine rather than from the user."""
+
+    mpiexec: str
+    flavour: str
+    python: str
+    cores: int
+
+    @classmethod
+    def detect(cls) -> Launcher:
+        """Find mpiexec (see `find_mpiexec`), tell its flavour, and count cores.
+
+        Raises:
+            FileNotFoundError: when no mpiexec is installed.
+        """
+        mpiexec = find_mpiexec()
+        return cls(mpiexec=mpiexec, flavour=detect_flavour(mpiexec), python=sys.executable, cores=available_cores())
+
+    def hosts(self, options: RunOptions) -> int:
+        """Hosts named in the options' hostfile (1 without one).
+
+        Raises:
+            FileNotFoundError: when the hostfile does not exist.
+        """
+        if options.hostfile is None:
+            return 1
+        if not os.path.isfile(options.hostfile):
+            raise FileNotFoundError(f"hostfile {options.hostfile!r} does not exist; give a file listing one host "
+                                    "per line (MPICH: `host:slots`, Open MPI: `host slots=N`)")
+        with open(options.hostfile) as handle:
+            return count_hosts(handle.read())
+
+    def command(self, options: RunOptions) -> list[str]:
+        """The exact mpiexec command line for `options` on this machine."""
+        return build_command(options, mpiexec=self.mpiexec, flavour=self.flavour, python=self.python,
+                             cores=self.cores, hosts=self.hosts(options))
+
+    def warnings(self, options: RunOptions) -> list[str]:
+        """Advice about `options` on this machine (oversubscription, shared GPUs)."""
+        return launch_warnings(options, self.cores, self.hosts(options))
+
+    def run(self, options: RunOptions, timeout: float | None = None) -> int:
+        """Run the job with its output on this terminal; returns mpiexec's exit status."""
+        return subprocess.run(self.command(options), timeout=timeout).returncode
+
+    def run_captured(self, options: RunOptions, timeout: float | None = None) -> str:
+        """Run the job and return its standard output.
+
+        Raises:
+            JobFailed: when it exits non-zero (the message holds the end of its output).
+            subprocess.TimeoutExpired: when it runs past `timeout` seconds.
+        """
+        completed = subprocess.run(self.command(options), capture_output=True, text=True, timeout=timeout)
+        if completed.returncode != 0:
+            tail = (completed.stdout + completed.stderr)[-3000:]
+            raise JobFailed(f"`{' '.join(self.command(options))}` exited with status {completed.returncode}:\n{tail}")
+        return completed.stdout

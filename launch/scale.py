@@ -1,0 +1,248 @@
+"""Scaling sweeps: run a workload at each rank count, then tabulate, save (CSV, JSON) and plot the results."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from launch.modeling import measure_links_with, predict_sweep
+from launch.mpiexec import RunOptions
+from launch.perfmodel import Prediction
+from launch.runner import Launcher
+from launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
+
+MODES = ("strong", "weak")
+BUILTIN_WORKLOAD = ["-m", "launch.mlp_benchmark"]
+CSV_COLUMNS = ("ranks", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "speedup", "efficiency",
+               "step_s", "predicted_samples_per_s", "predicted_efficiency", "predicted_step_s")
+
+
+def parse_rank_list(text: str) -> list[int]:
+    """Parse "1,2,4" into [1, 2, 4].
+
+    Raises:
+        ValueError: for an empty list, an entry that is not a positive integer, or a repeated count.
+    """
+    entries = [entry.strip() for entry in str(text).split(",")]
+    if not all(entry.isdigit() and int(entry) > 0 for entry in entries):
+        raise ValueError(f"cannot read rank list {text!r}; write positive integers separated by commas, e.g. 1,2,4")
+    ranks = [int(entry) for entry in entries]
+    if len(set(ranks)) != len(ranks):
+        raise ValueError(f"rank list {text!r} repeats a rank count; give each once")
+    return sorted(ranks)
+
+
+def check_mode(mode: str) -> str:
+    """Return `mode` if it is "strong" or "weak".
+
+    Raises:
+        ValueError: naming the accepted modes.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown scaling mode {mode!r}; use 'strong' (fixed global batch) or 'weak' "
+                         "(fixed batch per rank)")
+    return mode
+
+
+@dataclass
+class ScalePoint:
+    """The repeated runs at one rank count: each run's `MPIPROP_THROUGHPUT` values."""
+
+    ranks: int
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def median(self, key: str) -> float | None:
+        """Median of `key` over the runs, None when some run did not report it."""
+        values = [run[key] for run in self.runs if key in run]
+        return statistics.median(values) if values and len(values) == len(self.runs) else None
+
+    @property
+    def samples_per_s(self) -> float:
+        """Median throughput over the runs."""
+        return self.median("samples_per_s")
+
+
+def scaling_rows(points: Sequence[ScalePoint], predictions: dict[int, Prediction] | None = None) -> list[dict]:
+    """One row per rank count (measured, predicted, or both), with speedup and parallel efficiency.
+
+    Speedup and efficiency are relative to the fewest measured ranks r0 with throughput T0:
+    speedup = T / T0, efficiency = speedup / (r / r0). This is the usual definition for both
+    strong scaling (fixed global batch) and weak scaling (fixed per-rank batch), since both
+    compare samples per second.
+    """
+    predictions = predictions or {}
+    measured = {point.ranks: point for point in points}
+    base = min(points, key=lambda point: point.ranks) if points else None
+    rows = []
+    for ranks in sorted(set(measured) | set(predictions)):
+        row: dict[str, Any] = {column: None for column in CSV_COLUMNS}
+        row["ranks"] = ranks
+        point = measured.get(ranks)
+        if point is not None:
+            throughputs = [run["samples_per_s"] for run in point.runs]
+            speedup = point.samples_per_s / base.samples_per_s
+            row.update(samples_per_s=point.samples_per_s, samples_per_s_min=min(throughputs),
+                       samples_per_s_max=max(throughputs), speedup=speedup,
+                       efficiency=speedup / (ranks / base.ranks), step_s=point.median("step_s"))
+        if ranks in predictions:
+            prediction = predictions[ranks]
+            row.update(predicted_samples_per_s=prediction.samples_per_s, predicted_efficiency=prediction.efficiency,
+                       predicted_step_s=prediction.step_s)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows as a fixed-width table (predicted columns only when some row has them)."""
+    with_predictions = any(row["predicted_samples_per_s"] is not None for row in rows)
+    header = f"{'ranks':>5} {'samples/s':>11} {'speedup':>8} {'efficiency':>10}"
+    if with_predictions:
+        header += f" {'predicted samples/s':>20} {'predicted eff':>13}"
+    lines = [header]
+    for row in rows:
+        line = (f"{row['ranks']:>5} {_number(row['samples_per_s'], 11, 1)} {_number(row['speedup'], 8, 2)} "
+                f"{_number(row['efficiency'], 10, 2)}")
+        if with_predictions:
+            line += f" {_number(row['predicted_samples_per_s'], 20, 1)} {_number(row['predicted_efficiency'], 13, 2)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _number(value: float | None, width: int, decimals: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{decimals}f}"
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+    """Write the rows to `path` with the columns of `CSV_COLUMNS` (empty cells where a value is missing)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+def describe_environment(timeout: float = 120) -> dict[str, Any]:
+    """`mpiprop info --json` run in a separate process (so this one never initialises MPI)."""
+    completed = subprocess.run([sys.executable, "-m", "launch", "info", "--json"], capture_output=True, text=True,
+                               timeout=timeout)
+    if completed.returncode != 0:
+        return {"error": completed.stderr.strip()[-500:]}
+    return json.loads(completed.stdout)
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """One scaling experiment.
+
+    Attributes:
+        ranks: rank counts to measure.
+        mode: "strong" or "weak" (given to the workload as $MPIPROP_SCALE_MODE).
+        out: directory for scaling.csv, scaling.json and scaling.png.
+        program: the workload (script and arguments, or ["-m", module, ...]); the built-in MLP benchmark if empty.
+        repeat: runs per rank count (the median is reported).
+        threads_per_rank: BLAS threads per rank (1 by default, so ranks, not threads, do the scaling).
+        hostfile: hosts for runs across nodes.
+        predict: further rank counts to predict with the performance model (links measured on 2 ranks);
+            predictions are also made for the measured counts.
+        timeout: seconds allowed for each run.
+    """
+
+    ranks: tuple[int, ...]
+    mode: str = "strong"
+    out: str = "scaling"
+    program: tuple[str, ...] = ()
+    repeat: int = 1
+    threads_per_rank: int = 1
+    hostfile: str | None = None
+    predict: tuple[int, ...] = ()
+    timeout: float = 600
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if not self.ranks:
+            raise ValueError("give at least one rank count, e.g. --ranks 1,2,4")
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ValueError(f"--repeat must be a positive integer, got {self.repeat!r}")
+
+    @property
+    def workload(self) -> list[str]:
+        """The program each run executes."""
+        return list(self.program) if self.program else list(BUILTIN_WORKLOAD)
+
+    def run_options(self, ranks: int) -> RunOptions:
+        """How to launch the workload on `ranks` ranks."""
+        return RunOptions(ranks=ranks, program=self.workload, hostfile=self.hostfile,
+                          threads_per_rank=self.threads_per_rank, environment=((SCALE_MODE_VARIABLE, self.mode),))
+
+
+def measure_points(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print) -> list[ScalePoint]:
+    """Run the workload `config.repeat` times at each rank count, interleaving the counts between repeats."""
+    points = {ranks: ScalePoint(ranks) for ranks in config.ranks}
+    for repeat in range(config.repeat):
+        for ranks in config.ranks:
+            output = launcher.run_captured(config.run_options(ranks), timeout=config.timeout)
+            values = parse_throughput_line(output)
+            points[ranks].runs.append(values)
+            log(f"ranks {ranks:>3}  run {repeat + 1}/{config.repeat}  {values['samples_per_s']:.1f} samples/s")
+    return [points[ranks] for ranks in config.ranks]
+
+
+def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure, predict (when asked), and write scaling.csv, scaling.json and scaling.png under `config.out`.
+
+    The plot is skipped, with a warning through `log`, when matplotlib is not installed.
+
+    Returns:
+        The content of scaling.json.
+    """
+    os.makedirs(config.out, exist_ok=True)
+    points = measure_points(config, launcher, log)
+    predictions, links = {}, None
+    if config.predict:
+        links = measure_links_with(launcher, timeout=config.timeout)
+        base = points[0]
+        base_values = {key: base.median(key) for key in base.runs[0] if base.median(key) is not None}
+        predictions = predict_sweep(base.ranks, base_values, links, config.mode,
+                                    sorted(set(config.ranks) | set(config.predict)))
+    rows = scaling_rows(points, predictions)
+    result = {
+        "mode": config.mode, "workload": config.workload, "repeat": config.repeat,
+        "threads_per_rank": config.threads_per_rank, "rows": rows,
+        "runs": {str(point.ranks): point.runs for point in points},
+        "links": {name: asdict(link) for name, link in links.items()} if links else None,
+        "predictions": {str(ranks): _prediction_dict(p) for ranks, p in predictions.items()},
+        "environment": describe_environment(),
+    }
+    write_csv(rows, os.path.join(config.out, "scaling.csv"))
+    with open(os.path.join(config.out, "scaling.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    from launch.plot import plot_scaling
+
+    try:
+        plot_scaling(rows, config.mode, os.path.join(config.out, "scaling.png"), title=_title(config, result))
+    except ImportError as error:
+        log(f"warning: no scaling.png: {error}")
+    return result
+
+
+def _prediction_dict(prediction: Prediction) -> dict[str, Any]:
+    values = asdict(prediction)
+    values["layout"] = asdict(prediction.layout)
+    return values
+
+
+def workload_name(program: Sequence[str]) -> str:
+    """A short name for a workload: "MLP benchmark", a module's name, or a script's file name."""
+    if not program or list(program[:2]) == BUILTIN_WORKLOAD:
+        return "MLP benchmark"
+    return program[1] if program[0] == "-m" and len(program) > 1 else os.path.basename(program[0])
+
+
+def _title(config: ScaleConfig, result: dict[str, Any]) -> str:
+    environment = result["environment"]
+    return (f"{config.mode} scaling, {workload_name(config.program)}: {environment.get('mpi_library', 'MPI')}, "
+            f"{environment.get('cores', '?')} cores, {config.threads_per_rank} thread(s) per rank")

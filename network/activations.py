@@ -1,0 +1,118 @@
+"""Elementwise activations and softmax, each with its exact derivative."""
+from __future__ import annotations
+
+import math
+
+from network.backend import Array, erf, get_array_module
+from network.checks import float_array
+from network.layer import Layer
+
+
+class Activation(Layer):
+    """A parameter-free layer; subclasses define `forward` and `backward_input`."""
+
+    def forward(self, x: Array):
+        float_array(x, f"input of {type(self).__name__}")
+        return self._forward(x)
+
+
+class Sigmoid(Activation):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+
+    def _forward(self, x):
+        xp = get_array_module(x)
+        y = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
+        y = xp.where(x >= 0, 1.0 / (1.0 + y), y / (1.0 + y)).astype(x.dtype, copy=False)
+        return y, y
+
+    def backward_input(self, dy, y):
+        return dy * y * (1.0 - y)
+
+
+class Tanh(Activation):
+    def _forward(self, x):
+        y = get_array_module(x).tanh(x)
+        return y, y
+
+    def backward_input(self, dy, y):
+        return dy * (1.0 - y * y)
+
+
+class ReLU(Activation):
+    def _forward(self, x):
+        y = get_array_module(x).maximum(x, 0)
+        return y, y
+
+    def backward_input(self, dy, y):
+        return dy * (y > 0)
+
+
+class LeakyReLU(Activation):
+    """x for x > 0, negative_slope * x otherwise."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def _forward(self, x):
+        positive = x > 0
+        return get_array_module(x).where(positive, x, x * self.negative_slope), positive
+
+    def backward_input(self, dy, positive):
+        return get_array_module(dy).where(positive, dy, dy * self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(Activation):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def _forward(self, x):
+        xp = get_array_module(x)
+        y = xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
+        return y, (x, y)
+
+    def backward_input(self, dy, cache):
+        x, y = cache
+        return get_array_module(dy).where(x > 0, dy, dy * (y + self.alpha))
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(Activation):
+    """x * Φ(x), Φ the standard normal CDF, in the exact erf form."""
+
+    def _forward(self, x):
+        cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+        return (x * cdf).astype(x.dtype, copy=False), (x, cdf)
+
+    def backward_input(self, dy, cache):
+        x, cdf = cache
+        pdf = get_array_module(x).exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+        return dy * (cdf + x * pdf)
+
+
+class Softmax(Activation):
+    """exp(x_i) / sum_j exp(x_j) along `axis` (the last by default)."""
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def _forward(self, x):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
+        y = e / e.sum(axis=self.axis, keepdims=True)
+        return y, y
+
+    def backward_input(self, dy, y):
+        return y * (dy - (dy * y).sum(axis=self.axis, keepdims=True))
+
+    def extra_repr(self):
+        return f"axis={self.axis}"

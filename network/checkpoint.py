@@ -1,0 +1,206 @@
+"""Checkpoints: model, optimizer and RNG state plus metadata in one .npz file, written atomically, read without pickle.
+
+The file is a numpy .npz archive: every array is an entry named by its place in the
+state ("model/0.weight", "optimizer/state/0/exp_avg", ...) and the entry "__checkpoint__"
+holds JSON describing the whole structure (numbers, strings, lists, dicts, tuples) with
+references to those arrays. Zip CRCs catch corrupted bytes; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy
+
+from network import rng
+from network.backend import is_array, to_numpy
+from network.checks import DAMAGED_NPZ_ERRORS
+
+FORMAT = "mpiprop-checkpoint"
+VERSION = 1
+HEADER_ENTRY = "__checkpoint__"
+_ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the model or optimizer."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, **meta: Any) -> None:
+    """Write model, optimizer and RNG state and `meta` to exactly `path`, atomically.
+
+    The data goes to a temporary file in the same folder, is flushed to disk (fsync) and
+    renamed over `path` (os.replace), so a crash or kill during the write leaves any
+    previous checkpoint at `path` intact.
+
+    Args:
+        path: the file to write (no suffix is added).
+        model: anything with `state_dict()` (a layer, a Sequential, a data-parallel wrapper).
+        optimizer: optional, anything with `state_dict()`.
+        **meta: JSON-like values (numbers, strings, None, lists, tuples, dicts with string keys)
+            and numpy/cupy arrays, returned by `load_checkpoint`.
+
+    Raises:
+        TypeError: for a meta value that cannot be stored, naming where it is.
+    """
+    path = os.fspath(path)
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "rng": rng.get_rng_state(),
+        "meta": meta,
+    }
+    arrays: dict[str, numpy.ndarray] = {}
+    header = json.dumps(_encode(state, "", arrays))
+    arrays[HEADER_ENTRY] = numpy.array(header)
+    _write_atomically(path, arrays)
+
+
+def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) -> dict[str, Any]:
+    """Restore model, optimizer and RNG state from `path`; return the `meta` it was saved with.
+
+    Everything is checked before anything is changed, so a failed load leaves model and
+    optimizer as they were.
+
+    Raises:
+        FileNotFoundError: when `path` does not exist.
+        CheckpointError: when the file is truncated, corrupt or not a checkpoint, or when its
+            model or optimizer state does not match `model` / `optimizer`; the message names
+            the file and the mismatch.
+    """
+    path = os.fspath(path)
+    state = read_checkpoint(path)
+    _check_model(path, state["model"], model)
+    if optimizer is not None:
+        _load_optimizer(path, state["optimizer"], optimizer)
+    model.load_state_dict(state["model"])
+    rng.set_rng_state(state["rng"])
+    return state["meta"]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The whole decoded content of a checkpoint: {"format", "version", "model", "optimizer", "rng", "meta"}.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as `load_checkpoint`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            if HEADER_ENTRY not in archive.files:
+                raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file: it has no {HEADER_ENTRY!r} entry")
+            header = json.loads(str(archive[HEADER_ENTRY]))
+            arrays = {name: archive[name] for name in archive.files if name != HEADER_ENTRY}
+    except CheckpointError:
+        raise
+    except DAMAGED_NPZ_ERRORS as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(error).__name__}: {error})") from error
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file")
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {header.get('version')}; "
+                              f"this code reads version {VERSION}")
+    try:
+        return _decode(header, arrays)
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {path} is corrupt: array {error} is referenced but missing") from error
+
+
+def _check_model(path: str, saved: dict[str, numpy.ndarray], model: Any) -> None:
+    expected = {name: tuple(array.shape) for name, array in model.state_dict().items()}
+    found = {name: tuple(array.shape) for name, array in saved.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = [f"{name!r} is {found[name]} in the file but {expected[name]} in the model"
+                for name in expected if name in found and found[name] != expected[name]]
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"missing from the file: {missing}")
+        if unexpected:
+            problems.append(f"not in the model: {unexpected}")
+        problems.extend(reshaped)
+        raise CheckpointError(f"checkpoint {path} was saved from a different architecture: " + "; ".join(problems))
+
+
+def _load_optimizer(path: str, saved: dict[str, Any] | None, optimizer: Any) -> None:
+    if saved is None:
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state; load it with optimizer=None")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} does not fit the optimizer: {error}") from error
+
+
+def _write_atomically(path: str, arrays: dict[str, numpy.ndarray]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            numpy.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable; not every platform can open a folder, which is fine."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _encode(value: Any, where: str, arrays: dict[str, numpy.ndarray]) -> Any:
+    """JSON-ready form of `value`; arrays are moved to `arrays` under the name `where`."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numpy.generic):
+        arrays[where] = numpy.asarray(value)
+        return {_ARRAY: where, _SCALAR: True}
+    if is_array(value):
+        arrays[where] = to_numpy(value)
+        return {_ARRAY: where}
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or key in (_ARRAY, _TUPLE, _SCALAR):
+                raise TypeError(f"checkpoint cannot store dict key {key!r} at {where or 'the top'}; use string keys")
+        return {key: _encode(item, f"{where}/{key}" if where else key, arrays) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_encode(item, f"{where}/{index}", arrays) for index, item in enumerate(value)]
+        return {_TUPLE: items} if isinstance(value, tuple) else items
+    raise TypeError(f"checkpoint cannot store a {type(value).__name__} at {where or 'the top'}; "
+                    "use numbers, strings, lists, tuples, dicts or arrays")
+
+
+def _decode(value: Any, arrays: dict[str, numpy.ndarray]) -> Any:
+    if isinstance(value, list):
+        return [_decode(item, arrays) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if _ARRAY in value:
+        array = arrays[value[_ARRAY]]
+        return array[()] if value.get(_SCALAR) else array
+    if _TUPLE in value:
+        return tuple(_decode(item, arrays) for item in value[_TUPLE])
+    return {key: _decode(item, arrays) for key, item in value.items()}

@@ -1,0 +1,84 @@
+"""Linear: the fully connected layer y = x @ weight + bias, weight of shape (in, out)."""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from network import init
+from network.backend import Array, module_for_device
+from network.checks import float_array, float_dtype, positive_int, same_array_module
+from network.inplace import add_matmul_
+from network.layer import Layer
+from network.parameter import Parameter
+
+
+class Linear(Layer):
+    """y = x @ weight + bias.
+
+    Args:
+        in_features: width of the input.
+        out_features: width of the output.
+        bias: whether to add a learnt bias.
+        dtype: parameter dtype (float32 by default).
+        device: "cpu" (numpy) or "cuda" (cupy).
+        generator: numpy Generator for the initial values; defaults to the seeded shared one.
+
+    Weights and bias start as U(-1/sqrt(in), 1/sqrt(in)), PyTorch's default; re-initialise
+    with `network.init` (e.g. `init.kaiming_normal_(layer.weight, nonlinearity="relu")`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype=numpy.float32, device: str = "cpu", generator=None):
+        super().__init__()
+        self.in_features = positive_int(in_features, "Linear in_features")
+        self.out_features = positive_int(out_features, "Linear out_features")
+        float_dtype(dtype, "Linear dtype")
+        xp = module_for_device(device)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = init.uniform_(Parameter(xp.empty((in_features, out_features), dtype=dtype)),
+                                    -bound, bound, generator)
+        self.bias = None
+        if bias:
+            self.bias = init.uniform_(Parameter(xp.empty((out_features,), dtype=dtype)), -bound, bound, generator)
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        self._check_input(x)
+        y = x @ self.weight.data
+        if self.bias is not None:
+            y += self.bias.data
+        return y, x
+
+    def backward_input(self, dy: Array, x: Array) -> Array:
+        self._check_output_grad(dy, x)
+        return dy @ self.weight.data.T
+
+    def backward_weight(self, dy: Array, x: Array) -> None:
+        self._check_output_grad(dy, x)
+        add_matmul_(self.weight.grad, x.T, dy)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+
+    def _check_input(self, x: Array) -> None:
+        float_array(x, f"input of {self!r}")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self!r} expects input of shape (batch, {self.in_features}) but got {tuple(x.shape)}; "
+                "check the previous layer's width or add Flatten()"
+            )
+        same_array_module(x, self.weight.data, repr(self))
+        if x.dtype != self.weight.dtype:
+            raise TypeError(
+                f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
+                f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)"
+            )
+
+    def _check_output_grad(self, dy: Array, x: Array) -> None:
+        if tuple(dy.shape) != (x.shape[0], self.out_features):
+            raise ValueError(
+                f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
+                f"{(x.shape[0], self.out_features)}; pass the gradient of the loss with respect to the output"
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

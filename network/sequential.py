@@ -1,0 +1,102 @@
+"""Sequential: layers applied in order, sliceable so a pipeline can cut it into stages."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from network.backend import Array
+from network.layer import REMEMBERED, Layer
+
+
+class SequentialCache:
+    """What a Sequential's backward needs: each layer's cache, and, once `backward_input`
+    has run, the gradient arriving at each layer's output (kept for `backward_weight`)."""
+
+    def __init__(self, caches: list[Any]):
+        self.caches = caches
+        self.output_grads: list[Array] | None = None
+
+
+class Sequential(Layer):
+    """Apply `layers` one after the other.
+
+    `model[i]` is a layer and `model[i:j]` a Sequential sharing the same layer objects
+    (and so the same parameters). Parameter names follow the position in this model:
+    "0.weight", "0.bias", "2.weight", ...
+    """
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential argument {index} is a {type(layer).__name__}, not a network Layer")
+        self.layers = list(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, index: int | slice) -> Layer:
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def children(self) -> Iterator[tuple[str, Layer]]:
+        for index, layer in enumerate(self.layers):
+            yield str(index), layer
+
+    def forward(self, x: Array) -> tuple[Array, SequentialCache]:
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(x)
+            caches.append(cache)
+        return x, SequentialCache(caches)
+
+    def backward(self, dy: Array, cache: SequentialCache = REMEMBERED, *, input_grad: bool = True) -> Array | None:
+        """Backpropagate `dy` through all layers, accumulating parameter gradients.
+
+        Args:
+            dy: gradient of the loss with respect to the model's output.
+            cache: from `forward`; defaults to the one remembered by the last `model(x)`.
+            input_grad: when False, skip the gradient with respect to the model's input
+                (a first pipeline stage or a plain training loop never needs it) and return None.
+        """
+        cache = self._cache_or_last(cache)
+        stop = 0 if input_grad else self._first_layer_with_parameters()
+        if stop == len(self.layers):
+            return None
+        for index in range(len(self.layers) - 1, stop - 1, -1):
+            layer, layer_cache = self.layers[index], cache.caches[index]
+            if index == stop and not input_grad:
+                layer.backward_weight(dy, layer_cache)
+                return None
+            dy = layer.backward(dy, layer_cache)
+        return dy
+
+    def backward_input(self, dy: Array, cache: SequentialCache) -> Array:
+        """Input gradient only; keeps each layer's output gradient in `cache` for `backward_weight`."""
+        output_grads = [None] * len(self.layers)
+        for index in range(len(self.layers) - 1, -1, -1):
+            output_grads[index] = dy
+            dy = self.layers[index].backward_input(dy, cache.caches[index])
+        cache.output_grads = output_grads
+        return dy
+
+    def backward_weight(self, dy: Array, cache: SequentialCache) -> None:
+        """Parameter gradients, from the output gradients kept by `backward_input`."""
+        if cache.output_grads is None:
+            raise RuntimeError("Sequential.backward_weight needs backward_input to run first on the same cache")
+        for layer, layer_cache, output_grad in zip(self.layers, cache.caches, cache.output_grads):
+            layer.backward_weight(output_grad, layer_cache)
+        cache.output_grads = None
+
+    def _first_layer_with_parameters(self) -> int:
+        for index, layer in enumerate(self.layers):
+            if layer.parameters():
+                return index
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        lines = [f"  ({index}): {layer!r}" for index, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"

@@ -1,0 +1,92 @@
+"""Run a script under a real `mpiexec -n N`, with a timeout so a hang fails the test instead of blocking.
+
+Usage in a test module (tests/ is on sys.path under pytest)::
+
+    from mpi_launch import run_mpi
+    result = run_mpi("dp_equivalence.py", 2, "--steps", "3")   # a name in tests/mpi_scripts/ or a path
+    assert "ok" in result.stdout
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEOUT_S = 120
+ONE_THREAD_PER_RANK = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def mpiexec_path() -> str:
+    """The mpiexec next to the running Python (the `mpich` wheel's), else the one on PATH.
+
+    Calls `pytest.skip` when there is none, since multi-rank tests cannot run without it.
+    """
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    if beside_python.exists():
+        return str(beside_python)
+    on_path = shutil.which("mpiexec")
+    if on_path is None:
+        pytest.skip("mpiexec was found neither next to the Python executable nor on PATH; install the mpich wheel")
+    return on_path
+
+
+def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for ranks: one BLAS thread each, unbuffered output, the repository importable."""
+    env = dict(os.environ, **ONE_THREAD_PER_RANK, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra or {})
+    return env
+
+
+def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT_TIMEOUT_S,
+            check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `mpiexec -n ranks python script args...` and return the finished process.
+
+    Args:
+        script: a file name inside tests/mpi_scripts/, or any path.
+        ranks: number of MPI processes (oversubscription is fine).
+        args: command-line arguments for the script.
+        timeout: seconds before the whole process group is killed and the test fails.
+        check: fail the test when the exit status is not 0 (pass False to inspect failures).
+        env: extra environment variables.
+
+    Returns:
+        The CompletedProcess with text `stdout` and `stderr`.
+    """
+    path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
+    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    result = run_bounded(command, timeout, env=mpi_env(env), cwd=REPOSITORY_ROOT)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n"
+                    f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+    return result
+
+
+def run_bounded(command: list[str], timeout: float, *, env: dict[str, str], cwd: str | Path) -> subprocess.CompletedProcess:
+    """Run `command` in its own process group; on timeout stop the whole group (mpiexec and ranks) and fail."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stop(process)
+        pytest.fail(f"{' '.join(command)} did not finish within {timeout} s (a hang?)\n"
+                    f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _stop(process: subprocess.Popen) -> tuple[str, str]:
+    """Ask mpiexec to stop its ranks (hydra forwards SIGTERM to them), then kill what is left."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()

@@ -1,0 +1,182 @@
+"""Faults in real mpiexec jobs: each must end the job promptly, say what happened, and leave the files usable.
+
+Times are measured from a marker the ranks print once training has started, because
+starting Python and MPI alone can take many seconds on a loaded machine.
+"""
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+from mpi_launch import REPOSITORY_ROOT, mpi_env, mpiexec_path, run_mpi
+from network.checkpoint import read_checkpoint
+from packages import require
+
+ENDS_WITHIN_S = 30  # from the fault to the end of the job, with room for a slow, shared machine
+TRAIN_DIGITS = REPOSITORY_ROOT / "examples" / "train_digits.py"
+DIGITS_ARGUMENTS = ["--epochs", "3", "--hidden", "32", "--quiet", "--seed", "0", "--checkpoint-every", "4"]
+
+
+def seconds_since_marker(result, marker, finished):
+    started = [float(value) for value in re.findall(rf"{marker} (\d+\.\d+)", result.stdout)]
+    assert started, result.stdout + result.stderr
+    return finished - max(started)
+
+
+def test_exception_on_one_rank_ends_the_job_with_its_traceback():
+    result = run_mpi("dp_abort.py", 2, check=False, timeout=90)
+    finished = time.time()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "rank 1: RuntimeError: deliberate failure on rank 1 at step 2" in result.stderr, output
+    assert "rank 1: Traceback (most recent call last):" in result.stderr, output
+    assert "finished without the failure" not in output, output
+    assert seconds_since_marker(result, "FAILURE-AT", finished) < ENDS_WITHIN_S
+
+
+def test_stalled_rank_is_reported_by_the_watchdog_which_aborts_the_job():
+    result = run_mpi("stall.py", 2, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
+    finished = time.time()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert re.search(r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of \d+ float32",
+                     result.stderr), output
+    assert "in backward" in result.stderr, output  # the main thread's stack shows where it waits
+    assert "finished without the stall" not in output, output
+    waited = seconds_since_marker(result, "STALL-BEGINS", finished)
+    assert 3 <= waited < 3 + ENDS_WITHIN_S, output
+
+
+def test_a_nan_batch_on_one_rank_is_skipped_by_every_rank_alike():
+    result = run_mpi("nan_batch.py", 2, "skip", timeout=90)
+    reports = re.findall(r"NAN-SKIP rank=(\d) skipped=(\[[0-9, ]+\]) weights_crc32=(\d+)", result.stdout)
+    assert sorted(rank for rank, _, _ in reports) == ["0", "1"], result.stdout
+    assert {skipped for _, skipped, _ in reports} == {"[1, 1]"}, result.stdout  # once in each of 2 epochs
+    assert len({digest for _, _, digest in reports}) == 1, result.stdout  # the same weights on both ranks
+
+
+def test_a_nan_batch_ends_the_job_naming_the_step_rank_and_layer():
+    result = run_mpi("nan_batch.py", 2, "raise", check=False, timeout=90)
+    finished = time.time()
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert re.search(r"NonFiniteError: step 3 \(epoch 1, batch 3\) on rank \d: the model's output or loss holds "
+                     r"NaN or Inf, first in the input batch", result.stderr), result.stderr
+    assert seconds_since_marker(result, "TRAINING-STARTS", finished) < ENDS_WITHIN_S
+
+
+def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
+    """The orphan guard: a process whose parent (for a rank, mpiexec's proxy) dies exits with status 4."""
+    log = tmp_path / "child.log"
+    child = ("from distributed.orphan_guard import watch_parent; import time; "
+             "watch_parent(rank=5, check_every_s=0.1); print('watching', flush=True); time.sleep(120)")
+    launcher = subprocess.Popen(["sh", "-c", f'"$0" -c "{child}" 2>"{log}" & echo $!; wait', sys.executable],
+                                stdout=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        pid = int(launcher.stdout.readline())
+        assert launcher.stdout.readline() == "watching\n", log.read_text()
+        launcher.kill()
+        launcher.wait()
+        gone_by = time.monotonic() + 10
+        while is_running(pid) and time.monotonic() < gone_by:
+            time.sleep(0.1)
+        assert not is_running(pid), "the orphaned process kept running"
+        assert "rank 5: its launcher (process" in log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing left of the group: the expected outcome
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+# --- a rank killed with SIGKILL, then resumed -------------------------------------------------------------
+@pytest.fixture
+def uninterrupted_digits(tmp_path_factory):
+    """Final checkpoint of the digits example trained on 2 ranks without interruption."""
+    require("sklearn")
+    path = tmp_path_factory.mktemp("uninterrupted") / "digits.npz"
+    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path), timeout=180)
+    return read_checkpoint(path)
+
+
+def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted_digits):
+    """Rank 0, the one that writes checkpoints, is killed right after its first checkpoint, maybe mid-write."""
+    path = tmp_path / "digits.npz"
+    job = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    try:
+        wait_for_file(path, job, timeout=120)
+        os.kill(rank_pid(job, 0, marker=str(path)), signal.SIGKILL)
+        killed_at = time.time()
+        _, stderr = job.communicate(timeout=ENDS_WITHIN_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode != 0, stderr
+    assert time.time() - killed_at < ENDS_WITHIN_S
+    interrupted = read_checkpoint(path)  # intact: the write is atomic, a kill mid-write leaves the previous one
+    final_step = uninterrupted_digits["meta"]["trainer"]["step"]
+    assert 0 < interrupted["meta"]["trainer"]["step"] < final_step, "the kill came after the run had finished"
+
+    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path), "--resume", str(path), timeout=180)
+    resumed = read_checkpoint(path)
+    assert resumed["meta"]["trainer"]["step"] == final_step
+    for name, expected in uninterrupted_digits["model"].items():
+        numpy.testing.assert_allclose(resumed["model"][name], expected, rtol=0, atol=1e-6, err_msg=name)
+
+
+def start_mpi_job(script, ranks, *args):
+    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(script), *args]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=mpi_env(),
+                            cwd=REPOSITORY_ROOT, start_new_session=True)
+
+
+def wait_for_file(path, job, timeout):
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert job.poll() is None, f"the job ended (status {job.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no checkpoint at {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def rank_pid(job, rank, marker):
+    """The process id of MPI rank `rank` of `job`: a process whose command line holds `marker`, with PMI_RANK=rank."""
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("finding a rank's process needs Linux's /proc")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in command_line and f"PMI_RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no process of rank {rank} found for job {job.pid}")
+
+
+def rank_pid_when_started(job, rank, marker, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return rank_pid(job, rank, marker)
+        except AssertionError:
+            assert job.poll() is None and time.monotonic() < deadline, f"rank {rank} never started"
+            time.sleep(0.1)
+
+
+def parent_pid(pid):
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def is_running(pid):
+    """True while `pid` exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,63 @@
+"""Real `mpiprop run` jobs on 2 ranks: arguments, threads and GPUs reach every rank; a raising rank ends the job."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from mpi_launch import run_bounded
+
+TIMEOUT_S = 120
+
+REPORT_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    with open(f"report_{rank}.json", "w") as report:  # a file per rank: printed lines of two ranks can interleave
+        json.dump({"rank": rank, "size": MPI.COMM_WORLD.Get_size(), "argv": sys.argv,
+                   "threads": os.environ.get("OMP_NUM_THREADS"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "name": __name__}, report)
+""")
+
+RAISING_SCRIPT = textwrap.dedent("""
+    import time
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.Get_rank() == 1:
+        raise RuntimeError("rank one failed on purpose")
+    MPI.COMM_WORLD.Barrier()  # rank 0 would wait here forever without the abort handler
+    time.sleep(60)
+""")
+
+
+def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """`python -m launch arguments...` in its own process group, killed whole (mpiexec, ranks) on timeout."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    environment.pop("CUDA_VISIBLE_DEVICES", None)
+    command = [sys.executable, "-m", "launch", *arguments]
+    return run_bounded(command, timeout, env=environment, cwd=cwd)
+
+
+def test_run_two_ranks_passes_arguments_threads_and_gpus(tmp_path):
+    (tmp_path / "report.py").write_text(REPORT_SCRIPT)
+    completed = run_mpiprop("run", "-n", "2", "--threads-per-rank", "1", "--gpus-per-node", "2",
+                        "report.py", "--epochs", "3", cwd=str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
+    by_rank = {report["rank"]: report for report in reports}
+    assert sorted(by_rank) == [0, 1]
+    for rank, report in by_rank.items():
+        assert report["size"] == 2
+        assert report["argv"] == ["report.py", "--epochs", "3"]
+        assert report["name"] == "__main__"
+        assert report["threads"] == "1"
+        assert report["gpu"] == str(rank)  # one node: the local rank is the rank
+
+
+def test_exception_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
+    (tmp_path / "raising.py").write_text(RAISING_SCRIPT)
+    completed = run_mpiprop("run", "-n", "2", "--threads-per-rank", "1", "raising.py", cwd=str(tmp_path))
+    assert completed.returncode != 0
+    assert "rank 1" in completed.stderr
+    assert "RuntimeError: rank one failed on purpose" in completed.stderr

@@ -1,0 +1,113 @@
+"""mpiprop scale: rank lists, efficiency arithmetic, the throughput line, and a real sweep on 1 and 2 ranks."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from launch import cli
+from launch.mlp_benchmark import local_batch_size
+from launch.scale import ScalePoint, format_table, parse_rank_list, scaling_rows, write_csv
+from launch.throughput import format_throughput_line, parse_throughput_line
+from test_launch_run import run_mpiprop
+
+SWEEP_TIMEOUT_S = 300
+TINY_BENCHMARK = ["-m", "launch.mlp_benchmark", "--batch", "16", "--features", "8", "--hidden", "16", "--layers", "1",
+                  "--steps", "3", "--warmup", "1"]
+
+
+def point(ranks: int, *throughputs: float) -> ScalePoint:
+    return ScalePoint(ranks, [{"samples_per_s": value, "step_s": 64 / value} for value in throughputs])
+
+
+def test_rank_list_is_sorted_and_validated():
+    assert parse_rank_list("4,1, 2") == [1, 2, 4]
+    for bad in ("", "1,,2", "1,two", "0,1", "-1", "1.5"):
+        with pytest.raises(ValueError, match="cannot read rank list"):
+            parse_rank_list(bad)
+
+
+def test_rows_hold_median_speedup_and_efficiency():
+    rows = scaling_rows([point(1, 100.0, 120.0, 110.0), point(2, 200.0), point(4, 300.0)])
+    assert [row["ranks"] for row in rows] == [1, 2, 4]
+    assert rows[0]["samples_per_s"] == 110.0
+    assert (rows[0]["samples_per_s_min"], rows[0]["samples_per_s_max"]) == (100.0, 120.0)
+    assert rows[1]["speedup"] == pytest.approx(200 / 110) and rows[1]["efficiency"] == pytest.approx(200 / 220)
+    assert rows[2]["efficiency"] == pytest.approx(300 / 440)
+    assert rows[2]["step_s"] == pytest.approx(64 / 300)
+
+
+def test_efficiency_is_relative_to_the_fewest_measured_ranks():
+    rows = scaling_rows([point(2, 100.0), point(8, 300.0)])
+    assert rows[1]["speedup"] == pytest.approx(3.0) and rows[1]["efficiency"] == pytest.approx(0.75)
+
+
+def test_table_and_csv(tmp_path):
+    rows = scaling_rows([point(1, 100.0), point(2, 150.0)])
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["ranks", "samples/s", "speedup", "efficiency"]
+    assert table[2].split() == ["2", "150.0", "1.50", "0.75"]
+    write_csv(rows, tmp_path / "scaling.csv")
+    with open(tmp_path / "scaling.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert float(written[1]["efficiency"]) == pytest.approx(0.75) and written[1]["predicted_samples_per_s"] == ""
+
+
+def test_throughput_line_round_trip_and_errors():
+    line = format_throughput_line(1234.5, step_s=0.01, global_batch=64)
+    assert parse_throughput_line(f"noise\n{line}\nmore noise") == {"samples_per_s": 1234.5, "step_s": 0.01,
+                                                                    "global_batch": 64.0}
+    with pytest.raises(ValueError, match="printed no"):
+        parse_throughput_line("loss 0.3\n")
+    with pytest.raises(ValueError, match="no samples_per_s"):
+        parse_throughput_line("MPIPROP_THROUGHPUT step_s=0.1")
+    with pytest.raises(ValueError, match="not key=<number>"):
+        parse_throughput_line("MPIPROP_THROUGHPUT samples_per_s=fast")
+
+
+def test_benchmark_batch_per_rank():
+    assert local_batch_size("strong", 64, 4) == 16
+    assert local_batch_size("weak", 64, 4) == 64
+    with pytest.raises(ValueError, match="does not divide"):
+        local_batch_size("strong", 10, 4)
+
+
+def test_real_sweep_writes_csv_json_and_a_plot(tmp_path, capsys):
+    image = pytest.importorskip("matplotlib.image")
+    out = tmp_path / "sweep"
+    completed = run_mpiprop("scale", "--ranks", "1,2", "--out", str(out), "--predict", "4", "--", *TINY_BENCHMARK,
+                            cwd=str(tmp_path), timeout=SWEEP_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stderr
+
+    with open(out / "scaling.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["ranks"] for row in rows] == ["1", "2", "4"]
+    assert all(float(row["samples_per_s"]) > 0 for row in rows[:2]) and rows[2]["samples_per_s"] == ""
+    assert all(float(row["predicted_samples_per_s"]) > 0 for row in rows)
+    assert float(rows[0]["efficiency"]) == pytest.approx(1.0)
+
+    result = json.loads((out / "scaling.json").read_text())
+    assert result["mode"] == "strong"
+    for key in ("mpi_library", "mpi4py", "numpy", "blas", "cores", "date"):
+        assert result["environment"][key], key
+    for ranks in ("1", "2"):
+        run = result["runs"][ranks][0]
+        assert run["ranks"] == int(ranks) and run["global_batch"] == 16  # strong scaling: fixed global batch
+        assert run["samples_per_s"] == pytest.approx(16 / run["step_s"], rel=1e-6)
+
+    pixels = image.imread(out / "scaling.png")
+    assert pixels.shape[:2] == (400, 1000)
+    assert pixels[..., :3].std() > 0.05
+    measured_blue = (abs(pixels[..., 0] - 0.12) < 0.05) & (abs(pixels[..., 1] - 0.47) < 0.05) & \
+                    (abs(pixels[..., 2] - 0.71) < 0.05)
+    assert measured_blue.sum() > 50  # the measured curves are drawn
+
+    assert "samples/s" in completed.stdout and "predicted" in completed.stdout
+
+    assert cli.main(["model", "--from", str(out / "scaling.json"), "--layouts", "2,8,2x2"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    two_ranks = report[3].split()
+    assert two_ranks[:4] == ["2", "2", "1", "1"]
+    assert float(two_ranks[-1]) == pytest.approx(float(rows[1]["samples_per_s"]), abs=0.06)
+    assert report[4].split()[-1] == "-" and report[5].split()[:3] == ["4", "2", "2"]

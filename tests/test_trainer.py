@@ -1,0 +1,314 @@
+"""Trainer: equal to a hand-written loop, exact metrics, schedules, early stopping, resume, files, wrappers."""
+import json
+import os
+
+import numpy
+import pytest
+
+import network as nn
+from network.callbacks import Callback, EarlyStopping
+from network.data import ArrayDataset, DataLoader
+from network.progress import progress_wanted
+from network.schedules import CosineAnnealingLR, LinearWarmup
+from network.synthetic import synthetic_classification
+
+
+def blobs(samples=96, seed=0):
+    return synthetic_classification(samples, 5, 3, seed=seed, separation=1.5)
+
+
+def make_model(seed, dropout=0.0):
+    nn.manual_seed(seed)
+    layers = [nn.Linear(5, 12), nn.Tanh()] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(12, 3)]
+    return nn.Sequential(*layers)
+
+
+def weights(model):
+    return {name: p.data.copy() for name, p in model.named_parameters()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert numpy.array_equal(a[name], b[name]), name
+
+
+def without_time(history):
+    return [{key: value for key, value in record.items() if key != "time"} for record in history]
+
+
+class StopAfterStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, trainer, step, loss):
+        if step == self.step:
+            trainer.stop_training = True
+
+
+class RecordLearningRates(Callback):
+    def __init__(self):
+        self.rates = []
+
+    def on_batch_end(self, trainer, step, loss):
+        self.rates.append(trainer.optimizer.lr)
+
+
+def test_fit_equals_a_hand_written_loop():
+    x, y = blobs()
+    schedule = CosineAnnealingLR(0.2, total=12)
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.2, momentum=0.9),
+                         lr_schedule=schedule, clip_grad_norm=0.5, quiet=True)
+    trainer.fit(DataLoader(ArrayDataset(x, y), 32), epochs=4)
+
+    reference = make_model(0)
+    optimizer = nn.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9)
+    loss_fn, step = nn.CrossEntropyLoss(), 0
+    for _ in range(4):
+        for start in range(0, 96, 32):
+            optimizer.zero_grad()
+            loss_fn(reference(x[start:start + 32]), y[start:start + 32])
+            reference.backward(loss_fn.backward())
+            nn.clip_grad_norm_(reference.parameters(), 0.5)
+            optimizer.lr = schedule(step)
+            optimizer.step()
+            step += 1
+    assert_same_weights(weights(model), weights(reference))
+
+
+def test_learning_rate_follows_the_schedule_per_step_and_per_epoch():
+    x, y = blobs()
+    loader = DataLoader(ArrayDataset(x, y), 16)
+    schedule = LinearWarmup(CosineAnnealingLR(0.1, total=10), warmup_steps=4)
+    for per, expected in (("step", [schedule(t) for t in range(18)]),
+                          ("epoch", [schedule(t) for t in range(3) for _ in range(6)])):
+        model = make_model(0)
+        recorder = RecordLearningRates()
+        trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=1.0),
+                             lr_schedule=schedule, schedule_per=per, callbacks=[recorder], quiet=True)
+        trainer.fit(loader, epochs=3)
+        assert recorder.rates == expected
+
+
+def test_metrics_are_exact_means_over_samples_whatever_the_batching():
+    x, y = blobs(100)
+    model = make_model(3)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True)
+    whole, _ = model.forward(x)
+    expected_loss = float(nn.CrossEntropyLoss()(whole, y))
+    expected_accuracy = float((whole.argmax(axis=1) == y).mean())
+    for batch_size in (7, 100):
+        result = trainer.evaluate(DataLoader(ArrayDataset(x, y), batch_size))
+        assert result["loss"] == pytest.approx(expected_loss, rel=1e-6)
+        assert result["accuracy"] == expected_accuracy
+
+
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+def test_metrics_of_uneven_shards_combine_exactly(combine):
+    x, y = blobs(100)
+    model = make_model(3)
+    world_size, per_rank = 3, []
+    for rank in range(world_size):
+        trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True,
+                             rank=rank, world_size=world_size, average_metrics=lambda sums: per_rank.append(sums) or sums)
+        trainer.evaluate(DataLoader(ArrayDataset(x, y), 8, rank=rank, world_size=world_size, uneven="keep"))
+    reduce = numpy.sum if combine == "sum" else numpy.mean
+    combined = {key: float(reduce([sums[key] for sums in per_rank])) for key in per_rank[0]}
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True,
+                         average_metrics=lambda sums: combined)
+    sharded = trainer.evaluate(DataLoader(ArrayDataset(x[:1], y[:1]), 1))
+    single = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True)
+    expected = single.evaluate(DataLoader(ArrayDataset(x, y), 100))
+    assert [s["count"] for s in per_rank] == [34, 33, 33]
+    assert sharded["loss"] == pytest.approx(expected["loss"], rel=1e-6)  # batch means are float32
+    assert sharded["accuracy"] == pytest.approx(expected["accuracy"], rel=1e-12)  # counts: exact up to division
+
+
+class StubTrainer:
+    def __init__(self):
+        self.stop_training = False
+        self.history = []
+        self.model = make_model(0)
+
+
+def test_early_stopping_counts_patience_and_restores_the_best_weights():
+    trainer = StubTrainer()
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    stopper.on_fit_start(trainer)
+    for epoch, value in enumerate([1.0, 0.8, 0.795, 0.7, 0.71, 0.705]):
+        trainer.model[0].weight.data.fill(epoch)
+        stopper.on_epoch_end(trainer, epoch, {"val_loss": value})
+        assert trainer.stop_training == (epoch == 5)
+    assert (stopper.best, stopper.best_epoch, stopper.stopped_epoch) == (0.7, 3, 5)
+    stopper.on_fit_end(trainer)
+    assert numpy.all(trainer.model[0].weight.data == 3)
+
+
+def test_early_stopping_in_max_mode():
+    trainer = StubTrainer()
+    stopper = EarlyStopping("val_accuracy", patience=1, mode="max", min_delta=0.05, restore_best_weights=False)
+    for epoch, value in enumerate([0.5, 0.6, 0.62]):
+        stopper.on_epoch_end(trainer, epoch, {"val_accuracy": value})
+    assert trainer.stop_training and (stopper.best, stopper.best_epoch) == (0.6, 1)
+
+
+def test_early_stopping_names_a_missing_metric():
+    with pytest.raises(KeyError, match="val_loader"):
+        EarlyStopping().on_epoch_end(StubTrainer(), 0, {"loss": 1.0})
+
+
+def test_fit_stops_early_and_ends_with_the_best_validation_loss():
+    x, y = blobs(60, seed=1)
+    x_val, y_val = blobs(60, seed=2)
+    model = make_model(0)
+    stopper = EarlyStopping(patience=2)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+                         callbacks=[stopper], quiet=True)
+    history = trainer.fit(DataLoader(ArrayDataset(x, y), 10, shuffle=True), 40, DataLoader(ArrayDataset(x_val, y_val), 60))
+    assert len(history) < 40 and stopper.stopped_epoch == len(history) - 1
+    val_losses = [record["val_loss"] for record in history]
+    assert history[stopper.best_epoch]["val_loss"] == min(val_losses)
+    assert trainer.evaluate(DataLoader(ArrayDataset(x_val, y_val), 60))["loss"] == min(val_losses)
+
+
+def build_run(tmp_path, seed=0, callbacks=(), checkpoint=True):
+    x, y = blobs(90)
+    x_val, y_val = blobs(40, seed=5)
+    model = make_model(seed, dropout=0.2)
+    optimizer = nn.optim.Adam(model.parameters(), lr=0.02)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), optimizer, lr_schedule=LinearWarmup(CosineAnnealingLR(0.02, 20), 4),
+                         clip_grad_norm=1.0, callbacks=[EarlyStopping(patience=10), *callbacks],
+                         checkpoint_path=tmp_path / "run.ckpt" if checkpoint else None,
+                         metrics_path=tmp_path / "metrics.jsonl", quiet=True)
+    loaders = (DataLoader(ArrayDataset(x, y), 16, shuffle=True, seed=3), DataLoader(ArrayDataset(x_val, y_val), 16))
+    return trainer, loaders
+
+
+@pytest.mark.parametrize("stop_step", [12, 15])
+def test_stopped_and_resumed_training_is_bit_identical(tmp_path, stop_step):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    trainer, (train_loader, val_loader) = build_run(tmp_path / "a", checkpoint=False)
+    expected_history = without_time(trainer.fit(train_loader, 4, val_loader))
+    expected = weights(trainer.model)
+
+    trainer, (train_loader, val_loader) = build_run(tmp_path / "b", callbacks=[StopAfterStep(stop_step)])
+    trainer.fit(train_loader, 4, val_loader)
+    assert trainer.step == stop_step
+    trainer, (train_loader, val_loader) = build_run(tmp_path / "b", seed=99, callbacks=[StopAfterStep(-1)])
+    history = trainer.fit(train_loader, 4, val_loader, resume_from=tmp_path / "b" / "run.ckpt")
+    assert without_time(history) == expected_history
+    assert_same_weights(weights(trainer.model), expected)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [without_time([json.loads(line)])[0] for line in lines] == expected_history
+
+
+def test_resume_needs_the_same_callbacks(tmp_path):
+    trainer, (train_loader, val_loader) = build_run(tmp_path)
+    trainer.fit(train_loader, 1, val_loader)
+    trainer.callbacks = []
+    with pytest.raises(nn.CheckpointError, match=r"callbacks \['EarlyStopping'\] but this trainer has \[\]"):
+        trainer.fit(train_loader, 2, val_loader, resume_from=tmp_path / "run.ckpt")
+
+
+def test_metrics_lines_and_plot_on_rank_zero(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    x, y = blobs()
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1),
+                         metrics_path=tmp_path / "m.jsonl", plot_path=tmp_path / "curves.png", progress=False)
+    trainer.fit(DataLoader(ArrayDataset(x, y), 32), 2, DataLoader(ArrayDataset(x, y), 32))
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    written = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert printed == written and [r["epoch"] for r in written] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "step", "time"} <= set(written[0])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_ranks_print_and_write_nothing(tmp_path, capsys):
+    x, y = blobs()
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), rank=1, world_size=2,
+                         checkpoint_path=tmp_path / "c", metrics_path=tmp_path / "m", plot_path=tmp_path / "p.png")
+    trainer.fit(DataLoader(ArrayDataset(x, y), 16, rank=1, world_size=2), 2)
+    assert capsys.readouterr().out == "" and os.listdir(tmp_path) == []
+
+
+class Terminal:
+    def __init__(self, is_terminal):
+        self.is_terminal = is_terminal
+
+    def isatty(self):
+        return self.is_terminal
+
+
+def test_progress_bar_only_where_someone_watches(monkeypatch):
+    assert not progress_wanted(True, rank=1, quiet=False)
+    assert not progress_wanted(True, rank=0, quiet=True)
+    assert progress_wanted(True, rank=0, quiet=False)
+    monkeypatch.setattr("sys.stderr", Terminal(False))
+    assert not progress_wanted(None, rank=0, quiet=False)
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr("sys.stderr", Terminal(True))
+    assert progress_wanted(None, rank=0, quiet=False)
+    assert not progress_wanted(None, rank=0, quiet=True)
+
+
+class Wrapper:
+    """The interface of a data-parallel wrapper: no input_grad keyword, the model under `module`."""
+
+    def __init__(self, module):
+        self.module = module
+        self.backward_calls = 0
+
+    def __call__(self, x):
+        return self.module(x)
+
+    def backward(self, dout):
+        self.backward_calls += 1
+        self.module.backward(dout)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def train(self, mode=True):
+        self.module.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state)
+
+
+def test_a_wrapped_model_trains_like_the_model_itself(tmp_path):
+    x, y = blobs()
+    loader = DataLoader(ArrayDataset(x, y), 16, shuffle=True)
+    results = []
+    for wrap in (False, True):
+        model = make_model(0)
+        wrapped = Wrapper(model) if wrap else model
+        trainer = nn.Trainer(wrapped, nn.CrossEntropyLoss(), nn.optim.SGD(wrapped.parameters(), lr=0.1, momentum=0.9),
+                             checkpoint_path=tmp_path / f"{wrap}.ckpt", quiet=True)
+        results.append((trainer.fit(loader, 2, loader), weights(model)))
+    assert without_time(results[0][0]) == without_time(results[1][0])
+    assert_same_weights(results[0][1], results[1][1])
+    assert wrapped.backward_calls == 12
+
+
+def test_fit_rejects_a_loader_for_another_rank_and_an_empty_one():
+    x, y = blobs()
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True)
+    with pytest.raises(ValueError, match="world_size=2 but the trainer has world_size=1"):
+        trainer.fit(DataLoader(ArrayDataset(x, y), 16, world_size=2), 1)
+    with pytest.raises(ValueError, match="yields no batches"):
+        trainer.fit(DataLoader(ArrayDataset(x, y), 200, drop_last=True), 1)
