@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from launch.job_processes import run_whole_job
 from launch.mpiexec import RunOptions, build_command, count_hosts, detect_flavour, find_mpiexec, launch_warnings
 
 
@@ -74,7 +75,7 @@ class Launcher:
             JobFailed: when it exits non-zero (the message holds the end of its output).
             subprocess.TimeoutExpired: when it runs past `timeout` seconds.
         """
-        completed = subprocess.run(self.command(options), capture_output=True, text=True, timeout=timeout)
+        completed = run_whole_job(self.command(options), timeout)
         if completed.returncode != 0:
             tail = (completed.stdout + completed.stderr)[-3000:]
             raise JobFailed(f"`{' '.join(self.command(options))}` exited with status {completed.returncode}:\n{tail}")

@@ -34,7 +34,7 @@ def non_finite_grads(named_params: Iterable[tuple[str, Parameter]]) -> list[str]
 
 
 def first_non_finite_layer(model: Any, x: Array) -> str:
-    """Where a forward pass of `x` first yields NaN or Inf: "the input", or "layer 3 (Linear(128, 10))".
+    """Where a forward pass of `x` first yields NaN or Inf: "the input batch", or "layer 3 (Linear(128, 10))".
 
     Runs `model`'s layers one at a time on `x` (a diagnosis after the fact; it draws new
     dropout masks). A model that is not a sequence of layers is named as a whole.

@@ -1,10 +1,22 @@
-"""Shared fixtures: the array modules (numpy, and cupy where a GPU is present) that tests run on."""
+"""Shared fixtures: the array modules (numpy, and cupy where a GPU is present) that tests run on.
+
+Also a sweep at the end of the run: every process the tests start inherits TEST_RUN_VARIABLE,
+and any such process still alive then (a rank that outlived its job) is reported and killed,
+so that no test can leave work running after pytest.
+"""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy
 import pytest
 
+from launch.job_processes import kill_processes, processes_with
 from network import backend
+
+TEST_RUN_VARIABLE = "MPIPROP_TEST_RUN"
+os.environ[TEST_RUN_VARIABLE] = str(os.getpid())
 
 
 def _array_module_params() -> list:
@@ -25,3 +37,24 @@ def xp(request):
 def device(xp) -> str:
     """The device name ("cpu" or "cuda") that matches `xp`."""
     return "cpu" if xp is numpy else "cuda"
+
+
+def pytest_sessionfinish(session) -> None:
+    survivors = processes_with(TEST_RUN_VARIABLE, os.environ[TEST_RUN_VARIABLE])
+    if not survivors:
+        return
+    described = [f"{pid}: {_command_line(pid)}" for pid in survivors]
+    kill_processes(survivors)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"killed {len(survivors)} processes that the tests had started and that outlived them:",
+                            yellow=True)
+        for line in described:
+            reporter.write_line(f"  {line}", yellow=True)
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"

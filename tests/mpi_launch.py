@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from launch.job_processes import run_whole_job
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -70,23 +71,9 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
 
 
 def run_bounded(command: list[str], timeout: float, *, env: dict[str, str], cwd: str | Path) -> subprocess.CompletedProcess:
-    """Run `command` in its own process group; on timeout stop the whole group (mpiexec and ranks) and fail."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env, cwd=cwd, start_new_session=True)
+    """Run `command`; past `timeout` seconds stop the whole job (mpiexec and every rank) and fail the test."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = _stop(process)
+        return run_whole_job(command, timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as expired:
         pytest.fail(f"{' '.join(command)} did not finish within {timeout} s (a hang?)\n"
-                    f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def _stop(process: subprocess.Popen) -> tuple[str, str]:
-    """Ask mpiexec to stop its ranks (hydra forwards SIGTERM to them), then kill what is left."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.communicate()
+                    f"--- stdout ---\n{expired.stdout}\n--- stderr ---\n{expired.stderr}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy
 import pytest
 
+from launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, stop_job
 from mpi_launch import REPOSITORY_ROOT, mpi_env, mpiexec_path, run_mpi
 from network.checkpoint import read_checkpoint
 from packages import require
@@ -106,7 +107,7 @@ def uninterrupted_digits(tmp_path_factory):
 def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted_digits):
     """Rank 0, the one that writes checkpoints, is killed right after its first checkpoint, maybe mid-write."""
     path = tmp_path / "digits.npz"
-    job = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    job, job_marker = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
     try:
         wait_for_file(path, job, timeout=120)
         os.kill(rank_pid(job, 0, marker=str(path)), signal.SIGKILL)
@@ -114,8 +115,7 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
         _, stderr = job.communicate(timeout=ENDS_WITHIN_S)
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+            stop_job(job, job_marker)
     assert job.returncode != 0, stderr
     assert time.time() - killed_at < ENDS_WITHIN_S
     interrupted = read_checkpoint(path)  # intact: the write is atomic, a kill mid-write leaves the previous one
@@ -130,9 +130,13 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
 
 
 def start_mpi_job(script, ranks, *args):
+    """The started mpiexec process, and the marker that `stop_job` needs to stop all of it."""
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(script), *args]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=mpi_env(),
-                            cwd=REPOSITORY_ROOT, start_new_session=True)
+    marker = new_job_marker()
+    job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT,
+                           start_new_session=True)
+    return job, marker
 
 
 def wait_for_file(path, job, timeout):
