@@ -6,6 +6,7 @@ import functools
 import numpy
 
 from network.backend import Array, get_array_module, gpu_add_matmul_
+from network.matmul import mkl_add_matmul_
 
 _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "d"}
 
@@ -13,7 +14,7 @@ _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "
 def add_matmul_(out: Array, a: Array, b: Array) -> None:
     """out += a @ b, in place, for 2-D arrays.
 
-    For numpy float32/float64 arrays that BLAS can use as they lie in memory, one gemm call
+    For numpy float32/float64 arrays that BLAS (MKL where installed) can use as they lie in memory, one gemm call
     adds the product straight into `out` (no temporary, one pass over `out`), so `out` may be
     a view into a larger buffer; cupy arrays of the weight-gradient layout likewise go
     through one cuBLAS gemm. Anything else (other dtypes, strided or overlapping arrays)
@@ -22,6 +23,8 @@ def add_matmul_(out: Array, a: Array, b: Array) -> None:
     if get_array_module(out) is not numpy:
         if not gpu_add_matmul_(out, a, b):
             out += a @ b
+        return
+    if mkl_add_matmul_(out, a, b):
         return
     prefix = _blas_prefix(out, a, b)
     if prefix is not None and a.size and b.size:

@@ -10,6 +10,7 @@ from network.backend import Array, module_for_device
 from network.checks import float_array, float_dtype, positive_int, same_array_module
 from network.inplace import add_matmul_
 from network.layer import Layer
+from network.matmul import matmul
 from network.parameter import Parameter
 
 
@@ -44,14 +45,14 @@ class Linear(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x)
-        y = x @ self.weight.data
+        y = matmul(x, self.weight.data)
         if self.bias is not None:
             y += self.bias.data
         return y, x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        return dy @ self.weight.data.T
+        return matmul(dy, self.weight.data, transpose_b=True)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)

@@ -9,6 +9,8 @@ Rounds are interleaved and the median round is compared.
     OMP_NUM_THREADS=1 python examples/benchmarks/bench_network.py [--steps 20 --rounds 7 --batch 256]
 
 Targets: mpiprop >= 0.95x the numpy loop and >= 1.0x PyTorch (when installed).
+With MKL installed (`pip install mpiprop[mkl]`) mpiprop's matrix products go through it,
+and a fourth contestant, mpiprop-openblas, runs mpiprop on numpy's BLAS like the numpy loop.
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ from typing import Callable, Sequence  # noqa: E402
 import numpy  # noqa: E402
 
 import network as nn  # noqa: E402
+from network import mkl_gemm  # noqa: E402
 
 SIZES = (784, 1024, 1024, 10)
 TARGETS = {"numpy": 0.95, "torch": 1.0}
+SAME_BLAS = "mpiprop-openblas"
 AGREEMENT_STEPS = 3
 AGREEMENT_TOLERANCE = 1e-4
 
@@ -83,6 +87,14 @@ class MpipropStep:
 
     def _linears(self) -> list[nn.Linear]:
         return [layer for layer in self.model if isinstance(layer, nn.Linear)]
+
+
+class MpipropOpenBlasStep(MpipropStep):
+    """mpiprop's step with its matrix products on numpy's BLAS (OpenBLAS), as the numpy loop's are."""
+
+    def __call__(self, x: numpy.ndarray, labels: numpy.ndarray) -> float:
+        with mkl_gemm.disabled():
+            return super().__call__(x, labels)
 
 
 class NumpyStep:
@@ -258,7 +270,8 @@ def import_torch():
 
 
 def describe_environment(torch) -> None:
-    print(f"numpy {numpy.__version__}; python {sys.version.split()[0]}")
+    print(f"numpy {numpy.__version__}; python {sys.version.split()[0]}; mpiprop's matrix products through "
+          f"{'MKL' if mkl_gemm.available() else 'numpy'}")
     pools = thread_pools()
     if pools:
         print("thread pools (threadpoolctl):")
@@ -311,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     batches = {"mpiprop": random_batches(SIZES, args.batch, 4, args.seed + 1)}
     batches["numpy"] = batches["mpiprop"]
     kinds = {"mpiprop": MpipropStep, "numpy": NumpyStep}
+    if mkl_gemm.available():
+        batches[SAME_BLAS] = batches["numpy"]
+        kinds[SAME_BLAS] = MpipropOpenBlasStep
     if torch is not None:
         batches["torch"] = torch_batches(batches["numpy"])
         kinds["torch"] = TorchStep
@@ -329,9 +345,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"\nMLP {'-'.join(map(str, SIZES))}, batch {args.batch}, float32, SGD lr={args.lr} momentum={args.momentum}, "
           f"median of {args.rounds} interleaved rounds of {args.steps} steps:")
     for name, value in throughput.items():
-        print(f"  {name:8s} {value:10.0f} samples/s  ({seconds[name] / args.steps * 1e3:.2f} ms/step)")
+        print(f"  {name:17s} {value:10.0f} samples/s  ({seconds[name] / args.steps * 1e3:.2f} ms/step)")
 
-    ratios = {name: throughput["mpiprop"] / throughput[name] for name in throughput if name != "mpiprop"}
+    ratios = {name: throughput["mpiprop"] / throughput[name] for name in throughput if not name.startswith("mpiprop")}
     targets_met = {name: ratios[name] >= TARGETS[name] for name in ratios}
     best = {name: min(values) for name, values in rounds.items()}
     best_ratios = {name: best[name] / best["mpiprop"] for name in ratios}
@@ -340,6 +356,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"  mpiprop / {name}: {ratio:.3f}x  ({verdict} the {TARGETS[name]:.2f}x target; "
               f"fastest rounds compared: {best_ratios[name]:.3f}x)")
 
+    if SAME_BLAS in throughput:
+        same_blas_ratio = throughput[SAME_BLAS] / throughput["numpy"]
+        print(f"  mpiprop's products go through MKL; with numpy's BLAS, as the numpy loop's: "
+              f"{SAME_BLAS} / numpy {same_blas_ratio:.3f}x")
+        ratios_same_blas = {"numpy": same_blas_ratio}
+    else:
+        print("  mpiprop's products go through numpy's BLAS, as the numpy loop's (MKL not installed)")
+        ratios_same_blas = {"numpy": ratios["numpy"]}
     matmul_ratio = None
     if torch is not None and not args.no_matmul:
         operands = matmul_operands(SIZES, args.batch, args.seed + 2)
@@ -348,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"  the step's {len(operands)} matrix products alone: numpy {matmul_seconds['numpy'] / args.steps * 1e3:.2f} "
               f"ms, torch {matmul_seconds['torch'] / args.steps * 1e3:.2f} ms (numpy/torch speed {matmul_ratio:.3f}x)")
     return {"samples_per_second": throughput, "ratios": ratios, "targets_met": targets_met,
-            "best_round_ratios": best_ratios, "matmul_ratio": matmul_ratio}
+            "best_round_ratios": best_ratios, "matmul_ratio": matmul_ratio, "same_blas_ratios": ratios_same_blas}
 
 
 if __name__ == "__main__":
