@@ -24,7 +24,9 @@ class DataParallel:
     Sequential in reverse; as soon as the last gradient of a bucket is final, that bucket's
     non-blocking allreduce starts, so communication overlaps the rest of backward. When
     `backward` returns, every gradient is the mean over ranks: the gradient of the loss on the
-    global batch when each rank's loss is a mean over an equal-sized shard.
+    global batch when each rank's loss is a mean over an equal-sized shard. (The output
+    gradient is divided by the number of ranks before backward and the allreduces sum, so
+    gradients added to `.grad` outside `backward` are summed over ranks, not averaged.)
 
     Usage::
 
@@ -100,13 +102,17 @@ class DataParallel:
             The input gradient when `input_grad`, else None.
         """
         cache = self._take_cache(cache)
+        dout = self._scaled_for_averaging(dout)
         if not self._sync_gradients:
             with span("backward", synchronised=False):
-                return self._run_backward(dout, cache, input_grad, on_layer_done=None)
-        self._reducer.start()
-        with span("backward"):
-            input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=self._reducer.mark_ready)
-        self._reducer.finish()
+                input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=None)
+        else:
+            self._reducer.start()
+            with span("backward"):
+                input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=self._reducer.mark_ready)
+            self._reducer.finish()
+        if input_gradient is not None and self.comm.size > 1:
+            input_gradient *= self.comm.size
         return input_gradient
 
     @contextmanager
@@ -123,6 +129,11 @@ class DataParallel:
     def last_sync_stats(self) -> SyncStats:
         """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
         return self._reducer.last_stats
+
+    def _scaled_for_averaging(self, dout: Array) -> Array:
+        """dout / size: backward is linear in dout, so every gradient comes out divided by the
+        number of ranks and the allreduce's sum is already the mean (no pass over the buffers)."""
+        return dout if self.comm.size == 1 else dout * (1.0 / self.comm.size)
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
         if not isinstance(self.module, Sequential):

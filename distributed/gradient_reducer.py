@@ -1,4 +1,4 @@
-"""GradientReducer: starts each bucket's allreduce as soon as its gradients are final, then averages."""
+"""GradientReducer: starts each bucket's allreduce as soon as its gradients are final, then waits for the sums."""
 from __future__ import annotations
 
 import time
@@ -35,14 +35,15 @@ class SyncStats:
 
 
 class GradientReducer:
-    """Averages bucketed gradients over the ranks of `comm` with one non-blocking allreduce per bucket.
+    """Sums bucketed gradients over the ranks of `comm` with one non-blocking allreduce per bucket.
 
-    Call `start()` before a backward, `mark_ready(params)` whenever parameters' gradients are
+    The sum is the mean because DataParallel divides each rank's output gradient by the
+    number of ranks before backward. Call `start()` before a backward, `mark_ready(params)` whenever parameters' gradients are
     final (a bucket is launched when its last parameter is marked), and `finish()` after it.
 
     Args:
         buckets: in the order their gradients become final (reverse layer order).
-        comm: the ranks to average over.
+        comm: the ranks to sum over.
         compression: None, or "float16" to reduce a float16 copy of each bucket (half the bytes;
             each averaged gradient then carries float16's relative rounding error of about 5e-4,
             and magnitudes below about 6e-8 after division by the number of ranks become 0).
@@ -93,7 +94,7 @@ class GradientReducer:
         self._drive_progress()
 
     def finish(self) -> SyncStats:
-        """Launch what is left, wait for every allreduce, and leave each gradient averaged over ranks."""
+        """Launch what is left, wait for every allreduce, and leave each gradient summed over ranks."""
         backward_done = time.perf_counter()
         for index, request in enumerate(self._requests):
             if request is None:
@@ -103,7 +104,7 @@ class GradientReducer:
         for token in self._trace_tokens:
             end(token)
         for index in range(len(self.buckets)):
-            self._average(index)
+            self._take_result(index)
         stats = SyncStats(backward_seconds=backward_done - self._backward_started,
                           wait_seconds=time.perf_counter() - backward_done, buckets=len(self.buckets),
                           bytes=sum(int(wire.nbytes) for wire in self._wire_buffers))
@@ -112,19 +113,15 @@ class GradientReducer:
 
     def _launch(self, index: int) -> None:
         buffer = self.buckets[index].buffer
-        wire = buffer
-        if self.compression == "float16":
-            wire = (buffer * (1.0 / self.comm.size)).astype(numpy.float16)
+        wire = buffer.astype(numpy.float16) if self.compression == "float16" else buffer
         self._wire_buffers[index] = wire
         self._trace_tokens[index] = begin("allreduce", track=f"bucket {index}", bucket=index, bytes=int(wire.nbytes))
         self._requests[index] = self.comm.iallreduce(wire, "sum")
 
-    def _average(self, index: int) -> None:
+    def _take_result(self, index: int) -> None:
         buffer, wire = self.buckets[index].buffer, self._wire_buffers[index]
-        if wire is buffer:
-            buffer *= 1.0 / self.comm.size
-        else:
-            buffer[...] = wire.astype(buffer.dtype)
+        if wire is not buffer:
+            buffer[...] = wire
 
     def _drive_progress(self) -> None:
         for request in self._requests:

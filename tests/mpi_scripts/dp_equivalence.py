@@ -105,9 +105,22 @@ def check_buffers_broadcast(world) -> None:
     assert (model[1].running_mean == 1.0).all(), model[1].running_mean
 
 
+def check_input_gradient_is_this_ranks_own(world) -> None:
+    """backward(input_grad=True) returns the gradient of this rank's loss, not one divided by the ranks."""
+    model = build_model(seed=7)
+    plain = build_model(seed=7)
+    dp = DataParallel(model)
+    x = numpy.random.default_rng(world.rank).standard_normal((PER_RANK, IN)).astype(numpy.float32)
+    dout = numpy.random.default_rng(50 + world.rank).standard_normal((PER_RANK, CLASSES)).astype(numpy.float32)
+    ours = dp.backward(dout, dp.forward(x)[1], input_grad=True)
+    expected = plain.backward(dout, plain.forward(x)[1])
+    numpy.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
 def main() -> None:
     world = MPI.COMM_WORLD
     check_buffers_broadcast(world)
+    check_input_gradient_is_this_ranks_own(world)
     check_configuration(world, micro_batches=1, bucket_cap_mb=4.0, compression=None)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression=None)
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
