@@ -38,8 +38,9 @@ class GradientReducer:
     """Sums bucketed gradients over the ranks of `comm` with one non-blocking allreduce per bucket.
 
     The sum is the mean because DataParallel divides each rank's output gradient by the
-    number of ranks before backward. Call `start()` before a backward, `mark_ready(params)` whenever parameters' gradients are
-    final (a bucket is launched when its last parameter is marked), and `finish()` after it.
+    number of ranks before backward. Call `start()` before a backward, `mark_ready(params)`
+    whenever parameters' gradients are final (a bucket is launched when its last parameter is
+    marked), and `finish()` after it.
 
     Args:
         buckets: in the order their gradients become final (reverse layer order).

@@ -14,11 +14,11 @@ _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "
 def add_matmul_(out: Array, a: Array, b: Array) -> None:
     """out += a @ b, in place, for 2-D arrays.
 
-    For numpy float32/float64 arrays that BLAS (MKL where installed) can use as they lie in memory, one gemm call
-    adds the product straight into `out` (no temporary, one pass over `out`), so `out` may be
-    a view into a larger buffer; cupy arrays of the weight-gradient layout likewise go
-    through one cuBLAS gemm. Anything else (other dtypes, strided or overlapping arrays)
-    takes the plain `out += a @ b`.
+    For numpy float32/float64 arrays that BLAS (MKL where installed) can use as they lie in
+    memory, one gemm call adds the product straight into `out` (no temporary, one pass over
+    `out`), so `out` may be a view into a larger buffer; cupy arrays of the weight-gradient
+    layout likewise go through one cuBLAS gemm. Anything else (other dtypes, strided or
+    overlapping arrays) takes the plain `out += a @ b`.
     """
     if get_array_module(out) is not numpy:
         if not gpu_add_matmul_(out, a, b):
