@@ -7,13 +7,13 @@ so that no test can leave work running after pytest.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy
 import pytest
 
 from launch.job_processes import kill_processes, processes_with
 from network import backend
+from processes import command_line
 
 TEST_RUN_VARIABLE = "MPIPROP_TEST_RUN"
 os.environ[TEST_RUN_VARIABLE] = str(os.getpid())
@@ -43,7 +43,7 @@ def pytest_sessionfinish(session) -> None:
     survivors = processes_with(TEST_RUN_VARIABLE, os.environ[TEST_RUN_VARIABLE])
     if not survivors:
         return
-    described = [f"{pid}: {_command_line(pid)}" for pid in survivors]
+    described = [f"{pid}: {command_line(pid) or '(gone)'}" for pid in survivors]
     kill_processes(survivors)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -52,9 +52,3 @@ def pytest_sessionfinish(session) -> None:
         for line in described:
             reporter.write_line(f"  {line}", yellow=True)
 
-
-def _command_line(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "(gone)"

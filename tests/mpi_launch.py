@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.job_processes import run_whole_job
+from launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +68,21 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n"
                     f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
     return result
+
+
+def start_mpi_job(script: str | Path, ranks: int, *args: str,
+                  stdout=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """Start `mpiexec -n ranks python script args...` without waiting; stderr is piped.
+
+    Returns:
+        The mpiexec process and the job marker that `launch.job_processes.stop_job` needs to stop all of it.
+    """
+    path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
+    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    marker = new_job_marker()
+    job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                           env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT, start_new_session=True)
+    return job, marker
 
 
 def run_bounded(command: list[str], timeout: float, *, env: dict[str, str], cwd: str | Path) -> subprocess.CompletedProcess:

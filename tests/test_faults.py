@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy
 import pytest
 
-from launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, stop_job
-from mpi_launch import REPOSITORY_ROOT, mpi_env, mpiexec_path, run_mpi
+from launch.job_processes import stop_job
+from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
 from network.checkpoint import read_checkpoint
 from packages import require
+from processes import is_running
 
 ENDS_WITHIN_S = 30  # from the fault to the end of the job, with room for a slow, shared machine
 TRAIN_DIGITS = REPOSITORY_ROOT / "examples" / "train_digits.py"
@@ -129,16 +130,6 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
         numpy.testing.assert_allclose(resumed["model"][name], expected, rtol=0, atol=1e-6, err_msg=name)
 
 
-def start_mpi_job(script, ranks, *args):
-    """The started mpiexec process, and the marker that `stop_job` needs to stop all of it."""
-    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(script), *args]
-    marker = new_job_marker()
-    job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT,
-                           start_new_session=True)
-    return job, marker
-
-
 def wait_for_file(path, job, timeout):
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
@@ -162,25 +153,3 @@ def rank_pid(job, rank, marker):
         if marker.encode() in command_line and f"PMI_RANK={rank}".encode() in environment:
             return int(entry.name)
     raise AssertionError(f"no process of rank {rank} found for job {job.pid}")
-
-
-def rank_pid_when_started(job, rank, marker, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return rank_pid(job, rank, marker)
-        except AssertionError:
-            assert job.poll() is None and time.monotonic() < deadline, f"rank {rank} never started"
-            time.sleep(0.1)
-
-
-def parent_pid(pid):
-    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def is_running(pid):
-    """True while `pid` exists and is not a zombie."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

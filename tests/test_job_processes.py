@@ -9,19 +9,16 @@ import pytest
 
 from launch.job_processes import (JOB_MARKER_VARIABLE, kill_job_processes, new_job_marker, processes_with,
                                   run_whole_job, stop_job)
-from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path
+from mpi_launch import mpi_env, start_mpi_job
+from processes import command_line, is_running
 
 
 def test_stopping_a_job_kills_ranks_that_lost_their_proxy_and_ignore_sigterm():
     """The stray this guards against: a rank whose hydra proxy died, so mpiexec's end no longer reaches it."""
-    marker = new_job_marker()
-    command = [mpiexec_path(), "-n", "2", sys.executable, str(MPI_SCRIPTS / "stubborn_ranks.py")]
-    job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT,
-                           start_new_session=True)
+    job, marker = start_mpi_job("stubborn_ranks.py", 2, stdout=subprocess.PIPE)
     try:
         _read_until_both_ranks_started(job)
-        job_processes = {pid: _command(pid) for pid in processes_with(JOB_MARKER_VARIABLE, marker)}
+        job_processes = {pid: command_line(pid) for pid in processes_with(JOB_MARKER_VARIABLE, marker)}
         ranks = [pid for pid, command in job_processes.items() if command.startswith(sys.executable)]
         proxies = [pid for pid, command in job_processes.items() if "hydra_pmi_proxy" in command]
         assert len(ranks) == 2 and len(proxies) == 1, job_processes
@@ -29,7 +26,7 @@ def test_stopping_a_job_kills_ranks_that_lost_their_proxy_and_ignore_sigterm():
         stopping = time.monotonic()
         stop_job(job, marker)
         assert time.monotonic() - stopping < 30
-        assert [pid for pid in ranks if _is_alive(pid)] == []
+        assert [pid for pid in ranks if is_running(pid)] == []
     finally:
         kill_job_processes(marker)
 
@@ -41,23 +38,6 @@ def test_a_job_past_its_timeout_is_stopped_with_its_output_so_far():
         run_whole_job(command, timeout=2, env=mpi_env({"TEST_PROBE": probe}))
     assert expired.value.stdout == "before-the-hang\n"
     assert processes_with("TEST_PROBE", probe) == []  # the shell and its background sleep alike
-
-
-def _command(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _is_alive(pid):
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _read_until_both_ranks_started(job):

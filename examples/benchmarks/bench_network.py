@@ -360,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         same_blas_ratio = throughput[SAME_BLAS] / throughput["numpy"]
         print(f"  mpiprop's products go through MKL; with numpy's BLAS, as the numpy loop's: "
               f"{SAME_BLAS} / numpy {same_blas_ratio:.3f}x")
-        ratios_same_blas = {"numpy": same_blas_ratio}
+        same_blas_ratios = {"numpy": same_blas_ratio}
     else:
         print("  mpiprop's products go through numpy's BLAS, as the numpy loop's (MKL not installed)")
-        ratios_same_blas = {"numpy": ratios["numpy"]}
+        same_blas_ratios = {"numpy": ratios["numpy"]}
     matmul_ratio = None
     if torch is not None and not args.no_matmul:
         operands = matmul_operands(SIZES, args.batch, args.seed + 2)
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"  the step's {len(operands)} matrix products alone: numpy {matmul_seconds['numpy'] / args.steps * 1e3:.2f} "
               f"ms, torch {matmul_seconds['torch'] / args.steps * 1e3:.2f} ms (numpy/torch speed {matmul_ratio:.3f}x)")
     return {"samples_per_second": throughput, "ratios": ratios, "targets_met": targets_met,
-            "best_round_ratios": best_ratios, "matmul_ratio": matmul_ratio, "same_blas_ratios": ratios_same_blas}
+            "best_round_ratios": best_ratios, "matmul_ratio": matmul_ratio, "same_blas_ratios": same_blas_ratios}
 
 
 if __name__ == "__main__":
