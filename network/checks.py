@@ -12,9 +12,11 @@ from network.backend import Array, get_array_module, is_array
 
 
 # What numpy.load and reading an .npz entry raise for a damaged file: its header parser can
-# fail in the tokenizer or the compiler, the archive in zip or zlib.
+# fail in the tokenizer or the compiler, the archive in zip or zlib; zipfile raises
+# RuntimeError (and its subclass NotImplementedError) for member flags it cannot honour, such
+# as an encryption bit or an unknown version, which damage can set.
 DAMAGED_NPZ_ERRORS = (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile, zlib.error, SyntaxError,
-                      tokenize.TokenError, UnicodeDecodeError)
+                      tokenize.TokenError, UnicodeDecodeError, RuntimeError)
 
 
 def positive_int(value: Any, name: str) -> int:

@@ -34,7 +34,11 @@ def read_idx(path: str | os.PathLike) -> numpy.ndarray:
     if len(content) != expected:
         raise ValueError(f"{path} holds {len(content)} bytes but an IDX array of shape {shape} and type {dtype} "
                          f"needs {expected}; the file is truncated or corrupt")
-    data = numpy.frombuffer(content, dtype=dtype, offset=header).reshape(shape)
+    try:
+        data = numpy.frombuffer(content, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as error:  # a zero dimension beside dimensions whose product numpy cannot index
+        raise ValueError(f"{path} announces an IDX array of shape {shape}, which numpy cannot make ({error}); "
+                         "the header is corrupt") from None
     return data.astype(dtype.newbyteorder("="))
 
 

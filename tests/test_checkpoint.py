@@ -213,6 +213,20 @@ def test_checkpoint_holds_no_pickled_objects(tmp_path):
         assert "model/0.weight" in archive.files and "optimizer/state/0/exp_avg" in archive.files
 
 
+def test_member_flagged_as_encrypted_is_a_checkpoint_error(tmp_path):
+    import zipfile
+
+    from test_datasets import set_member_flags
+
+    path = tmp_path / "run.npz"
+    save_checkpoint(path, nn.Sequential(nn.Linear(3, 2)))
+    with zipfile.ZipFile(path) as archive:
+        first_member = archive.namelist()[0]
+    set_member_flags(path, first_member, 0x1)
+    with pytest.raises(CheckpointError, match="is truncated or corrupt"):
+        read_checkpoint(path)
+
+
 def test_damaged_array_header_is_a_checkpoint_error(tmp_path):
     from test_datasets import damage_npy_headers
 

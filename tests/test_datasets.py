@@ -1,6 +1,7 @@
 """Data sets from local files (IDX raw and gzip, digits, .npz, CSV), splitting, standardisation, synthetic data."""
 import gzip
 import struct
+from pathlib import Path
 
 import numpy
 import pytest
@@ -50,6 +51,14 @@ def test_truncated_idx_names_the_file(tmp_path):
     path = tmp_path / "short.idx"
     path.write_bytes(idx_bytes(0x08, (4, 4), bytes(10)))
     with pytest.raises(ValueError, match="short.idx.*truncated"):
+        read_idx(path)
+
+
+def test_idx_header_with_a_zero_and_huge_dimensions_names_the_file(tmp_path):
+    """No data bytes are needed for a zero-sized array, but numpy refuses the shape (found by hypothesis)."""
+    path = tmp_path / "huge.idx"
+    path.write_bytes(idx_bytes(0x08, (0, 2**31, 2**31, 2**31), b""))
+    with pytest.raises(ValueError, match=r"huge.idx announces an IDX array of shape \(0, 2147483648, .*corrupt"):
         read_idx(path)
 
 
@@ -177,6 +186,26 @@ def damage_npy_headers(path):
     with zipfile.ZipFile(path, "w") as archive:
         for name, content in members.items():
             archive.writestr(name, content.replace(b"), }", b"), |", 1))
+
+
+def set_member_flags(path, name, flag_bits):
+    """Set the general-purpose flag bits of member `name` in the .npz's central directory (found by hypothesis)."""
+    content = bytearray(Path(path).read_bytes())
+    entry = content.index(b"PK\x01\x02")
+    while content[entry + 46:entry + 46 + len(name)] != name.encode():
+        entry = content.index(b"PK\x01\x02", entry + 4)
+    content[entry + 8:entry + 10] = flag_bits.to_bytes(2, "little")
+    Path(path).write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("flag_bits, zipfile_says", [(0x1, "encrypted"), (0x40, "strong encryption"),
+                                                     (0x20, "compressed patched data")])
+def test_npz_member_with_flags_zip_cannot_honour_names_the_file(tmp_path, flag_bits, zipfile_says):
+    path = tmp_path / "data.npz"
+    numpy.savez(path, x=numpy.arange(3), y=numpy.arange(3))
+    set_member_flags(path, "y.npy", flag_bits)
+    with pytest.raises(ValueError, match=f"{path}: array 'y' cannot be read .*{zipfile_says}"):
+        load_npz(path)
 
 
 def test_npz_with_a_damaged_array_header_names_the_file(tmp_path):
