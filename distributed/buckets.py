@@ -32,6 +32,11 @@ def assign_buckets(params: Sequence[Parameter], cap_bytes: int) -> list[list[Par
     return buckets
 
 
+def bucket_size(params: Sequence[Parameter]) -> int:
+    """Elements of the flat buffer that holds the gradients of `params`."""
+    return sum(p.size for p in params)
+
+
 def _compatible(a: Parameter, b: Parameter) -> bool:
     return a.dtype == b.dtype and device_of(a.data) == device_of(b.data)
 
@@ -39,16 +44,21 @@ def _compatible(a: Parameter, b: Parameter) -> bool:
 class GradientBucket:
     """One flat gradient buffer; each parameter's `grad` is rebound, once, to a view into it.
 
+    The buffer is made here, or given (`bucket_size(params)` elements of the parameters'
+    dtype, e.g. in memory shared with other ranks).
+
     The current gradient values are copied into the buffer, so nothing accumulated so far is
     lost. Backward passes keep adding into `p.grad` in place, which writes the buffer.
     """
 
-    def __init__(self, params: Sequence[Parameter]):
+    def __init__(self, params: Sequence[Parameter], buffer: Array | None = None):
         if not params:
             raise ValueError("a gradient bucket needs at least one parameter")
         first = params[0].data
         self.params = list(params)
-        self.buffer: Array = get_array_module(first).zeros(sum(p.size for p in params), dtype=first.dtype)
+        if buffer is None:
+            buffer = get_array_module(first).zeros(bucket_size(params), dtype=first.dtype)
+        self.buffer: Array = buffer
         self.views: list[Array] = []
         offset = 0
         for p in self.params:

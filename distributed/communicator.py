@@ -109,6 +109,11 @@ class Communicator:
         with waiting_in("barrier"):
             self.mpi_comm.Barrier()
 
+    def ibarrier(self, what: str = "a barrier") -> Request:
+        """Start a barrier; the request completes once every rank has started it. `what` it
+        stands for is named in the stall watchdog's report."""
+        return Request(self.mpi_comm.Ibarrier(), what=what)
+
     # --- point to point on arrays -------------------------------------------------------
     def send(self, array: Array, dest: int, tag: int = 0) -> None:
         """Send `array` to rank `dest` (blocking)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from distributed.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets
+from distributed.bucket_allreduce_mpi import MpiBucketAllreduce
+from distributed.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_possible
+from distributed.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from distributed.communicator import Communicator, MpiComm, as_communicator
 from distributed.consistency import check_same_model
 from distributed.gradient_reducer import GradientReducer, SyncStats
 from distributed.timeline import span
-from network.backend import Array
+from network.backend import Array, device_of
 from network.layer import REMEMBERED, Layer
 from network.parameter import Parameter
 from network.sequential import Sequential
@@ -44,6 +46,11 @@ class DataParallel:
             (half the bytes, about 3 significant digits per averaged gradient).
         broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
             training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
+        shared_memory: when every rank is on one node and the gradients are numpy arrays,
+            keep the buckets in memory all ranks can read and sum them there (about twice
+            as fast as MPI's allreduce; see distributed.bucket_allreduce_shared). The window
+            stays allocated until the process ends, as the gradients are views into it.
+            False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce.
 
     Raises:
         TypeError: when `module` is not a network Layer.
@@ -53,7 +60,7 @@ class DataParallel:
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
-                 broadcast_buffers: bool = True):
+                 broadcast_buffers: bool = True, shared_memory: bool = True):
         if not isinstance(module, Layer):
             raise TypeError(f"DataParallel wraps a network Layer (e.g. a Sequential), got {type(module).__name__}")
         if not bucket_cap_mb > 0:
@@ -71,10 +78,23 @@ class DataParallel:
         self._final_params = _params_final_after_each_layer(module)
         ready_order = [p for layer_params in reversed(self._final_params) for p in layer_params]
         groups = assign_buckets(ready_order, int(bucket_cap_mb * 2**20))
-        self.buckets = [GradientBucket(group) for group in groups]
-        self._reducer = GradientReducer(self.buckets, self.comm, compression)
+        self.compression = compression
+        shared = self._shared_memory_allreduce(groups, shared_memory)
+        self.buckets = [GradientBucket(group, shared.buffers[index] if shared else None)
+                        for index, group in enumerate(groups)]
+        allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], self.comm, compression)
+        self._reducer = GradientReducer(self.buckets, allreduce)
         self._sync_gradients = True
         self._last_cache: Any = REMEMBERED
+
+    def _shared_memory_allreduce(self, groups: list[list[Parameter]],
+                                 shared_memory: bool) -> SharedMemoryBucketAllreduce | None:
+        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU)."""
+        dtypes = [group[0].dtype for group in groups]
+        on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
+        if shared_memory and self.compression is None and shared_memory_possible(self.comm, dtypes, on_cpu):
+            return SharedMemoryBucketAllreduce([bucket_size(group) for group in groups], dtypes, self.comm)
+        return None
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -220,6 +240,11 @@ class DataParallel:
                            "before DataParallel(module)")
 
     @property
+    def allreduce_kind(self) -> str:
+        """"shared memory" when the ranks sum gradients in a shared window, else "mpi"."""
+        return "shared memory" if isinstance(self._reducer.allreduce, SharedMemoryBucketAllreduce) else "mpi"
+
+    @property
     def rank(self) -> int:
         return self.comm.rank
 
@@ -229,7 +254,7 @@ class DataParallel:
 
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
-                f"compression={self._reducer.compression!r},\n  module={self.module!r})")
+                f"allreduce={self.allreduce_kind!r}, compression={self.compression!r},\n  module={self.module!r})")
 
 
 def _unique_parameters(module: Layer) -> list[Parameter]:

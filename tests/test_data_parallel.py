@@ -148,6 +148,7 @@ def test_model_like_interface_and_state():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     dp = DataParallel(model)
     assert dp.module is model and dp.parameters() == model.parameters()
+    assert dp.allreduce_kind == "mpi" and "allreduce='mpi'" in repr(dp)  # one rank has nobody to share memory with
     assert [name for name, _ in dp.named_parameters()] == [name for name, _ in model.named_parameters()]
     assert dp.eval() is dp and not model.training and not dp.training
     dp.train()
@@ -191,14 +192,24 @@ def test_first_difference_names_the_parameter():
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_data_parallel_equals_single_process_training(ranks):
     result = run_mpi("dp_equivalence.py", ranks)
-    lines = re.findall(r"ranks=(\d+) micro_batches=(\d+) buckets=(\d+) compression=(\w+) max_abs_diff=([0-9.eE+-]+)",
-                       result.stdout)
-    assert len(lines) == 4, result.stdout + result.stderr
-    for _, micro_batches, buckets, compression, difference in lines:
+    lines = re.findall(r"ranks=(\d+) micro_batches=(\d+) buckets=(\d+) allreduce=(\w+) compression=(\w+) "
+                       r"max_abs_diff=([0-9.eE+-]+)", result.stdout)
+    assert len(lines) == 5, result.stdout + result.stderr
+    for _, micro_batches, buckets, allreduce, compression, difference in lines:
         assert float(difference) < (1e-3 if compression == "float16" else 1e-5)
-    assert {(m, b) for _, m, b, c, _ in lines if c == "None"} == {("1", "1"), ("1", "3"), ("3", "3")}
+    configurations = {(m, b, kind) for _, m, b, kind, c, _ in lines if c == "None"}
+    assert configurations == {("1", "1", "shared_memory"), ("1", "3", "shared_memory"), ("3", "3", "shared_memory"),
+                              ("3", "3", "mpi")}
+    assert [kind for *_, kind, c, _ in lines if c == "float16"] == ["mpi"]
     for rank in range(ranks):
         assert f"rank {rank} ok" in result.stdout
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_shared_memory_allreduce_equals_mpi_allreduce(ranks):
+    result = run_mpi("shared_allreduce.py", ranks)
+    for rank in range(ranks):
+        assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
 
 
 def test_different_models_raise_a_clear_error_on_every_rank():

@@ -4,8 +4,11 @@
     python examples/benchmarks/bench_data_parallel.py --rounds 3 --steps 20 --json dp.json
 
 The driver starts every measurement itself with `mpiexec` (one BLAS thread per rank), in
-interleaved rounds: 1 rank without DataParallel, N ranks with DataParallel, N ranks of
-PyTorch DistributedDataParallel over gloo (when torch is installed). It reports medians:
+interleaved rounds: 1 rank without DataParallel, N ranks with DataParallel summing in shared
+memory (its default on one node), N ranks with DataParallel on MPI's allreduce
+(`shared_memory=False`, what ranks on several nodes use), N ranks of PyTorch
+DistributedDataParallel over gloo (when torch is installed). It reports medians, for both
+DataParallel variants:
   - weak-scaling efficiency: N-rank global samples/s over N times the 1-rank samples/s;
   - the ratio of our global throughput to DDP's on the same MLP and batch;
   - the bandwidth of the bucketed gradient allreduce over that of one raw mpi4py Allreduce
@@ -47,6 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch DDP comparison")
     parser.add_argument("--json", help="also write all measurements to this JSON file")
     parser.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--mpi-allreduce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--init-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -72,7 +76,7 @@ def numpy_worker(args: argparse.Namespace) -> None:
     model = nn.Sequential(*layers)
     if world.size > 1:
         options = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
-        model = DataParallel(model, compression=args.compression, **options)
+        model = DataParallel(model, compression=args.compression, shared_memory=not args.mpi_allreduce, **options)
     optimizer = nn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     x, y = synthetic_batch(world.rank, args.batch)
@@ -92,6 +96,7 @@ def numpy_worker(args: argparse.Namespace) -> None:
         result["backward_s"] = statistics.median(backward)
         result["exposed_fraction"] = result["wait_after_backward_s"] / result["gradient_allreduce_s"]
         result["buckets"] = len(model.buckets)
+        result["allreduce"] = model.allreduce_kind
     if world.rank == 0:
         print_result(result)
 
@@ -178,10 +183,11 @@ def torch_worker(args: argparse.Namespace) -> None:
 
 
 # --- driver -------------------------------------------------------------------------------------------
-def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 600) -> dict[str, Any]:
+def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 600,
+           mpi_allreduce: bool = False) -> dict[str, Any]:
     """Run this file as `worker` under `mpiexec -n ranks` and return its RESULT record."""
     arguments = ["--worker", worker, "--batch", str(args.batch), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup)]
+                 "--warmup", str(args.warmup)] + (["--mpi-allreduce"] if mpi_allreduce else [])
     if args.bucket_cap_mb is not None:
         arguments += ["--bucket-cap-mb", str(args.bucket_cap_mb)]
     if args.compression:
@@ -190,10 +196,12 @@ def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 6
 
 
 def run_rounds(args: argparse.Namespace, with_torch: bool) -> dict[str, list[dict[str, Any]]]:
-    runs: dict[str, list[dict[str, Any]]] = {"single": [], "data_parallel": [], "torch_ddp": []}
+    runs: dict[str, list[dict[str, Any]]] = {"single": [], "data_parallel": [], "data_parallel_mpi": [],
+                                              "torch_ddp": []}
     for round_number in range(args.rounds):
         runs["single"].append(launch(args, "numpy", 1))
         runs["data_parallel"].append(launch(args, "numpy", args.ranks))
+        runs["data_parallel_mpi"].append(launch(args, "numpy", args.ranks, mpi_allreduce=True))
         if with_torch:
             runs["torch_ddp"].append(launch(args, "torch", args.ranks))
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
@@ -203,28 +211,37 @@ def run_rounds(args: argparse.Namespace, with_torch: bool) -> dict[str, list[dic
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    def median(name: str, key: str) -> float:
-        return statistics.median(record[key] for record in runs[name])
-
-    single, parallel = median("single", "samples_per_s"), median("data_parallel", "samples_per_s")
-    summary: dict[str, Any] = {
-        "ranks": args.ranks, "batch_per_rank": args.batch, "rounds": args.rounds,
-        "single_samples_per_s": single, "data_parallel_samples_per_s": parallel,
-        "weak_scaling_efficiency": statistics.median(
-            p["samples_per_s"] / (args.ranks * s["samples_per_s"]) for s, p in zip(runs["single"], runs["data_parallel"])),
-        "gradient_allreduce_gb_s": median("data_parallel", "gradient_allreduce_gb_s"),
-        "raw_allreduce_gb_s": median("data_parallel", "raw_allreduce_gb_s"),
-        "allreduce_bandwidth_ratio": statistics.median(
-            r["gradient_allreduce_gb_s"] / r["raw_allreduce_gb_s"] for r in runs["data_parallel"]),
-        "exposed_communication_fraction": median("data_parallel", "exposed_fraction"),
-        "wait_after_backward_ms": 1e3 * median("data_parallel", "wait_after_backward_s"),
-        "gradient_allreduce_ms": 1e3 * median("data_parallel", "gradient_allreduce_s"),
-        "buckets": runs["data_parallel"][0]["buckets"],
-    }
+    summary: dict[str, Any] = {"ranks": args.ranks, "batch_per_rank": args.batch, "rounds": args.rounds,
+                               "single_samples_per_s": statistics.median(r["samples_per_s"] for r in runs["single"])}
+    for name in ("data_parallel", "data_parallel_mpi"):
+        summary[name] = summarise_data_parallel(args, runs["single"], runs[name], runs["torch_ddp"])
     if runs["torch_ddp"]:
-        summary["torch_ddp_samples_per_s"] = median("torch_ddp", "samples_per_s")
+        summary["torch_ddp_samples_per_s"] = statistics.median(r["samples_per_s"] for r in runs["torch_ddp"])
+    return summary
+
+
+def summarise_data_parallel(args: argparse.Namespace, single: list[dict[str, Any]], parallel: list[dict[str, Any]],
+                            torch_ddp: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of one DataParallel variant's runs; ratios are taken round by round, then the median."""
+    def median(key: str) -> float:
+        return statistics.median(record[key] for record in parallel)
+
+    summary: dict[str, Any] = {
+        "allreduce": parallel[0]["allreduce"], "buckets": parallel[0]["buckets"],
+        "samples_per_s": median("samples_per_s"),
+        "weak_scaling_efficiency": statistics.median(
+            p["samples_per_s"] / (args.ranks * s["samples_per_s"]) for s, p in zip(single, parallel)),
+        "gradient_allreduce_gb_s": median("gradient_allreduce_gb_s"),
+        "raw_allreduce_gb_s": median("raw_allreduce_gb_s"),
+        "allreduce_bandwidth_ratio": statistics.median(
+            r["gradient_allreduce_gb_s"] / r["raw_allreduce_gb_s"] for r in parallel),
+        "exposed_communication_fraction": median("exposed_fraction"),
+        "wait_after_backward_ms": 1e3 * median("wait_after_backward_s"),
+        "gradient_allreduce_ms": 1e3 * median("gradient_allreduce_s"),
+    }
+    if torch_ddp:
         summary["speedup_over_torch_ddp"] = statistics.median(
-            p["samples_per_s"] / t["samples_per_s"] for p, t in zip(runs["data_parallel"], runs["torch_ddp"]))
+            p["samples_per_s"] / t["samples_per_s"] for p, t in zip(parallel, torch_ddp))
     return summary
 
 
@@ -233,18 +250,21 @@ def report(summary: dict[str, Any]) -> None:
     print(f"MLP {'-'.join(map(str, LAYER_WIDTHS))}, {summary['batch_per_rank']} samples per rank, one BLAS thread "
           f"per rank, median of {summary['rounds']} interleaved rounds")
     print(f"  1 rank:                    {summary['single_samples_per_s']:9.0f} samples/s")
-    print(f"  {n} ranks DataParallel:     {summary['data_parallel_samples_per_s']:9.0f} samples/s (global), "
-          f"{summary['buckets']} buckets")
-    print(f"  weak-scaling efficiency:   {summary['weak_scaling_efficiency']:9.3f}")
     if "torch_ddp_samples_per_s" in summary:
         print(f"  {n} ranks torch DDP gloo:   {summary['torch_ddp_samples_per_s']:9.0f} samples/s (global)")
-        print(f"  speedup over torch DDP:    {summary['speedup_over_torch_ddp']:9.3f}x")
-    print(f"  gradient allreduce:        {summary['gradient_allreduce_gb_s']:9.3f} GB/s "
-          f"({summary['gradient_allreduce_ms']:.2f} ms)")
-    print(f"  raw mpi4py Allreduce:      {summary['raw_allreduce_gb_s']:9.3f} GB/s")
-    print(f"  bandwidth ratio:           {summary['allreduce_bandwidth_ratio']:9.3f}")
-    print(f"  exposed communication:     {summary['exposed_communication_fraction']:9.3f} "
-          f"({summary['wait_after_backward_ms']:.2f} ms waited after backward)")
+    for name in ("data_parallel", "data_parallel_mpi"):
+        variant = summary[name]
+        print(f"  {n} ranks DataParallel, {variant['allreduce']} allreduce, {variant['buckets']} buckets:")
+        print(f"    samples/s (global):      {variant['samples_per_s']:9.0f}")
+        print(f"    weak-scaling efficiency: {variant['weak_scaling_efficiency']:9.3f}")
+        if "speedup_over_torch_ddp" in variant:
+            print(f"    speedup over torch DDP:  {variant['speedup_over_torch_ddp']:9.3f}x")
+        print(f"    gradient allreduce:      {variant['gradient_allreduce_gb_s']:9.3f} GB/s "
+              f"({variant['gradient_allreduce_ms']:.2f} ms)")
+        print(f"    raw mpi4py Allreduce:    {variant['raw_allreduce_gb_s']:9.3f} GB/s")
+        print(f"    bandwidth ratio:         {variant['allreduce_bandwidth_ratio']:9.3f}")
+        print(f"    exposed communication:   {variant['exposed_communication_fraction']:9.3f} "
+              f"({variant['wait_after_backward_ms']:.2f} ms waited after backward)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

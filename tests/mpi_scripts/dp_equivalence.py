@@ -76,10 +76,10 @@ def assert_same_on_all_ranks(world, values: numpy.ndarray, what: str) -> None:
     assert numpy.array_equal(values, on_rank_0), f"rank {world.rank}: {what} differ from rank 0's"
 
 
-def check_configuration(world, micro_batches: int, bucket_cap_mb: float, compression) -> None:
+def check_configuration(world, micro_batches: int, bucket_cap_mb: float, compression, shared_memory=True) -> None:
     model = build_model(seed=100 + world.rank)
     reference = build_model(seed=100)
-    dp = DataParallel(model, bucket_cap_mb=bucket_cap_mb, compression=compression)
+    dp = DataParallel(model, bucket_cap_mb=bucket_cap_mb, compression=compression, shared_memory=shared_memory)
     assert_same_on_all_ranks(world, flat_parameters(model), "parameters after the broadcast")
     assert numpy.array_equal(flat_parameters(model), flat_parameters(reference))
     train_data_parallel(dp, dp.comm, micro_batches)
@@ -90,7 +90,8 @@ def check_configuration(world, micro_batches: int, bucket_cap_mb: float, compres
         moved = float(numpy.abs(flat_parameters(reference) - flat_parameters(build_model(seed=100))).max())
         tolerance = FLOAT16_TOLERANCE if compression else TOLERANCE
         print(f"ranks={world.size} micro_batches={micro_batches} buckets={len(dp.buckets)} "
-              f"compression={compression} max_abs_diff={difference:.3e} moved={moved:.3e}", flush=True)
+              f"allreduce={dp.allreduce_kind.replace(' ', '_')} compression={compression} "
+              f"max_abs_diff={difference:.3e} moved={moved:.3e}", flush=True)
         assert difference < tolerance, f"max abs difference {difference} exceeds {tolerance}"
         assert moved > 100 * TOLERANCE, "training barely moved the parameters; the comparison would be vacuous"
     if compression == "float16":
@@ -124,6 +125,7 @@ def main() -> None:
     check_configuration(world, micro_batches=1, bucket_cap_mb=4.0, compression=None)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression=None)
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
+    check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None, shared_memory=False)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression="float16")
     print(f"rank {world.rank} ok", flush=True)
 
