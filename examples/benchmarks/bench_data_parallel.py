@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` (an
 from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
 
 LAYER_WIDTHS = (784, 1024, 1024, 10)
+TARGETS = {"weak_scaling_efficiency": 0.90, "speedup_over_torch_ddp": 1.3, "allreduce_bandwidth_ratio": 0.9}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -265,6 +266,9 @@ def report(summary: dict[str, Any]) -> None:
         print(f"    bandwidth ratio:         {variant['allreduce_bandwidth_ratio']:9.3f}")
         print(f"    exposed communication:   {variant['exposed_communication_fraction']:9.3f} "
               f"({variant['wait_after_backward_ms']:.2f} ms waited after backward)")
+    verdicts = [f"{name} >= {target}: {'met' if summary['data_parallel'][name] >= target else 'MISSED'}"
+                for name, target in TARGETS.items() if name in summary["data_parallel"]]
+    print("  targets (default DataParallel): " + "; ".join(verdicts))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:

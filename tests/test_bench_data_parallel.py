@@ -1,0 +1,28 @@
+"""The data-parallel benchmark runs on tiny sizes under real mpiexec and reports both DataParallel
+variants; no timing is asserted."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--steps", "2", "--rounds", "1", "--warmup", "1", "--batch", "8", "--no-torch"]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    return importlib.import_module("examples.benchmarks.bench_data_parallel")
+
+
+def test_reports_the_shared_memory_and_the_mpi_allreduce(bench, capsys):
+    summary = bench.main(TINY)
+    assert summary["data_parallel"]["allreduce"] == "shared memory"
+    assert summary["data_parallel_mpi"]["allreduce"] == "mpi"
+    for variant in ("data_parallel", "data_parallel_mpi"):
+        figures = summary[variant]
+        assert figures["samples_per_s"] > 0 and figures["weak_scaling_efficiency"] > 0
+        assert figures["gradient_allreduce_ms"] > 0 and figures["allreduce_bandwidth_ratio"] > 0
+    assert "targets (default DataParallel): weak_scaling_efficiency >= 0.9" in capsys.readouterr().out
