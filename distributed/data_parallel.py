@@ -80,7 +80,7 @@ class DataParallel:
         groups = assign_buckets(ready_order, int(bucket_cap_mb * 2**20))
         self.compression = compression
         shared = self._shared_memory_allreduce(groups, shared_memory)
-        self.buckets = [GradientBucket(group, shared.buffers[index] if shared else None)
+        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index])
                         for index, group in enumerate(groups)]
         allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], self.comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)

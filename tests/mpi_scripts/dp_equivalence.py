@@ -118,10 +118,27 @@ def check_input_gradient_is_this_ranks_own(world) -> None:
     numpy.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
+def check_sub_communicator(world) -> None:
+    """DataParallel over pairs of ranks (a Split communicator) averages over the pair only."""
+    pairs = world.Split(world.rank // 2, world.rank)
+    model, plain = build_model(seed=3), build_model(seed=3)
+    dp = DataParallel(model, comm=pairs)
+    assert dp.allreduce_kind == ("shared memory" if pairs.size > 1 else "mpi")
+    x = numpy.random.default_rng(world.rank).standard_normal((PER_RANK, IN)).astype(numpy.float32)
+    dout = numpy.ones((PER_RANK, CLASSES), dtype=numpy.float32)
+    dp.backward(dout, dp.forward(x)[1])
+    plain.backward(dout, plain.forward(x)[1], input_grad=False)
+    for p, reference in zip(model.parameters(), plain.parameters()):
+        expected = pairs.allreduce(reference.grad) / pairs.size
+        numpy.testing.assert_allclose(p.grad, expected, rtol=1e-5, atol=1e-6)
+    pairs.Free()
+
+
 def main() -> None:
     world = MPI.COMM_WORLD
     check_buffers_broadcast(world)
     check_input_gradient_is_this_ranks_own(world)
+    check_sub_communicator(world)
     check_configuration(world, micro_batches=1, bucket_cap_mb=4.0, compression=None)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression=None)
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
