@@ -1,11 +1,13 @@
 """DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from distributed.bucket_allreduce_mpi import MpiBucketAllreduce
-from distributed.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_possible
+from distributed.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
+                                                 shared_memory_shortage)
 from distributed.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from distributed.communicator import Communicator, MpiComm, as_communicator
 from distributed.consistency import check_same_model
@@ -50,7 +52,8 @@ class DataParallel:
             keep the buckets in memory all ranks can read and sum them there (about twice
             as fast as MPI's allreduce; see distributed.bucket_allreduce_shared). The window
             stays allocated until the process ends, as the gradients are views into it.
-            False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce.
+            False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
+            and so does a node whose /dev/shm lacks room for the buckets (with a warning).
 
     Raises:
         TypeError: when `module` is not a network Layer.
@@ -89,12 +92,19 @@ class DataParallel:
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]],
                                  shared_memory: bool) -> SharedMemoryBucketAllreduce | None:
-        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU)."""
+        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU,
+        room enough); a warning on rank 0 when only the room is missing."""
         dtypes = [group[0].dtype for group in groups]
+        sizes = [bucket_size(group) for group in groups]
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
-        if shared_memory and self.compression is None and shared_memory_possible(self.comm, dtypes, on_cpu):
-            return SharedMemoryBucketAllreduce([bucket_size(group) for group in groups], dtypes, self.comm)
-        return None
+        if not (shared_memory and self.compression is None and shared_memory_possible(self.comm, dtypes, on_cpu)):
+            return None
+        shortage = shared_memory_shortage(self.comm, sizes, dtypes)
+        if shortage is not None:
+            if self.comm.is_main:
+                warnings.warn(shortage, RuntimeWarning, stacklevel=3)
+            return None
+        return SharedMemoryBucketAllreduce(sizes, dtypes, self.comm)
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:

@@ -1,5 +1,8 @@
 """DataParallel: buckets and the single-process contract in-process, N-rank equivalence under real mpiexec."""
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -9,7 +12,7 @@ import network as nn
 from distributed import DataParallel
 from distributed.buckets import GradientBucket, assign_buckets
 from distributed.consistency import first_difference, model_signature
-from mpi_launch import run_mpi
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi
 from packages import require
 
 TRAIN_DIGITS = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
@@ -209,6 +212,19 @@ def test_data_parallel_equals_single_process_training(ranks):
 def test_shared_memory_allreduce_equals_mpi_allreduce(ranks):
     result = run_mpi("shared_allreduce.py", ranks)
     for rank in range(ranks):
+        assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce():
+    """A 64 MB /dev/shm (Docker's default) in a mount namespace of this test's own."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare -m` (root on Linux) to mount a small /dev/shm")
+    mount_then_run = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" "$@"'
+    command = ["unshare", "-m", "sh", "-c", mount_then_run, mpiexec_path(), "-n", "2", sys.executable,
+               str(MPI_SCRIPTS / "dp_small_shm.py")]
+    result = run_bounded(command, 120, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    for rank in (0, 1):
         assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
 
 

@@ -5,6 +5,8 @@ them agree. Rank 0 also trains a copy of its initial model on the whole global b
 the steps every rank's parameters must match that reference. Prints one line per
 configuration on rank 0 and "rank R ok" on every rank.
 """
+import warnings
+
 import numpy
 from mpi4py import MPI
 
@@ -134,11 +136,33 @@ def check_sub_communicator(world) -> None:
     pairs.Free()
 
 
+def check_short_shared_memory_falls_back_to_mpi(world) -> None:
+    """One rank short of /dev/shm room: every rank uses MPI's allreduce, rank 0 warns with the sizes."""
+    from distributed import bucket_allreduce_shared
+
+    measured = bucket_allreduce_shared.free_shared_memory_bytes
+    bucket_allreduce_shared.free_shared_memory_bytes = lambda: 2**10 if world.rank == world.size - 1 else None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dp = DataParallel(build_model(seed=5))
+    finally:
+        bucket_allreduce_shared.free_shared_memory_bytes = measured
+    assert dp.allreduce_kind == "mpi", dp.allreduce_kind
+    messages = [str(warning.message) for warning in caught]
+    if world.rank == 0:
+        assert len(messages) == 1 and f"on rank {world.size - 1} has 0 MiB free" in messages[0], messages
+        assert "--shm-size" in messages[0], messages
+    else:
+        assert messages == [], messages
+
+
 def main() -> None:
     world = MPI.COMM_WORLD
     check_buffers_broadcast(world)
     check_input_gradient_is_this_ranks_own(world)
     check_sub_communicator(world)
+    check_short_shared_memory_falls_back_to_mpi(world)
     check_configuration(world, micro_batches=1, bucket_cap_mb=4.0, compression=None)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression=None)
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
