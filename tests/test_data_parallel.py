@@ -215,11 +215,15 @@ def test_shared_memory_allreduce_equals_mpi_allreduce(ranks):
         assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
 
 
+def can_make_mount_namespaces() -> bool:
+    """Whether `unshare -m` works here (Linux, and the right to mount: root)."""
+    return (sys.platform.startswith("linux") and shutil.which("unshare") is not None
+            and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0)
+
+
+@pytest.mark.skipif(not can_make_mount_namespaces(), reason="needs `unshare -m` (root on Linux) to mount a small /dev/shm")
 def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce():
     """A 64 MB /dev/shm (Docker's default) in a mount namespace of this test's own."""
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs `unshare -m` (root on Linux) to mount a small /dev/shm")
     mount_then_run = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" "$@"'
     command = ["unshare", "-m", "sh", "-c", mount_then_run, mpiexec_path(), "-n", "2", sys.executable,
                str(MPI_SCRIPTS / "dp_small_shm.py")]

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy
 import pytest
 
-from launch.job_processes import stop_job
+from launch.job_processes import processes_with, stop_job
 from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
 from network.checkpoint import read_checkpoint
 from packages import require
-from processes import is_running
+from processes import command_line, is_running
 
 ENDS_WITHIN_S = 30  # from the fault to the end of the job, with room for a slow, shared machine
 TRAIN_DIGITS = REPOSITORY_ROOT / "examples" / "train_digits.py"
@@ -142,14 +142,7 @@ def rank_pid(job, rank, marker):
     """The process id of MPI rank `rank` of `job`: a process whose command line holds `marker`, with PMI_RANK=rank."""
     if not Path("/proc/self/environ").exists():
         pytest.skip("finding a rank's process needs Linux's /proc")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command_line = (entry / "cmdline").read_bytes()
-            environment = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in command_line and f"PMI_RANK={rank}".encode() in environment:
-            return int(entry.name)
+    for pid in processes_with("PMI_RANK", str(rank)):
+        if marker in command_line(pid):
+            return pid
     raise AssertionError(f"no process of rank {rank} found for job {job.pid}")
