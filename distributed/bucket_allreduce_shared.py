@@ -23,9 +23,10 @@ from typing import Sequence
 import numpy
 from mpi4py import MPI
 
+from distributed.bucket_allreduce import BucketAllreduce
 from distributed.communicator import Communicator
-from distributed.request import Request, wait_all
-from distributed.timeline import begin, end, span
+from distributed.request import wait_all
+from distributed.timeline import span
 
 ALIGNMENT = 64  # bytes: each buffer starts on a cache line
 SHARED_MEMORY_DIRECTORY = "/dev/shm"  # where MPICH and Open MPI keep the files behind shared windows on Linux
@@ -66,7 +67,7 @@ def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Seq
     return None
 
 
-class SharedMemoryBucketAllreduce:
+class SharedMemoryBucketAllreduce(BucketAllreduce):
     """Flat buffers of `sizes` elements of `dtypes` in a window shared by the ranks of `comm`.
 
     `buffers` are this rank's arrays (the gradient buckets are made over them); `launch`,
@@ -75,53 +76,44 @@ class SharedMemoryBucketAllreduce:
     """
 
     def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator):
-        self.comm = comm
         self.sizes, self.dtypes = list(sizes), [numpy.dtype(dtype) for dtype in dtypes]
         offsets, total = _aligned_offsets(self.sizes, self.dtypes)
         self._window = MPI.Win.Allocate_shared(total, 1, comm=comm.mpi_comm)
         self._window.Lock_all(MPI.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
         self._all_buffers = [self._buffers_of(rank, offsets) for rank in range(comm.size)]
-        self.buffers = self._all_buffers[comm.rank]
+        super().__init__(self._all_buffers[comm.rank], comm)
         self._slices = [[_slice_of(size, rank, comm.size) for rank in range(comm.size)] for size in self.sizes]
-        self._ready: list[Request | None] = []
         self._summed: list[bool] = []
-        self._trace_tokens: list = []
 
     def start(self) -> None:
-        """Forget the previous backward's state."""
-        self._ready = [None] * len(self.buffers)
+        super().start()
         self._summed = [False] * len(self.buffers)
-        self._trace_tokens = [None] * len(self.buffers)
-
-    def launched(self, index: int) -> bool:
-        return self._ready[index] is not None
 
     def launch(self, index: int) -> None:
-        """Announce that this rank's buffer `index` is final."""
+        """Announce, with a non-blocking barrier, that this rank's buffer `index` is final."""
         buffer = self.buffers[index]
-        self._trace_tokens[index] = begin("allreduce", track=f"bucket {index}", bucket=index, bytes=int(buffer.nbytes))
+        self._trace(index, int(buffer.nbytes))
         self._window.Sync()
-        self._ready[index] = self.comm.ibarrier(
+        self._requests[index] = self.comm.ibarrier(
             what=f"allreduce of {buffer.size} {buffer.dtype} (gradient bucket {index}, in shared memory)")
 
     def progress(self) -> None:
         """Sum this rank's slice of every buffer that all ranks have announced."""
-        for index, ready in enumerate(self._ready):
+        for index, ready in enumerate(self._requests):
             if ready is not None and not self._summed[index] and ready.test():
                 self._sum_my_slice(index)
 
     def finish(self) -> int:
         """Sum what is left and wait until every rank has written its slices; returns the bytes of the buffers."""
         with span("shared-memory allreduce"):
-            wait_all([ready for ready in self._ready if ready is not None])
+            wait_all([ready for ready in self._requests if ready is not None])
             for index in range(len(self.buffers)):
                 if not self._summed[index]:
                     self._sum_my_slice(index)
             self._window.Sync()
             self.comm.barrier()
             self._window.Sync()
-        for token in self._trace_tokens:
-            end(token)
+        self._end_traces()
         return sum(int(buffer.nbytes) for buffer in self.buffers)
 
     def _sum_my_slice(self, index: int) -> None:

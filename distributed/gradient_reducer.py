@@ -5,8 +5,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from distributed.bucket_allreduce_mpi import MpiBucketAllreduce
-from distributed.bucket_allreduce_shared import SharedMemoryBucketAllreduce
+from distributed.bucket_allreduce import BucketAllreduce
 from distributed.buckets import GradientBucket
 from distributed.timeline import span
 from network.parameter import Parameter
@@ -43,8 +42,7 @@ class GradientReducer:
             shared-memory one.
     """
 
-    def __init__(self, buckets: Iterable[GradientBucket],
-                 allreduce: MpiBucketAllreduce | SharedMemoryBucketAllreduce):
+    def __init__(self, buckets: Iterable[GradientBucket], allreduce: BucketAllreduce):
         self.buckets = list(buckets)
         self.allreduce = allreduce
         self._bucket_of = {id(p): index for index, bucket in enumerate(self.buckets) for p in bucket.params}
