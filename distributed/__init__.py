@@ -4,17 +4,17 @@ Importing it installs the abort handler: from then on an uncaught exception on a
 ends the whole job with that rank's traceback, even under plain `mpiexec python script.py`;
 and, in a job of several ranks, a rank whose launcher is gone exits instead of waiting forever.
 """
-from distributed.abort import abort_handler_installed, abort_job, install_abort_handler, uninstall_abort_handler
-from distributed.buckets import DEFAULT_BUCKET_CAP_MB
-from distributed.communicator import Communicator, as_communicator, mpi_comm_of
-from distributed.data_parallel import DataParallel
-from distributed.gradient_reducer import SyncStats
-from distributed.metrics import average_metrics
-from distributed.orphan_guard import exit_when_orphaned
-from distributed.request import Request, poll_all, wait_all
-from distributed.staging import mpi_cuda_aware
-from distributed.watchdog import Watchdog, start_watchdog
-from distributed.world import bind_gpu, is_main_rank, local_rank, rank, size
+from mpiprop.distributed.reliability.abort import abort_handler_installed, abort_job, install_abort_handler, uninstall_abort_handler
+from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
+from mpiprop.distributed.data_parallel.data_parallel import DataParallel
+from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
+from mpiprop.distributed.transport.metric_averaging import average_metrics
+from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
+from mpiprop.distributed.transport.request import Request, poll_all, wait_all
+from mpiprop.distributed.transport.staging import mpi_cuda_aware
+from mpiprop.distributed.reliability.watchdog import Watchdog, start_watchdog
+from mpiprop.distributed.transport.world import bind_gpu, is_main_rank, local_rank, rank, size
 
 __all__ = [
     "Communicator", "Request", "wait_all", "poll_all", "as_communicator", "mpi_comm_of", "mpi_cuda_aware",
@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 # pipeline parallelism and the 2-D grid
-from distributed.pipeline import Pipeline  # noqa: E402
-from distributed.topology import Grid, make_grid  # noqa: E402
+from mpiprop.distributed.pipeline.pipeline import Pipeline  # noqa: E402
+from mpiprop.distributed.pipeline.topology import Grid, make_grid  # noqa: E402
 
 __all__ += ["Pipeline", "Grid", "make_grid"]
 

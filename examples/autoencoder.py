@@ -9,12 +9,12 @@ from typing import Sequence
 
 import numpy
 
-import network as nn
-from network.data import ArrayDataset, DataLoader
-from network.datasets import load_digits
-from network.plots import plot_reconstructions
-from network.preprocessing import train_val_split
-from network.schedules import CosineAnnealingLR
+import mpiprop.network as nn
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.datasets import load_digits
+from mpiprop.network.plots import plot_reconstructions
+from mpiprop.network.preprocessing import train_val_split
+from mpiprop.network.schedules import CosineAnnealingLR
 
 IMAGES_SHOWN = 10
 

@@ -10,7 +10,7 @@ Every rank builds the same model; the pipeline keeps one stage per rank. The inp
 is read on the first stage and the labels on the last. With --replicas R the ranks form
 R pipelines, each training on its share of every batch, with gradients averaged across
 replicas. The checkpoint is the consolidated whole model, loadable into the plain
-Sequential with `network.checkpoint.load_checkpoint`. The last line printed is
+Sequential with `mpiprop.network.checkpoint.load_checkpoint`. The last line printed is
 test_accuracy=<float>.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Sequence
 
 import numpy
 
-import network as nn
-from distributed import Pipeline, make_grid
-from network.checkpoint import save_checkpoint
-from network.datasets import load_digits
-from network.metrics import count_correct
-from network.preprocessing import Standardizer, train_val_split
+import mpiprop.network as nn
+from mpiprop.distributed import Pipeline, make_grid
+from mpiprop.network.checkpoint import save_checkpoint
+from mpiprop.network.datasets import load_digits
+from mpiprop.network.metrics import count_correct
+from mpiprop.network.preprocessing import Standardizer, train_val_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

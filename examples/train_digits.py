@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-import distributed
-import network as nn
-from network.callbacks import EarlyStopping
-from network.data import ArrayDataset, DataLoader
-from network.datasets import load_digits
-from network.preprocessing import Standardizer, train_val_split
-from network.schedules import CosineAnnealingLR, LinearWarmup
+from mpiprop import distributed
+import mpiprop.network as nn
+from mpiprop.network.callbacks import EarlyStopping
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.datasets import load_digits
+from mpiprop.network.preprocessing import Standardizer, train_val_split
+from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
 
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.15

@@ -1,4 +1,4 @@
-"""`python -m launch ...` is the `mpiprop` command."""
-from launch.cli import main
+"""`python -m mpiprop.launch ...` is the `mpiprop` command."""
+from mpiprop.launch.cli import main
 
 raise SystemExit(main())

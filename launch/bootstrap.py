@@ -14,7 +14,7 @@ LOCAL_RANK_VARIABLES = (
     "MV2_COMM_WORLD_LOCAL_RANK",  # MVAPICH
     "SLURM_LOCALID",  # srun
 )
-USAGE = "usage: python -m launch.bootstrap script.py [args...]  |  python -m launch.bootstrap -m module [args...]"
+USAGE = "usage: python -m mpiprop.launch.bootstrap script.py [args...]  |  python -m mpiprop.launch.bootstrap -m module [args...]"
 
 
 def local_rank(environ: MutableMapping[str, str]) -> int | None:
@@ -73,13 +73,13 @@ def user_frames(traceback: TracebackType | None) -> TracebackType | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `python -m launch.bootstrap script.py args...`."""
+    """Entry point: `python -m mpiprop.launch.bootstrap script.py args...`."""
     program = list(sys.argv[1:] if argv is None else argv)
     if not program or program == ["-m"]:
         raise SystemExit(USAGE)
     bind_gpu(os.environ)
-    from distributed.abort import install_abort_handler  # imports mpi4py, so after the GPU is chosen
-    from distributed.watchdog import start_watchdog_from_environment
+    from mpiprop.distributed.reliability.abort import install_abort_handler  # imports mpi4py, so after the GPU is chosen
+    from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment
     from mpi4py import MPI
 
     install_abort_handler()

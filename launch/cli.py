@@ -9,8 +9,8 @@ import subprocess
 import sys
 from typing import Sequence
 
-from launch.mpiexec import RunOptions
-from launch.runner import JobFailed
+from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.runner import JobFailed
 
 DESCRIPTION = "Launch and measure mpiprop training jobs under MPI. Plain `mpiexec -n N python script.py` works too."
 MAX_COUNT = 2**31 - 1  # MPI counts are C ints
@@ -42,7 +42,7 @@ def positive_seconds(text: str) -> float:
 
 def rank_list(text: str) -> list[int]:
     """argparse type: a comma-separated list of rank counts."""
-    from launch.scale import parse_rank_list
+    from mpiprop.launch.scale import parse_rank_list
 
     try:
         ranks = parse_rank_list(text)
@@ -55,7 +55,7 @@ def rank_list(text: str) -> list[int]:
 
 def layout_list(text: str) -> str:
     """argparse type: data x pipeline layouts such as "8,4x2", checked here and returned as given."""
-    from launch.modeling import parse_layouts
+    from mpiprop.launch.modeling import parse_layouts
 
     try:
         layouts = parse_layouts(text)
@@ -82,7 +82,7 @@ def hostfile(path: str) -> str:
 
 def scaling_json(path: str) -> str:
     """argparse type: a scaling.json written by `mpiprop scale --predict`, checked by loading it."""
-    from launch.model_command import load_scaling_json
+    from mpiprop.launch.model_command import load_scaling_json
 
     remake = "make it with `mpiprop scale ... --predict R`"
     try:
@@ -202,7 +202,7 @@ def _add_model(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `mpiprop` and `python -m launch`; returns the exit status."""
+    """Entry point of `mpiprop` and `python -m mpiprop.launch`; returns the exit status."""
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     program: list[str] = []
@@ -241,7 +241,7 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from launch.runner import Launcher
+    from mpiprop.launch.runner import Launcher
 
     options = run_options_from(args, parser)
     launcher = Launcher.detect()
@@ -258,7 +258,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from launch.info import collect_info, format_info
+    from mpiprop.launch.info import collect_info, format_info
 
     info = collect_info()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -266,8 +266,8 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from launch.runner import Launcher
-    from launch.scale import ScaleConfig, format_table, run_scaling
+    from mpiprop.launch.runner import Launcher
+    from mpiprop.launch.scale import ScaleConfig, format_table, run_scaling
 
     config = ScaleConfig(ranks=tuple(args.ranks), mode=args.mode, out=args.out, program=tuple(args.program),
                          repeat=args.repeat, threads_per_rank=args.threads_per_rank, hostfile=args.hostfile,
@@ -281,14 +281,14 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from launch.model_command import run_model
+    from mpiprop.launch.model_command import run_model
 
     print(run_model(args.layouts, args.micro_batches, args.source, args.batch, args.timeout))
     return 0
 
 
 def _trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from distributed.timeline import merge_rank_files, rank_file
+    from mpiprop.distributed.reliability.timeline import merge_rank_files, rank_file
 
     if merge_rank_files(args.path) is None:
         raise FileNotFoundError(f"no per-rank trace files such as {rank_file(args.path, 0)!r} to merge; record "

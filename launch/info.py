@@ -6,8 +6,8 @@ import importlib
 import platform
 from typing import Any
 
-from launch.mpiexec import detect_flavour, find_mpiexec
-from launch.runner import available_cores
+from mpiprop.launch.mpiexec import detect_flavour, find_mpiexec
+from mpiprop.launch.runner import available_cores
 
 
 def summarize_library_version(text: str) -> str:
@@ -28,7 +28,7 @@ def mpi_description() -> dict[str, Any]:
     import mpi4py
     from mpi4py import MPI  # initialises MPI (a singleton job outside mpiexec): the CUDA query needs it
 
-    from distributed.staging import mpi_cuda_aware
+    from mpiprop.distributed.transport.staging import mpi_cuda_aware
 
     major, minor = MPI.Get_version()
     return {"mpi_library": summarize_library_version(MPI.Get_library_version()),
@@ -47,7 +47,7 @@ def launcher_description() -> dict[str, Any]:
 
 def gpu_description() -> dict[str, Any]:
     """cupy version, NCCL version and the number of GPUs seen (None and 0 without cupy)."""
-    from network import backend
+    from mpiprop.network import backend
 
     if backend.cupy is None:
         return {"cupy": None, "nccl": None, "gpus": 0}
@@ -56,7 +56,7 @@ def gpu_description() -> dict[str, Any]:
 
 
 def _nccl_version() -> int | None:
-    try:  # a submodule of the cupy that network.backend already imported
+    try:  # a submodule of the cupy that mpiprop.network.backend already imported
         return int(importlib.import_module("cupy.cuda.nccl").get_version())
     except Exception:
         return None

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy
 
-from launch.perfmodel import LinkCost, fit_link, fit_ring_allreduce
+from mpiprop.launch.perfmodel import LinkCost, fit_link, fit_ring_allreduce
 
 MEASURE_TAG = "MPIPROP_LINKS"
 DEFAULT_SIZES = (8, 4096, 65536, 1 << 20, 4 << 20)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    from distributed.communicator import Communicator
+    from mpiprop.distributed.transport.communicator import Communicator
 
     comm = Communicator()
     links = measure_links(comm, repeats=args.repeats)

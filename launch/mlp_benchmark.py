@@ -8,15 +8,15 @@ import time
 
 import numpy
 
-import network as nn
-from launch.throughput import SCALE_MODE_VARIABLE, format_throughput_line
+import mpiprop.network as nn
+from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, format_throughput_line
 
 MODES = ("strong", "weak")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of the benchmark (all sizes small enough for a laptop by default)."""
-    parser = argparse.ArgumentParser(prog="python -m launch.mlp_benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mpiprop.launch.mlp_benchmark", description=__doc__)
     parser.add_argument("--mode", choices=MODES, default=os.environ.get(SCALE_MODE_VARIABLE, "strong"),
                         help="strong: --batch is the global batch, split over ranks; weak: --batch per rank "
                              f"(default: ${SCALE_MODE_VARIABLE}, set by `mpiprop scale`, else strong)")
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps for the throughput.
     """
     args = build_parser().parse_args(argv)
-    from distributed.communicator import Communicator
-    from distributed.data_parallel import DataParallel
+    from mpiprop.distributed.transport.communicator import Communicator
+    from mpiprop.distributed.data_parallel.data_parallel import DataParallel
 
     comm = Communicator()
     batch = local_batch_size(args.mode, args.batch, comm.size)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import statistics
 
-from launch.modeling import (format_predictions, measure_links_with, parse_layouts, predict_layouts,
+from mpiprop.launch.modeling import (format_predictions, measure_links_with, parse_layouts, predict_layouts,
                              with_micro_batches, workload_from_values)
-from launch.mpiexec import RunOptions
-from launch.perfmodel import LinkCost, Measurements, Workload
-from launch.runner import Launcher
-from launch.scale import BUILTIN_WORKLOAD
-from launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
+from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.perfmodel import LinkCost, Measurements, Workload
+from mpiprop.launch.runner import Launcher
+from mpiprop.launch.scale import BUILTIN_WORKLOAD
+from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
 
 
 def load_scaling_json(path: str) -> tuple[Measurements, Workload, dict[int, float]]:

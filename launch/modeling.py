@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from typing import Iterable, Sequence
 
-from launch.measure import MEASURE_TAG
-from launch.mpiexec import RunOptions
-from launch.perfmodel import Layout, LinkCost, Measurements, Prediction, Workload, predict
-from launch.runner import Launcher
+from mpiprop.launch.measure import MEASURE_TAG
+from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Prediction, Workload, predict
+from mpiprop.launch.runner import Launcher
 
 WORKLOAD_KEYS = ("compute_s_per_sample", "parameter_bytes", "global_batch")
 
@@ -37,7 +37,7 @@ def with_micro_batches(layout: Layout, micro_batches: int | None) -> Layout:
 
 
 def parse_link_line(output: str) -> dict[str, LinkCost]:
-    """The link costs on the `MPIPROP_LINKS {json}` line printed by `launch.measure`.
+    """The link costs on the `MPIPROP_LINKS {json}` line printed by `mpiprop.launch.measure`.
 
     Raises:
         ValueError: when the output holds no such line.
@@ -50,8 +50,8 @@ def parse_link_line(output: str) -> dict[str, LinkCost]:
 
 
 def measure_links_with(launcher: Launcher, ranks: int = 2, timeout: float = 300) -> dict[str, LinkCost]:
-    """Run `launch.measure` on `ranks` ranks (one thread each) and return the fitted p2p and allreduce costs."""
-    options = RunOptions(ranks=ranks, program=["-m", "launch.measure"], threads_per_rank=1)
+    """Run `mpiprop.launch.measure` on `ranks` ranks (one thread each) and return the fitted p2p and allreduce costs."""
+    options = RunOptions(ranks=ranks, program=["-m", "mpiprop.launch.measure"], threads_per_rank=1)
     return parse_link_line(launcher.run_captured(options, timeout=timeout))
 
 

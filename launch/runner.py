@@ -6,8 +6,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from launch.job_processes import run_whole_job
-from launch.mpiexec import RunOptions, build_command, count_hosts, detect_flavour, find_mpiexec, launch_warnings
+from mpiprop.launch.job_processes import run_whole_job
+from mpiprop.launch.mpiexec import RunOptions, build_command, count_hosts, detect_flavour, find_mpiexec, launch_warnings
 
 
 def available_cores() -> int:

@@ -10,14 +10,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from launch.modeling import measure_links_with, predict_sweep
-from launch.mpiexec import RunOptions
-from launch.perfmodel import Prediction
-from launch.runner import Launcher
-from launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
+from mpiprop.launch.modeling import measure_links_with, predict_sweep
+from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.perfmodel import Prediction
+from mpiprop.launch.runner import Launcher
+from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
 
 MODES = ("strong", "weak")
-BUILTIN_WORKLOAD = ["-m", "launch.mlp_benchmark"]
+BUILTIN_WORKLOAD = ["-m", "mpiprop.launch.mlp_benchmark"]
 CSV_COLUMNS = ("ranks", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "speedup", "efficiency",
                "step_s", "predicted_samples_per_s", "predicted_efficiency", "predicted_step_s")
 
@@ -127,7 +127,7 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
 
 def describe_environment(timeout: float = 120) -> dict[str, Any]:
     """`mpiprop info --json` run in a separate process (so this one never initialises MPI)."""
-    completed = subprocess.run([sys.executable, "-m", "launch", "info", "--json"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "mpiprop.launch", "info", "--json"], capture_output=True, text=True,
                                timeout=timeout)
     if completed.returncode != 0:
         return {"error": completed.stderr.strip()[-500:]}
@@ -220,7 +220,7 @@ def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], No
     write_csv(rows, os.path.join(config.out, "scaling.csv"))
     with open(os.path.join(config.out, "scaling.json"), "w") as handle:
         json.dump(result, handle, indent=2)
-    from launch.plot import plot_scaling
+    from mpiprop.launch.plot import plot_scaling
 
     try:
         plot_scaling(rows, config.mode, os.path.join(config.out, "scaling.png"), title=_title(config, result))

@@ -26,7 +26,7 @@ def parse_throughput_line(output: str) -> dict[str, float]:
     lines = [line.strip() for line in output.splitlines() if line.strip().startswith(THROUGHPUT_TAG)]
     if not lines:
         raise ValueError(f"the workload printed no `{THROUGHPUT_TAG} samples_per_s=<number>` line; make one rank "
-                         "print it (see launch.throughput.format_throughput_line)")
+                         "print it (see mpiprop.launch.throughput.format_throughput_line)")
     values = {}
     for field in lines[-1][len(THROUGHPUT_TAG):].split():
         key, _, text = field.partition("=")

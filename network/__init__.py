@@ -1,24 +1,24 @@
 """network: explicit, layer-by-layer backpropagation on numpy and cupy."""
-from network import init, optim
-from network.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from network.backend import cupy_available, get_array_module, to_device, to_numpy
-from network.batchnorm import BatchNorm1d
-from network.clipping import clip_grad_norm_, clip_grad_value_, total_grad_norm
-from network.diagnostics import gradient_health, gradient_norms
-from network.dropout import Dropout
-from network.flatten import Flatten
-from network.gradcheck import GradcheckError, gradcheck
-from network.layer import Layer
-from network.linear import Linear
-from network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from network.parameter import Parameter
-from network.regularization import l1_penalty, l2_penalty, weights_only
-from network.rng import manual_seed
-from network.sequential import Sequential
-from network import callbacks, datasets, schedules
-from network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from network.data import ArrayDataset, DataLoader
-from network.trainer import Trainer
+from mpiprop.network import init, optim
+from mpiprop.network.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mpiprop.network.backend import cupy_available, get_array_module, to_device, to_numpy
+from mpiprop.network.batchnorm import BatchNorm1d
+from mpiprop.network.clipping import clip_grad_norm_, clip_grad_value_, total_grad_norm
+from mpiprop.network.diagnostics import gradient_health, gradient_norms
+from mpiprop.network.dropout import Dropout
+from mpiprop.network.flatten import Flatten
+from mpiprop.network.gradcheck import GradcheckError, gradcheck
+from mpiprop.network.layer import Layer
+from mpiprop.network.linear import Linear
+from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from mpiprop.network.parameter import Parameter
+from mpiprop.network.regularization import l1_penalty, l2_penalty, weights_only
+from mpiprop.network.rng import manual_seed
+from mpiprop.network.sequential import Sequential
+from mpiprop.network import callbacks, datasets, schedules
+from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.trainer import Trainer
 
 __all__ = [
     "init", "optim",

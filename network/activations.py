@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from network.backend import Array, erf, get_array_module
-from network.checks import float_array
-from network.layer import Layer
+from mpiprop.network.backend import Array, erf, get_array_module
+from mpiprop.network.checks import float_array
+from mpiprop.network.layer import Layer
 
 
 class Activation(Layer):

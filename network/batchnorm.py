@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy
 
-from network.backend import Array, module_for_device
-from network.checks import float_array, float_dtype, non_negative_float, positive_int
-from network.layer import Layer
-from network.parameter import Parameter
+from mpiprop.network.backend import Array, module_for_device
+from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int
+from mpiprop.network.layer import Layer
+from mpiprop.network.parameter import Parameter
 
 
 class BatchNorm1d(Layer):

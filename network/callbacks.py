@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from network.checks import non_negative_float
+from mpiprop.network.checks import non_negative_float
 
 
 class Callback:

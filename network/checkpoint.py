@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy
 
-from network import rng
-from network.backend import is_array, to_numpy
-from network.checks import DAMAGED_NPZ_ERRORS
+from mpiprop.network import rng
+from mpiprop.network.backend import is_array, to_numpy
+from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 FORMAT = "mpiprop-checkpoint"
 VERSION = 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy
 
-from network.backend import Array, get_array_module, is_array
+from mpiprop.network.backend import Array, get_array_module, is_array
 
 
 # What numpy.load and reading an .npz entry raise for a damaged file: its header parser can

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-from network.backend import get_array_module
-from network.checks import non_negative_float
-from network.parameter import Parameter
+from mpiprop.network.backend import get_array_module
+from mpiprop.network.checks import non_negative_float
+from mpiprop.network.parameter import Parameter
 
 
 def total_grad_norm(params: Iterable[Parameter], norm_type: float = 2.0) -> float:

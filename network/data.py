@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import numpy
 
-from network.checks import non_negative_int, positive_int
+from mpiprop.network.checks import non_negative_int, positive_int
 
 UNEVEN_POLICIES = ("pad", "drop", "keep")
 

@@ -1,17 +1,17 @@
 """Dropout: zero each input with probability p in training, scale the rest by 1/(1-p)."""
 from __future__ import annotations
 
-from network import rng
-from network.backend import Array, get_array_module
-from network.checks import float_array
-from network.layer import Layer
+from mpiprop.network import rng
+from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.checks import float_array
+from mpiprop.network.layer import Layer
 
 
 class Dropout(Layer):
     """Inverted dropout (Srivastava et al., 2014); the identity in eval mode.
 
     Masks come from the shared seeded generator of the input's array module
-    (`network.manual_seed`), or from `generator` when given.
+    (`mpiprop.network.manual_seed`), or from `generator` when given.
     """
 
     def __init__(self, p: float = 0.5, generator=None):

@@ -1,9 +1,9 @@
 """Flatten: (batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
 from __future__ import annotations
 
-from network.backend import Array
-from network.checks import float_array
-from network.layer import Layer
+from mpiprop.network.backend import Array
+from mpiprop.network.checks import float_array
+from mpiprop.network.layer import Layer
 
 
 class Flatten(Layer):

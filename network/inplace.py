@@ -5,8 +5,8 @@ import functools
 
 import numpy
 
-from network.backend import Array, get_array_module, gpu_add_matmul_
-from network.matmul import mkl_add_matmul_
+from mpiprop.network.backend import Array, get_array_module, gpu_add_matmul_
+from mpiprop.network.matmul import mkl_add_matmul_
 
 _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "d"}
 

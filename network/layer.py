@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from network.backend import Array, device_of, to_device
-from network.parameter import Parameter
+from mpiprop.network.backend import Array, device_of, to_device
+from mpiprop.network.parameter import Parameter
 
 
 class _Remembered:

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy
 
-from network.backend import Array, elementwise_kernel, get_array_module, is_array
-from network.checks import all_finite, float_array
-from network.layer import REMEMBERED
+from mpiprop.network.backend import Array, elementwise_kernel, get_array_module, is_array
+from mpiprop.network.checks import all_finite, float_array
+from mpiprop.network.layer import REMEMBERED
 
 
 class Loss:

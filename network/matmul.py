@@ -1,10 +1,10 @@
-"""Matrix products for the layers: through MKL where it is installed (see network.mkl_gemm), else plain `@`."""
+"""Matrix products for the layers: through MKL where it is installed (see mpiprop.network.mkl_gemm), else plain `@`."""
 from __future__ import annotations
 
 import numpy
 
-from network import mkl_gemm
-from network.backend import Array
+from mpiprop.network import mkl_gemm
+from mpiprop.network.backend import Array
 
 
 def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:

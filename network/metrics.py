@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from network.backend import Array
+from mpiprop.network.backend import Array
 
 MetricSums = dict[str, float]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from network.backend import Array, get_array_module
-from network.parameter import Parameter
+from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.parameter import Parameter
 
 POLICIES = ("raise", "skip")
 

@@ -1,7 +1,7 @@
 """Parameter: a trainable array and the gradient accumulated into it."""
 from __future__ import annotations
 
-from network.backend import Array, get_array_module, to_device
+from mpiprop.network.backend import Array, get_array_module, to_device
 
 
 class Parameter:

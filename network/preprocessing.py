@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy
 
-from network.checks import all_finite
+from mpiprop.network.checks import all_finite
 
 
 def train_val_split(x: numpy.ndarray, y: numpy.ndarray, val_fraction: float = 0.2, *,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from network.backend import get_array_module
-from network.checks import non_negative_float
-from network.parameter import Parameter
+from mpiprop.network.backend import get_array_module
+from mpiprop.network.checks import non_negative_float
+from mpiprop.network.parameter import Parameter
 
 
 def l1_penalty(params: Iterable[Parameter], strength: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from network.checks import non_negative_float, positive_int
+from mpiprop.network.checks import non_negative_float, positive_int
 
 
 class Schedule:

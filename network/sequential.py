@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from network.backend import Array
-from network.layer import REMEMBERED, Layer
+from mpiprop.network.backend import Array
+from mpiprop.network.layer import REMEMBERED, Layer
 
 
 class SequentialCache:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from network.checks import positive_int
+from mpiprop.network.checks import positive_int
 
 
 def synthetic_classification(num_samples: int, num_features: int, num_classes: int, *, seed: int = 0,

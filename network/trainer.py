@@ -8,18 +8,18 @@ import time
 import zlib
 from typing import Any, Callable, Sequence
 
-from network import rng
-from network.backend import device_of, get_array_module, to_device, to_numpy
-from network.callbacks import Callback
-from network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from network.checks import non_negative_float, positive_int
-from network.clipping import clip_grad_norm_
-from network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
-from network.metrics import MetricSums, MetricTotals, count_correct
-from network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
+from mpiprop.network import rng
+from mpiprop.network.backend import device_of, get_array_module, to_device, to_numpy
+from mpiprop.network.callbacks import Callback
+from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from mpiprop.network.checks import non_negative_float, positive_int
+from mpiprop.network.clipping import clip_grad_norm_
+from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
+from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
                                 non_finite_grads)
-from network.progress import progress, progress_wanted
-from network.sequential import Sequential
+from mpiprop.network.progress import progress, progress_wanted
+from mpiprop.network.sequential import Sequential
 
 _LOADER_SETTINGS = ("batch_size", "shuffle", "drop_last", "seed", "world_size", "uneven")
 MAX_SKIPS_IN_A_ROW = 20
@@ -41,7 +41,7 @@ class Trainer:
         model: the model (or a wrapper of it).
         loss_fn: a mean-reduced loss, e.g. `CrossEntropyLoss()`.
         optimizer: e.g. `optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`.
-        lr_schedule: callable t -> learning rate (see `network.schedules`), set before each update.
+        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update.
         schedule_per: "step" (t counts optimizer steps) or "epoch" (t counts epochs).
         clip_grad_norm: when given, clip the gradients' total 2-norm to this value before each update.
         callbacks: `Callback` objects, e.g. `EarlyStopping()`.
@@ -59,7 +59,7 @@ class Trainer:
         average_metrics: combines metric sums over ranks: it gets this rank's dict of sums and must
             return the same keys, each summed over ranks or each averaged (only ratios are used).
             The default, for one process, returns its input.
-        comm: with several ranks, a `distributed.Communicator` (anything with `allgather_object`):
+        comm: with several ranks, a `mpiprop.distributed.Communicator` (anything with `allgather_object`):
             checkpoints then hold every rank's random state, so a resumed run draws the same
             dropout masks as an uninterrupted one, and `fit` checks that the ranks agree on
             their settings and resumed from the same state.
@@ -169,7 +169,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
-            from network.plots import plot_history
+            from mpiprop.network.plots import plot_history
             plot_history(self.history, self.plot_path)
         return self.history
 
@@ -342,7 +342,7 @@ class Trainer:
         state = saved["meta"].get("trainer")
         if state is None:
             raise CheckpointError(f"checkpoint {path} was not written by a Trainer (its meta has no 'trainer' "
-                                  "entry); load it with network.load_checkpoint instead")
+                                  "entry); load it with mpiprop.network.load_checkpoint instead")
         self._check_hyperparameters(path, saved["optimizer"])
         saved_types = [entry["type"] for entry in state["callbacks"]]
         types = [type(c).__name__ for c in self.callbacks]
@@ -377,7 +377,7 @@ class Trainer:
                                   for name, (saved, now) in changed.items())
             raise CheckpointError(f"checkpoint {path} was trained with other hyperparameters: {described}; "
                                   "resume with the same ones, or start a new run from its weights with "
-                                  "network.load_checkpoint(path, model)")
+                                  "mpiprop.network.load_checkpoint(path, model)")
 
     def _check_ranks_agree(self, what: str, mine: dict[str, Any]) -> None:
         """With `comm`, raise on every rank when the ranks' `mine` differ (all ranks call this together)."""

@@ -11,8 +11,8 @@ import os
 import numpy
 import pytest
 
-from launch.job_processes import kill_processes, processes_with
-from network import backend
+from mpiprop.launch.job_processes import kill_processes, processes_with
+from mpiprop.network import backend
 from processes import command_line
 
 TEST_RUN_VARIABLE = "MPIPROP_TEST_RUN"
@@ -29,7 +29,7 @@ def _array_module_params() -> list:
 
 @pytest.fixture(params=_array_module_params())
 def xp(request):
-    """The array module under test: numpy, or cupy where `network.backend.cupy_available()`."""
+    """The array module under test: numpy, or cupy where `mpiprop.network.backend.cupy_available()`."""
     return numpy if request.param == "numpy" else backend.module_for_device("cuda")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
+from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def start_mpi_job(script: str | Path, ranks: int, *args: str,
     """Start `mpiexec -n ranks python script args...` without waiting; stderr is piped.
 
     Returns:
-        The mpiexec process and the job marker that `launch.job_processes.stop_job` needs to stop all of it.
+        The mpiexec process and the job marker that `mpiprop.launch.job_processes.stop_job` needs to stop all of it.
     """
     path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]

@@ -7,8 +7,8 @@ import numpy
 import pytest
 import scipy.special
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 DTYPES = [numpy.float32, numpy.float64]
 TOLERANCE = {numpy.float32: dict(rtol=2e-6, atol=2e-7), numpy.float64: dict(rtol=1e-13, atol=1e-15)}

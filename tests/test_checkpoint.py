@@ -6,9 +6,9 @@ import signal
 import numpy
 import pytest
 
-import network as nn
-from network import rng
-from network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+import mpiprop.network as nn
+from mpiprop.network import rng
+from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def make_model(seed, width=16, classes=3):

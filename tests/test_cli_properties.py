@@ -11,10 +11,10 @@ import string
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from launch import cli, info, plot, scale
-from launch.mpiexec import RunOptions
-from launch.runner import JobFailed, Launcher
-from launch.throughput import format_throughput_line
+from mpiprop.launch import cli, info, plot, scale
+from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.runner import JobFailed, Launcher
+from mpiprop.launch.throughput import format_throughput_line
 
 MAX_COUNT = 2**31 - 1
 MAX_FAKE_RUNS = 50
@@ -43,7 +43,7 @@ class LauncherThatStartsNothing(Launcher):
         fake_runs.append(options)
         if len(fake_runs) > MAX_FAKE_RUNS:
             raise JobFailed(f"more than {MAX_FAKE_RUNS} runs in one test call")
-        if options.program == ["-m", "launch.measure"]:
+        if options.program == ["-m", "mpiprop.launch.measure"]:
             return f"MPIPROP_LINKS {json.dumps(LINKS)}\n"
         return format_throughput_line(**RUN_VALUES) + "\n"
 

@@ -6,8 +6,8 @@ import math
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 
 def params_with_grads(xp, scale: float = 1.0) -> list[nn.Parameter]:

@@ -5,12 +5,12 @@ import numpy
 import pytest
 from mpi4py import MPI
 
-import distributed
-from distributed import Communicator, average_metrics
-from distributed.abort import format_rank_traceback
-from distributed.request import wait_all
-from distributed.staging import must_stage, receive_buffer, send_buffer
-from network.backend import to_numpy
+from mpiprop import distributed
+from mpiprop.distributed import Communicator, average_metrics
+from mpiprop.distributed.reliability.abort import format_rank_traceback
+from mpiprop.distributed.transport.request import wait_all
+from mpiprop.distributed.transport.staging import must_stage, receive_buffer, send_buffer
+from mpiprop.network.backend import to_numpy
 from mpi_launch import run_mpi
 
 

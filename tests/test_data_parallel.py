@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy
 import pytest
 
-import network as nn
-from distributed import DataParallel
-from distributed.buckets import GradientBucket, assign_buckets
-from distributed.consistency import first_difference, model_signature
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
+from mpiprop.distributed.data_parallel.buckets import GradientBucket, assign_buckets
+from mpiprop.distributed.reliability.consistency import first_difference, model_signature
 from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi
 from packages import require
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy
 import pytest
 
-from launch.job_processes import processes_with, stop_job
+from mpiprop.launch.job_processes import processes_with, stop_job
 from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
-from network.checkpoint import read_checkpoint
+from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
 
@@ -76,7 +76,7 @@ def test_a_nan_batch_ends_the_job_naming_the_step_rank_and_layer():
 def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
     """The orphan guard: a process whose parent (for a rank, mpiexec's proxy) dies exits with status 4."""
     log = tmp_path / "child.log"
-    child = ("from distributed.orphan_guard import watch_parent; import time; "
+    child = ("from mpiprop.distributed.reliability.orphan_guard import watch_parent; import time; "
              "watch_parent(rank=5, check_every_s=0.1); print('watching', flush=True); time.sleep(120)")
     launcher = subprocess.Popen(["sh", "-c", f'"$0" -c "{child}" 2>"{log}" & echo $!; wait', sys.executable],
                                 stdout=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)

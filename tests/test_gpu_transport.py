@@ -2,8 +2,9 @@
 import numpy
 import pytest
 
-import distributed
-from network import backend
+from mpiprop import distributed
+from mpiprop.distributed.transport import gpu
+from mpiprop.network import backend
 
 needs_gpu = pytest.mark.skipif(not backend.cupy_available(), reason="needs cupy and a GPU")
 needs_no_gpu = pytest.mark.skipif(backend.cupy_available(), reason="checks the behaviour without a GPU")
@@ -19,7 +20,7 @@ def test_bind_gpu_without_a_gpu_says_to_run_on_the_cpu():
 def test_without_a_gpu_nccl_is_not_chosen_and_host_copies_are_plain():
     assert distributed.Communicator(abort_on_exception=False).nccl_enabled is False
     source = numpy.arange(12.0).reshape(3, 4)[:, ::2]
-    copy = backend.copy_to_host(source)
+    copy = gpu.copy_to_host(source)
     assert copy.flags.c_contiguous and numpy.array_equal(copy, source)
 
 
@@ -48,7 +49,7 @@ def test_one_rank_owning_its_gpu_reduces_and_broadcasts_through_nccl():
 def test_gpu_arrays_are_staged_through_page_locked_memory():
     cupy = backend.module_for_device("cuda")
     source = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)[:, ::2]
-    copy = backend.copy_to_host(source)
+    copy = gpu.copy_to_host(source)
     assert isinstance(copy, numpy.ndarray) and copy.flags.c_contiguous
     assert numpy.array_equal(copy, cupy.asnumpy(source))
     runtime = cupy.cuda.runtime

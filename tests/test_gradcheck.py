@@ -1,11 +1,11 @@
-"""network.gradcheck on whole models (dropout, batch norm in both modes), and that it catches wrong gradients."""
+"""mpiprop.network.gradcheck on whole models (dropout, batch norm in both modes), and that it catches wrong gradients."""
 from __future__ import annotations
 
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 
 def batch(xp, shape, seed=0):

@@ -6,8 +6,8 @@ import math
 import numpy
 import pytest
 
-import network as nn
-from network import backend, init
+import mpiprop.network as nn
+from mpiprop.network import backend, init
 
 FAN_IN, FAN_OUT = 150, 400  # a (in, out) weight, as Linear stores it; asymmetric so fan mix-ups show
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 needs_gpu = pytest.mark.skipif(not backend.cupy_available(), reason="needs cupy and a GPU to mix devices")
 needs_no_gpu = pytest.mark.skipif(backend.cupy_available(), reason="checks the error raised when cupy or a GPU is missing")

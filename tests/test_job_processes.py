@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from launch.job_processes import (JOB_MARKER_VARIABLE, kill_job_processes, new_job_marker, processes_with,
+from mpiprop.launch.job_processes import (JOB_MARKER_VARIABLE, kill_job_processes, new_job_marker, processes_with,
                                   run_whole_job, stop_job)
 from mpi_launch import mpi_env, start_mpi_job
 from processes import command_line, is_running

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from launch import bootstrap, cli
-from launch.mpiexec import (MPICH, OPENMPI, RunOptions, build_command, count_hosts, launch_warnings,
+from mpiprop.launch import bootstrap, cli
+from mpiprop.launch.mpiexec import (MPICH, OPENMPI, RunOptions, build_command, count_hosts, launch_warnings,
                             parse_flavour, threads_per_rank)
 
 MPIEXEC, PYTHON = "/venv/bin/mpiexec", "/venv/bin/python"
@@ -19,7 +19,7 @@ def test_plain_run_divides_cores_between_ranks():
     assert command(RunOptions(ranks=4, program=["train.py", "--lr", "0.1"])) == [
         MPIEXEC, "-n", "4",
         "-genv", "OMP_NUM_THREADS", "2", "-genv", "OPENBLAS_NUM_THREADS", "2", "-genv", "MKL_NUM_THREADS", "2",
-        PYTHON, "-m", "launch.bootstrap", "train.py", "--lr", "0.1"]
+        PYTHON, "-m", "mpiprop.launch.bootstrap", "train.py", "--lr", "0.1"]
 
 
 def test_hostfile_gpus_threads_and_trace_with_mpich():
@@ -29,7 +29,7 @@ def test_hostfile_gpus_threads_and_trace_with_mpich():
         MPIEXEC, "-n", "8", "-f", "hosts", *THREADS_1,
         "-genv", "MPIPROP_GPUS_PER_NODE", "4", "-genv", "MPIPROP_TRACE", "trace.json",
         "-genv", "MPIPROP_STALL_TIMEOUT", "300",
-        PYTHON, "-m", "launch.bootstrap", "train.py"]
+        PYTHON, "-m", "mpiprop.launch.bootstrap", "train.py"]
 
 
 def test_open_mpi_flags():
@@ -37,7 +37,7 @@ def test_open_mpi_flags():
     assert command(options, flavour=OPENMPI, cores=4, hosts=1) == [
         MPIEXEC, "-n", "2", "--hostfile", "hosts",
         "-x", "OMP_NUM_THREADS=2", "-x", "OPENBLAS_NUM_THREADS=2", "-x", "MKL_NUM_THREADS=2",
-        "-x", "MPIPROP_GPUS_PER_NODE=2", PYTHON, "-m", "launch.bootstrap", "-m", "examples.mnist"]
+        "-x", "MPIPROP_GPUS_PER_NODE=2", PYTHON, "-m", "mpiprop.launch.bootstrap", "-m", "examples.mnist"]
 
 
 def test_open_mpi_oversubscribes_a_single_node_with_more_ranks_than_cores():
@@ -49,7 +49,7 @@ def test_open_mpi_oversubscribes_a_single_node_with_more_ranks_than_cores():
 def test_extra_environment_comes_last():
     options = RunOptions(ranks=1, program=["t.py"], threads_per_rank=1, environment=(("MPIPROP_SCALE_MODE", "weak"),))
     assert command(options) == [MPIEXEC, "-n", "1", *THREADS_1, "-genv", "MPIPROP_SCALE_MODE", "weak",
-                                PYTHON, "-m", "launch.bootstrap", "t.py"]
+                                PYTHON, "-m", "mpiprop.launch.bootstrap", "t.py"]
 
 
 @pytest.mark.parametrize("ranks, cores, hosts, expected", [(1, 8, 1, 8), (3, 8, 1, 2), (16, 8, 1, 1), (8, 8, 2, 2),
@@ -124,7 +124,7 @@ def test_run_arguments_split_before_the_program(arguments, own, program):
 def test_dry_run_prints_the_command(capsys):
     assert cli.main(["run", "-n", "2", "--threads-per-rank", "1", "--dry-run", "train.py", "--epochs", "3"]) == 0
     printed = capsys.readouterr().out.split()
-    assert printed[1:] == ["-n", "2", *THREADS_1, printed[-6], "-m", "launch.bootstrap", "train.py", "--epochs", "3"]
+    assert printed[1:] == ["-n", "2", *THREADS_1, printed[-6], "-m", "mpiprop.launch.bootstrap", "train.py", "--epochs", "3"]
     assert printed[0].endswith(("mpiexec", "mpirun"))
 
 

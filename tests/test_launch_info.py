@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.info import format_info, summarize_library_version
+from mpiprop.launch.info import format_info, summarize_library_version
 
 MPICH_TEXT = "MPICH Version:      5.0.2\nMPICH Release date: Fri Sep 25 2026\nMPICH ABI:          18:2:6\n"
 OPEN_MPI_TEXT = "Open MPI v4.1.6, package: Debian OpenMPI, ident: 4.1.6, repo rev: v4.1.6, Sep 30, 2023\0"

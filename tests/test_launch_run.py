@@ -32,10 +32,10 @@ RAISING_SCRIPT = textwrap.dedent("""
 
 
 def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """`python -m launch arguments...` in its own process group, killed whole (mpiexec, ranks) on timeout."""
+    """`python -m mpiprop.launch arguments...` in its own process group, killed whole (mpiexec, ranks) on timeout."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     environment.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [sys.executable, "-m", "launch", *arguments]
+    command = [sys.executable, "-m", "mpiprop.launch", *arguments]
     return run_bounded(command, timeout, env=environment, cwd=cwd)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 DTYPES = [numpy.float32, numpy.float64]
 TOLERANCE = {numpy.float32: dict(rtol=1e-5, atol=1e-5), numpy.float64: dict(rtol=1e-12, atol=1e-12)}

@@ -6,8 +6,8 @@ import numpy
 import pytest
 import scipy.special
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 DTYPES = [numpy.float32, numpy.float64]
 TOLERANCE = {numpy.float32: dict(rtol=1e-5, atol=1e-6), numpy.float64: dict(rtol=1e-12, atol=1e-14)}

@@ -2,12 +2,12 @@
 import numpy
 import pytest
 
-import network as nn
-from network.checkpoint import CheckpointError
-from network.data import ArrayDataset, DataLoader
-from network.layer import Layer
-from network.non_finite import NonFiniteError, first_non_finite_layer, grads_finite, is_finite, non_finite_grads
-from network.synthetic import synthetic_classification
+import mpiprop.network as nn
+from mpiprop.network.checkpoint import CheckpointError
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.layer import Layer
+from mpiprop.network.non_finite import NonFiniteError, first_non_finite_layer, grads_finite, is_finite, non_finite_grads
+from mpiprop.network.synthetic import synthetic_classification
 
 BATCH = 8
 

@@ -6,8 +6,8 @@ import math
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 P0 = numpy.array([1.0, -2.0, 0.5])
 GRADS = [numpy.array([0.5, -1.0, 2.0]), numpy.array([-0.3, 0.2, 1.0]), numpy.array([0.1, 0.4, -0.6])]

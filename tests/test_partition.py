@@ -4,9 +4,9 @@ import itertools
 import numpy
 import pytest
 
-import network as nn
-from distributed.micro_batches import loss_weights, micro_batch_sizes, micro_batch_slices
-from distributed.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
+import mpiprop.network as nn
+from mpiprop.distributed.pipeline.micro_batches import loss_weights, micro_batch_sizes, micro_batch_slices
+from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
 
 

@@ -7,8 +7,8 @@ import numpy
 
 from mpi_launch import run_mpi
 from packages import require
-from network.checkpoint import load_checkpoint
-from network.metrics import count_correct
+from mpiprop.network.checkpoint import load_checkpoint
+from mpiprop.network.metrics import count_correct
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipeline_mlp.py"
 

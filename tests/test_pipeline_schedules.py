@@ -1,9 +1,9 @@
 """Pipeline schedules as pure step lists: literal orders, completeness, deadlock freedom, bubbles, stash peaks."""
 import pytest
 
-from distributed.schedule_simulation import (UNIT_COSTS, ScheduleDeadlock, check_schedule, simulate,
+from mpiprop.distributed.pipeline.schedule_simulation import (UNIT_COSTS, ScheduleDeadlock, check_schedule, simulate,
                                              theoretical_bubble)
-from distributed.schedules import (Step, format_steps, forward_only, gpipe, interleaved_one_f_one_b,
+from mpiprop.distributed.pipeline.pipeline_schedules import (Step, format_steps, forward_only, gpipe, interleaved_one_f_one_b,
                                    make_schedule, one_f_one_b, peak_in_flight, zero_bubble_h1)
 
 

@@ -2,10 +2,10 @@
 import numpy
 import pytest
 
-import network as nn
-from distributed.pipeline import Pipeline
-from distributed.stage_links import decode_header, encode_header
-from distributed.topology import average_gradients, make_grid
+import mpiprop.network as nn
+from mpiprop.distributed.pipeline.pipeline import Pipeline
+from mpiprop.distributed.pipeline.stage_links import decode_header, encode_header
+from mpiprop.distributed.pipeline.topology import average_gradients, make_grid
 
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("zb-h1", 1), ("interleaved", 3)]
 

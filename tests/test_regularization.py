@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy
 import pytest
 
-import network as nn
-from network import backend
+import mpiprop.network as nn
+from mpiprop.network import backend
 
 
 def params(xp) -> list[nn.Parameter]:

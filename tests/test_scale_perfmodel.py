@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from launch.modeling import parse_layouts, predict_sweep, with_micro_batches
-from launch.perfmodel import (Layout, LinkCost, Measurements, Workload, fit_link, fit_ring_allreduce,
+from mpiprop.launch.modeling import parse_layouts, predict_sweep, with_micro_batches
+from mpiprop.launch.perfmodel import (Layout, LinkCost, Measurements, Workload, fit_link, fit_ring_allreduce,
                               pipeline_bubble_fraction, predict, ring_allreduce_seconds)
 
 LINK = LinkCost(latency_s=1e-5, bandwidth_bytes_per_s=1e9)

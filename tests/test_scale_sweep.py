@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from launch import cli
-from launch.mlp_benchmark import local_batch_size
-from launch.scale import ScalePoint, format_table, parse_rank_list, scaling_rows, write_csv
-from launch.throughput import format_throughput_line, parse_throughput_line
+from mpiprop.launch import cli
+from mpiprop.launch.mlp_benchmark import local_batch_size
+from mpiprop.launch.scale import ScalePoint, format_table, parse_rank_list, scaling_rows, write_csv
+from mpiprop.launch.throughput import format_throughput_line, parse_throughput_line
 from test_launch_run import run_mpiprop
 
 SWEEP_TIMEOUT_S = 300
-TINY_BENCHMARK = ["-m", "launch.mlp_benchmark", "--batch", "16", "--features", "8", "--hidden", "16", "--layers", "1",
+TINY_BENCHMARK = ["-m", "mpiprop.launch.mlp_benchmark", "--batch", "16", "--features", "8", "--hidden", "16", "--layers", "1",
                   "--steps", "3", "--warmup", "1"]
 
 

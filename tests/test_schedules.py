@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from network.schedules import ConstantLR, CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR
+from mpiprop.network.schedules import ConstantLR, CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR
 
 
 def values(schedule, count):

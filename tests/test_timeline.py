@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 
-from distributed.timeline import Tracer, merge_rank_files, rank_file
+from mpiprop.distributed.reliability.timeline import Tracer, merge_rank_files, rank_file
 from test_launch_run import run_mpiprop
 
 TIMEOUT_S = 120
@@ -70,9 +70,9 @@ def test_two_rank_data_parallel_run_traces_every_rank(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent("""
         import numpy
-        import network as nn
-        from distributed.data_parallel import DataParallel
-        from distributed.timeline import span
+        import mpiprop.network as nn
+        from mpiprop.distributed.data_parallel.data_parallel import DataParallel
+        from mpiprop.distributed.reliability.timeline import span
 
         nn.manual_seed(0)
         model = DataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), bucket_cap_mb=1e-4)
@@ -98,7 +98,7 @@ def test_two_rank_data_parallel_run_traces_every_rank(tmp_path):
 
 def test_environment_variable_turns_tracing_on_and_writes_at_exit(tmp_path):
     trace = tmp_path / "single.json"
-    code = "from distributed.timeline import span, tracer\nwith span('work'): pass\nprint(tracer.enabled)"
+    code = "from mpiprop.distributed.reliability.timeline import span, tracer\nwith span('work'): pass\nprint(tracer.enabled)"
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("PMI_", "OMPI_"))}
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
                                env={**environment, "MPIPROP_TRACE": str(trace)})

@@ -5,12 +5,12 @@ import os
 import numpy
 import pytest
 
-import network as nn
-from network.callbacks import Callback, EarlyStopping
-from network.data import ArrayDataset, DataLoader
-from network.progress import progress_wanted
-from network.schedules import CosineAnnealingLR, LinearWarmup
-from network.synthetic import synthetic_classification
+import mpiprop.network as nn
+from mpiprop.network.callbacks import Callback, EarlyStopping
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.progress import progress_wanted
+from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
+from mpiprop.network.synthetic import synthetic_classification
 
 
 def blobs(samples=96, seed=0):

@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-import network as nn
-from distributed.watchdog import Watchdog, current_wait, start_watchdog_from_environment, waiting_in
-from network.data import ArrayDataset, DataLoader
-from network.synthetic import synthetic_classification
+import mpiprop.network as nn
+from mpiprop.distributed.reliability.watchdog import Watchdog, current_wait, start_watchdog_from_environment, waiting_in
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.synthetic import synthetic_classification
 
 
 def test_waits_nest_and_unwind():

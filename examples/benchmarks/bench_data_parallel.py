@@ -66,8 +66,8 @@ def synthetic_batch(rank: int, batch: int) -> tuple[numpy.ndarray, numpy.ndarray
 def numpy_worker(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
-    import network as nn
-    from distributed import DataParallel
+    import mpiprop.network as nn
+    from mpiprop.distributed import DataParallel
 
     world = MPI.COMM_WORLD
     nn.manual_seed(0)

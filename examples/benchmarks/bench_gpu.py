@@ -25,10 +25,10 @@ if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` imp
 
 import numpy
 
-import network as nn
+import mpiprop.network as nn
 from examples.benchmarks.bench_network import MpipropStep, TorchStep, initial_weights, largest_difference
 from examples.benchmarks.timing import medians, time_interleaved
-from network import backend
+from mpiprop.network import backend
 
 TARGET = 0.9
 AGREEMENT_STEPS = 3

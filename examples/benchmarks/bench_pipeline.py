@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # --- the shared model and data --------------------------------------------------------------------
 def build_model():
     """Linear 784->1024, ReLU, 5 x (Linear 1024->1024, ReLU), Linear 1024->10: 13 layers."""
-    import network as nn
+    import mpiprop.network as nn
 
     nn.manual_seed(0)
     widths = [INPUTS] + [WIDTH] * HIDDEN_LAYERS + [CLASSES]
@@ -92,7 +92,7 @@ def time_steps(step, args: argparse.Namespace, barrier, after_step=None) -> tupl
 
 # --- workers: run under mpiexec; rank 0 prints one RESULT line -------------------------------------
 def single_worker(args: argparse.Namespace) -> None:
-    import network as nn
+    import mpiprop.network as nn
 
     model, loss_fn = build_model(), nn.CrossEntropyLoss()
     optimizer = nn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -112,8 +112,8 @@ def single_worker(args: argparse.Namespace) -> None:
 def pipeline_worker(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
-    import network as nn
-    from distributed.pipeline import Pipeline
+    import mpiprop.network as nn
+    from mpiprop.distributed.pipeline.pipeline import Pipeline
 
     world = MPI.COMM_WORLD
     x, y = synthetic_batch(args.batch)
@@ -142,7 +142,7 @@ def torch_worker(args: argparse.Namespace) -> None:
     import torch.distributed as torch_dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
-    from distributed.partition import balance_costs, layer_ranges, parameter_counts
+    from mpiprop.distributed.pipeline.partition import balance_costs, layer_ranges, parameter_counts
 
     torch.set_num_threads(1)
     rank, world_size = int(os.environ["PMI_RANK"]), int(os.environ["PMI_SIZE"])
@@ -227,7 +227,7 @@ def check_same_losses(runs: dict[str, list[Any]]) -> None:
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[Any]]) -> dict[str, Any]:
-    from distributed.schedule_simulation import theoretical_bubble
+    from mpiprop.distributed.pipeline.schedule_simulation import theoretical_bubble
 
     single = [record["samples_per_s"] for record in runs["single"]]
     summary: dict[str, Any] = {"stages": args.stages, "batch": args.batch, "micro_batches": args.micro_batches,

@@ -28,7 +28,7 @@ step digits_gpu_1rank 90 $python examples/train_digits.py --device cuda --quiet
 step digits_gpu_2ranks 120 mpiexec -n 2 $python examples/train_digits.py --device cuda --quiet
 step nccl_one_rank 60 $python -c "
 import cupy, distributed
-comm = distributed.Communicator()
+comm = mpiprop.distributed.Communicator()
 assert comm.nccl_enabled, 'NCCL was not chosen for a single rank that owns its GPU'
 a = cupy.arange(6, dtype=cupy.float32); comm.allreduce(a); comm.bcast(a)
 assert float(abs(a - cupy.arange(6)).max()) == 0.0; print('NCCL allreduce and bcast through Communicator: ok')"

@@ -1,6 +1,6 @@
 """Optimizers: SGD (momentum, Nesterov), Adam and AdamW, with PyTorch's update rules."""
-from network.optim.adam import Adam, AdamW
-from network.optim.optimizer import Optimizer
-from network.optim.sgd import SGD
+from mpiprop.network.optim.adam import Adam, AdamW
+from mpiprop.network.optim.optimizer import Optimizer
+from mpiprop.network.optim.sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]

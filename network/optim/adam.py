@@ -6,10 +6,10 @@ from typing import Any, Iterable
 
 import numpy
 
-from network.backend import elementwise_kernel, get_array_module
-from network.checks import non_negative_float
-from network.optim.optimizer import Optimizer
-from network.parameter import Parameter
+from mpiprop.network.backend import elementwise_kernel, get_array_module
+from mpiprop.network.checks import non_negative_float
+from mpiprop.network.optim.optimizer import Optimizer
+from mpiprop.network.parameter import Parameter
 
 
 class Adam(Optimizer):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from network.backend import device_of, to_device, to_numpy
-from network.checks import non_negative_float
-from network.parameter import Parameter
+from mpiprop.network.backend import device_of, to_device, to_numpy
+from mpiprop.network.checks import non_negative_float
+from mpiprop.network.parameter import Parameter
 
 
 class Optimizer:

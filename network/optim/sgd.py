@@ -5,11 +5,11 @@ from typing import Any, Iterable
 
 import numpy
 
-from network.backend import elementwise_kernel, get_array_module
-from network.checks import non_negative_float
-from network.inplace import add_scaled_
-from network.optim.optimizer import Optimizer
-from network.parameter import Parameter
+from mpiprop.network.backend import elementwise_kernel, get_array_module
+from mpiprop.network.checks import non_negative_float
+from mpiprop.network.inplace import add_scaled_
+from mpiprop.network.optim.optimizer import Optimizer
+from mpiprop.network.parameter import Parameter
 
 
 class SGD(Optimizer):

@@ -8,8 +8,8 @@ import time
 import numpy
 from mpi4py import MPI
 
-import network as nn
-from distributed import DataParallel
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
 
 FAILING_RANK = 1
 

@@ -2,8 +2,8 @@
 import numpy
 from mpi4py import MPI
 
-import distributed
-from distributed import Communicator, average_metrics, wait_all
+from mpiprop import distributed
+from mpiprop.distributed import Communicator, average_metrics, wait_all
 
 
 def check_isolated_from_user_traffic(comm: Communicator) -> None:

@@ -10,8 +10,8 @@ import warnings
 import numpy
 from mpi4py import MPI
 
-import network as nn
-from distributed import DataParallel
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
 
 IN, HIDDEN, CLASSES = 12, 16, 4
 PER_RANK, STEPS, LR, MOMENTUM = 8, 4, 0.1, 0.9
@@ -138,7 +138,7 @@ def check_sub_communicator(world) -> None:
 
 def check_short_shared_memory_falls_back_to_mpi(world) -> None:
     """One rank short of /dev/shm room: every rank uses MPI's allreduce, rank 0 warns with the sizes."""
-    from distributed import bucket_allreduce_shared
+    from mpiprop.distributed.data_parallel import bucket_allreduce_shared
 
     measured = bucket_allreduce_shared.free_shared_memory_bytes
     bucket_allreduce_shared.free_shared_memory_bytes = lambda: 2**10 if world.rank == world.size - 1 else None

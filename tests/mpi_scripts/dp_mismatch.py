@@ -1,8 +1,8 @@
 """Ranks that build different models: DataParallel raises the same clear ValueError on every rank."""
 from mpi4py import MPI
 
-import network as nn
-from distributed import DataParallel
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
 
 
 def model_for(rank: int, variant: str) -> nn.Sequential:

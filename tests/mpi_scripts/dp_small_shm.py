@@ -11,8 +11,8 @@ import warnings
 import numpy
 from mpi4py import MPI
 
-import network as nn
-from distributed import DataParallel
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
 
 
 def build_model() -> nn.Sequential:

@@ -12,10 +12,10 @@ import zlib
 
 import numpy
 
-import network as nn
-from distributed import DataParallel, average_metrics
-from network.data import ArrayDataset, DataLoader
-from network.synthetic import synthetic_classification
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel, average_metrics
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.synthetic import synthetic_classification
 
 NAN_SAMPLE = 21  # in the third global batch of 8
 

@@ -12,9 +12,9 @@ import argparse
 import numpy
 from mpi4py import MPI
 
-import network as nn
-from distributed import Pipeline, make_grid
-from distributed.schedules import peak_in_flight
+import mpiprop.network as nn
+from mpiprop.distributed import Pipeline, make_grid
+from mpiprop.distributed.pipeline.pipeline_schedules import peak_in_flight
 
 TOLERANCE = 1e-5
 ROWS = 10  # per replica; not a multiple of 4, so micro-batches differ in size

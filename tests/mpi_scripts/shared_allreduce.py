@@ -8,9 +8,9 @@ exercise the piece-by-piece loop. Prints "rank R ok" on every rank.
 import numpy
 from mpi4py import MPI
 
-from distributed import Communicator
-from distributed import bucket_allreduce_shared
-from distributed.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_possible
+from mpiprop.distributed import Communicator
+from mpiprop.distributed.data_parallel import bucket_allreduce_shared
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_possible
 
 SIZES = [1, 7, 1000, 100_003]
 DTYPES = [numpy.float32, numpy.float64, numpy.float32, numpy.float32]

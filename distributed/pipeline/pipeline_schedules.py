@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from network.checks import positive_int
+from mpiprop.network.checks import positive_int
 
 FORWARD = "forward"
 BACKWARD = "backward"

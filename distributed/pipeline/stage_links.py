@@ -7,11 +7,11 @@ from typing import Any
 import numpy
 from mpi4py import MPI
 
-from distributed.communicator import Communicator
-from distributed.polite_wait import wait_politely
-from distributed.request import Request, poll_all
-from distributed.timeline import span
-from network.backend import Array
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.polite_wait import wait_politely
+from mpiprop.distributed.transport.request import Request, poll_all
+from mpiprop.distributed.reliability.timeline import span
+from mpiprop.network.backend import Array
 
 ACTIVATION, GRADIENT, HEADER = 0, 1, 2
 _HEADER_LENGTH = 16  # ndim, up to 14 feature sizes, dtype character

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from distributed.communicator import Communicator
-from distributed.request import Request
-from distributed.timeline import begin, end
-from network.backend import Array
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.request import Request
+from mpiprop.distributed.reliability.timeline import begin, end
+from mpiprop.network.backend import Array
 
 
 class BucketAllreduce:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from distributed.communicator import Communicator, MpiComm
-from network.backend import get_array_module
-from network.checks import positive_int
-from network.parameter import Parameter
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
+from mpiprop.network.backend import get_array_module
+from mpiprop.network.checks import positive_int
+from mpiprop.network.parameter import Parameter
 
 
 @dataclass

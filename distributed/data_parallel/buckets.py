@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from network.backend import Array, device_of, get_array_module
-from network.parameter import Parameter
+from mpiprop.network.backend import Array, device_of, get_array_module
+from mpiprop.network.parameter import Parameter
 
 DEFAULT_BUCKET_CAP_MB = 4.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from distributed.request import Request, describe, poll_all
-from distributed.watchdog import waiting_in
+from mpiprop.distributed.transport.request import Request, describe, poll_all
+from mpiprop.distributed.reliability.watchdog import waiting_in
 
 
 def wait_politely(requests: Sequence[Request]) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from mpi4py import MPI
 
-from network.backend import Array, current_gpu, current_stream_pointer, gpu_count, nccl_module
+from mpiprop.distributed.transport.gpu import current_gpu, current_stream_pointer, gpu_count, nccl_module
+from mpiprop.network.backend import Array
 
 NCCL_REDUCE_OPS = {"sum": "NCCL_SUM", "prod": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 NCCL_DTYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",

@@ -23,10 +23,10 @@ from typing import Sequence
 import numpy
 from mpi4py import MPI
 
-from distributed.bucket_allreduce import BucketAllreduce
-from distributed.communicator import Communicator
-from distributed.request import wait_all
-from distributed.timeline import span
+from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.request import wait_all
+from mpiprop.distributed.reliability.timeline import span
 
 ALIGNMENT = 64  # bytes: each buffer starts on a cache line
 SHARED_MEMORY_DIRECTORY = "/dev/shm"  # where MPICH and Open MPI keep the files behind shared windows on Linux

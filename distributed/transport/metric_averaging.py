@@ -6,8 +6,8 @@ from typing import Mapping
 
 import numpy
 
-from distributed.communicator import Communicator, MpiComm, mpi_comm_of
-from distributed.watchdog import waiting_in
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, mpi_comm_of
+from mpiprop.distributed.reliability.watchdog import waiting_in
 
 
 def average_metrics(metrics: Mapping[str, float], comm: "MpiComm | Communicator | None" = None,

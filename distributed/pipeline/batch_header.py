@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy
 
-from distributed.micro_batches import BatchPlan, micro_batch_sizes
-from network.backend import is_array
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan, micro_batch_sizes
+from mpiprop.network.backend import is_array
 
 MAX_FEATURE_DIMS = 14
 LENGTH = 4 + MAX_FEATURE_DIMS + 2

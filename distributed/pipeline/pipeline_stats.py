@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distributed.schedules import Step
+from mpiprop.distributed.pipeline.pipeline_schedules import Step
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from typing import Sequence
 
 import numpy
 
-from distributed.bucket_allreduce import BucketAllreduce
-from distributed.communicator import Communicator
-from distributed.request import wait_all
-from network.backend import Array
+from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.request import wait_all
+from mpiprop.network.backend import Array
 
 COMPRESSIONS = (None, "float16")
 

@@ -5,12 +5,12 @@ from typing import Any
 
 from mpi4py import MPI
 
-from distributed.abort import install_abort_handler
-from distributed.nccl_transport import NCCL_REDUCE_OPS, NcclTransport, nccl_usable
-from distributed.request import Request
-from distributed.staging import mpi_cuda_aware, must_stage, receive_buffer, send_buffer
-from distributed.watchdog import start_watchdog_from_environment, waiting_in
-from network.backend import Array, device_of, is_array
+from mpiprop.distributed.reliability.abort import install_abort_handler
+from mpiprop.distributed.transport.nccl_transport import NCCL_REDUCE_OPS, NcclTransport, nccl_usable
+from mpiprop.distributed.transport.request import Request
+from mpiprop.distributed.transport.staging import mpi_cuda_aware, must_stage, receive_buffer, send_buffer
+from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment, waiting_in
+from mpiprop.network.backend import Array, device_of, is_array
 
 REDUCE_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
 
@@ -34,7 +34,7 @@ class Communicator:
         force_host_staging: stage every array through host memory even when MPI could read
             it directly (exercises the GPU copy path with numpy arrays).
         abort_on_exception: install `install_abort_handler()` so any rank's exception ends the job,
-            and start the stall watchdog when MPIPROP_STALL_TIMEOUT is set (see `distributed.watchdog`).
+            and start the stall watchdog when MPIPROP_STALL_TIMEOUT is set (see `mpiprop.distributed.reliability.watchdog`).
         use_nccl: "auto" (NCCL for cupy collectives when every rank has its own GPU), or False.
 
     Raises:

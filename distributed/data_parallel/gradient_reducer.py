@@ -5,10 +5,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from distributed.bucket_allreduce import BucketAllreduce
-from distributed.buckets import GradientBucket
-from distributed.timeline import span
-from network.parameter import Parameter
+from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.data_parallel.buckets import GradientBucket
+from mpiprop.distributed.reliability.timeline import span
+from mpiprop.network.parameter import Parameter
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from network.checks import positive_int
+from mpiprop.network.checks import positive_int
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy
 
-from distributed.communicator import Communicator
-from distributed.micro_batches import BatchPlan, loss_weights, micro_batch_slices
-from distributed.pipeline_stats import StageStats, StepRecord
-from distributed.schedules import BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, Step
-from distributed.stage_links import ACTIVATION, GRADIENT, HEADER, StageLinks, decode_header, encode_header
-from distributed.timeline import span
-from network.backend import Array, get_array_module
-from network.losses import Loss
-from network.sequential import Sequential
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan, loss_weights, micro_batch_slices
+from mpiprop.distributed.pipeline.pipeline_stats import StageStats, StepRecord
+from mpiprop.distributed.pipeline.pipeline_schedules import BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, Step
+from mpiprop.distributed.pipeline.stage_links import ACTIVATION, GRADIENT, HEADER, StageLinks, decode_header, encode_header
+from mpiprop.distributed.reliability.timeline import span
+from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.losses import Loss
+from mpiprop.network.sequential import Sequential
 
 RECEIVE_AHEAD = 2  # activation receives posted before the forward that needs them
 

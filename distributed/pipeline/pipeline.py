@@ -6,23 +6,23 @@ from typing import Any, Iterator, Sequence
 
 import numpy
 
-from distributed.batch_header import describe_batch, plan_batch
-from distributed.communicator import Communicator, MpiComm
-from distributed.consistency import check_same_model
-from distributed.micro_batches import BatchPlan
-from distributed.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
+from mpiprop.distributed.pipeline.batch_header import describe_batch, plan_batch
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
+from mpiprop.distributed.reliability.consistency import check_same_model
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan
+from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
-from distributed.pipeline_stats import StageStats
-from distributed.polite_wait import wait_politely
-from distributed.schedule_simulation import check_schedule, simulate
-from distributed.schedules import SCHEDULES, Step, forward_only, make_schedule
-from distributed.stage import RunResult, StageExecutor
-from distributed.watchdog import waiting_in
-from network.backend import Array, get_array_module, is_array, to_numpy
-from network.checks import positive_int
-from network.losses import Loss
-from network.parameter import Parameter
-from network.sequential import Sequential
+from mpiprop.distributed.pipeline.pipeline_stats import StageStats
+from mpiprop.distributed.transport.polite_wait import wait_politely
+from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
+from mpiprop.distributed.pipeline.pipeline_schedules import SCHEDULES, Step, forward_only, make_schedule
+from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
+from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
+from mpiprop.network.checks import positive_int
+from mpiprop.network.losses import Loss
+from mpiprop.network.parameter import Parameter
+from mpiprop.network.sequential import Sequential
 
 BALANCE_RULES = ("parameters", "time")
 

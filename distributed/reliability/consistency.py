@@ -1,8 +1,8 @@
 """Check that every rank built the same model before any collective depends on it."""
 from __future__ import annotations
 
-from distributed.communicator import Communicator
-from network.layer import Layer
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.network.layer import Layer
 
 Entry = tuple[str, str, tuple[int, ...], str]
 

@@ -7,7 +7,8 @@ from typing import Callable
 
 import numpy
 
-from network.backend import Array, copy_to_host, device_of, pinned_empty, synchronize, to_device
+from mpiprop.distributed.transport.gpu import copy_to_host, pinned_empty
+from mpiprop.network.backend import Array, device_of, synchronize, to_device
 
 CUDA_AWARE_ENV = "MPIPROP_CUDA_AWARE_MPI"
 

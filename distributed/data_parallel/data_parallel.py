@@ -5,18 +5,18 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from distributed.bucket_allreduce_mpi import MpiBucketAllreduce
-from distributed.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
+from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
                                                  shared_memory_shortage)
-from distributed.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
-from distributed.communicator import Communicator, MpiComm, as_communicator
-from distributed.consistency import check_same_model
-from distributed.gradient_reducer import GradientReducer, SyncStats
-from distributed.timeline import span
-from network.backend import Array, device_of
-from network.layer import REMEMBERED, Layer
-from network.parameter import Parameter
-from network.sequential import Sequential
+from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.distributed.reliability.consistency import check_same_model
+from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
+from mpiprop.distributed.reliability.timeline import span
+from mpiprop.network.backend import Array, device_of
+from mpiprop.network.layer import REMEMBERED, Layer
+from mpiprop.network.parameter import Parameter
+from mpiprop.network.sequential import Sequential
 
 
 class DataParallel:
@@ -50,7 +50,7 @@ class DataParallel:
             training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
             keep the buckets in memory all ranks can read and sum them there (about twice
-            as fast as MPI's allreduce; see distributed.bucket_allreduce_shared). The window
+            as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
             stays allocated until the process ends, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).

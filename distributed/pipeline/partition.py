@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from network.backend import Array, synchronize
-from network.checks import positive_int
-from network.sequential import Sequential
+from mpiprop.network.backend import Array, synchronize
+from mpiprop.network.checks import positive_int
+from mpiprop.network.sequential import Sequential
 
 
 def check_balance(balance: Sequence[int], layers: int, parts: int) -> list[int]:

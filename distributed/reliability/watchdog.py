@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 
-from distributed.abort import abort_job
+from mpiprop.distributed.reliability.abort import abort_job
 
 TIMEOUT_VARIABLE = "MPIPROP_STALL_TIMEOUT"
 STALL_EXIT_CODE = 3

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distributed.schedules import (BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, Schedule, Step,
+from mpiprop.distributed.pipeline.pipeline_schedules import (BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, Schedule, Step,
                                    format_steps)
 
 UNIT_COSTS = {FORWARD: 1.0, BACKWARD: 2.0, BACKWARD_INPUT: 1.0, BACKWARD_WEIGHT: 1.0}

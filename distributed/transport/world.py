@@ -5,8 +5,8 @@ import os
 
 from mpi4py import MPI
 
-from distributed.communicator import Communicator, MpiComm, mpi_comm_of
-from network.backend import gpu_count, use_gpu
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, mpi_comm_of
+from mpiprop.distributed.transport.gpu import gpu_count, use_gpu
 
 LOCAL_RANK_ENV_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "SLURM_LOCALID")
 

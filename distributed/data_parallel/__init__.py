@@ -1,0 +1,1 @@
+"""Data parallelism: gradient buckets and their allreduce over the ranks."""

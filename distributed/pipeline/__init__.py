@@ -1,0 +1,1 @@
+"""Pipeline parallelism: partitioning, schedules, stages and the 2-D grid."""
