@@ -9,9 +9,9 @@
 Every rank builds the same model; the pipeline keeps one stage per rank. The input batch
 is read on the first stage and the labels on the last. With --replicas R the ranks form
 R pipelines, each training on its share of every batch, with gradients averaged across
-replicas. The checkpoint is the consolidated whole model, loadable into the plain
-Sequential with `mpiprop.network.checkpoint.load_checkpoint`. The last line printed is
-test_accuracy=<float>.
+replicas. The Trainer drives it as it drives any layout (one JSON line of metrics per
+epoch); the checkpoint holds the whole model, loadable into the plain Sequential with
+`mpiprop.network.checkpoint.load_checkpoint`. The last line printed is test_accuracy=<float>.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from typing import Sequence
 import numpy
 
 import mpiprop.network as nn
-from mpiprop.distributed import Pipeline, make_grid
-from mpiprop.network.checkpoint import save_checkpoint
+from mpiprop import distributed
+from mpiprop.distributed import Pipeline
+from mpiprop.network.data import ArrayDataset, DataLoader
 from mpiprop.network.datasets import load_digits
-from mpiprop.network.metrics import count_correct
 from mpiprop.network.preprocessing import Standardizer, train_val_split
 
 
@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate, momentum 0.9 (default 0.05)")
     parser.add_argument("--hidden", type=int, default=128, help="width of the hidden layers (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
-    parser.add_argument("--checkpoint", help="write the consolidated model to this file at the end")
+    parser.add_argument("--checkpoint", help="write the whole model (and the training state) to this file each epoch")
     return parser.parse_args(argv)
 
 
@@ -59,61 +59,25 @@ def load_data() -> tuple[tuple[numpy.ndarray, numpy.ndarray], tuple[numpy.ndarra
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy (on every rank)."""
     args = parse_args(argv)
-    grid = make_grid_for(args.replicas)
+    world_size = distributed.size()
+    if args.replicas < 1 or world_size % args.replicas:
+        raise SystemExit(f"--replicas {args.replicas} must divide the {world_size} ranks")
     if args.batch_size % args.replicas:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {args.replicas} replicas")
     nn.manual_seed(args.seed)
-    model = build_model(args.hidden)
-    pipe = Pipeline(model, args.micro_batches, args.schedule, comm=grid.pipeline_comm)
-    optimizer = nn.optim.SGD(pipe.parameters(), lr=args.lr, momentum=0.9)
+    pipe = Pipeline(build_model(args.hidden), args.micro_batches, args.schedule, stages=world_size // args.replicas)
     (x_train, y_train), (x_test, y_test) = load_data()
-    share = args.batch_size // args.replicas
-    for epoch in range(args.epochs):
-        order = numpy.random.default_rng(args.seed + epoch).permutation(len(x_train))
-        losses = []
-        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            rows = order[start + grid.replica * share:start + (grid.replica + 1) * share]
-            optimizer.zero_grad()
-            loss = pipe.train_step(x_train[rows] if pipe.is_first else None,
-                                   y_train[rows] if pipe.is_last else None, nn.CrossEntropyLoss())
-            grid.average_gradients(pipe.parameters())
-            optimizer.step()
-            losses.append(loss)
-        if grid.pipeline_comm.rank == 0 and grid.replica == 0:
-            print(f"epoch {epoch + 1}: train loss {numpy.mean(losses):.4f}", flush=True)
-    accuracy = test_accuracy(pipe, x_test, y_test)
-    if args.checkpoint:
-        save_consolidated(pipe, model, args.checkpoint, grid)
-    if pipe.is_last and grid.replica == 0:
+    shards = {"rank": pipe.replica, "world_size": pipe.replicas}
+    train_loader = DataLoader(ArrayDataset(x_train, y_train), args.batch_size // args.replicas, shuffle=True,
+                              drop_last=True, seed=args.seed, **shards)
+    trainer = nn.Trainer(pipe, nn.CrossEntropyLoss(), nn.optim.SGD(pipe.parameters(), lr=args.lr, momentum=0.9),
+                         checkpoint_path=args.checkpoint, progress=False)
+    trainer.fit(train_loader, args.epochs)
+    accuracy = trainer.evaluate(DataLoader(ArrayDataset(x_test, y_test), len(x_test), uneven="keep",
+                                           **shards))["accuracy"]
+    if trainer.is_main:
         print(f"test_accuracy={accuracy:.4f}", flush=True)
     return accuracy
-
-
-def make_grid_for(replicas: int):
-    """The grid of pipelines; every rank of a replica is one stage."""
-    from mpi4py import MPI
-
-    world = MPI.COMM_WORLD.Get_size()
-    if replicas < 1 or world % replicas:
-        raise SystemExit(f"--replicas {replicas} must divide the {world} ranks")
-    return make_grid(world // replicas)
-
-
-def test_accuracy(pipe: Pipeline, x: numpy.ndarray, y: numpy.ndarray) -> float:
-    """Accuracy of the pipeline's predictions, computed on the last stage and shared with every rank."""
-    pipe.eval()
-    logits = pipe.predict(x if pipe.is_first else None)
-    pipe.train()
-    accuracy = count_correct(logits, y) / len(y) if pipe.is_last else None
-    return pipe.comm.bcast_object(accuracy, root=pipe.num_stages - 1)
-
-
-def save_consolidated(pipe: Pipeline, model: nn.Sequential, path: str, grid) -> None:
-    """Gather every stage into rank 0's full model and write it as a plain-model checkpoint."""
-    state = pipe.consolidated_state_dict(root=0)
-    if state is not None and grid.replica == 0:
-        model.load_state_dict(state)
-        save_checkpoint(path, model)
 
 
 if __name__ == "__main__":

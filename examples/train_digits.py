@@ -4,6 +4,11 @@
     python examples/train_digits.py --epochs 40 --checkpoint digits.npz --metrics-out digits.jsonl
     python examples/train_digits.py --epochs 60 --checkpoint digits.npz --resume digits.npz
     mpiexec -n 2 python examples/train_digits.py          # data parallel: same global batch, same accuracy
+    mpiexec -n 2 python examples/train_digits.py --pipeline-stages 2                  # a 2-stage pipeline
+    mpiexec -n 4 python examples/train_digits.py --pipeline-stages 2                  # 2 stages x 2 replicas
+
+Every layout prints the same metrics lines and writes the same checkpoint (the whole model
+under its full parameter names), so `--resume` continues a run in any other layout.
 """
 from __future__ import annotations
 
@@ -39,6 +44,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="print only the final line")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="train on the CPU (numpy) or a GPU (cupy), one GPU per local rank (default cpu)")
+    parser.add_argument("--pipeline-stages", type=int, default=1,
+                        help="ranks per pipeline; the remaining factor of the ranks are data-parallel replicas "
+                             "(default 1: data parallel over all ranks)")
+    parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch in a pipeline (default 4)")
+    parser.add_argument("--schedule", default="1f1b", choices=["gpipe", "1f1b", "interleaved", "zb-h1"],
+                        help="pipeline schedule (default 1f1b)")
     return parser.parse_args(argv)
 
 
@@ -60,38 +71,49 @@ def load_splits(seed: int) -> dict[str, tuple]:
     return {name: (scaler.transform(part[0]), part[1]) for name, part in (("train", train), ("val", val), ("test", test))}
 
 
+def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: int):
+    """The model itself on one rank, DataParallel over all ranks, or pipelines of --pipeline-stages ranks."""
+    if args.pipeline_stages > 1:
+        return distributed.Pipeline(model, args.micro_batches, args.schedule, stages=args.pipeline_stages)
+    if world_size > 1:
+        return distributed.DataParallel(model)  # rank 0's initial weights on every rank
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy."""
     args = parse_args(argv)
     rank, world_size = distributed.rank(), distributed.size()
-    if args.batch_size % world_size:
-        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
-    shards = {"rank": rank, "world_size": world_size}
+    if args.pipeline_stages < 1 or world_size % args.pipeline_stages:
+        raise SystemExit(f"--pipeline-stages {args.pipeline_stages} must divide the {world_size} ranks")
+    replicas = world_size // args.pipeline_stages
+    if args.batch_size % replicas:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {replicas} data-parallel replicas")
     nn.manual_seed(args.seed)
     splits = load_splits(args.seed)
-    train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // world_size, shuffle=True,
-                              seed=args.seed, **shards)
-    val_loader = DataLoader(ArrayDataset(*splits["val"]), 256, uneven="keep", **shards)
     model = build_model(args.hidden)
     if args.device == "cuda":
         distributed.bind_gpu()
         model.to("cuda")
+    strategy = make_strategy(model, args, world_size)
     if world_size > 1:
-        model = distributed.DataParallel(model)  # rank 0's initial weights on every rank
         nn.manual_seed(args.seed + rank)  # independent dropout masks per rank
-    optimizer = nn.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    shard, shards = (0, 1) if strategy is model else strategy.data_shard
+    shards_of = {"rank": shard, "world_size": shards}
+    train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // shards, shuffle=True,
+                              seed=args.seed, **shards_of)
+    val_loader = DataLoader(ArrayDataset(*splits["val"]), 256, uneven="keep", **shards_of)
+    optimizer = nn.optim.SGD(strategy.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     steps = args.epochs * len(train_loader)
     warmup = min(len(train_loader), steps - 1) or 1
     schedule = LinearWarmup(CosineAnnealingLR(args.lr, total=max(steps - warmup, 1)), warmup_steps=warmup)
-    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=5.0,
+    trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=5.0,
                          callbacks=[EarlyStopping("val_loss", patience=args.patience)],
                          checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                         metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet,
-                         average_metrics=distributed.average_metrics if world_size > 1 else None,
-                         comm=model.comm if world_size > 1 else None, **shards)
+                         metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet)
     trainer.fit(train_loader, args.epochs, val_loader, resume_from=args.resume)
-    test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 256, uneven="keep", **shards))
-    if rank == 0:
+    test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 256, uneven="keep", **shards_of))
+    if trainer.is_main:
         print(f"test_accuracy={test['accuracy']:.4f}")
     return test["accuracy"]
 

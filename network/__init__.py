@@ -18,6 +18,7 @@ from mpiprop.network.sequential import Sequential
 from mpiprop.network import callbacks, datasets, schedules
 from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.trainer import Trainer
 
 __all__ = [
@@ -29,5 +30,5 @@ __all__ = [
     "gradient_norms", "gradient_health", "gradcheck", "GradcheckError",
     "manual_seed", "cupy_available", "get_array_module", "to_device", "to_numpy",
     "callbacks", "datasets", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
-    "ArrayDataset", "DataLoader", "Trainer",
+    "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
 ]

@@ -1,9 +1,11 @@
 """Checkpoints: model, optimizer and RNG state plus metadata in one .npz file, written atomically, read without pickle.
 
 The file is a numpy .npz archive: every array is an entry named by its place in the
-state ("model/0.weight", "optimizer/state/0/exp_avg", ...) and the entry "__checkpoint__"
+state ("model/0.weight", "optimizer/state/0.weight/exp_avg", ...) and the entry "__checkpoint__"
 holds JSON describing the whole structure (numbers, strings, lists, dicts, tuples) with
-references to those arrays. Zip CRCs catch corrupted bytes; nothing is unpickled.
+references to those arrays. Zip CRCs catch corrupted bytes; nothing is unpickled. Model and optimizer state are keyed
+by the model's full parameter names, so a checkpoint written in one layout (one process,
+data parallel, a pipeline) loads in any other.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
 
     The data goes to a temporary file in the same folder, is flushed to disk (fsync) and
     renamed over `path` (os.replace), so a crash or kill during the write leaves any
-    previous checkpoint at `path` intact.
+    previous checkpoint at `path` intact. The optimizer's per-parameter state is stored
+    under the parameters' names in `model` when it holds all of them.
 
     Args:
         path: the file to write (no suffix is added).
@@ -46,12 +49,31 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
     Raises:
         TypeError: for a meta value that cannot be stored, naming where it is.
     """
+    optimizer_state = None
+    if optimizer is not None:
+        optimizer_state = named_optimizer_state(optimizer.state_dict(), optimizer_parameter_names(model, optimizer))
+    write_checkpoint(path, model.state_dict(), optimizer_state, **meta)
+
+
+def write_checkpoint(path: str | os.PathLike, model_state: dict[str, Any], optimizer_state: dict[str, Any] | None,
+                     **meta: Any) -> None:
+    """Write already gathered state dicts (and this process's RNG state) to `path`, atomically.
+
+    Args:
+        path: the file to write.
+        model_state: the whole model's state dict, by full names.
+        optimizer_state: an optimizer state dict (see `named_optimizer_state`) or None.
+        **meta: as for `save_checkpoint`.
+
+    Raises:
+        TypeError: for a value that cannot be stored, naming where it is.
+    """
     path = os.fspath(path)
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": model.state_dict(),
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "rng": rng.get_rng_state(),
         "meta": meta,
     }
@@ -59,6 +81,55 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
     header = json.dumps(_encode(state, "", arrays))
     arrays[HEADER_ENTRY] = numpy.array(header)
     _write_atomically(path, arrays)
+
+
+def named_optimizer_state(state: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """`state` (an optimizer's state_dict) with its per-parameter list turned into a dict by parameter name.
+
+    Args:
+        state: from `optimizer.state_dict()`; its "state" lists one entry per parameter.
+        names: the full name of each of the optimizer's parameters, in its order; None keeps the list.
+
+    Returns:
+        A copy of `state` whose "state" is {name: entry}.
+    """
+    if names is None:
+        return state
+    return {**state, "state": dict(zip(names, state["state"]))}
+
+
+def indexed_optimizer_state(state: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """The inverse of `named_optimizer_state` for an optimizer whose parameters are `names`.
+
+    A state by name keeps only the entries of `names` (a pipeline stage takes its own);
+    a state saved as a list (no names) is returned unchanged.
+
+    Raises:
+        ValueError: when the state is by name and lacks some of `names`, or `names` is None.
+    """
+    saved = state.get("state")
+    if not isinstance(saved, dict):
+        return state
+    if names is None:
+        raise ValueError("the optimizer state is stored by parameter name, but the optimizer's parameters "
+                         "are not all in the model; build the optimizer from model.parameters()")
+    missing = [name for name in names if name not in saved]
+    if missing:
+        raise ValueError(f"the optimizer state has no entry for the parameters {missing}; "
+                         f"it holds {sorted(saved)}")
+    return {**state, "state": [saved[name] for name in names]}
+
+
+def optimizer_parameter_names(model: Any, optimizer: Any) -> list[str] | None:
+    """The model's full name of each of the optimizer's parameters, or None when some are not in the model.
+
+    Args:
+        model: anything with `named_parameters()` (a layer or a training strategy).
+        optimizer: anything with a `params` list.
+    """
+    name_of = {id(p): name for name, p in model.named_parameters()} if hasattr(model, "named_parameters") else {}
+    names = [name_of.get(id(p)) for p in getattr(optimizer, "params", [])]
+    return None if not names or None in names else names
 
 
 def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) -> dict[str, Any]:
@@ -75,9 +146,9 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
     """
     path = os.fspath(path)
     state = read_checkpoint(path)
-    _check_model(path, state["model"], model)
+    check_model_state(path, state["model"], {name: tuple(a.shape) for name, a in model.state_dict().items()})
     if optimizer is not None:
-        _load_optimizer(path, state["optimizer"], optimizer)
+        load_optimizer_state(path, state["optimizer"], optimizer, optimizer_parameter_names(model, optimizer))
     model.load_state_dict(state["model"])
     rng.set_rng_state(state["rng"])
     return state["meta"]
@@ -114,8 +185,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt: array {error} is referenced but missing") from error
 
 
-def _check_model(path: str, saved: dict[str, numpy.ndarray], model: Any) -> None:
-    expected = {name: tuple(array.shape) for name, array in model.state_dict().items()}
+def check_model_state(path: str, saved: dict[str, numpy.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise unless the saved model state has exactly the names and shapes of `expected` (the whole model's).
+
+    Raises:
+        CheckpointError: naming the file, the missing, unexpected and reshaped entries.
+    """
     found = {name: tuple(array.shape) for name, array in saved.items()}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -131,11 +206,16 @@ def _check_model(path: str, saved: dict[str, numpy.ndarray], model: Any) -> None
         raise CheckpointError(f"checkpoint {path} was saved from a different architecture: " + "; ".join(problems))
 
 
-def _load_optimizer(path: str, saved: dict[str, Any] | None, optimizer: Any) -> None:
+def load_optimizer_state(path: str, saved: dict[str, Any] | None, optimizer: Any, names: list[str] | None) -> None:
+    """Load a checkpoint's optimizer state into `optimizer`, whose parameters have the full `names`.
+
+    Raises:
+        CheckpointError: when there is none, or it does not fit the optimizer.
+    """
     if saved is None:
         raise CheckpointError(f"checkpoint {path} holds no optimizer state; load it with optimizer=None")
     try:
-        optimizer.load_state_dict(saved)
+        optimizer.load_state_dict(indexed_optimizer_state(saved, names))
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} does not fit the optimizer: {error}") from error
 

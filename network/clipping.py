@@ -18,15 +18,28 @@ def total_grad_norm(params: Iterable[Parameter], norm_type: float = 2.0) -> floa
         return max(float(get_array_module(p.grad).abs(p.grad).max()) for p in params)
     if norm_type <= 0:
         raise ValueError(f"norm_type must be positive or inf, got {norm_type}")
-    total = sum(float((get_array_module(p.grad).abs(p.grad) ** norm_type).sum()) for p in params)
-    return total ** (1.0 / norm_type)
+    return grad_power_sum(params, norm_type) ** (1.0 / norm_type)
 
 
-def clip_grad_norm_(params: Iterable[Parameter], max_norm: float, norm_type: float = 2.0) -> float:
-    """Scale all gradients so their total norm is at most `max_norm`; return the norm before clipping."""
+def grad_power_sum(params: Iterable[Parameter], norm_type: float = 2.0) -> float:
+    """The sum over all gradient elements of |g| ** norm_type (its root is the total norm; partial sums add up)."""
+    return sum(float((get_array_module(p.grad).abs(p.grad) ** norm_type).sum()) for p in params)
+
+
+def clip_grad_norm_(params: Iterable[Parameter], max_norm: float, norm_type: float = 2.0,
+                    total_norm: float | None = None) -> float:
+    """Scale all gradients so their total norm is at most `max_norm`; return the norm before clipping.
+
+    Args:
+        params: the parameters whose gradients are scaled.
+        max_norm: the largest total norm allowed.
+        norm_type: 2, 1 or inf.
+        total_norm: the norm when it is already known, e.g. over every stage of a pipelined
+            model (whose other parameters live in other processes); None computes it from `params`.
+    """
     params = list(params)
     max_norm = non_negative_float(max_norm, "max_norm")
-    norm = total_grad_norm(params, norm_type)
+    norm = total_grad_norm(params, norm_type) if total_norm is None else total_norm
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
         for p in params:

@@ -1,10 +1,13 @@
 """Sequential: layers applied in order, sliceable so a pipeline can cut it into stages."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mpiprop.network.backend import Array
 from mpiprop.network.layer import REMEMBERED, Layer
+from mpiprop.network.parameter import Parameter
+
+ParametersFinal = Callable[[list[Parameter]], None]
 
 
 class SequentialCache:
@@ -53,7 +56,8 @@ class Sequential(Layer):
             caches.append(cache)
         return x, SequentialCache(caches)
 
-    def backward(self, dy: Array, cache: SequentialCache = REMEMBERED, *, input_grad: bool = True) -> Array | None:
+    def backward(self, dy: Array, cache: SequentialCache = REMEMBERED, *, input_grad: bool = True,
+                 on_parameters_final: ParametersFinal | None = None) -> Array | None:
         """Backpropagate `dy` through all layers, accumulating parameter gradients.
 
         Args:
@@ -61,18 +65,27 @@ class Sequential(Layer):
             cache: from `forward`; defaults to the one remembered by the last `model(x)`.
             input_grad: when False, skip the gradient with respect to the model's input
                 (a first pipeline stage or a plain training loop never needs it) and return None.
+            on_parameters_final: called after each layer's backward with the parameters whose
+                gradients that layer completed (a parameter shared by several layers is final
+                after the first of them backward visits); every parameter is passed exactly once,
+                so gradient synchronisation can start while earlier layers still compute.
+
+        Returns:
+            The gradient with respect to the input, or None when `input_grad` is False.
         """
         cache = self._cache_or_last(cache)
+        final = self.parameters_final_after_each_layer() if on_parameters_final is not None else None
         stop = 0 if input_grad else self._first_layer_with_parameters()
-        if stop == len(self.layers):
-            return None
         for index in range(len(self.layers) - 1, stop - 1, -1):
             layer, layer_cache = self.layers[index], cache.caches[index]
             if index == stop and not input_grad:
                 layer.backward_weight(dy, layer_cache)
-                return None
-            dy = layer.backward(dy, layer_cache)
-        return dy
+                dy = None
+            else:
+                dy = layer.backward(dy, layer_cache)
+            if final is not None:
+                on_parameters_final(final[index])
+        return dy if input_grad else None
 
     def backward_input(self, dy: Array, cache: SequentialCache) -> Array:
         """Input gradient only; keeps each layer's output gradient in `cache` for `backward_weight`."""
@@ -83,13 +96,41 @@ class Sequential(Layer):
         cache.output_grads = output_grads
         return dy
 
-    def backward_weight(self, dy: Array, cache: SequentialCache) -> None:
-        """Parameter gradients, from the output gradients kept by `backward_input`."""
+    def backward_weight(self, dy: Array, cache: SequentialCache, *,
+                        on_parameters_final: ParametersFinal | None = None) -> None:
+        """Parameter gradients, from the output gradients kept by `backward_input`.
+
+        Args:
+            dy: unused (the output gradients kept in `cache` are used); part of the layer contract.
+            cache: the cache `backward_input` ran on.
+            on_parameters_final: as for `backward`, called last layer first.
+        """
         if cache.output_grads is None:
             raise RuntimeError("Sequential.backward_weight needs backward_input to run first on the same cache")
-        for layer, layer_cache, output_grad in zip(self.layers, cache.caches, cache.output_grads):
-            layer.backward_weight(output_grad, layer_cache)
+        final = self.parameters_final_after_each_layer() if on_parameters_final is not None else None
+        for index in range(len(self.layers) - 1, -1, -1):
+            self.layers[index].backward_weight(cache.output_grads[index], cache.caches[index])
+            if final is not None:
+                on_parameters_final(final[index])
         cache.output_grads = None
+
+    def parameters_final_after_each_layer(self) -> list[list[Parameter]]:
+        """For each layer, the parameters whose gradient is complete once backward has passed it.
+
+        Backward visits layers last to first, so a parameter shared by several layers is final
+        after the first of them; each list is in reverse order of the layer's parameters.
+        """
+        first_visit: dict[int, int] = {}
+        for index in range(len(self.layers) - 1, -1, -1):
+            for p in self.layers[index].parameters():
+                first_visit.setdefault(id(p), index)
+        final: list[list[Parameter]] = [[] for _ in self.layers]
+        for index, layer in enumerate(self.layers):
+            for p in reversed(layer.parameters()):
+                if first_visit.get(id(p)) == index:
+                    final[index].append(p)
+                    first_visit[id(p)] = -1  # listed once even when the layer holds it twice
+        return final
 
     def _first_layer_with_parameters(self) -> int:
         for index, layer in enumerate(self.layers):

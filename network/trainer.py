@@ -9,60 +9,60 @@ import zlib
 from typing import Any, Callable, Sequence
 
 from mpiprop.network import rng
-from mpiprop.network.backend import device_of, get_array_module, to_device, to_numpy
+from mpiprop.network.backend import device_of, to_device, to_numpy
 from mpiprop.network.callbacks import Callback
-from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from mpiprop.network.checkpoint import (CheckpointError, check_model_state, load_optimizer_state, named_optimizer_state,
+                                        optimizer_parameter_names, read_checkpoint, write_checkpoint)
 from mpiprop.network.checks import non_negative_float, positive_int
-from mpiprop.network.clipping import clip_grad_norm_
+from mpiprop.network.clipping import clip_grad_norm_, grad_power_sum
+from mpiprop.network.layer import Layer
+from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
-from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
-                                non_finite_grads)
+from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
 from mpiprop.network.progress import progress, progress_wanted
-from mpiprop.network.sequential import Sequential
 
-_LOADER_SETTINGS = ("batch_size", "shuffle", "drop_last", "seed", "world_size", "uneven")
+_LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
+STRATEGY_METHODS = ("train_step", "predict", "parameters", "named_parameters", "train", "eval", "state_dict",
+                    "load_state_dict", "state_shapes", "stage_allgather", "merge_over_stages", "locate_non_finite")
 MAX_SKIPS_IN_A_ROW = 20
 NON_FINITE_FIX = ("lower the learning rate, set clip_grad_norm, check the data, "
                   "or pass non_finite='skip' to skip such steps")
 
 
 class Trainer:
-    """Trains `model` with `optimizer` on `loss_fn`, epoch by epoch, and validates after each epoch.
+    """Trains a model with `optimizer` on `loss_fn`, epoch by epoch, and validates after each epoch.
 
-    `model` is anything that behaves like a Sequential: `out = model(x)`,
-    `model.backward(dout)`, `parameters()`, `train()`, `eval()`, `state_dict()`,
-    `load_state_dict()`; a data-parallel wrapper that averages gradients in `backward`
-    works unchanged (evaluation runs its `model.module` when it has one).
-    Every rank runs `fit`; only rank 0 prints, draws the progress bar, writes the metrics
-    file, the plot and checkpoints.
+    The trainer talks only to a training strategy (see `LocalStrategy`): a plain model is
+    trained in this process, `DataParallel`, `Pipeline` (also as a grid of pipelines) train it
+    over MPI ranks, and every feature below works the same in each layout. Every rank runs
+    `fit`; only the strategy's main rank prints, draws the progress bar, writes the metrics
+    file, the plot and checkpoints. Metrics are combined over the strategy's ranks, gradient
+    clipping uses the norm over every stage and replica, and checkpoints hold the whole model
+    under its full parameter names, so one written in any layout resumes in any other.
 
     Args:
-        model: the model (or a wrapper of it).
+        model: a network Layer (trained in this process), or a strategy such as
+            `DataParallel(model)` or `Pipeline(model, ...)`.
         loss_fn: a mean-reduced loss, e.g. `CrossEntropyLoss()`.
         optimizer: e.g. `optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`.
         lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update.
         schedule_per: "step" (t counts optimizer steps) or "epoch" (t counts epochs).
-        clip_grad_norm: when given, clip the gradients' total 2-norm to this value before each update.
+        clip_grad_norm: when given, clip the gradients' total 2-norm (over the whole model) to this value
+            before each update.
         callbacks: `Callback` objects, e.g. `EarlyStopping()`.
         accuracy: also report accuracy; by default for CrossEntropyLoss and BCEWithLogitsLoss.
         checkpoint_path: write a checkpoint here after each epoch and when training is stopped
-            (the same path on every rank; rank 0 writes it).
+            (the same path on every rank; the main rank writes it, with every rank's random state).
         checkpoint_every: also write it every this many optimizer steps (None: only per epoch).
         non_finite: what a step with a NaN or Inf output, loss or gradient does: "raise" a
-            NonFiniteError naming the step, rank and layer, or "skip" the update (on every rank
-            alike, since averaged gradients are the same everywhere; after 20 skips in a row it raises).
+            NonFiniteError naming the step, rank, stage and layer, or "skip" the update (on every
+            rank alike, decided on gradients agreed over the stages; after 20 skips in a row it raises).
         metrics_path: write one JSON line of metrics per epoch here.
         plot_path: save a PNG of the training curves here at the end of `fit` (needs matplotlib).
-        rank: this process's rank.
-        world_size: number of ranks training together.
         average_metrics: combines metric sums over ranks: it gets this rank's dict of sums and must
             return the same keys, each summed over ranks or each averaged (only ratios are used).
-            The default, for one process, returns its input.
-        comm: with several ranks, a `mpiprop.distributed.Communicator` (anything with `allgather_object`):
-            checkpoints then hold every rank's random state, so a resumed run draws the same
-            dropout masks as an uninterrupted one, and `fit` checks that the ranks agree on
-            their settings and resumed from the same state.
+            The default sums over the strategy's `comm` in rank order (for one process: its input).
         quiet: print nothing and draw no progress bar.
         progress: progress bar per epoch: None draws it on a terminal when tqdm is installed.
         print_fn: where the per-epoch JSON lines are printed.
@@ -73,25 +73,21 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), accuracy: bool | None = None,
                  checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  non_finite: str = "raise", metrics_path: str | os.PathLike | None = None,
-                 plot_path: str | os.PathLike | None = None, rank: int = 0, world_size: int = 1,
-                 average_metrics: Callable[[MetricSums], MetricSums] | None = None, comm: Any = None,
+                 plot_path: str | os.PathLike | None = None,
+                 average_metrics: Callable[[MetricSums], MetricSums] | None = None,
                  quiet: bool = False, progress: bool | None = None, print_fn: Callable[[str], Any] = print):
-        self.world_size = positive_int(world_size, "Trainer world_size")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.world_size:
-            raise ValueError(f"Trainer rank must be an integer in [0, {self.world_size}), got {rank!r}")
         if schedule_per not in ("step", "epoch"):
             raise ValueError(f"schedule_per must be 'step' or 'epoch', got {schedule_per!r}")
         if non_finite not in POLICIES:
             raise ValueError(f"non_finite must be one of {POLICIES}, got {non_finite!r}")
-        if comm is not None and (comm.rank, comm.size) != (rank, self.world_size):
-            raise ValueError(f"comm is rank {comm.rank} of {comm.size} but the trainer was given rank={rank}, "
-                             f"world_size={world_size}; pass rank=comm.rank, world_size=comm.size")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule must be callable (t -> learning rate), got {type(lr_schedule).__name__}")
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Callback):
                 raise TypeError(f"callback {index} is a {type(callback).__name__}, not a network.callbacks.Callback")
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.model, self.loss_fn, self.optimizer = as_strategy(model), loss_fn, optimizer
+        self.comm = self.model.comm
+        self.rank, self.world_size = (0, 1) if self.comm is None else (self.comm.rank, self.comm.size)
         self.lr_schedule, self.schedule_per = lr_schedule, schedule_per
         self.clip_grad_norm = None if clip_grad_norm is None else non_negative_float(clip_grad_norm, "clip_grad_norm")
         self.callbacks = list(callbacks)
@@ -99,18 +95,17 @@ class Trainer:
         self.checkpoint_path, self.metrics_path, self.plot_path = checkpoint_path, metrics_path, plot_path
         self.checkpoint_every = None if checkpoint_every is None else positive_int(checkpoint_every, "checkpoint_every")
         self.non_finite = non_finite
-        self.rank, self.comm = rank, comm
         self.average_metrics = average_metrics
         self.quiet = bool(quiet)
-        self.show_progress = progress_wanted(progress, rank, self.quiet)
+        self.show_progress = progress_wanted(progress, 0 if self.is_main else 1, self.quiet)
         self.print_fn = print_fn
-        self._device = _device_of_model(model)
+        self._device = _device_of_model(self.model)
         self._reset()
 
     @property
     def is_main(self) -> bool:
-        """True on rank 0, the rank that prints and writes files."""
-        return self.rank == 0
+        """True on the strategy's main rank, the one that prints and writes files."""
+        return self.model.is_main
 
     def _reset(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -149,7 +144,7 @@ class Trainer:
         if val_loader is not None:
             self._check_loader(val_loader, "val_loader", allow_empty=True)
         self._reset()
-        self._loader_settings = {key: getattr(train_loader, key, None) for key in _LOADER_SETTINGS}
+        self._loader_settings = _global_loader_settings(train_loader)
         self._device = _device_of_model(self.model)
         self._check_ranks_agree("settings", {"epochs": epochs, "resume": resume_from is not None,
                                              "checkpoint": self.checkpoint_path is not None,
@@ -197,22 +192,23 @@ class Trainer:
         return True
 
     def train_step(self, inputs: Any, targets: Any) -> float:
-        """One update on one batch: forward, loss, backward, clip, schedule, optimizer step; returns the loss.
+        """One update on one batch: the strategy's step (forward, loss, backward, gradients in sync),
+        then clip, schedule and optimizer step; returns this rank's loss.
 
         Raises:
             NonFiniteError: for a NaN or Inf output, loss or gradient when `non_finite` is "raise".
         """
         x, y = to_device(inputs, self._device), to_device(targets, self._device)
         self.optimizer.zero_grad()
-        output = self.model(x)
-        loss, output_grad = self._loss_and_gradient(x, output, y)
-        self._backward(output_grad)
-        if not self._gradients_finite(loss):
+        loss = self.model.train_step(x, y, self.loss_fn)
+        finite, power_sum = self._gradient_summary()
+        if not self._step_finite(x, loss, finite):
             self.step += 1
             return loss
-        correct = count_correct(output, y) if self.accuracy else None
+        output = self.model.last_output
+        correct = count_correct(output, y) if self.accuracy and output is not None else None
         if self.clip_grad_norm is not None:
-            clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            clip_grad_norm_(self.model.parameters(), self.clip_grad_norm, total_norm=power_sum ** 0.5)
         if self.lr_schedule is not None and self.schedule_per == "step":
             self.optimizer.lr = self.lr_schedule(self.step)
         self.optimizer.step()
@@ -221,33 +217,26 @@ class Trainer:
         self.skipped_in_a_row = 0
         return loss
 
-    def _loss_and_gradient(self, x: Any, output: Any, y: Any) -> tuple[float, Any]:
-        """The loss and its gradient; a non-finite output or loss raises, or, to skip, gets a NaN gradient.
+    def _gradient_summary(self) -> tuple[bool, float]:
+        """Whether every stage's (synchronised) gradients are finite, and the sum of their squares when clipping.
 
-        That NaN gradient makes the gradients averaged over ranks NaN on every rank, so every
-        rank skips the step, not only the one that met the NaN.
+        One exchange over the stages gives every rank the same answer, so all of them skip or clip alike.
         """
-        if is_finite(output):
-            loss = self.loss_fn(output, y)
-            if math.isfinite(loss):
-                return loss, self.loss_fn.backward()
-            where = f"the loss ({loss})"
-        else:
-            where = first_non_finite_layer(getattr(self.model, "module", self.model), x)
-        if self.non_finite == "raise":
-            raise NonFiniteError(f"{self._step_name()}: the model's output or loss holds NaN or Inf, "
-                                 f"first in {where}; {NON_FINITE_FIX}")
-        return math.nan, get_array_module(output).full_like(output, math.nan)
+        params = self.model.parameters()
+        mine = (grads_finite(params), grad_power_sum(params) if self.clip_grad_norm is not None else 0.0)
+        stages = self.model.stage_allgather(mine)
+        return all(finite for finite, _ in stages), sum(power for _, power in stages)
 
-    def _gradients_finite(self, loss: float) -> bool:
-        """Check the (averaged) gradients; on NaN or Inf raise, or drop them and return False to skip."""
-        if grads_finite(self.model.parameters()):
+    def _step_finite(self, x: Any, loss: float, gradients_finite: bool) -> bool:
+        """False to skip a step whose gradients hold NaN or Inf; with non_finite="raise", raise instead.
+
+        A non-finite loss sends NaN gradients backward (see `LocalStrategy.train_step`), so the
+        averaged gradients, and with them the decision, are the same on every rank.
+        """
+        if gradients_finite and math.isfinite(loss):
             return True
         if self.non_finite == "raise":
-            names = non_finite_grads(getattr(self.model, "module", self.model).named_parameters())
-            averaged = " (averaged over ranks)" if self.world_size > 1 else ""
-            raise NonFiniteError(f"{self._step_name()}: the gradients{averaged} of {_first_few(names)} hold NaN "
-                                 f"or Inf; the loss on this rank was {loss:.6g}; {NON_FINITE_FIX}")
+            raise NonFiniteError(self._non_finite_message(x, loss))
         self.optimizer.zero_grad()
         self.skipped_in_a_row += 1
         self.skipped_this_epoch += 1
@@ -257,19 +246,25 @@ class Trainer:
                                  "clip_grad_norm or check the data")
         return False
 
-    def _step_name(self) -> str:
-        return f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch + 1}) on rank {self.rank}"
+    def _non_finite_message(self, x: Any, loss: float) -> str:
+        """Where the NaN or Inf came from: the first layer whose output holds it, or the parameters' gradients."""
+        if not math.isfinite(loss):
+            where = self.model.locate_non_finite(x)
+            return (f"{self._step_name()}: the model's output or loss holds NaN or Inf, first in {where}; "
+                    f"{NON_FINITE_FIX}")
+        stages = self.model.stage_allgather((self.model.position, non_finite_grads(self.model.named_parameters())))
+        named = [f"{name!r}" + (f" on {position}" if len(stages) > 1 else "")
+                 for position, names in stages for name in names]
+        averaged = " (averaged over ranks)" if self.world_size > 1 else ""
+        return (f"{self._step_name()}: the gradients{averaged} of {_first_few(named)} hold NaN "
+                f"or Inf; the loss on this rank was {loss:.6g}; {NON_FINITE_FIX}")
 
-    def _backward(self, output_grad: Any) -> None:
-        """A plain Sequential can skip its input gradient; a wrapper gets the basic call."""
-        if isinstance(self.model, Sequential):
-            self.model.backward(output_grad, input_grad=False)
-        else:
-            self.model.backward(output_grad)
+    def _step_name(self) -> str:
+        return f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch + 1}) on {self.model.position}"
 
     def _end_epoch(self, val_loader: Any) -> None:
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "lr": float(self.optimizer.lr)}
-        record.update(self._train_totals.result(self.average_metrics))
+        record.update(self._train_totals.result(self._combine_metrics))
         if self.non_finite == "skip":
             record["skipped_steps"] = self.skipped_this_epoch
         if val_loader is not None:
@@ -290,16 +285,26 @@ class Trainer:
         however the samples are split into batches and shards.
         """
         self.model.eval()
-        evaluated = getattr(self.model, "module", self.model)
         device = _device_of_model(self.model)
         totals = MetricTotals()
         for inputs, targets in loader:
             x, y = to_device(inputs, device), to_device(targets, device)
-            output, _ = evaluated.forward(x)
+            output = self.model.predict(x)
+            if output is None:  # a pipeline stage other than the last
+                continue
             loss, _ = self.loss_fn.forward(output, y)
             correct = count_correct(output, y) if self.accuracy else None
             totals.add(loss, len(y), correct, _predictions(y))
-        return totals.result(self.average_metrics, prefix)
+        return totals.result(self._combine_metrics, prefix)
+
+    def _combine_metrics(self, sums: MetricSums) -> MetricSums:
+        """Metric sums over the strategy's ranks, added in rank order so every rank gets the same bits."""
+        if self.average_metrics is not None:
+            return self.average_metrics(sums)
+        if self.comm is None:
+            return sums
+        everyone = self.comm.allgather_object(sums)
+        return {key: sum(float(rank_sums[key]) for rank_sums in everyone) for key in sums}
 
     # --- files ----------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -320,12 +325,29 @@ class Trainer:
             stream.writelines(json.dumps(record) + "\n" for record in self.history)
 
     def _save_checkpoint(self) -> None:
-        """Rank 0 writes the checkpoint; with `comm`, every rank first contributes its random state."""
+        """The main rank writes the checkpoint; every rank contributes its random state and its stage's state."""
         if self.checkpoint_path is None:
             return
         rank_rng = None if self.comm is None else self.comm.allgather_object(rng.get_rng_state())
+        model_state = self.model.merge_over_stages({name: to_numpy(array)
+                                                    for name, array in self.model.state_dict().items()})
+        optimizer_state = named_optimizer_state(self.optimizer.state_dict(), self._optimizer_names())
+        optimizer_entries = self.model.merge_over_stages(optimizer_state["state"])
         if self.is_main:
-            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, trainer=self._state(rank_rng))
+            write_checkpoint(self.checkpoint_path, model_state, {**optimizer_state, "state": optimizer_entries},
+                             trainer=self._state(rank_rng))
+
+    def _optimizer_names(self) -> list[str]:
+        """The full name of each of the optimizer's parameters.
+
+        Raises:
+            ValueError: when the optimizer holds parameters the strategy does not.
+        """
+        names = optimizer_parameter_names(self.model, self.optimizer)
+        if names is None:
+            raise ValueError("the optimizer holds parameters that the trained model does not; build it from "
+                             "the strategy's parameters(), e.g. nn.optim.SGD(pipe.parameters(), lr=0.1)")
+        return names
 
     def _state(self, rank_rng: list[dict] | None) -> dict[str, Any]:
         return {
@@ -351,8 +373,12 @@ class Trainer:
                                   f"has {types}; pass the same callbacks to resume")
         if state["batch"] and state["loader"] != self._loader_settings:
             raise CheckpointError(f"checkpoint {path} stopped inside an epoch of a loader with {state['loader']} "
-                                  f"but this loader has {self._loader_settings}; use the same loader settings")
-        load_checkpoint(path, self.model, self.optimizer)
+                                  f"but this loader has {self._loader_settings}; use the same loader settings "
+                                  "(the same batch over all ranks)")
+        check_model_state(path, saved["model"], self.model.state_shapes())
+        load_optimizer_state(path, saved["optimizer"], self.optimizer, self._optimizer_names())
+        self.model.load_state_dict(saved["model"])
+        rng.set_rng_state(saved["rng"])
         rank_rng = state.get("rank_rng")
         if rank_rng is not None and len(rank_rng) == self.world_size:
             rng.set_rng_state(rank_rng[self.rank])
@@ -390,33 +416,60 @@ class Trainer:
                                  f"{rank} has {theirs}; every rank must run the same script with the same "
                                  "arguments and read the same checkpoint file")
 
-    def _weights_digest(self) -> int:
+    def _weights_digest(self) -> list[int]:
+        """CRC32 of each stage's weights (the same list on every replica)."""
         digest = 0
         for p in self.model.parameters():
             digest = zlib.crc32(to_numpy(p.data).tobytes(), digest)
-        return digest
+        return self.model.stage_allgather(digest)
 
     # --- checks and helpers ---------------------------------------------------------
     def _check_loader(self, loader: Any, name: str, allow_empty: bool = False) -> None:
         if not hasattr(loader, "batches") or not hasattr(loader, "__len__"):
             raise TypeError(f"{name} must be a network.data.DataLoader (with batches() and len()), "
                             f"got {type(loader).__name__}")
-        for attribute in ("rank", "world_size"):
-            value, expected = getattr(loader, attribute, None), getattr(self, attribute)
+        shard, shards = self.model.data_shard
+        for attribute, expected in (("rank", shard), ("world_size", shards)):
+            value = getattr(loader, attribute, None)
             if value is not None and value != expected:
-                raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer has "
-                                 f"{attribute}={expected}; build the loader with rank=..., world_size=... too")
+                raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer's {type(self.model).__name__} "
+                                 f"reads shard {shard} of {shards}; build the loader with rank={shard}, "
+                                 f"world_size={shards}")
         if not allow_empty and len(loader) == 0:
             raise ValueError(f"{name} yields no batches on rank {self.rank}: {loader!r}; "
                              "lower batch_size or set drop_last=False")
 
 
+def as_strategy(model: Any) -> Any:
+    """A Layer trained in this process gets a LocalStrategy; a strategy is checked for the contract.
+
+    Raises:
+        TypeError: for anything else, naming the methods it lacks.
+    """
+    if isinstance(model, Layer):
+        return LocalStrategy(model)
+    missing = [name for name in STRATEGY_METHODS if not callable(getattr(model, name, None))]
+    if missing:
+        raise TypeError(f"the Trainer trains a network Layer or a training strategy (LocalStrategy, DataParallel, "
+                        f"Pipeline), but a {type(model).__name__} lacks {missing}")
+    return model
+
+
 def _device_of_model(model: Any) -> str:
-    return device_of(model.parameters()[0].data)
+    params = model.parameters()
+    return device_of(params[0].data) if params else "cpu"
+
+
+def _global_loader_settings(loader: Any) -> dict[str, Any]:
+    """What must match for a run to resume inside an epoch: the order and the batch over all ranks."""
+    settings = {key: getattr(loader, key, None) for key in _LOADER_SETTINGS}
+    batch_size, shards = getattr(loader, "batch_size", None), getattr(loader, "world_size", 1)
+    settings["global_batch_size"] = None if batch_size is None else batch_size * shards
+    return settings
 
 
 def _first_few(names: list[str], shown: int = 4) -> str:
-    listed = ", ".join(repr(name) for name in names[:shown])
+    listed = ", ".join(names[:shown])
     return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 

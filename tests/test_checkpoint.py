@@ -210,7 +210,7 @@ def test_checkpoint_holds_no_pickled_objects(tmp_path):
     save_checkpoint(path, model, optimizer)
     with numpy.load(path, allow_pickle=False) as archive:
         assert all(archive[name].dtype != object for name in archive.files)
-        assert "model/0.weight" in archive.files and "optimizer/state/0/exp_avg" in archive.files
+        assert "model/0.weight" in archive.files and "optimizer/state/0.weight/exp_avg" in archive.files
 
 
 def test_member_flagged_as_encrypted_is_a_checkpoint_error(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import mpiprop.network as nn
 from mpiprop.distributed.pipeline.pipeline import Pipeline
 from mpiprop.distributed.pipeline.stage_links import decode_header, encode_header
-from mpiprop.distributed.pipeline.topology import average_gradients, make_grid
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.pipeline.topology import make_grid
 
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("zb-h1", 1), ("interleaved", 3)]
 
@@ -117,9 +118,12 @@ def test_grid_of_one_rank_and_its_errors():
     grid = make_grid(1)
     assert (grid.stage, grid.replica, grid.stages, grid.replicas) == (0, 0, 1, 1)
     model = make_model()
+    sync = GradientSync(list(reversed(model.parameters())), grid.data_comm, bucket_cap_mb=0.0001)
     for p in model.parameters():
         p.grad[...] = 2.0
-    average_gradients(model.parameters(), grid.data_comm)
-    assert all((p.grad == 2.0).all() for p in model.parameters())
+    sync.reduce_all()
+    assert len(sync.buckets) > 1 and all((p.grad == 2.0).all() for p in model.parameters())
     with pytest.raises(ValueError, match="1 ranks cannot form pipelines of 2 stages"):
         make_grid(2)
+    with pytest.raises(ValueError, match="1 ranks cannot form pipelines of 2 stages"):
+        Pipeline(make_model(), 2, "1f1b", stages=2)

@@ -111,7 +111,7 @@ def test_metrics_of_uneven_shards_combine_exactly(combine):
     world_size, per_rank = 3, []
     for rank in range(world_size):
         trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True,
-                             rank=rank, world_size=world_size, average_metrics=lambda sums: per_rank.append(sums) or sums)
+                             average_metrics=lambda sums: per_rank.append(sums) or sums)
         trainer.evaluate(DataLoader(ArrayDataset(x, y), 8, rank=rank, world_size=world_size, uneven="keep"))
     reduce = numpy.sum if combine == "sum" else numpy.mean
     combined = {key: float(reduce([sums[key] for sums in per_rank])) for key in per_rank[0]}
@@ -226,10 +226,29 @@ def test_metrics_lines_and_plot_on_rank_zero(tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class EchoingComm:
+    """Stands in for rank 1 of a 2-rank communicator whose other rank passes the same values."""
+    rank, size = 1, 2
+
+    def allgather_object(self, value):
+        return [value, value]
+
+
+class SecondOfTwoRanks(nn.LocalStrategy):
+    """A strategy on rank 1 of 2 reading shard 1 of the data, as DataParallel there would."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.comm = EchoingComm()
+
+    data_shard = (1, 2)
+    is_main = False
+
+
 def test_other_ranks_print_and_write_nothing(tmp_path, capsys):
     x, y = blobs()
     model = make_model(0)
-    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), rank=1, world_size=2,
+    trainer = nn.Trainer(SecondOfTwoRanks(model), nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1),
                          checkpoint_path=tmp_path / "c", metrics_path=tmp_path / "m", plot_path=tmp_path / "p.png")
     trainer.fit(DataLoader(ArrayDataset(x, y), 16, rank=1, world_size=2), 2)
     assert capsys.readouterr().out == "" and os.listdir(tmp_path) == []
@@ -255,47 +274,25 @@ def test_progress_bar_only_where_someone_watches(monkeypatch):
     assert not progress_wanted(None, rank=0, quiet=True)
 
 
-class Wrapper:
-    """The interface of a data-parallel wrapper: no input_grad keyword, the model under `module`."""
+class CountingStrategy(nn.LocalStrategy):
+    """A strategy of its own, built on LocalStrategy, that counts its backward passes."""
 
     def __init__(self, module):
-        self.module = module
+        super().__init__(module)
         self.backward_calls = 0
-
-    def __call__(self, x):
-        return self.module(x)
 
     def backward(self, dout):
         self.backward_calls += 1
-        self.module.backward(dout)
-
-    def parameters(self):
-        return self.module.parameters()
-
-    def named_parameters(self):
-        return self.module.named_parameters()
-
-    def train(self, mode=True):
-        self.module.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def state_dict(self):
-        return self.module.state_dict()
-
-    def load_state_dict(self, state):
-        self.module.load_state_dict(state)
+        super().backward(dout)
 
 
-def test_a_wrapped_model_trains_like_the_model_itself(tmp_path):
+def test_a_strategy_trains_like_the_model_itself(tmp_path):
     x, y = blobs()
     loader = DataLoader(ArrayDataset(x, y), 16, shuffle=True)
     results = []
     for wrap in (False, True):
         model = make_model(0)
-        wrapped = Wrapper(model) if wrap else model
+        wrapped = CountingStrategy(model) if wrap else model
         trainer = nn.Trainer(wrapped, nn.CrossEntropyLoss(), nn.optim.SGD(wrapped.parameters(), lr=0.1, momentum=0.9),
                              checkpoint_path=tmp_path / f"{wrap}.ckpt", quiet=True)
         results.append((trainer.fit(loader, 2, loader), weights(model)))
@@ -304,11 +301,16 @@ def test_a_wrapped_model_trains_like_the_model_itself(tmp_path):
     assert wrapped.backward_calls == 12
 
 
+def test_the_trainer_names_what_a_strategy_lacks():
+    with pytest.raises(TypeError, match=r"a dict lacks \['train_step'"):
+        nn.Trainer({}, nn.CrossEntropyLoss(), None)
+
+
 def test_fit_rejects_a_loader_for_another_rank_and_an_empty_one():
     x, y = blobs()
     model = make_model(0)
     trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True)
-    with pytest.raises(ValueError, match="world_size=2 but the trainer has world_size=1"):
+    with pytest.raises(ValueError, match=r"world_size=2 but the trainer's LocalStrategy reads shard 0 of 1"):
         trainer.fit(DataLoader(ArrayDataset(x, y), 16, world_size=2), 1)
     with pytest.raises(ValueError, match="yields no batches"):
         trainer.fit(DataLoader(ArrayDataset(x, y), 200, drop_last=True), 1)

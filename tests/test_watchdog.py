@@ -50,11 +50,21 @@ class TwoRanksDisagreeing:
         return [value, {**value, "epochs": 7}]
 
 
+class FirstOfTwoRanks(nn.LocalStrategy):
+    """A strategy on rank 0 of 2 reading shard 0 of the data, its communicator disagreeing."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.comm = TwoRanksDisagreeing()
+
+    data_shard = (0, 2)
+
+
 def test_trainer_refuses_ranks_with_different_settings():
     x, y = synthetic_classification(16, 5, 3, seed=0)
     model = nn.Sequential(nn.Linear(5, 3))
-    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True,
-                         rank=0, world_size=2, comm=TwoRanksDisagreeing())
+    strategy = FirstOfTwoRanks(model)
+    trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), quiet=True)
     with pytest.raises(ValueError, match=r"the ranks disagree on the trainer's settings: rank 0 has .*'epochs': 2.* "
                                          r"but rank 1 has .*'epochs': 7"):
         trainer.fit(DataLoader(ArrayDataset(x, y), 4, rank=0, world_size=2), 2)

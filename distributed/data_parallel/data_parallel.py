@@ -1,32 +1,30 @@
 """DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
-                                                 shared_memory_shortage)
-from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.reliability.consistency import check_same_model
-from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
 from mpiprop.distributed.reliability.timeline import span
-from mpiprop.network.backend import Array, device_of
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.network.backend import Array
 from mpiprop.network.layer import REMEMBERED, Layer
+from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.sequential import Sequential
 
 
-class DataParallel:
+class DataParallel(LocalStrategy):
     """Data-parallel training of `module` over the ranks of `comm`.
 
     Every rank holds a full replica and runs forward and backward on its own shard of the
     batch. At construction rank 0's parameters and buffers are broadcast, and each gradient
-    is rebound to a view into a flat per-bucket buffer. `backward` walks the layers of a
-    Sequential in reverse; as soon as the last gradient of a bucket is final, that bucket's
-    non-blocking allreduce starts, so communication overlaps the rest of backward. When
+    is rebound to a view into a flat per-bucket buffer (a `GradientSync`). `backward` runs the
+    Sequential's backward with a hook: as soon as the last gradient of a bucket is final, that
+    bucket's non-blocking allreduce starts, so communication overlaps the rest of backward. When
     `backward` returns, every gradient is the mean over ranks: the gradient of the loss on the
     global batch when each rank's loss is a mean over an equal-sized shard. (The output
     gradient is divided by the number of ranks before backward and the allreduces sum, so
@@ -38,6 +36,10 @@ class DataParallel:
         out = dp(x_local)
         loss_fn(out, y_local); dp.backward(loss_fn.backward())
         optimizer.step()                    # optimizer over dp.parameters()
+
+    or, with the training-step contract every strategy shares (and the Trainer uses)::
+
+        loss = dp.train_step(x_local, y_local, loss_fn)
 
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
@@ -64,11 +66,9 @@ class DataParallel:
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
                  broadcast_buffers: bool = True, shared_memory: bool = True):
-        if not isinstance(module, Layer):
-            raise TypeError(f"DataParallel wraps a network Layer (e.g. a Sequential), got {type(module).__name__}")
+        super().__init__(module)
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
-        self.module = module
         self.comm = as_communicator(comm)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
@@ -78,45 +78,27 @@ class DataParallel:
                 self.comm.free()
             raise
         self._broadcast_state()
-        self._final_params = _params_final_after_each_layer(module)
-        ready_order = [p for layer_params in reversed(self._final_params) for p in layer_params]
-        groups = assign_buckets(ready_order, int(bucket_cap_mb * 2**20))
         self.compression = compression
-        shared = self._shared_memory_allreduce(groups, shared_memory)
-        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index])
-                        for index, group in enumerate(groups)]
-        allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], self.comm, compression)
-        self._reducer = GradientReducer(self.buckets, allreduce)
+        self.gradient_sync = GradientSync(_parameters_in_final_order(module), self.comm, bucket_cap_mb=bucket_cap_mb,
+                                          compression=compression, shared_memory=shared_memory)
+        self.buckets = self.gradient_sync.buckets
         self._sync_gradients = True
-        self._last_cache: Any = REMEMBERED
-
-    def _shared_memory_allreduce(self, groups: list[list[Parameter]],
-                                 shared_memory: bool) -> SharedMemoryBucketAllreduce | None:
-        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU,
-        room enough); a warning on rank 0 when only the room is missing."""
-        dtypes = [group[0].dtype for group in groups]
-        sizes = [bucket_size(group) for group in groups]
-        on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
-        if not (shared_memory and self.compression is None and shared_memory_possible(self.comm, dtypes, on_cpu)):
-            return None
-        shortage = shared_memory_shortage(self.comm, sizes, dtypes)
-        if shortage is not None:
-            if self.comm.is_main:
-                warnings.warn(shortage, RuntimeWarning, stacklevel=3)
-            return None
-        return SharedMemoryBucketAllreduce(sizes, dtypes, self.comm)
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
         """The module's forward on this rank's shard: (output, cache for `backward`)."""
-        if self.module.training and self.broadcast_buffers:
-            self.sync_buffers()
+        self._before_forward()
         with span("forward"):
             return self.module.forward(x)
 
     def __call__(self, x: Array) -> Array:
-        y, self._last_cache = self.forward(x)
-        return y
+        self._before_forward()
+        with span("forward"):
+            return self.module(x)
+
+    def _before_forward(self) -> None:
+        if self.module.training and self.broadcast_buffers:
+            self.sync_buffers()
 
     def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
         """Backpropagate `dout` and return once every gradient is averaged over ranks.
@@ -131,16 +113,15 @@ class DataParallel:
         Returns:
             The input gradient when `input_grad`, else None.
         """
-        cache = self._take_cache(cache)
         dout = self._scaled_for_averaging(dout)
         if not self._sync_gradients:
             with span("backward", synchronised=False):
-                input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=None)
+                input_gradient = self._run_backward(dout, cache, input_grad, on_parameters_final=None)
         else:
-            self._reducer.start()
+            self.gradient_sync.start()
             with span("backward"):
-                input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=self._reducer.mark_ready)
-            self._reducer.finish()
+                input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
+            self.gradient_sync.finish()
         if input_gradient is not None and self.comm.size > 1:
             input_gradient *= self.comm.size
         return input_gradient
@@ -158,42 +139,20 @@ class DataParallel:
     @property
     def last_sync_stats(self) -> SyncStats:
         """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
-        return self._reducer.last_stats
+        return self.gradient_sync.last_stats
 
     def _scaled_for_averaging(self, dout: Array) -> Array:
         """dout / size: backward is linear in dout, so every gradient comes out divided by the
         number of ranks and the allreduce's sum is already the mean (no pass over the buffers)."""
         return dout if self.comm.size == 1 else dout * (1.0 / self.comm.size)
 
-    def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
-        if not isinstance(self.module, Sequential):
-            dx = self.module.backward(dout, cache)
-            if on_layer_done is not None:
-                on_layer_done([p for params in self._final_params for p in params])
-            return dx if input_grad else None
-        return self._run_sequential_backward(dout, cache, input_grad, on_layer_done)
-
-    def _run_sequential_backward(self, dy: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
-        layers = self.module.layers
-        stop = 0 if input_grad else _first_layer_with_parameters(layers)
-        for index in range(len(layers) - 1, stop - 1, -1):
-            if index == stop and not input_grad:
-                layers[index].backward_weight(dy, cache.caches[index])
-                dy = None
-            else:
-                dy = layers[index].backward(dy, cache.caches[index])
-            if on_layer_done is not None:
-                on_layer_done(self._final_params[index])
-        return dy if input_grad else None
-
-    def _take_cache(self, cache: Any) -> Any:
-        if cache is not REMEMBERED:
-            return cache
-        if self._last_cache is REMEMBERED:
-            raise RuntimeError("DataParallel.backward was called without a cache and no forward is remembered; "
-                               "call dp(x) first, or pass the cache returned by dp.forward(x)")
-        cache, self._last_cache = self._last_cache, REMEMBERED
-        return cache
+    def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
+        if isinstance(self.module, Sequential):
+            return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final)
+        dx = self.module.backward(dout, self.module._cache_or_last(cache))
+        if on_parameters_final is not None:
+            on_parameters_final(_unique_parameters(self.module))
+        return dx if input_grad else None
 
     # --- state shared by all ranks -----------------------------------------------------------
     def sync_buffers(self) -> None:
@@ -207,34 +166,9 @@ class DataParallel:
         self.sync_buffers()
 
     # --- what a training loop expects of a model -----------------------------------------------
-    def parameters(self) -> list[Parameter]:
-        return self.module.parameters()
-
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        return self.module.named_parameters(prefix)
-
-    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
-        return self.module.named_buffers(prefix)
-
     def zero_grad(self) -> None:
         """Reset every gradient to zero (one fill per bucket buffer)."""
-        for bucket in self.buckets:
-            bucket.buffer.fill(0)
-
-    @property
-    def training(self) -> bool:
-        return self.module.training
-
-    def train(self, mode: bool = True) -> "DataParallel":
-        self.module.train(mode)
-        return self
-
-    def eval(self) -> "DataParallel":
-        return self.train(False)
-
-    def state_dict(self) -> dict[str, Array]:
-        """The module's state dict (identical on all ranks after each synchronised step)."""
-        return self.module.state_dict()
+        self.gradient_sync.zero_grad()
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Load `state` into the module; call it on every rank with the same state."""
@@ -252,7 +186,7 @@ class DataParallel:
     @property
     def allreduce_kind(self) -> str:
         """"shared memory" when the ranks sum gradients in a shared window, else "mpi"."""
-        return "shared memory" if isinstance(self._reducer.allreduce, SharedMemoryBucketAllreduce) else "mpi"
+        return self.gradient_sync.allreduce_kind
 
     @property
     def rank(self) -> int:
@@ -261,6 +195,19 @@ class DataParallel:
     @property
     def size(self) -> int:
         return self.comm.size
+
+    # --- the strategy's place among the ranks ---------------------------------------------------
+    @property
+    def data_shard(self) -> tuple[int, int]:
+        return self.comm.rank, self.comm.size
+
+    @property
+    def is_main(self) -> bool:
+        return self.comm.rank == 0
+
+    @property
+    def position(self) -> str:
+        return f"rank {self.comm.rank}"
 
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
@@ -274,25 +221,8 @@ def _unique_parameters(module: Layer) -> list[Parameter]:
     return list(seen.values())
 
 
-def _params_final_after_each_layer(module: Layer) -> list[list[Parameter]]:
-    """For each top-level layer, the parameters whose gradient is final once its backward ran.
-
-    Backward visits layers last to first, so a parameter shared by several layers is final
-    after the first of them. A module that is not a Sequential counts as one layer.
-    """
-    layers = module.layers if isinstance(module, Sequential) else [module]
-    first_owner: dict[int, int] = {}
-    for index in range(len(layers) - 1, -1, -1):
-        for p in layers[index].parameters():
-            first_owner[id(p)] = index
-    final: list[list[Parameter]] = [[] for _ in layers]
-    for p in _unique_parameters(module):
-        final[first_owner[id(p)]].append(p)
-    return [list(reversed(params)) for params in final]
-
-
-def _first_layer_with_parameters(layers: list[Layer]) -> int:
-    for index, layer in enumerate(layers):
-        if layer.parameters():
-            return index
-    return len(layers)
+def _parameters_in_final_order(module: Layer) -> list[Parameter]:
+    """The parameters in the order backward completes their gradients (a non-Sequential: all at the end)."""
+    if not isinstance(module, Sequential):
+        return list(reversed(_unique_parameters(module)))
+    return [p for layer_params in reversed(module.parameters_final_after_each_layer()) for p in layer_params]

@@ -6,7 +6,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy
 
+from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.pipeline.batch_header import describe_batch, plan_batch
+from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
+from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
@@ -36,6 +40,11 @@ class Pipeline:
     the stages: activations go forward and gradients back in non-blocking point-to-point
     messages, in the order `schedule` prescribes.
 
+    With `stages` smaller than the number of ranks, the ranks form a grid of pipelines
+    (see `make_grid`): each pipeline trains on its share of every batch (`data_shard`), and
+    after each batch every stage's gradients are averaged over its replicas with the same
+    bucketed `GradientSync` as DataParallel (in shared memory on one node).
+
     Usage (the same on every rank)::
 
         pipe = Pipeline(model, micro_batches=8, schedule="1f1b")
@@ -43,6 +52,9 @@ class Pipeline:
         optimizer.zero_grad()
         loss = pipe.train_step(x, y, loss_fn)     # x read on the first stage, y on the last
         optimizer.step()
+
+    It implements the training-step contract of `nn.LocalStrategy`, so `nn.Trainer(pipe, ...)`
+    trains it; `state_dict()` holds this rank's entries under the whole model's names.
 
     Args:
         model: the whole model, identical on every rank.
@@ -54,21 +66,24 @@ class Pipeline:
         balance: layers per stage, e.g. [3, 4] (per chunk, in virtual-stage order, for
             "interleaved"); None or "parameters" balances the parameter count; "time"
             balances forward+backward time measured on `sample_input` on rank 0.
-        comm: an mpi4py communicator or Communicator whose ranks are the stages; None uses
-            all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
+        comm: an mpi4py communicator or Communicator whose ranks are the stages (or, with
+            `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
         virtual_stages: model chunks per rank; default 2 for "interleaved", else 1.
         sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
+        stages: ranks per pipeline; must divide the number of ranks; None: all of them.
+        bucket_cap_mb, shared_memory: of the replicas' gradient buckets, as for DataParallel.
 
     Raises:
         TypeError: when `model` is not a Sequential.
         ValueError: on every rank, for an unknown schedule or balance rule, a balance that
             does not fit the model, fewer layers than stages, micro-batch counts the schedule
-            cannot use, or ranks that built different models.
+            cannot use, `stages` that does not divide the ranks, or ranks that built different models.
     """
 
     def __init__(self, model: Sequential, micro_batches: int, schedule: str = "1f1b",
                  balance: Sequence[int] | str | None = None, comm: "MpiComm | Communicator | None" = None, *,
-                 virtual_stages: int | None = None, sample_input: Array | None = None):
+                 virtual_stages: int | None = None, sample_input: Array | None = None, stages: int | None = None,
+                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, shared_memory: bool = True):
         if not isinstance(model, Sequential):
             raise TypeError(f"Pipeline splits a network Sequential, got {type(model).__name__}; "
                             "wrap the layers in nn.Sequential(...)")
@@ -78,20 +93,45 @@ class Pipeline:
         self.schedule_name = schedule
         self.virtual_stages = positive_int(virtual_stages or (2 if schedule == "interleaved" else 1),
                                            "virtual_stages")
-        self.comm = Communicator(comm)
-        self.stage_index, self.num_stages = self.comm.rank, self.comm.size
+        self.last_output: Array | None = None
+        self._join_ranks(comm, stages)
+        self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
         self.schedule = make_schedule(schedule, self.num_stages, self.micro_batches, self.virtual_stages)
         check_same_model(model, self.comm, owner="Pipeline")
         self.balance = self._resolve_balance(model, balance, sample_input)
         all_ranges = layer_ranges(self.balance)
         self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
         self.chunks = [model[start:stop] for start, stop in self.chunk_ranges]
+        self._state_shapes = {name: tuple(array.shape) for name, array in
+                              [*model.named_parameters(), *model.named_buffers()]}
         self._receive_parameters_from_rank_zero(model, all_ranges)
         check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
         simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
         self.steps: list[Step] = self.schedule[self.stage_index]
-        self._executor = StageExecutor(self.chunks, self.comm)
+        self._executor = StageExecutor(self.chunks, self.pipeline_comm)
+        self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
+
+    def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None) -> None:
+        """`pipeline_comm`: this pipeline's stages; `data_comm`: this stage's replicas (None for one);
+        `comm`: every rank of the strategy."""
+        if stages is None:
+            self.pipeline_comm = self.comm = Communicator(comm)
+            self.data_comm, self.replica, self.replicas = None, 0, 1
+            return
+        grid = make_grid(stages, comm)
+        self.comm, self.pipeline_comm = grid.comm, grid.pipeline_comm
+        self.data_comm, self.replica, self.replicas = grid.data_comm, grid.replica, grid.replicas
+
+    def _replica_gradient_sync(self, bucket_cap_mb: float, shared_memory: bool) -> GradientSync | None:
+        """Every replica starts from replica 0's values; gradients are then averaged by one GradientSync."""
+        if self.data_comm is None:
+            return None
+        for array in [p.data for p in self.parameters()] + [buffer for _, buffer in self.named_buffers()]:
+            self.data_comm.bcast(array, root=0)
+        final_order = [p for chunk in reversed(self.chunks)
+                       for layer_params in reversed(chunk.parameters_final_after_each_layer()) for p in layer_params]
+        return GradientSync(final_order, self.data_comm, bucket_cap_mb=bucket_cap_mb, shared_memory=shared_memory)
 
     # --- where this rank stands ---------------------------------------------------------------
     @property
@@ -109,7 +149,9 @@ class Pipeline:
         """Forward and backward of one batch through the pipeline; collective over the stages.
 
         Gradients are added to each local parameter's `.grad` (zero them first, as before a
-        plain backward); afterwards they equal the whole model's gradients for the batch.
+        plain backward); afterwards they equal the whole model's gradients for the batch
+        (with replicas: averaged over the replicas, each of which passes its share of the batch).
+        On the last stage `last_output` holds the batch's output.
 
         Args:
             x: the input batch on the first stage (ignored elsewhere; pass None).
@@ -117,14 +159,19 @@ class Pipeline:
             loss_fn: a mean-reducing loss such as nn.CrossEntropyLoss().
 
         Returns:
-            the batch's mean loss, on every rank.
+            the batch's mean loss, on every rank of the pipeline.
 
         Raises:
             ValueError: on every rank, when x or y is missing or their sizes do not fit.
         """
         plan = self._agree_on_batch(x, y, needs_targets=True)
-        result = self._executor.run(self.steps, plan, x, y, loss_fn)
-        return self._finish(result)
+        result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self.is_last)
+        loss = self._finish(result)
+        if self.gradient_sync is not None:
+            self.gradient_sync.reduce_all()
+            self.gradient_sync.scale(1.0 / self.replicas)
+        self.last_output = self._joined(result.outputs)
+        return loss
 
     def evaluate(self, x: Array | None, y: Array | None, loss_fn: Loss) -> float:
         """The mean loss of a batch without gradients; collective. Call `eval()` first for eval mode.
@@ -149,55 +196,61 @@ class Pipeline:
         schedule = forward_only(self.num_stages, self.micro_batches, self.virtual_stages)
         result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=True)
         self._finish(result)
-        if result.outputs is None:
+        return self._joined(result.outputs)
+
+    @staticmethod
+    def _joined(outputs: list[Array] | None) -> Array | None:
+        if outputs is None:
             return None
-        return get_array_module(result.outputs[0]).concatenate(result.outputs, axis=0)
+        return get_array_module(outputs[0]).concatenate(outputs, axis=0)
 
     def gather_stats(self) -> list[StageStats]:
         """Every rank's timeline of the last batch (bubble fraction, peak stash), on every rank; collective."""
-        return self.comm.allgather_object(self.last_stats)
+        return self.pipeline_comm.allgather_object(self.last_stats)
 
     # --- parameters and state ---------------------------------------------------------------------
-    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """This rank's parameters under their names in the whole model, e.g. ("4.weight", p)."""
         for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
             for offset, layer in enumerate(chunk):
-                yield from layer.named_parameters(f"{start + offset}.")
+                yield from layer.named_parameters(f"{prefix}{start + offset}.")
 
     def parameters(self) -> list[Parameter]:
         """This rank's parameters (give them to the optimizer)."""
         return [p for _, p in self.named_parameters()]
 
-    def named_buffers(self) -> Iterator[tuple[str, Array]]:
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
         for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
             for offset, layer in enumerate(chunk):
-                yield from layer.named_buffers(f"{start + offset}.")
+                yield from layer.named_buffers(f"{prefix}{start + offset}.")
 
-    def local_state_dict(self) -> dict[str, Array]:
+    def state_dict(self) -> dict[str, Array]:
         """Copies of this rank's parameters and buffers, keyed by whole-model name."""
         state = {name: p.data.copy() for name, p in self.named_parameters()}
         state.update({name: b.copy() for name, b in self.named_buffers()})
         return state
 
-    def consolidated_state_dict(self, root: int = 0) -> dict[str, Any] | None:
-        """The whole model's state dict (numpy arrays) on rank `root`, None elsewhere; collective.
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every entry of the whole model's state dict (every stage's)."""
+        return dict(self._state_shapes)
+
+    def consolidated_state_dict(self) -> dict[str, Any] | None:
+        """The whole model's state dict (numpy arrays) on rank 0, None elsewhere; collective.
 
         It loads into the plain Sequential with `model.load_state_dict(state)`.
         """
-        local = {name: to_numpy(array) for name, array in self.local_state_dict().items()}
-        with waiting_in(f"gather of the model's state on rank {root}"):
-            parts = self.comm.mpi_comm.gather(local, root=root)
-        if parts is None:
+        merged = self.merge_over_stages({name: to_numpy(array) for name, array in self.state_dict().items()})
+        if merged is None:
             return None
-        merged = {name: array for part in parts for name, array in part.items()}
         return dict(sorted(merged.items(), key=lambda item: _layer_index(item[0])))
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
-        """Load this rank's entries of a whole-model state dict (e.g. a consolidated checkpoint).
+        """Load this rank's entries of a whole-model state dict (from a checkpoint of any layout).
 
         Raises:
             KeyError: when an entry of a local layer is missing or unexpected.
+            ValueError: when a shape differs.
         """
         for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
             for offset, layer in enumerate(chunk):
@@ -224,6 +277,41 @@ class Pipeline:
         """Evaluation mode (dropout off, BatchNorm running statistics); returns self."""
         return self.train(False)
 
+    # --- the strategy's place among the ranks -------------------------------------------------------
+    @property
+    def data_shard(self) -> tuple[int, int]:
+        """(replica, replicas): each pipeline reads its share of every batch."""
+        return self.replica, self.replicas
+
+    @property
+    def is_main(self) -> bool:
+        return self.comm.rank == 0
+
+    @property
+    def position(self) -> str:
+        replica = f", replica {self.replica}" if self.replicas > 1 else ""
+        return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{replica})"
+
+    def stage_allgather(self, value: Any) -> list[Any]:
+        """`value` from every stage of this rank's pipeline, in stage order; collective over the pipeline."""
+        with waiting_in("allgather over the pipeline's stages"):
+            return self.pipeline_comm.allgather_object(value)
+
+    def merge_over_stages(self, part: dict[str, Any]) -> dict[str, Any] | None:
+        """The union of the stages' dicts on rank 0 (stage 0 of replica 0), None elsewhere; collective."""
+        with waiting_in("gather of the stages' state on stage 0"):
+            parts = self.pipeline_comm.mpi_comm.gather(part, root=0)
+        if parts is None or not self.is_main:
+            return None
+        return {name: value for stage_part in parts for name, value in stage_part.items()}
+
+    def locate_non_finite(self, x: Array | None) -> str:
+        """Where a forward pass of `x` (read on the first stage) first yields NaN or Inf; collective.
+
+        Returns, on every rank of the pipeline, e.g. "layer 3 (Linear(16, 16)) on rank 1 (stage 1 of 2)".
+        """
+        return first_non_finite_stage_layer(self, x)
+
     def __repr__(self) -> str:
         return (f"Pipeline(stage {self.stage_index} of {self.num_stages}, schedule={self.schedule_name!r}, "
                 f"micro_batches={self.micro_batches}, balance={self.balance}, layers={self.chunk_ranges})")
@@ -241,12 +329,12 @@ class Pipeline:
 
     def _layer_times_from_rank_zero(self, model: Sequential, sample_input: Array | None) -> list[float]:
         times: Any = None
-        if self.comm.rank == 0:
+        if self.pipeline_comm.rank == 0:
             if is_array(sample_input):
                 times = measure_layer_times(model, sample_input)
             else:
                 times = "balance='time' needs sample_input (one micro-batch of input) on rank 0"
-        times = self.comm.bcast_object(times, root=0)
+        times = self.pipeline_comm.bcast_object(times, root=0)
         if isinstance(times, str):
             raise ValueError(times)
         return times
@@ -255,26 +343,26 @@ class Pipeline:
         """Overwrite each rank's stage with rank 0's values, so the pipeline trains rank 0's model."""
         for stage, (start, stop) in enumerate(all_ranges):
             owner = stage % self.num_stages
-            if owner == 0 or self.comm.rank not in (0, owner):
+            if owner == 0 or self.pipeline_comm.rank not in (0, owner):
                 continue
             for index, array in enumerate(_state_arrays(model[start:stop])):
-                if self.comm.rank == 0:
-                    self.comm.send(array, owner, tag=index)
+                if self.pipeline_comm.rank == 0:
+                    self.pipeline_comm.send(array, owner, tag=index)
                 else:
-                    self.comm.recv(array, 0, tag=index)
+                    self.pipeline_comm.recv(array, 0, tag=index)
 
     # --- per-batch agreement and results ---------------------------------------------------------------
     def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool) -> BatchPlan:
         """All ranks learn the batch's size and input signature from the first rank, and check the targets."""
         header = describe_batch(x, y, self.is_first, self.is_last, needs_targets)
-        wait_politely([self.comm.iallreduce(header, "max")])
+        wait_politely([self.pipeline_comm.iallreduce(header, "max")])
         return plan_batch(header, self.micro_batches, needs_targets)
 
     def _finish(self, result: RunResult) -> float | None:
         """Share the last stage's loss with every rank; the run's span ends here on all of them."""
         started = time.perf_counter()
         loss = numpy.array([result.loss if result.loss is not None else 0.0])
-        wait_politely([self.comm.iallreduce(loss, "sum")])
+        wait_politely([self.pipeline_comm.iallreduce(loss, "sum")])
         result.stats.total += time.perf_counter() - started
         self.last_stats = result.stats
         return float(loss[0])

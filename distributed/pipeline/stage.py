@@ -1,6 +1,7 @@
 """StageExecutor: run one pipeline rank's steps, sending activations forward and gradients back."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from mpiprop.distributed.pipeline.stage_links import ACTIVATION, GRADIENT, HEADE
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.losses import Loss
+from mpiprop.network.non_finite import is_finite
 from mpiprop.network.sequential import Sequential
 
 RECEIVE_AHEAD = 2  # activation receives posted before the forward that needs them
@@ -174,6 +176,9 @@ class _Run:
             self.outputs[micro_batch] = y
         if self.loss_fn is None:
             return None
+        if not is_finite(y):  # NaN loss and gradient: every stage's gradients turn NaN, and the step is skipped
+            self.loss = math.nan
+            return self.executor.xp.full_like(y, math.nan) if self.training else None
         value, loss_cache = self.loss_fn.forward(y, self.targets[self.rows[micro_batch]])
         weight = self.weights[micro_batch]
         self.loss += value * weight

@@ -2,34 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
-from mpiprop.network.backend import get_array_module
 from mpiprop.network.checks import positive_int
-from mpiprop.network.parameter import Parameter
 
 
 @dataclass
 class Grid:
     """This rank's place in a grid of `replicas` pipelines of `stages` ranks each.
 
-    Rank w of the grid's communicator is stage `w % stages` of replica `w // stages`, so
-    the stages of one pipeline are neighbouring ranks. `pipeline_comm` holds the ranks of
-    this replica's pipeline (in stage order: give it to `Pipeline`); `data_comm` holds the
-    ranks running the same stage in every replica (average gradients over it).
+    Rank w of the grid's communicator `comm` is stage `w % stages` of replica `w // stages`,
+    so the stages of one pipeline are neighbouring ranks. `pipeline_comm` holds the ranks of
+    this replica's pipeline (in stage order); `data_comm` holds the ranks running the same
+    stage in every replica (their gradients are averaged over it).
     """
 
+    comm: Communicator
     pipeline_comm: Communicator
     data_comm: Communicator
     stage: int
     replica: int
     stages: int
     replicas: int
-
-    def average_gradients(self, parameters: Iterable[Parameter]) -> None:
-        """Replace each gradient by its mean over the replicas (one allreduce per dtype); collective over `data_comm`."""
-        average_gradients(parameters, self.data_comm)
 
 
 def make_grid(stages: int, comm: "MpiComm | Communicator | None" = None) -> Grid:
@@ -39,35 +33,20 @@ def make_grid(stages: int, comm: "MpiComm | Communicator | None" = None) -> Grid
         stages: ranks per pipeline; must divide the number of ranks.
         comm: the ranks to arrange.
 
+    Returns:
+        This rank's Grid, over a private clone of `comm`.
+
     Raises:
         ValueError: when `stages` does not divide the number of ranks.
     """
     stages = positive_int(stages, "stages")
     base = Communicator(comm)
     if base.size % stages:
-        raise ValueError(f"{base.size} ranks cannot form pipelines of {stages} stages; "
-                         f"use a number of stages that divides {base.size}")
+        size = base.size
+        base.free()
+        raise ValueError(f"{size} ranks cannot form pipelines of {stages} stages; "
+                         f"use a number of stages that divides {size}")
     stage, replica = base.rank % stages, base.rank // stages
     pipeline_comm = base.split(color=replica, key=stage)
     data_comm = base.split(color=stage, key=replica)
-    base.free()
-    return Grid(pipeline_comm, data_comm, stage, replica, stages, data_comm.size)
-
-
-def average_gradients(parameters: Iterable[Parameter], comm: Communicator) -> None:
-    """Average each parameter's gradient over the ranks of `comm`, in place; collective.
-
-    Gradients of one dtype travel in one flat buffer, so a stage costs one allreduce.
-    """
-    groups: dict[str, list[Parameter]] = {}
-    for p in parameters:
-        groups.setdefault(str(p.grad.dtype), []).append(p)
-    for params in groups.values():
-        xp = get_array_module(params[0].grad)
-        flat = xp.concatenate([p.grad.ravel() for p in params])
-        comm.allreduce(flat)
-        flat *= flat.dtype.type(1.0 / comm.size)
-        offset = 0
-        for p in params:
-            p.grad[...] = flat[offset:offset + p.size].reshape(p.shape)
-            offset += p.size
+    return Grid(base, pipeline_comm, data_comm, stage, replica, stages, data_comm.size)

@@ -28,8 +28,8 @@ def main(policy: str) -> None:
     rank, size = model.comm.rank, model.comm.size
     loader = DataLoader(ArrayDataset(x, y), 8 // size, rank=rank, world_size=size)
     optimizer = nn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), optimizer, non_finite=policy, rank=rank, world_size=size,
-                         comm=model.comm, average_metrics=average_metrics, quiet=True)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), optimizer, non_finite=policy, average_metrics=average_metrics,
+                         quiet=True)
     print(f"TRAINING-STARTS {time.time()}", flush=True)
     history = trainer.fit(loader, 2)
     digest = 0

@@ -3,7 +3,8 @@
 Usage: mpiexec -n N python pipe_equivalence.py --specs gpipe:4,1f1b:2 [--grid-specs 1f1b:2] [--steps 3]
 
 A spec "schedule:m" trains an N-stage pipeline with m micro-batches; a grid spec trains
-2-stage pipelines on N/2 replicas with gradients averaged across replicas. Every run is
+2-stage pipelines on N/2 replicas (`Pipeline(..., stages=2)`), whose gradients the pipeline
+averages across replicas. Every run is
 compared with single-process training of the whole batch (parameters and losses within
 1e-5), and the executor's peak stash with the schedule's.
 """
@@ -13,7 +14,7 @@ import numpy
 from mpi4py import MPI
 
 import mpiprop.network as nn
-from mpiprop.distributed import Pipeline, make_grid
+from mpiprop.distributed import Pipeline
 from mpiprop.distributed.pipeline.pipeline_schedules import peak_in_flight
 
 TOLERANCE = 1e-5
@@ -50,23 +51,20 @@ def largest_difference(pipe, reference):
                default=0.0)
 
 
-def check_pipeline(schedule, micro_batches, steps, grid=None):
-    replicas = 1 if grid is None else grid.replicas
+def check_pipeline(schedule, micro_batches, steps, grid_stages=None):
+    pipe = Pipeline(make_model(), micro_batches, schedule, stages=grid_stages)
+    replicas = pipe.replicas
     batches = make_batches(steps, ROWS * replicas)
     reference, reference_losses = train_reference(batches)
-    comm = MPI.COMM_WORLD if grid is None else grid.pipeline_comm
-    pipe = Pipeline(make_model(), micro_batches, schedule, comm=comm)
     optimizer = nn.optim.SGD(pipe.parameters(), lr=0.1, momentum=0.9)
     losses = []
     for x, y in batches:
-        if grid is not None:
-            rows = slice(grid.replica * ROWS, (grid.replica + 1) * ROWS)
-            x, y = x[rows], y[rows]
+        rows = slice(pipe.replica * ROWS, (pipe.replica + 1) * ROWS)
+        x, y = x[rows], y[rows]
         optimizer.zero_grad()
         loss = pipe.train_step(x if pipe.is_first else None, y if pipe.is_last else None, nn.CrossEntropyLoss())
-        if grid is not None:
-            grid.average_gradients(pipe.parameters())
-            loss = float(grid.data_comm.allreduce(numpy.array([loss]))[0]) / replicas
+        if replicas > 1:
+            loss = float(pipe.data_comm.allreduce(numpy.array([loss]))[0]) / replicas
         losses.append(loss)
         optimizer.step()
     parameter_error = largest_difference(pipe, reference)
@@ -75,9 +73,11 @@ def check_pipeline(schedule, micro_batches, steps, grid=None):
     peak = pipe.last_stats.peak_stash
     assert peak == peak_in_flight(pipe.steps), (peak, pipe.steps)
     check_peak_bound(pipe, peak, micro_batches)
-    if grid is None:
+    if replicas == 1:
         check_inference_and_checkpoint(pipe, reference, batches[0])
-    where = "" if grid is None else f" grid={grid.stages}x{grid.replicas}"
+    else:
+        assert pipe.gradient_sync.allreduce_kind == "shared memory", pipe.gradient_sync.allreduce_kind
+    where = "" if grid_stages is None else f" grid={pipe.num_stages}x{replicas}"
     print(f"PIPE-OK rank={MPI.COMM_WORLD.rank} schedule={schedule} m={micro_batches}{where} "
           f"param_err={parameter_error:.1e} loss_err={loss_error:.1e} peak_stash={peak}",
           flush=True)
@@ -147,11 +147,8 @@ def main():
     args = parser.parse_args()
     for schedule, micro_batches in parse_specs(args.specs):
         check_pipeline(schedule, micro_batches, args.steps)
-    grid_specs = parse_specs(args.grid_specs)
-    if grid_specs:
-        grid = make_grid(2)
-        for schedule, micro_batches in grid_specs:
-            check_pipeline(schedule, micro_batches, args.steps, grid)
+    for schedule, micro_batches in parse_specs(args.grid_specs):
+        check_pipeline(schedule, micro_batches, args.steps, grid_stages=2)
     if args.errors:
         check_errors_reach_every_rank()
 
