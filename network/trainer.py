@@ -213,7 +213,8 @@ class Trainer:
             self.optimizer.lr = self.lr_schedule(self.step)
         self.optimizer.step()
         self.step += 1
-        self._train_totals.add(loss, len(y), correct, _predictions(y))
+        if output is not None:  # a pipeline counts each sample once, on its last stage
+            self._train_totals.add(loss, len(y), correct, _predictions(y))
         self.skipped_in_a_row = 0
         return loss
 
@@ -328,14 +329,15 @@ class Trainer:
         """The main rank writes the checkpoint; every rank contributes its random state and its stage's state."""
         if self.checkpoint_path is None:
             return
-        rank_rng = None if self.comm is None else self.comm.allgather_object(rng.get_rng_state())
+        mine = (rng.get_rng_state(), self._train_totals.state_dict())
+        everyone = [mine] if self.comm is None else self.comm.allgather_object(mine)
         model_state = self.model.merge_over_stages({name: to_numpy(array)
                                                     for name, array in self.model.state_dict().items()})
         optimizer_state = named_optimizer_state(self.optimizer.state_dict(), self._optimizer_names())
         optimizer_entries = self.model.merge_over_stages(optimizer_state["state"])
         if self.is_main:
             write_checkpoint(self.checkpoint_path, model_state, {**optimizer_state, "state": optimizer_entries},
-                             trainer=self._state(rank_rng))
+                             trainer=self._state(everyone))
 
     def _optimizer_names(self) -> list[str]:
         """The full name of each of the optimizer's parameters.
@@ -349,10 +351,12 @@ class Trainer:
                              "the strategy's parameters(), e.g. nn.optim.SGD(pipe.parameters(), lr=0.1)")
         return names
 
-    def _state(self, rank_rng: list[dict] | None) -> dict[str, Any]:
+    def _state(self, everyone: list[tuple[dict, dict]]) -> dict[str, Any]:
+        """What the trainer needs to go on; `everyone` holds each rank's (random state, metric sums)."""
         return {
-            "epoch": self.epoch, "batch": self.batch, "step": self.step, "rank_rng": rank_rng,
-            "train_sums": self._train_totals.state_dict(),
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "rank_rng": [state for state, _ in everyone] if self.comm is not None else None,
+            "rank_train_sums": [sums for _, sums in everyone],
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
             "history": self.history,
             "callbacks": [{"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks],
@@ -386,8 +390,17 @@ class Trainer:
             callback.load_state_dict(entry["state"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.history = list(state["history"])
-        self._train_totals.load_state_dict(state["train_sums"])
+        self._train_totals.load_state_dict(self._own_train_sums(state["rank_train_sums"]))
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
+
+    def _own_train_sums(self, rank_sums: list[MetricSums]) -> MetricSums:
+        """This rank's share of the epoch's metric sums: its own in the same layout, else the main rank holds
+        them all (the combination over ranks, a sum or a mean, then gives the same ratios)."""
+        if len(rank_sums) == self.world_size:
+            return rank_sums[self.rank]
+        if not self.is_main:
+            return MetricTotals().state_dict()
+        return {key: sum(float(sums[key]) for sums in rank_sums) for key in rank_sums[0]}
 
     def _check_hyperparameters(self, path: str, saved_optimizer: dict[str, Any] | None) -> None:
         """A resumed run goes on with the hyperparameters it stopped with; a changed one is an error."""

@@ -1,0 +1,182 @@
+"""The Trainer in every layout against LocalStrategy on the global batch, checkpoints across layouts, and resume.
+
+    mpiexec -n N python trainer_layouts.py DIRECTORY
+
+Layouts: "local" (one process, the reference), "dp" (DataParallel over all ranks), "pipeN"
+(Pipeline with N stages; N below the rank count makes a grid with replicas). Float64, no
+dropout in the equivalence checks: weights, metrics and predictions must match the
+reference within TOLERANCE, with gradients clipped by a norm small enough to act at every
+step (a norm taken over one stage only would give other weights). Each rank prints
+"LAYOUT-OK rank=R <check> <layout...>" per check that passed.
+"""
+import sys
+from pathlib import Path
+
+import numpy
+from mpi4py import MPI
+
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel, Pipeline
+from mpiprop.network.callbacks import Callback, EarlyStopping
+from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.non_finite import NonFiniteError
+from mpiprop.network.schedules import CosineAnnealingLR
+from mpiprop.network.synthetic import synthetic_classification
+
+TOLERANCE = 1e-10
+GLOBAL_BATCH, MICRO_BATCHES, EPOCHS, STOP_STEP = 16, 2, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
+WORLD = MPI.COMM_WORLD
+
+
+class StopAfterStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, trainer, step, loss):
+        if step == self.step:
+            trainer.stop_training = True
+
+
+def layouts():
+    size = WORLD.size
+    return ["local", "dp"] + [f"pipe{stages}" for stages in (2, 4) if stages <= size and size % stages == 0]
+
+
+def build_model(seed, dropout=0.0):
+    nn.manual_seed(seed)
+    extra = [nn.Dropout(dropout)] if dropout else []
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), *extra, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12),
+                          nn.Tanh(), nn.Linear(12, 4))
+    return model.to(dtype=numpy.float64)
+
+
+def make_strategy(layout, model):
+    if layout == "local":
+        return nn.LocalStrategy(model)
+    if layout == "dp":
+        return DataParallel(model)
+    return Pipeline(model, MICRO_BATCHES, "1f1b", stages=int(layout[len("pipe"):]))
+
+
+def data():
+    x, y = synthetic_classification(96, 6, 4, seed=0, separation=1.5, dtype=numpy.float64)
+    return (x[:64], y[:64]), (x[64:], y[64:])
+
+
+def loaders(strategy):
+    (x, y), (x_val, y_val) = data()
+    shard, shards = strategy.data_shard
+    train = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=True, seed=3, rank=shard, world_size=shards)
+    val = DataLoader(ArrayDataset(x_val, y_val), 16, uneven="keep", rank=shard, world_size=shards)
+    return train, val
+
+
+def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resume=None, dropout=0.0):
+    """Train `layout` with the Trainer; returns (strategy, history)."""
+    strategy = make_strategy(layout, build_model(seed, dropout))
+    if dropout:
+        nn.manual_seed(100 + WORLD.rank)
+    optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
+    callbacks = [EarlyStopping(patience=10), StopAfterStep(-1 if stop_step is None else stop_step)]
+    trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=CosineAnnealingLR(0.2, total=12),
+                         clip_grad_norm=0.05, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True)
+    train, val = loaders(strategy)
+    history = trainer.fit(train, epochs, val, resume_from=resume)
+    return strategy, [{k: v for k, v in record.items() if k != "time"} for record in history]
+
+
+def largest_difference(strategy, reference):
+    expected = dict(reference.named_parameters())
+    return max(float(numpy.abs(p.data - expected[name].data).max()) for name, p in strategy.named_parameters())
+
+
+def assert_close_histories(history, expected, tolerance):
+    assert len(history) == len(expected), (history, expected)
+    for record, reference in zip(history, expected):
+        assert record.keys() == reference.keys(), (record, reference)
+        for key in record:
+            assert abs(record[key] - reference[key]) <= tolerance, (key, record[key], reference[key])
+
+
+def report(check, *what):
+    print(f"LAYOUT-OK rank={WORLD.rank} {check} {' '.join(what)}", flush=True)
+
+
+def check_equivalence(reference, reference_history):
+    for layout in layouts()[1:]:
+        strategy, history = run(layout)
+        difference = largest_difference(strategy, reference.module)
+        assert difference < TOLERANCE, (layout, difference)
+        assert_close_histories(history, reference_history, TOLERANCE)
+        report("equivalent", layout, f"max_abs_diff={difference:.1e}")
+
+
+def write_checkpoints(directory):
+    """Every layout stops inside epoch 2 and leaves a checkpoint (the local one is written by rank 0 alone)."""
+    for layout in layouts():
+        if layout != "local" or WORLD.rank == 0:
+            run(layout, stop_step=STOP_STEP, checkpoint=directory / f"{layout}.ckpt")
+        WORLD.Barrier()
+
+
+def check_resume_across_layouts(directory, reference, reference_history):
+    (x_val, _), = [data()[1]]
+    reference.eval()
+    expected_predictions = reference.predict(x_val)
+    for writer in layouts():
+        for reader in layouts():
+            strategy, history = run(reader, seed=99, resume=directory / f"{writer}.ckpt")
+            difference = largest_difference(strategy, reference.module)
+            assert difference < TOLERANCE, (writer, reader, difference)
+            assert_close_histories(history, reference_history, TOLERANCE)
+            strategy.eval()
+            predictions = strategy.predict(x_val)
+            if predictions is not None:
+                assert numpy.abs(predictions - expected_predictions).max() < TOLERANCE, (writer, reader)
+            report("resumed", f"written={writer}", f"read={reader}")
+
+
+def check_same_layout_resume_is_bit_identical(directory):
+    for layout in layouts():
+        strategy, history = run(layout, dropout=0.2)
+        expected = {name: p.data.copy() for name, p in strategy.named_parameters()}
+        path = directory / (f"dropout-{layout}-{WORLD.rank}.ckpt" if layout == "local" else f"dropout-{layout}.ckpt")
+        run(layout, stop_step=STOP_STEP, checkpoint=path, dropout=0.2)
+        resumed, resumed_history = run(layout, seed=99, resume=path, dropout=0.2)
+        assert resumed_history == history, (layout, resumed_history, history)
+        for name, p in resumed.named_parameters():
+            assert numpy.array_equal(p.data, expected[name]), (layout, name)
+        report("bit-identical", layout)
+
+
+def check_non_finite_is_located():
+    for layout in layouts()[2:]:
+        model = build_model(0)
+        model[6].weight.data[0, 0] = numpy.nan
+        strategy = make_strategy(layout, model)
+        trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), nn.optim.SGD(strategy.parameters(), lr=0.1), quiet=True)
+        try:
+            trainer.fit(loaders(strategy)[0], 1)
+        except NonFiniteError as error:
+            holder = strategy.stage_allgather(any(name.startswith("6.") for name, _ in strategy.named_parameters()))
+            stage = holder.index(True)
+            expected = f"first in layer 6 (Linear(12, 4, bias=True)) on rank "
+            assert expected in str(error) and f"(stage {stage} of {strategy.num_stages}" in str(error), str(error)
+            assert f"step 1 (epoch 1, batch 1) on {strategy.position}:" in str(error), str(error)
+        else:
+            raise AssertionError(f"{layout}: no NonFiniteError for a NaN weight")
+        report("located", layout)
+
+
+def main(directory):
+    directory = Path(directory)
+    reference, reference_history = run("local")
+    check_equivalence(reference, reference_history)
+    write_checkpoints(directory)
+    check_resume_across_layouts(directory, reference, reference_history)
+    check_same_layout_resume_is_bit_identical(directory)
+    check_non_finite_is_located()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

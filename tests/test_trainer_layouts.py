@@ -1,0 +1,31 @@
+"""The Trainer drives every layout alike under real mpiexec: DataParallel, a pipeline, a 2x2 grid and a 4-stage
+pipeline reach LocalStrategy's weights on the global batch; checkpoints move between layouts; resume is bit-identical."""
+import re
+
+import pytest
+
+from mpi_launch import run_mpi
+
+TIMEOUT_S = 300  # generous for an oversubscribed machine; a hang still fails
+
+
+def reports(stdout):
+    """(rank, check, layouts) per LAYOUT-OK report; ranks' reports may share a line."""
+    return re.findall(r"LAYOUT-OK rank=(\d+) ([\w-]+) ((?:[\w=]+ ?)+?)(?=LAYOUT-OK|\n|$| max_abs_diff)", stdout)
+
+
+def expected_reports(ranks, layouts):
+    checks = [("equivalent", layout) for layout in layouts[1:]]
+    checks += [("resumed", f"written={writer} read={reader}") for writer in layouts for reader in layouts]
+    checks += [("bit-identical", layout) for layout in layouts]
+    checks += [("located", layout) for layout in layouts[2:]]
+    return sorted((str(rank), check, what) for rank in range(ranks) for check, what in checks)
+
+
+@pytest.mark.parametrize("ranks, layouts", [(2, ["local", "dp", "pipe2"]),
+                                            (4, ["local", "dp", "pipe2", "pipe4"])],
+                         ids=["2 ranks", "4 ranks (pipe2 is a 2x2 grid)"])
+def test_every_layout_trains_resumes_and_loads_checkpoints_like_one_process(tmp_path, ranks, layouts):
+    result = run_mpi("trainer_layouts.py", ranks, tmp_path, timeout=TIMEOUT_S)
+    found = sorted((rank, check, what.strip()) for rank, check, what in reports(result.stdout))
+    assert found == expected_reports(ranks, layouts), result.stdout
