@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     shard, shards = (0, 1) if strategy is model else strategy.data_shard
     shards_of = {"rank": shard, "world_size": shards}
     train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // shards, shuffle=True,
-                              seed=args.seed, **shards_of)
+                              drop_last=True, seed=args.seed, **shards_of)  # whole batches cut into micro-batches
     val_loader = DataLoader(ArrayDataset(*splits["val"]), 256, uneven="keep", **shards_of)
     optimizer = nn.optim.SGD(strategy.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     steps = args.epochs * len(train_loader)

@@ -124,7 +124,7 @@ def _allreduce_comparison(dp, world, repeats: int = 20) -> dict[str, float]:
     """Median time of the bucketed gradient allreduce alone, and of one raw Allreduce of the same bytes."""
     from mpi4py import MPI
 
-    reducer = dp._reducer
+    sync = dp.gradient_sync
     ready_order = [p for bucket in dp.buckets for p in bucket.params]
     total_bytes = sum(bucket.nbytes for bucket in dp.buckets)
     raw = numpy.ones(total_bytes // 4, dtype=numpy.float32)
@@ -132,9 +132,9 @@ def _allreduce_comparison(dp, world, repeats: int = 20) -> dict[str, float]:
     for _ in range(repeats):
         world.Barrier()
         started = time.perf_counter()
-        reducer.start()
-        reducer.mark_ready(ready_order)
-        reducer.finish()
+        sync.start()
+        sync.mark_final(ready_order)
+        sync.finish()
         ours.append(time.perf_counter() - started)
         world.Barrier()
         started = time.perf_counter()

@@ -1,0 +1,42 @@
+"""examples/train_digits.py in every layout under mpiexec: the same outputs, and one run resumed across layouts."""
+import json
+import re
+from pathlib import Path
+
+import numpy
+
+from mpi_launch import run_mpi
+from packages import require
+from mpiprop.network.checkpoint import load_checkpoint
+from mpiprop.network.metrics import count_correct
+from test_examples import load_example
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
+TIMEOUT_S = 300
+
+
+def records(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_one_run_goes_on_through_pipeline_data_parallel_and_grid_layouts(tmp_path):
+    require("sklearn")
+    checkpoint, metrics = tmp_path / "digits.ckpt", tmp_path / "digits.jsonl"
+    files = ["--checkpoint", str(checkpoint), "--metrics-out", str(metrics)]
+    legs = [(2, ["--pipeline-stages", "2"], 1), (2, [], 2), (4, ["--pipeline-stages", "2"], 3), (1, [], 4)]
+    for ranks, layout, epochs in legs:
+        resume = ["--resume", str(checkpoint)] if epochs > 1 else []
+        result = run_mpi(EXAMPLE, ranks, "--epochs", str(epochs), *layout, *files[:4], *resume, timeout=TIMEOUT_S)
+        printed = records(result.stdout)
+        assert [r["epoch"] for r in printed] == [epochs], result.stdout
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "step"} <= set(printed[0])
+        written = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert [r["epoch"] for r in written] == list(range(1, epochs + 1)) and written[-1] == printed[0]
+        assert result.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
+    accuracy = float(re.findall(r"^test_accuracy=([0-9.]+)$", result.stdout, flags=re.MULTILINE)[-1])
+    example = load_example("train_digits")
+    model = example.build_model(128)
+    load_checkpoint(checkpoint, model)
+    x_test, y_test = example.load_splits(0)["test"]
+    assert numpy.isclose(count_correct(model.eval().forward(x_test)[0], y_test) / len(y_test), accuracy, atol=1e-4)
+    assert accuracy > 0.85
