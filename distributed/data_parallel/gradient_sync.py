@@ -93,6 +93,11 @@ class GradientSync:
             bucket.buffer.fill(0)
 
     @property
+    def launched_buckets(self) -> int:
+        """How many buckets' reductions have started in the current synchronised backward."""
+        return sum(self._reducer.allreduce.launched(index) for index in range(len(self.buckets)))
+
+    @property
     def last_stats(self) -> SyncStats:
         return self._reducer.last_stats
 

@@ -42,8 +42,9 @@ class Pipeline:
 
     With `stages` smaller than the number of ranks, the ranks form a grid of pipelines
     (see `make_grid`): each pipeline trains on its share of every batch (`data_shard`), and
-    after each batch every stage's gradients are averaged over its replicas with the same
-    bucketed `GradientSync` as DataParallel (in shared memory on one node).
+    every stage's gradients are averaged over its replicas with the same bucketed
+    `GradientSync` as DataParallel (in shared memory on one node): a bucket's reduction starts
+    during the chunk's last backward of the batch, once its gradients are final.
 
     Usage (the same on every rank)::
 
@@ -165,11 +166,15 @@ class Pipeline:
             ValueError: on every rank, when x or y is missing or their sizes do not fit.
         """
         plan = self._agree_on_batch(x, y, needs_targets=True)
-        result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self.is_last)
+        sync = self.gradient_sync
+        if sync is not None:
+            sync.start()
+        result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self.is_last,
+                                    on_parameters_final=None if sync is None else sync.mark_final)
         loss = self._finish(result)
-        if self.gradient_sync is not None:
-            self.gradient_sync.reduce_all()
-            self.gradient_sync.scale(1.0 / self.replicas)
+        if sync is not None:
+            sync.finish()
+            sync.scale(1.0 / self.replicas)
         self.last_output = self._joined(result.outputs)
         return loss
 

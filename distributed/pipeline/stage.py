@@ -17,7 +17,7 @@ from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.losses import Loss
 from mpiprop.network.non_finite import is_finite
-from mpiprop.network.sequential import Sequential
+from mpiprop.network.sequential import ParametersFinal, Sequential
 
 RECEIVE_AHEAD = 2  # activation receives posted before the forward that needs them
 
@@ -58,7 +58,8 @@ class StageExecutor:
         return step.chunk * self.ranks + self.rank
 
     def run(self, steps: list[Step], plan: BatchPlan, inputs: Array | None = None, targets: Array | None = None,
-            loss_fn: Loss | None = None, keep_outputs: bool = False) -> RunResult:
+            loss_fn: Loss | None = None, keep_outputs: bool = False,
+            on_parameters_final: ParametersFinal | None = None) -> RunResult:
         """Execute `steps` for one batch.
 
         Args:
@@ -68,8 +69,12 @@ class StageExecutor:
             targets: the targets (last rank only, with `loss_fn`).
             loss_fn: the loss on the last stage's output; its gradient starts backward.
             keep_outputs: keep the last stage's outputs (prediction).
+            on_parameters_final: passed to each chunk's last weight-gradient step (see
+                `Sequential.backward`), so the replicas' gradient sync overlaps that backward.
         """
         run = _Run(self, steps, plan, inputs, targets, loss_fn, keep_outputs)
+        run.final_weight_steps = {step.chunk: step for step in steps if step.releases_stash}
+        run.on_parameters_final = on_parameters_final
         return run.execute()
 
     # --- what the executor remembers between batches -------------------------------------
@@ -107,6 +112,8 @@ class _Run:
         self.incoming = [s for s in steps if s.is_forward and executor.stage_of(s) > 0]
         self.next_incoming = 0
         self.posted_ahead = 0
+        self.final_weight_steps: dict[int, Step] = {}
+        self.on_parameters_final: ParametersFinal | None = None
 
     def execute(self) -> RunResult:
         started = time.perf_counter()
@@ -148,11 +155,12 @@ class _Run:
         stage = self.executor.stage_of(step)
         cache, dy = self._stashed_with_gradient(step, stage)
         del self.stash[(step.micro_batch, step.chunk)]
-        chunk = self.executor.chunks[step.chunk]
+        chunk, hook = self.executor.chunks[step.chunk], self._hook_for(step)
         if stage == 0:
-            chunk.backward(dy, cache, input_grad=False)
+            chunk.backward(dy, cache, input_grad=False, on_parameters_final=hook)
         else:
-            self.links.send(chunk.backward(dy, cache), stage - 1, step.micro_batch, GRADIENT)
+            dx = chunk.backward(dy, cache, on_parameters_final=hook)
+            self.links.send(dx, stage - 1, step.micro_batch, GRADIENT)
 
     def _backward_input(self, step: Step) -> None:
         stage = self.executor.stage_of(step)
@@ -164,11 +172,15 @@ class _Run:
 
     def _backward_weight(self, step: Step) -> None:
         cache, dy = self.stash.pop((step.micro_batch, step.chunk))
-        chunk = self.executor.chunks[step.chunk]
+        chunk, hook = self.executor.chunks[step.chunk], self._hook_for(step)
         if self.executor.stage_of(step) == 0:
-            chunk.backward(dy, cache, input_grad=False)
+            chunk.backward(dy, cache, input_grad=False, on_parameters_final=hook)
         else:
-            chunk.backward_weight(dy, cache)
+            chunk.backward_weight(dy, cache, on_parameters_final=hook)
+
+    def _hook_for(self, step: Step) -> ParametersFinal | None:
+        """The gradient hook on a chunk's last weight-gradient step of the batch, None before it."""
+        return self.on_parameters_final if self.final_weight_steps.get(step.chunk) is step else None
 
     # --- inputs, outputs and the loss --------------------------------------------------------
     def _loss_and_gradient(self, micro_batch: int, y: Array) -> Array | None:

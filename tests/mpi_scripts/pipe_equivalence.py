@@ -52,8 +52,10 @@ def largest_difference(pipe, reference):
 
 
 def check_pipeline(schedule, micro_batches, steps, grid_stages=None):
-    pipe = Pipeline(make_model(), micro_batches, schedule, stages=grid_stages)
+    pipe = Pipeline(make_model(), micro_batches, schedule, stages=grid_stages, bucket_cap_mb=0.0001)
     replicas = pipe.replicas
+    if replicas > 1:
+        record_buckets_launched_during_backward(pipe.gradient_sync)
     batches = make_batches(steps, ROWS * replicas)
     reference, reference_losses = train_reference(batches)
     optimizer = nn.optim.SGD(pipe.parameters(), lr=0.1, momentum=0.9)
@@ -76,11 +78,26 @@ def check_pipeline(schedule, micro_batches, steps, grid_stages=None):
     if replicas == 1:
         check_inference_and_checkpoint(pipe, reference, batches[0])
     else:
-        assert pipe.gradient_sync.allreduce_kind == "shared memory", pipe.gradient_sync.allreduce_kind
+        sync = pipe.gradient_sync
+        assert sync.allreduce_kind == "shared memory", sync.allreduce_kind
+        assert len(sync.buckets) > 1 and sync.launched_during_backward == [len(sync.buckets)] * steps, (
+            len(sync.buckets), sync.launched_during_backward)
     where = "" if grid_stages is None else f" grid={pipe.num_stages}x{replicas}"
     print(f"PIPE-OK rank={MPI.COMM_WORLD.rank} schedule={schedule} m={micro_batches}{where} "
           f"param_err={parameter_error:.1e} loss_err={loss_error:.1e} peak_stash={peak}",
           flush=True)
+
+
+def record_buckets_launched_during_backward(sync):
+    """Every bucket's reduction must have started before `finish` (the hook of the chunks' last backward)."""
+    sync.launched_during_backward = []
+    finish = sync.finish
+
+    def recording_finish():
+        sync.launched_during_backward.append(sync.launched_buckets)
+        return finish()
+
+    sync.finish = recording_finish
 
 
 def check_peak_bound(pipe, peak, micro_batches):
