@@ -1,5 +1,6 @@
 """The Trainer drives every layout alike under real mpiexec: DataParallel, a pipeline, a 2x2 grid and a 4-stage
-pipeline reach LocalStrategy's weights on the global batch; checkpoints move between layouts; resume is bit-identical."""
+pipeline reach LocalStrategy's weights on the global batch; checkpoints move between layouts; resume is bit-identical;
+a NaN sample is skipped by every rank alike, and a NaN is located by layer, rank and stage."""
 import re
 
 import pytest
@@ -18,6 +19,7 @@ def expected_reports(ranks, layouts):
     checks = [("equivalent", layout) for layout in layouts[1:]]
     checks += [("resumed", f"written={writer} read={reader}") for writer in layouts for reader in layouts]
     checks += [("bit-identical", layout) for layout in layouts]
+    checks += [("skipped", layout) for layout in layouts[1:]]
     checks += [("located", layout) for layout in layouts[2:]]
     return sorted((str(rank), check, what) for rank in range(ranks) for check, what in checks)
 

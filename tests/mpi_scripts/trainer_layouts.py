@@ -25,6 +25,7 @@ from mpiprop.network.synthetic import synthetic_classification
 
 TOLERANCE = 1e-10
 GLOBAL_BATCH, MICRO_BATCHES, EPOCHS, STOP_STEP = 16, 2, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
+NAN_SAMPLE = 5  # one sample of the training data, met once per epoch by one rank of a replica
 WORLD = MPI.COMM_WORLD
 
 
@@ -58,20 +59,23 @@ def make_strategy(layout, model):
     return Pipeline(model, MICRO_BATCHES, "1f1b", stages=int(layout[len("pipe"):]))
 
 
-def data():
+def data(nan_sample=None):
     x, y = synthetic_classification(96, 6, 4, seed=0, separation=1.5, dtype=numpy.float64)
+    if nan_sample is not None:
+        x[nan_sample] = numpy.nan
     return (x[:64], y[:64]), (x[64:], y[64:])
 
 
-def loaders(strategy):
-    (x, y), (x_val, y_val) = data()
+def loaders(strategy, nan_sample=None):
+    (x, y), (x_val, y_val) = data(nan_sample)
     shard, shards = strategy.data_shard
     train = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=True, seed=3, rank=shard, world_size=shards)
     val = DataLoader(ArrayDataset(x_val, y_val), 16, uneven="keep", rank=shard, world_size=shards)
     return train, val
 
 
-def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resume=None, dropout=0.0):
+def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resume=None, dropout=0.0,
+        nan_sample=None):
     """Train `layout` with the Trainer; returns (strategy, history)."""
     strategy = make_strategy(layout, build_model(seed, dropout))
     if dropout:
@@ -79,8 +83,9 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
     callbacks = [EarlyStopping(patience=10), StopAfterStep(-1 if stop_step is None else stop_step)]
     trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=CosineAnnealingLR(0.2, total=12),
-                         clip_grad_norm=0.05, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True)
-    train, val = loaders(strategy)
+                         clip_grad_norm=0.05, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True,
+                         non_finite="raise" if nan_sample is None else "skip")
+    train, val = loaders(strategy, nan_sample)
     history = trainer.fit(train, epochs, val, resume_from=resume)
     return strategy, [{k: v for k, v in record.items() if k != "time"} for record in history]
 
@@ -149,6 +154,18 @@ def check_same_layout_resume_is_bit_identical(directory):
         report("bit-identical", layout)
 
 
+def check_a_nan_sample_is_skipped_by_every_rank_alike():
+    """One NaN sample: the ranks that read it and the ones that do not all skip that step, as one process does."""
+    reference, reference_history = run("local", nan_sample=NAN_SAMPLE)
+    assert [record["skipped_steps"] for record in reference_history] == [1, 1], reference_history
+    for layout in layouts()[1:]:
+        strategy, history = run(layout, nan_sample=NAN_SAMPLE)
+        difference = largest_difference(strategy, reference.module)
+        assert difference < TOLERANCE, (layout, difference)
+        assert_close_histories(history, reference_history, TOLERANCE)
+        report("skipped", layout)
+
+
 def check_non_finite_is_located():
     for layout in layouts()[2:]:
         model = build_model(0)
@@ -175,6 +192,7 @@ def main(directory):
     write_checkpoints(directory)
     check_resume_across_layouts(directory, reference, reference_history)
     check_same_layout_resume_is_bit_identical(directory)
+    check_a_nan_sample_is_skipped_by_every_rank_alike()
     check_non_finite_is_located()
 
 
