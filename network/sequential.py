@@ -67,7 +67,7 @@ class Sequential(Layer):
                 (a first pipeline stage or a plain training loop never needs it) and return None.
             on_parameters_final: called after each layer's backward with the parameters whose
                 gradients that layer completed (a parameter shared by several layers is final
-                after the first of them backward visits); every parameter is passed exactly once,
+                after the last of them backward visits); every parameter is passed exactly once,
                 so gradient synchronisation can start while earlier layers still compute.
 
         Returns:
@@ -118,18 +118,18 @@ class Sequential(Layer):
         """For each layer, the parameters whose gradient is complete once backward has passed it.
 
         Backward visits layers last to first, so a parameter shared by several layers is final
-        after the first of them; each list is in reverse order of the layer's parameters.
+        after the first of them in the model; each list is in reverse order of the layer's parameters.
         """
-        first_visit: dict[int, int] = {}
-        for index in range(len(self.layers) - 1, -1, -1):
-            for p in self.layers[index].parameters():
-                first_visit.setdefault(id(p), index)
+        last_visit: dict[int, int] = {}
+        for index, layer in enumerate(self.layers):
+            for p in layer.parameters():
+                last_visit.setdefault(id(p), index)
         final: list[list[Parameter]] = [[] for _ in self.layers]
         for index, layer in enumerate(self.layers):
             for p in reversed(layer.parameters()):
-                if first_visit.get(id(p)) == index:
+                if last_visit.get(id(p)) == index:
                     final[index].append(p)
-                    first_visit[id(p)] = -1  # listed once even when the layer holds it twice
+                    del last_visit[id(p)]  # listed once even when the layer holds it twice
         return final
 
     def _first_layer_with_parameters(self) -> int:
