@@ -248,11 +248,16 @@ class Trainer:
         return False
 
     def _non_finite_message(self, x: Any, loss: float) -> str:
-        """Where the NaN or Inf came from: the first layer whose output holds it, or the parameters' gradients."""
+        """Where the NaN or Inf came from, the same on every rank: the first layer whose output holds it
+        on a rank whose loss is not finite, else the parameters whose (synchronised) gradients hold it."""
+        located = None
         if not math.isfinite(loss):
-            where = self.model.locate_non_finite(x)
-            return (f"{self._step_name()}: the model's output or loss holds NaN or Inf, first in {where}; "
-                    f"{NON_FINITE_FIX}")
+            located = (f"{self._step_name()}: the model's output or loss holds NaN or Inf, first in "
+                       f"{self.model.locate_non_finite(x)}; {NON_FINITE_FIX}")
+        everyone = [located] if self.comm is None else self.comm.allgather_object(located)
+        found = [message for message in everyone if message is not None]
+        if found:
+            return found[0]
         stages = self.model.stage_allgather((self.model.position, non_finite_grads(self.model.named_parameters())))
         named = [f"{name!r}" + (f" on {position}" if len(stages) > 1 else "")
                  for position, names in stages for name in names]

@@ -179,7 +179,8 @@ def check_non_finite_is_located():
             stage = holder.index(True)
             expected = f"first in layer 6 (Linear(12, 4, bias=True)) on rank "
             assert expected in str(error) and f"(stage {stage} of {strategy.num_stages}" in str(error), str(error)
-            assert f"step 1 (epoch 1, batch 1) on {strategy.position}:" in str(error), str(error)
+            assert "step 1 (epoch 1, batch 1) on rank 0 (stage 0 of" in str(error), str(error)
+            assert len(set(WORLD.allgather(str(error)))) == 1, "the ranks raised different messages"
         else:
             raise AssertionError(f"{layout}: no NonFiniteError for a NaN weight")
         report("located", layout)
