@@ -9,6 +9,7 @@ from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
 from mpiprop.distributed.data_parallel.data_parallel import DataParallel
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.transport.metric_averaging import average_metrics
 from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
 from mpiprop.distributed.transport.request import Request, poll_all, wait_all
@@ -20,7 +21,7 @@ __all__ = [
     "Communicator", "Request", "wait_all", "poll_all", "as_communicator", "mpi_comm_of", "mpi_cuda_aware",
     "install_abort_handler", "uninstall_abort_handler", "abort_handler_installed", "abort_job",
     "Watchdog", "start_watchdog",
-    "DataParallel", "SyncStats", "DEFAULT_BUCKET_CAP_MB",
+    "DataParallel", "GradientSync", "SyncStats", "DEFAULT_BUCKET_CAP_MB",
     "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics",
 ]
 

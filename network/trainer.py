@@ -97,7 +97,7 @@ class Trainer:
         self.non_finite = non_finite
         self.average_metrics = average_metrics
         self.quiet = bool(quiet)
-        self.show_progress = progress_wanted(progress, 0 if self.is_main else 1, self.quiet)
+        self.show_progress = progress_wanted(progress, self.rank, self.quiet)
         self.print_fn = print_fn
         self._device = _device_of_model(self.model)
         self._reset()
@@ -395,7 +395,8 @@ class Trainer:
             callback.load_state_dict(entry["state"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.history = list(state["history"])
-        self._train_totals.load_state_dict(self._own_train_sums(state["rank_train_sums"]))
+        rank_sums = state["rank_train_sums"] if "rank_train_sums" in state else [state["train_sums"]]
+        self._train_totals.load_state_dict(self._own_train_sums(rank_sums))
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
 
     def _own_train_sums(self, rank_sums: list[MetricSums]) -> MetricSums:

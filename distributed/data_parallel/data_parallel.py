@@ -170,10 +170,6 @@ class DataParallel(LocalStrategy):
         """Reset every gradient to zero (one fill per bucket buffer)."""
         self.gradient_sync.zero_grad()
 
-    def load_state_dict(self, state: dict[str, Array]) -> None:
-        """Load `state` into the module; call it on every rank with the same state."""
-        self.module.load_state_dict(state)
-
     def to(self, device: str | None = None, dtype=None) -> "DataParallel":
         """Refused: moving would rebind the gradients away from their buckets.
 
