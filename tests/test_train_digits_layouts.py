@@ -1,9 +1,11 @@
-"""examples/train_digits.py in every layout under mpiexec: the same outputs, and one run resumed across layouts."""
+"""examples/train_digits.py in every layout under mpiexec: the same outputs (metrics lines and file, plot,
+checkpoint, last line), and one run resumed across layouts."""
 import json
 import re
 from pathlib import Path
 
 import numpy
+import pytest
 
 from mpi_launch import run_mpi
 from packages import require
@@ -21,12 +23,16 @@ def records(stdout):
 
 def test_one_run_goes_on_through_pipeline_data_parallel_and_grid_layouts(tmp_path):
     require("sklearn")
+    pytest.importorskip("matplotlib")
     checkpoint, metrics = tmp_path / "digits.ckpt", tmp_path / "digits.jsonl"
     files = ["--checkpoint", str(checkpoint), "--metrics-out", str(metrics)]
     legs = [(2, ["--pipeline-stages", "2"], 1), (2, [], 2), (4, ["--pipeline-stages", "2"], 3), (1, [], 4)]
     for ranks, layout, epochs in legs:
         resume = ["--resume", str(checkpoint)] if epochs > 1 else []
-        result = run_mpi(EXAMPLE, ranks, "--epochs", str(epochs), *layout, *files[:4], *resume, timeout=TIMEOUT_S)
+        plot = tmp_path / f"curves{epochs}.png"
+        result = run_mpi(EXAMPLE, ranks, "--epochs", str(epochs), *layout, *files, *resume, "--plot", str(plot),
+                         timeout=TIMEOUT_S)
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         printed = records(result.stdout)
         assert [r["epoch"] for r in printed] == [epochs], result.stdout
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "step"} <= set(printed[0])
