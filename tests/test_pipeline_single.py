@@ -127,3 +127,12 @@ def test_grid_of_one_rank_and_its_errors():
         make_grid(2)
     with pytest.raises(ValueError, match="1 ranks cannot form pipelines of 2 stages"):
         Pipeline(make_model(), 2, "1f1b", stages=2)
+
+
+def test_evaluation_takes_a_batch_smaller_than_the_micro_batch_count():
+    x, y = batch(6)
+    model = make_model()
+    pipe = Pipeline(model, 4, "1f1b").eval()
+    expected = model.eval().forward(x[:3])[0]
+    numpy.testing.assert_allclose(pipe.predict(x[:3]), expected, rtol=1e-6)
+    assert pipe.evaluate(x[:3], y[:3], nn.CrossEntropyLoss()) == pytest.approx(nn.CrossEntropyLoss()(expected, y[:3]))

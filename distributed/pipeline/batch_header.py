@@ -54,6 +54,11 @@ def plan_batch(header: numpy.ndarray, micro_batches: int, needs_targets: bool) -
     return BatchPlan(tuple(micro_batch_sizes(rows, micro_batches)), feature_shape, dtype)
 
 
+def batch_rows(header: numpy.ndarray) -> int:
+    """Rows of the input batch the combined description announces (0 when there is none)."""
+    return int(header[_ROWS])
+
+
 def _status(array: Any, max_ndim: int | None) -> int:
     if not is_array(array):
         return _NOT_AN_ARRAY

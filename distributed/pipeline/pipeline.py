@@ -8,7 +8,7 @@ import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
-from mpiprop.distributed.pipeline.batch_header import describe_batch, plan_batch
+from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
@@ -183,8 +183,8 @@ class Pipeline:
 
         Args and raises as for `train_step`.
         """
-        plan = self._agree_on_batch(x, y, needs_targets=True)
-        schedule = forward_only(self.num_stages, self.micro_batches, self.virtual_stages)
+        plan = self._agree_on_batch(x, y, needs_targets=True, forward_only_run=True)
+        schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
         result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn)
         return self._finish(result)
 
@@ -197,8 +197,8 @@ class Pipeline:
         Returns:
             the output on the last stage, None on the other ranks.
         """
-        plan = self._agree_on_batch(x, None, needs_targets=False)
-        schedule = forward_only(self.num_stages, self.micro_batches, self.virtual_stages)
+        plan = self._agree_on_batch(x, None, needs_targets=False, forward_only_run=True)
+        schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
         result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=True)
         self._finish(result)
         return self._joined(result.outputs)
@@ -357,11 +357,19 @@ class Pipeline:
                     self.pipeline_comm.recv(array, 0, tag=index)
 
     # --- per-batch agreement and results ---------------------------------------------------------------
-    def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool) -> BatchPlan:
-        """All ranks learn the batch's size and input signature from the first rank, and check the targets."""
+    def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool,
+                        forward_only_run: bool = False) -> BatchPlan:
+        """All ranks learn the batch's size and input signature from the first rank, and check the targets.
+
+        A forward-only run cuts a batch of fewer rows than `micro_batches` into one-row micro-batches
+        (the last, smaller batch of an evaluation loader); training needs every micro-batch.
+        """
         header = describe_batch(x, y, self.is_first, self.is_last, needs_targets)
         wait_politely([self.pipeline_comm.iallreduce(header, "max")])
-        return plan_batch(header, self.micro_batches, needs_targets)
+        micro_batches = self.micro_batches
+        if forward_only_run:
+            micro_batches = max(1, min(micro_batches, batch_rows(header)))
+        return plan_batch(header, micro_batches, needs_targets)
 
     def _finish(self, result: RunResult) -> float | None:
         """Share the last stage's loss with every rank; the run's span ends here on all of them."""
