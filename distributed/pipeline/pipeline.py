@@ -124,6 +124,12 @@ class Pipeline:
         self.comm, self.pipeline_comm = grid.comm, grid.pipeline_comm
         self.data_comm, self.replica, self.replicas = grid.data_comm, grid.replica, grid.replicas
 
+    def _broadcast_buffers_over_replicas(self) -> None:
+        """Replica 0's buffers (BatchNorm running statistics) on every replica after each step, so every
+        replica evaluates alike and the checkpoint's statistics are every replica's."""
+        for _, buffer in self.named_buffers():
+            self.data_comm.bcast(buffer, root=0)
+
     def _replica_gradient_sync(self, bucket_cap_mb: float, shared_memory: bool) -> GradientSync | None:
         """Every replica starts from replica 0's values; gradients are then averaged by one GradientSync."""
         if self.data_comm is None:
@@ -175,6 +181,7 @@ class Pipeline:
         if sync is not None:
             sync.finish()
             sync.scale(1.0 / self.replicas)
+            self._broadcast_buffers_over_replicas()
         self.last_output = self._joined(result.outputs)
         return loss
 

@@ -127,6 +127,23 @@ def check_inference_and_checkpoint(pipe, reference, batch):
         assert state is None
 
 
+def check_grid_replicas_share_buffers():
+    """After each step every replica holds replica 0's BatchNorm statistics, whatever its own batch was."""
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 5))
+    pipe = Pipeline(model, 2, "1f1b", stages=2)
+    optimizer = nn.optim.SGD(pipe.parameters(), lr=0.1)
+    for x, y in make_batches(2, ROWS * pipe.replicas):
+        rows = slice(pipe.replica * ROWS, (pipe.replica + 1) * ROWS)
+        optimizer.zero_grad()
+        pipe.train_step(x[rows] * (1 + pipe.replica), y[rows], nn.CrossEntropyLoss())
+        optimizer.step()
+        for name, buffer in pipe.named_buffers():
+            assert numpy.array_equal(buffer, pipe.data_comm.bcast(buffer.copy(), root=0)), name
+    assert sum(pipe.stage_allgather(len(list(pipe.named_buffers())))) >= 2  # running mean and variance
+    print(f"PIPE-OK rank={MPI.COMM_WORLD.rank} buffers", flush=True)
+
+
 def check_errors_reach_every_rank():
     pipe = Pipeline(make_model(), 4, "1f1b")
     x, y = make_batches(1, 3)[0]
@@ -166,6 +183,8 @@ def main():
         check_pipeline(schedule, micro_batches, args.steps)
     for schedule, micro_batches in parse_specs(args.grid_specs):
         check_pipeline(schedule, micro_batches, args.steps, grid_stages=2)
+    if args.grid_specs:
+        check_grid_replicas_share_buffers()
     if args.errors:
         check_errors_reach_every_rank()
 
