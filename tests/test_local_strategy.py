@@ -56,3 +56,13 @@ def test_state_names_shapes_and_placement():
 def test_only_layers_are_accepted():
     with pytest.raises(TypeError, match="LocalStrategy trains a network Layer .* got list"):
         nn.LocalStrategy([nn.Linear(2, 2)])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_an_infinite_loss_of_a_finite_output_gives_nan_gradients():
+    nn.manual_seed(0)
+    strategy = nn.LocalStrategy(nn.Sequential(nn.Linear(2, 2)))
+    x = numpy.full((3, 2), 1e25, dtype=numpy.float32)  # finite outputs whose squares overflow float32
+    assert math.isnan(strategy.train_step(x, numpy.zeros((3, 2), dtype=numpy.float32), nn.MSELoss()))
+    assert numpy.isfinite(strategy.last_output).all()
+    assert all(numpy.isnan(p.grad).all() for p in strategy.parameters())
