@@ -20,11 +20,14 @@ class LocalStrategy:
         loss = strategy.train_step(x, y, loss_fn)   # forward, backward, gradients in sync
         strategy.parameters(), named_parameters(), train(), eval(), predict(x)
         strategy.state_dict() / load_state_dict(state)   # the model's full parameter names
+        strategy.state_shapes()                          # every entry of the whole model's state
+        strategy.last_output                             # the last step's output where it is known
 
     plus what a trainer needs to combine results over processes: `comm` (None here),
     `data_shard` (which shard of the data this process reads), `is_main` (who prints and
-    writes files), `stage_allgather` (one value from every stage of the model),
-    `merge_over_stages` (whole-model dicts from the stages' parts) and `locate_non_finite`.
+    writes files), `position` (where this process sits, for messages), `stage_allgather`
+    (one value from every stage of the model), `merge_over_stages` (whole-model dicts from
+    the stages' parts) and `locate_non_finite`.
 
     Args:
         module: the model, usually a Sequential.
