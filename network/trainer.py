@@ -334,7 +334,8 @@ class Trainer:
         """The main rank writes the checkpoint; every rank contributes its random state and its stage's state."""
         if self.checkpoint_path is None:
             return
-        mine = (rng.get_rng_state(), self._train_totals.state_dict())
+        mine = (rng.get_rng_state(), self._train_totals.state_dict(), [c.state_dict() for c in self.callbacks],
+                self._parameter_names())
         everyone = [mine] if self.comm is None else self.comm.allgather_object(mine)
         model_state = self.model.merge_over_stages({name: to_numpy(array)
                                                     for name, array in self.model.state_dict().items()})
@@ -356,15 +357,18 @@ class Trainer:
                              "the strategy's parameters(), e.g. nn.optim.SGD(pipe.parameters(), lr=0.1)")
         return names
 
-    def _state(self, everyone: list[tuple[dict, dict]]) -> dict[str, Any]:
-        """What the trainer needs to go on; `everyone` holds each rank's (random state, metric sums)."""
+    def _state(self, everyone: list[tuple[dict, dict, list, list]]) -> dict[str, Any]:
+        """What the trainer needs to go on; `everyone` holds each rank's (random state, metric sums, callback
+        states, names of the parameters it holds)."""
         return {
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "rank_rng": [state for state, _ in everyone] if self.comm is not None else None,
-            "rank_train_sums": [sums for _, sums in everyone],
+            "rank_rng": [state for state, _, _, _ in everyone] if self.comm is not None else None,
+            "rank_train_sums": [sums for _, sums, _, _ in everyone],
+            "rank_callbacks": [states for _, _, states, _ in everyone],
+            "rank_parameters": [names for _, _, _, names in everyone],
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
             "history": self.history,
-            "callbacks": [{"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks],
+            "callbacks": [{"type": type(c).__name__} for c in self.callbacks],
             "loader": self._loader_settings,
         }
 
@@ -391,13 +395,28 @@ class Trainer:
         rank_rng = state.get("rank_rng")
         if rank_rng is not None and len(rank_rng) == self.world_size:
             rng.set_rng_state(rank_rng[self.rank])
-        for callback, entry in zip(self.callbacks, state["callbacks"]):
-            callback.load_state_dict(entry["state"])
+        for callback, callback_state in zip(self.callbacks, self._own_callback_states(state)):
+            callback.load_state_dict(callback_state)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.history = list(state["history"])
         rank_sums = state["rank_train_sums"] if "rank_train_sums" in state else [state["train_sums"]]
         self._train_totals.load_state_dict(self._own_train_sums(rank_sums))
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
+
+    def _own_callback_states(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each callback's state for this rank: its own when it holds the parameters it held when saving; else
+        rank 0's, with every mapping in it (such as EarlyStopping's best weights, split over pipeline
+        stages) joined over ranks."""
+        rank_callbacks = state.get("rank_callbacks")
+        if rank_callbacks is None:
+            return [entry["state"] for entry in state["callbacks"]]
+        if len(rank_callbacks) == self.world_size and state["rank_parameters"][self.rank] == self._parameter_names():
+            return rank_callbacks[self.rank]
+        return [_joined_over_ranks([states[index] for states in rank_callbacks])
+                for index in range(len(self.callbacks))]
+
+    def _parameter_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters()]
 
     def _own_train_sums(self, rank_sums: list[MetricSums]) -> MetricSums:
         """This rank's share of the epoch's metric sums: its own in the same layout, else the main rank holds
@@ -472,6 +491,15 @@ def as_strategy(model: Any) -> Any:
         raise TypeError(f"the Trainer trains a network Layer or a training strategy (LocalStrategy, DataParallel, "
                         f"Pipeline), but a {type(model).__name__} lacks {missing}")
     return model
+
+
+def _joined_over_ranks(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's state, each of whose dict values is the union of that dict on every rank."""
+    joined = dict(states[0])
+    for key, value in joined.items():
+        if isinstance(value, dict):
+            joined[key] = {name: item for state in states for name, item in (state[key] or {}).items()}
+    return joined
 
 
 def _device_of_model(model: Any) -> str:

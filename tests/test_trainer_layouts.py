@@ -18,6 +18,7 @@ def reports(stdout):
 def expected_reports(ranks, layouts):
     checks = [("equivalent", layout) for layout in layouts[1:]]
     checks += [("resumed", f"written={writer} read={reader}") for writer in layouts for reader in layouts]
+    checks += [("best-weights", f"written={writer} read={reader}") for writer in layouts for reader in layouts]
     checks += [("bit-identical", layout) for layout in layouts]
     checks += [("skipped", layout) for layout in layouts[1:]]
     checks += [("located", layout) for layout in layouts[2:]]

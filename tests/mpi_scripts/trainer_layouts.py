@@ -75,13 +75,18 @@ def loaders(strategy, nan_sample=None):
 
 
 def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resume=None, dropout=0.0,
-        nan_sample=None):
-    """Train `layout` with the Trainer; returns (strategy, history)."""
+        nan_sample=None, keep_first_epoch=False):
+    """Train `layout` with the Trainer; returns (strategy, history).
+
+    keep_first_epoch: early stopping that restores the weights of epoch 1 at the end (it
+    monitors the epoch number, which never improves after that).
+    """
     strategy = make_strategy(layout, build_model(seed, dropout))
     if dropout:
         nn.manual_seed(100 + WORLD.rank)
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
-    callbacks = [EarlyStopping(patience=10), StopAfterStep(-1 if stop_step is None else stop_step)]
+    stopping = EarlyStopping("epoch", patience=10) if keep_first_epoch else EarlyStopping(patience=10)
+    callbacks = [stopping, StopAfterStep(-1 if stop_step is None else stop_step)]
     trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=CosineAnnealingLR(0.2, total=12),
                          clip_grad_norm=0.05, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True,
                          non_finite="raise" if nan_sample is None else "skip")
@@ -141,6 +146,21 @@ def check_resume_across_layouts(directory, reference, reference_history):
             report("resumed", f"written={writer}", f"read={reader}")
 
 
+def check_best_weights_move_across_layouts(directory):
+    """Early stopping's best weights, kept per stage and written with the checkpoint, are restored in any layout."""
+    first_epoch, _ = run("local", epochs=1)
+    for writer in layouts():
+        path = directory / f"best-{writer}.ckpt"
+        if writer != "local" or WORLD.rank == 0:
+            run(writer, stop_step=STOP_STEP, checkpoint=path, keep_first_epoch=True)
+        WORLD.Barrier()
+        for reader in layouts():
+            strategy, _ = run(reader, seed=99, resume=path, keep_first_epoch=True)
+            difference = largest_difference(strategy, first_epoch.module)
+            assert difference < TOLERANCE, (writer, reader, difference)
+            report("best-weights", f"written={writer}", f"read={reader}")
+
+
 def check_same_layout_resume_is_bit_identical(directory):
     for layout in layouts():
         strategy, history = run(layout, dropout=0.2)
@@ -192,6 +212,7 @@ def main(directory):
     check_equivalence(reference, reference_history)
     write_checkpoints(directory)
     check_resume_across_layouts(directory, reference, reference_history)
+    check_best_weights_move_across_layouts(directory)
     check_same_layout_resume_is_bit_identical(directory)
     check_a_nan_sample_is_skipped_by_every_rank_alike()
     check_non_finite_is_located()
