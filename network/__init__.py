@@ -8,10 +8,12 @@ from mpiprop.network.diagnostics import gradient_health, gradient_norms
 from mpiprop.network.dropout import Dropout
 from mpiprop.network.flatten import Flatten
 from mpiprop.network.gradcheck import GradcheckError, gradcheck
+from mpiprop.network.grad_scaler import GradScaler
 from mpiprop.network.layer import Layer
 from mpiprop.network.linear import Linear
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from mpiprop.network.parameter import Parameter
+from mpiprop.network.precision import PRECISIONS, Precision, using_precision
 from mpiprop.network.regularization import l1_penalty, l2_penalty, weights_only
 from mpiprop.network.rng import manual_seed
 from mpiprop.network.sequential import Sequential
@@ -28,6 +30,7 @@ __all__ = [
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
     "clip_grad_norm_", "clip_grad_value_", "total_grad_norm", "l1_penalty", "l2_penalty", "weights_only",
     "gradient_norms", "gradient_health", "gradcheck", "GradcheckError",
+    "GradScaler", "Precision", "PRECISIONS", "using_precision",
     "manual_seed", "cupy_available", "get_array_module", "to_device", "to_numpy",
     "callbacks", "datasets", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",

@@ -1,9 +1,10 @@
 """The array-module switch: numpy always, cupy when it is installed and a GPU is present."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import numpy
 
@@ -90,6 +91,22 @@ def synchronize(array: Array) -> None:
 
 
 
+
+
+@contextlib.contextmanager
+def tensor_core_float32(xp: ModuleType) -> Iterator[None]:
+    """Inside the block, cupy's float32 products may use TF32 tensor cores; nothing changes for numpy."""
+    if xp is numpy:
+        yield
+        return
+    from cupy._core import _routines_linalg as linalg  # where cupy keeps its per-dtype compute type
+
+    before = linalg.get_compute_type(numpy.float32)
+    linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(numpy.float32, before)
 
 
 @functools.lru_cache(maxsize=None)

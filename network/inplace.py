@@ -6,7 +6,8 @@ import functools
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, gpu_add_matmul_
-from mpiprop.network.matmul import mkl_add_matmul_
+from mpiprop.network.matmul import mkl_add_matmul_, product_in_precision
+from mpiprop.network.precision import current_precision
 
 _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "d"}
 
@@ -18,8 +19,13 @@ def add_matmul_(out: Array, a: Array, b: Array) -> None:
     memory, one gemm call adds the product straight into `out` (no temporary, one pass over
     `out`), so `out` may be a view into a larger buffer; cupy arrays of the weight-gradient
     layout likewise go through one cuBLAS gemm. Anything else (other dtypes, strided or
-    overlapping arrays) takes the plain `out += a @ b`.
+    overlapping arrays) takes the plain `out += a @ b`. Outside float32 precision
+    (`using_precision`) the product is computed as that precision says and then added.
     """
+    precision = current_precision()
+    if precision.mixed or precision.tf32:
+        out += product_in_precision(a, b, precision)
+        return
     if get_array_module(out) is not numpy:
         if not gpu_add_matmul_(out, a, b):
             out += a @ b

@@ -1,14 +1,18 @@
-"""Matrix products for the layers: through MKL where it is installed (see mpiprop.network.mkl_gemm), else plain `@`."""
+"""Matrix products for the layers: in the current precision, through MKL where it is installed, else plain `@`."""
 from __future__ import annotations
 
 import numpy
 
 from mpiprop.network import mkl_gemm
-from mpiprop.network.backend import Array
+from mpiprop.network.backend import Array, get_array_module, tensor_core_float32
+from mpiprop.network.precision import Precision, current_precision, round_for_product
 
 
 def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
-    """a @ b, or a @ b.T with `transpose_b`, as a new array."""
+    """a @ b, or a @ b.T with `transpose_b`, as a new array, in the current precision (`using_precision`)."""
+    precision = current_precision()
+    if precision.mixed or precision.tf32:
+        return product_in_precision(a, b.T if transpose_b else b, precision)
     if type(a) is numpy.ndarray and a.ndim == 2 and b.ndim == 2 and mkl_gemm.available():
         out = numpy.empty((a.shape[0], b.shape[0] if transpose_b else b.shape[1]), dtype=a.dtype)
         if mkl_gemm.gemm(a, b, out, trans_b=transpose_b):
@@ -29,3 +33,18 @@ def _as_stored(matrix: Array) -> tuple[Array, bool]:
     if matrix.ndim == 2 and not matrix.flags.c_contiguous and matrix.T.flags.c_contiguous:
         return matrix.T, True
     return matrix, False
+
+
+def product_in_precision(a: Array, b: Array, precision: Precision) -> Array:
+    """a @ b as `precision` computes it, returned in the inputs' dtype.
+
+    Mixed modes round both inputs to half precision, accumulate in float32 and round the product to
+    half precision, as a tensor-core product with a half output does; on numpy the same numbers are
+    computed in float32 (for checking the plumbing: the CPU refuses these modes for training). TF32
+    lets cupy's float32 products use tensor cores.
+    """
+    if precision.tf32:
+        with tensor_core_float32(get_array_module(a)):
+            return a @ b
+    product = round_for_product(a, precision) @ round_for_product(b, precision)
+    return round_for_product(product, precision).astype(a.dtype, copy=False)

@@ -1,7 +1,9 @@
-"""MpiBucketAllreduce: one non-blocking MPI allreduce per gradient bucket, optionally on float16 copies."""
+"""MpiBucketAllreduce: one non-blocking MPI allreduce per gradient bucket, optionally on scaled float16 copies."""
 from __future__ import annotations
 
 from typing import Sequence
+
+import math
 
 import numpy
 
@@ -11,6 +13,7 @@ from mpiprop.distributed.transport.request import wait_all
 from mpiprop.network.backend import Array
 
 COMPRESSIONS = (None, "float16")
+FLOAT16_HEADROOM = 2.0 ** 15  # half of float16's largest value, so rounding in partial sums cannot reach inf
 
 
 class MpiBucketAllreduce(BucketAllreduce):
@@ -18,7 +21,11 @@ class MpiBucketAllreduce(BucketAllreduce):
 
     Works for every placement of ranks and for GPU buffers (through the Communicator's NCCL
     or host staging). With `compression="float16"` a float16 copy of each buffer goes over the
-    wire and the sum is cast back into the buffer.
+    wire and the sum is cast back into the buffer. The copy is scaled first by a power of two that
+    the ranks agree on (one small allreduce of each bucket's largest magnitude), chosen so that the
+    sum of all ranks' largest values fits half of float16's range: large gradients do not overflow to
+    inf and small ones do not flush to zero (values below 2**-24 of the bucket's largest still do).
+    Non-finite gradients stay non-finite.
 
     Raises:
         ValueError: for an unknown compression.
@@ -30,14 +37,19 @@ class MpiBucketAllreduce(BucketAllreduce):
         super().__init__(buffers, comm)
         self.compression = compression
         self._wire_buffers: list[Array | None] = []
+        self._scales: list[float] = []
 
     def start(self) -> None:
         super().start()
         self._wire_buffers = [None] * len(self.buffers)
+        self._scales = [1.0] * len(self.buffers)
 
     def launch(self, index: int) -> None:
         buffer = self.buffers[index]
-        wire = buffer.astype(numpy.float16) if self.compression == "float16" else buffer
+        wire = buffer
+        if self.compression == "float16":
+            self._scales[index] = self._float16_scale(buffer)
+            wire = (buffer * buffer.dtype.type(self._scales[index])).astype(numpy.float16)
         self._wire_buffers[index] = wire
         self._trace(index, int(wire.nbytes))
         self._requests[index] = self.comm.iallreduce(wire, "sum")
@@ -52,7 +64,16 @@ class MpiBucketAllreduce(BucketAllreduce):
         """Wait for every launched allreduce and leave the sums in the buffers; returns the bytes sent."""
         wait_all([request for request in self._requests if request is not None])
         self._end_traces()
-        for buffer, wire in zip(self.buffers, self._wire_buffers):
+        for buffer, wire, scale in zip(self.buffers, self._wire_buffers, self._scales):
             if wire is not None and wire is not buffer:
                 buffer[...] = wire
+                buffer *= buffer.dtype.type(1.0 / scale)
         return sum(int(wire.nbytes) for wire in self._wire_buffers if wire is not None)
+
+    def _float16_scale(self, buffer: Array) -> float:
+        """The power of two that makes the ranks' summed largest magnitude in `buffer` fit float16 (1 if none)."""
+        largest = numpy.array([float(abs(buffer).max()) if buffer.size else 0.0])
+        largest = float(self.comm.allreduce(largest, "max")[0])
+        if not math.isfinite(largest) or largest == 0.0:
+            return 1.0
+        return 2.0 ** math.floor(math.log2(FLOAT16_HEADROOM / (largest * self.comm.size)))
