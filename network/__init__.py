@@ -13,6 +13,7 @@ from mpiprop.network.linear import Linear
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.regularization import l1_penalty, l2_penalty, weights_only
+from mpiprop.network.recompute import Recompute
 from mpiprop.network.rng import manual_seed
 from mpiprop.network.sequential import Sequential
 from mpiprop.network import callbacks, datasets, schedules
@@ -22,7 +23,7 @@ from mpiprop.network.trainer import Trainer
 
 __all__ = [
     "init", "optim",
-    "Layer", "Parameter", "Sequential", "Linear", "Flatten", "Dropout", "BatchNorm1d",
+    "Layer", "Parameter", "Sequential", "Recompute", "Linear", "Flatten", "Dropout", "BatchNorm1d",
     "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "GELU", "Softmax",
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
     "clip_grad_norm_", "clip_grad_value_", "total_grad_norm", "l1_penalty", "l2_penalty", "weights_only",
