@@ -30,5 +30,13 @@ from mpiprop.distributed.pipeline.topology import Grid, make_grid  # noqa: E402
 
 __all__ += ["Pipeline", "Grid", "make_grid"]
 
+# tensor parallelism
+from mpiprop.distributed.tensor_parallel import (  # noqa: E402
+    ColumnParallelLinear, RowParallelLinear, full_state_dict, load_full_state_dict, tensor_parallel_group,
+)
+
+__all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
+            "load_full_state_dict"]
+
 install_abort_handler()
 exit_when_orphaned()
