@@ -9,6 +9,7 @@ from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
 from mpiprop.distributed.data_parallel.data_parallel import DataParallel
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
+from mpiprop.distributed.transport.memory_reports import gather_memory_reports
 from mpiprop.distributed.transport.metric_averaging import average_metrics
 from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
 from mpiprop.distributed.transport.request import Request, poll_all, wait_all
@@ -21,7 +22,7 @@ __all__ = [
     "install_abort_handler", "uninstall_abort_handler", "abort_handler_installed", "abort_job",
     "Watchdog", "start_watchdog",
     "DataParallel", "SyncStats", "DEFAULT_BUCKET_CAP_MB",
-    "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics",
+    "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics", "gather_memory_reports",
 ]
 
 # pipeline parallelism and the 2-D grid

@@ -11,6 +11,7 @@ from mpiprop.network.gradcheck import GradcheckError, gradcheck
 from mpiprop.network.layer import Layer
 from mpiprop.network.linear import Linear
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from mpiprop.network.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.regularization import l1_penalty, l2_penalty, weights_only
 from mpiprop.network.recompute import Recompute
@@ -28,6 +29,7 @@ __all__ = [
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
     "clip_grad_norm_", "clip_grad_value_", "total_grad_norm", "l1_penalty", "l2_penalty", "weights_only",
     "gradient_norms", "gradient_health", "gradcheck", "GradcheckError",
+    "MemoryReport", "PeakMemory", "memory_report", "memory_table",
     "manual_seed", "cupy_available", "get_array_module", "to_device", "to_numpy",
     "callbacks", "datasets", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer",
