@@ -252,3 +252,18 @@ def test_backward_weight_alone_recomputes_and_fills_the_parameter_gradients():
     model.backward_weight(dy, model.forward(x)[1])
     numpy.testing.assert_array_equal(model[0].weight.grad, reference[0].weight.grad)
     numpy.testing.assert_array_equal(model[0].bias.grad, reference[0].bias.grad)
+
+
+def test_data_parallel_over_recomputed_ranges_gives_the_plain_gradients():
+    from mpiprop.distributed import DataParallel
+
+    x, dy = batch((5, 6)), batch((5, 3), seed=1)
+    plain, wrapped = plain_model(), plain_model()
+    dp = DataParallel(nn.Sequential(nn.Recompute(wrapped[:3]), nn.Recompute(*wrapped[3:])), bucket_cap_mb=1e-5)
+    nn.manual_seed(2)
+    plain.backward(dy, plain.forward(x)[1], input_grad=False)
+    nn.manual_seed(2)
+    assert dp.backward(dy, dp.forward(x)[1]) is None
+    assert [name for name, _ in dp.named_parameters()] == [name for name, _ in plain.named_parameters()]
+    for (name, p), q in zip(plain.named_parameters(), dp.parameters()):
+        numpy.testing.assert_array_equal(q.grad, p.grad, err_msg=name)
