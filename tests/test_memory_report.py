@@ -127,3 +127,11 @@ def test_example_splits_parameter_memory_over_tensor_parallel_ranks():
     # whole: (256*1024 + 1024) + (1024*256 + 256) floats = 2.005 MiB; a half: (256*512 + 512) + (512*256 + 256)
     assert [row[:3] for row in data] == [[2.005, 2.005, 4.010]] * 2
     assert [row[:3] for row in tensor] == [[1.003, 1.003, 2.006]] * 2
+
+
+def test_peak_memory_on_each_device_sees_an_allocation(xp, device):
+    with nn.PeakMemory(device) as peak:
+        kept = xp.ones(100_000)
+    slack = 4096 if device == "cpu" else 1 << 20  # cupy's pool rounds blocks up
+    assert 800_000 <= peak.bytes <= 800_000 + slack
+    del kept

@@ -267,3 +267,26 @@ def test_data_parallel_over_recomputed_ranges_gives_the_plain_gradients():
     assert [name for name, _ in dp.named_parameters()] == [name for name, _ in plain.named_parameters()]
     for (name, p), q in zip(plain.named_parameters(), dp.parameters()):
         numpy.testing.assert_array_equal(q.grad, p.grad, err_msg=name)
+
+
+def test_a_wrapped_range_moves_to_each_device_and_matches_the_plain_layers(xp, device):
+    nn.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.BatchNorm1d(8), nn.Linear(8, 3)).to(device)
+    twin = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    wrapped = nn.Sequential(twin[0], nn.Recompute(twin[1:3]), twin[3]).to(device)
+    wrapped.load_state_dict(plain.state_dict())
+    x, dy = xp.asarray(batch((5, 6))), xp.asarray(batch((5, 3), seed=1))
+    expected, got = plain.backward(dy, plain.forward(x)[1]), wrapped.backward(dy, wrapped.forward(x)[1])
+    assert nn.get_array_module(got) is xp
+    numpy.testing.assert_array_equal(nn.to_numpy(got), nn.to_numpy(expected))
+    for (name, p), (_, q) in zip(plain.named_parameters(), wrapped.named_parameters()):
+        numpy.testing.assert_array_equal(nn.to_numpy(q.grad), nn.to_numpy(p.grad), err_msg=name)
+    numpy.testing.assert_array_equal(nn.to_numpy(wrapped[1][1].running_mean), nn.to_numpy(plain[2].running_mean))
+
+
+def test_dropout_from_a_gpu_generator_is_refused_with_the_fix(xp, device):
+    if xp is numpy:
+        pytest.skip("numpy generators can be replayed")
+    model = nn.Recompute(nn.Dropout(0.5))
+    with pytest.raises(NotImplementedError, match="keep Dropout layers outside the recomputed range"):
+        model.forward(xp.ones((2, 2), dtype=xp.float32))
