@@ -5,7 +5,7 @@ builds its whole model from a seed of its own, so only the layers' broadcast can
 agree. After each SGD step the gathered gradients, and at the end the gathered weights, must
 match the single-process model (float64, 1e-6), with and without a recomputed block. Then a
 finite-difference check of one Column -> ReLU -> Row block, a checkpoint round trip and the
-errors. Prints one line per check on rank 0 and "rank R ok" on every rank.
+errors; with more ranks than T, the groups as DataParallel replicas on a global batch. Prints one line per check on rank 0 and "rank R ok" on every rank.
 """
 import os
 import sys
@@ -15,7 +15,7 @@ import numpy
 from mpi4py import MPI
 
 import mpiprop.network as nn
-from mpiprop.distributed import Communicator
+from mpiprop.distributed import Communicator, DataParallel
 from mpiprop.distributed.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, full_state_dict, load_full_state_dict, named_split_layers,
     tensor_parallel_group,
@@ -91,6 +91,32 @@ def check_training(world, group, recompute: bool) -> None:
     if world.rank == 0:
         print(f"ranks={world.size} T={group.size} recompute={recompute} max_abs_diff={worst:.3e} moved={moved:.3e}",
               flush=True)
+
+
+def check_data_parallel_replicas(world, group) -> None:
+    """Groups side by side as DataParallel replicas, each on its share of a global batch, equal one
+    process on the global batch."""
+    replicas = world.split(color=group.rank)
+    model = DataParallel(tensor_parallel_model(seed=30 + world.rank, group=group), comm=replicas)
+    reference = whole_model(seed=30)  # the first group's weights, broadcast by DataParallel
+    assert_close(full_state_dict(model.module), reference.state_dict(), "weights broadcast to the replicas")
+    mine = slice(replicas.rank * BATCH, (replicas.rank + 1) * BATCH)
+    optimizer = nn.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    expected = nn.optim.SGD(reference.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_fn = nn.MSELoss()
+    rng = numpy.random.default_rng(99)
+    for _ in range(STEPS):
+        x, y = rng.standard_normal((replicas.size * BATCH, IN)), rng.standard_normal((replicas.size * BATCH, OUT))
+        optimizer.zero_grad(), expected.zero_grad()
+        loss_fn(model(x[mine]), y[mine])
+        model.backward(loss_fn.backward())
+        loss_fn(reference(x), y)
+        reference.backward(loss_fn.backward())
+        optimizer.step(), expected.step()
+    worst = assert_close(full_state_dict(model.module), reference.state_dict(), "weights trained by the replicas")
+    assert not numpy.allclose(reference[0].weight.data, whole_model(seed=30)[0].weight.data), "training did not move"
+    if world.rank == 0:
+        print(f"ranks={world.size} T={group.size} replicas={replicas.size} max_abs_diff={worst:.3e}", flush=True)
 
 
 def check_gradients_by_finite_differences(world, group, eps: float = 1e-6, per_array: int = 6) -> None:
@@ -179,6 +205,8 @@ def main() -> None:
     assert world.size == 1 or group.size > 1
     for recompute in (False, True):
         check_training(world, group, recompute)
+    if world.size > group.size:
+        check_data_parallel_replicas(world, group)
     check_gradients_by_finite_differences(world, group)
     check_checkpoint_round_trip(world, group)
     check_errors(world, group)
