@@ -30,7 +30,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256, help="block width H (default 256)")
     parser.add_argument("--blocks", type=int, default=4, help="number of blocks (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch per step (default 64)")
-    parser.add_argument("--steps", type=int, default=5, help="Adam steps; the first is traced for the peak, the others timed (default 5)")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="Adam steps; the first is traced for the peak, the others timed (default 5)")
     parser.add_argument("--recompute", action="store_true", help="recompute each block's activations in backward")
     return parser.parse_args(argv)
 

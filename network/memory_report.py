@@ -59,8 +59,8 @@ def memory_table(reports: list[MemoryReport]) -> str:
     Args:
         reports: one report per rank, in rank order (e.g. from `gather_memory_reports`).
     """
-    header = f"{'rank':>4} {'params MiB':>11} {'grads MiB':>10} {'optim MiB':>10} {'peak act MiB':>13} {'total MiB':>10}"
-    lines = [header]
+    lines = [f"{'rank':>4} {'params MiB':>11} {'grads MiB':>10} {'optim MiB':>10} {'peak act MiB':>13} "
+             f"{'total MiB':>10}"]
     for rank, report in enumerate(reports):
         peak = "-" if report.peak_activations is None else f"{report.peak_activations / MIB:.3f}"
         total = report.model_state + (report.peak_activations or 0)

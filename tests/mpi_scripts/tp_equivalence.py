@@ -5,7 +5,8 @@ builds its whole model from a seed of its own, so only the layers' broadcast can
 agree. After each SGD step the gathered gradients, and at the end the gathered weights, must
 match the single-process model (float64, 1e-6), with and without a recomputed block. Then a
 finite-difference check of one Column -> ReLU -> Row block, a checkpoint round trip and the
-errors; with more ranks than T, the groups as DataParallel replicas on a global batch. Prints one line per check on rank 0 and "rank R ok" on every rank.
+errors; with more ranks than T, the groups as DataParallel replicas on a global batch.
+Prints one line per check on rank 0 and "rank R ok" on every rank.
 """
 import os
 import sys
@@ -194,7 +195,7 @@ def check_errors(world, group) -> None:
     try:
         row.forward(numpy.zeros((3, 4 * group.size)))
     except ValueError as error:
-        assert f"(batch, 4)" in str(error), error
+        assert "(batch, 4)" in str(error), error
     else:
         raise AssertionError("a whole input was accepted by the row-parallel layer")
 
