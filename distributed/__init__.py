@@ -10,6 +10,7 @@ from mpiprop.distributed.transport.communicator import Communicator, as_communic
 from mpiprop.distributed.data_parallel.data_parallel import DataParallel
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.transport.memory_reports import gather_memory_reports
 from mpiprop.distributed.transport.metric_averaging import average_metrics
 from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
 from mpiprop.distributed.transport.request import Request, poll_all, wait_all
@@ -22,7 +23,7 @@ __all__ = [
     "install_abort_handler", "uninstall_abort_handler", "abort_handler_installed", "abort_job",
     "Watchdog", "start_watchdog",
     "DataParallel", "GradientSync", "SyncStats", "DEFAULT_BUCKET_CAP_MB",
-    "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics",
+    "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics", "gather_memory_reports",
 ]
 
 # pipeline parallelism and the 2-D grid
@@ -30,6 +31,14 @@ from mpiprop.distributed.pipeline.pipeline import Pipeline  # noqa: E402
 from mpiprop.distributed.pipeline.topology import Grid, make_grid  # noqa: E402
 
 __all__ += ["Pipeline", "Grid", "make_grid"]
+
+# tensor parallelism
+from mpiprop.distributed.tensor_parallel import (  # noqa: E402
+    ColumnParallelLinear, RowParallelLinear, full_state_dict, load_full_state_dict, tensor_parallel_group,
+)
+
+__all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
+            "load_full_state_dict"]
 
 install_abort_handler()
 exit_when_orphaned()

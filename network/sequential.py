@@ -25,7 +25,13 @@ class Sequential(Layer):
     `model[i]` is a layer and `model[i:j]` a Sequential sharing the same layer objects
     (and so the same parameters). Parameter names follow the position in this model:
     "0.weight", "0.bias", "2.weight", ...
+
+    A Sequential whose `numbered_in_parent` is True (a wrapper of a range of layers, such as
+    `Recompute`) counts as one layer for indexing but lends its layers the parent's numbering,
+    so wrapping layers 2..4 keeps their names "2.weight", "4.weight".
     """
+
+    numbered_in_parent = False
 
     def __init__(self, *layers: Layer):
         super().__init__()
@@ -46,8 +52,12 @@ class Sequential(Layer):
         return self.layers[index]
 
     def children(self) -> Iterator[tuple[str, Layer]]:
-        for index, layer in enumerate(self.layers):
-            yield str(index), layer
+        position = 0
+        for layer in self.layers:
+            inlined = isinstance(layer, Sequential) and layer.numbered_in_parent
+            for _, child in layer.children() if inlined else [("", layer)]:
+                yield str(position), child
+                position += 1
 
     def forward(self, x: Array) -> tuple[Array, SequentialCache]:
         caches = []

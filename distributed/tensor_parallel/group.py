@@ -1,0 +1,27 @@
+"""The tensor-parallel group: consecutive ranks of a communicator that together hold each split layer."""
+from __future__ import annotations
+
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+
+
+def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = None) -> Communicator:
+    """Split `comm` into groups of `size` consecutive ranks; returns this rank's group. Collective.
+
+    Ranks 0..size-1 form the first group, size..2*size-1 the second, and so on; the groups
+    side by side can then be data-parallel replicas of one another.
+
+    Args:
+        size: ranks per group (the tensor-parallel size T).
+        comm: the communicator to split (a Communicator, an mpi4py communicator, or None for the world).
+
+    Returns:
+        A Communicator over this rank's group.
+
+    Raises:
+        ValueError: when `size` is not positive or does not divide the number of ranks.
+    """
+    comm = as_communicator(comm)
+    if not isinstance(size, int) or size < 1 or comm.size % size:
+        raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {comm.size} ranks; "
+                         f"use a divisor of {comm.size}")
+    return comm.split(color=comm.rank // size)

@@ -1,0 +1,39 @@
+"""RowParallelLinear: a Linear whose input rows are split over the tensor-parallel ranks."""
+from __future__ import annotations
+
+from mpiprop.distributed.tensor_parallel.split_linear import SplitLinear
+from mpiprop.network.backend import Array
+from mpiprop.network.inplace import add_matmul_
+from mpiprop.network.matmul import matmul
+
+
+class RowParallelLinear(SplitLinear):
+    """y = sum over ranks r of x_r @ weight[share r, :], then + bias once.
+
+    The input is this rank's (batch, in/T) share of the activation, as `ColumnParallelLinear`
+    (and an elementwise activation) leaves it; the output is the whole (batch, out) result,
+    the same on every rank. Forward sums the partial products over the group (one allreduce)
+    before adding the bias, which every rank holds whole; backward needs no communication.
+
+    Args:
+        linear: the whole Linear; group rank 0's weights are used on every rank.
+        group: the tensor-parallel Communicator (see `tensor_parallel_group`).
+    """
+
+    split_axis = 0
+    bias_split = False
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        self._check_input(x, self.in_features // self.group.size)
+        y = self.group.allreduce(matmul(x, self.weight.data))
+        if self.bias is not None:
+            y += self.bias.data
+        return y, x
+
+    def backward_input(self, dy: Array, x: Array) -> Array:
+        return matmul(dy, self.weight.data, transpose_b=True)
+
+    def backward_weight(self, dy: Array, x: Array) -> None:
+        add_matmul_(self.weight.grad, x.T, dy)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)

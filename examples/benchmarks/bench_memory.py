@@ -1,0 +1,123 @@
+"""Memory per rank and throughput: DataParallel against tensor parallelism over the same ranks, one model.
+
+    python examples/benchmarks/bench_memory.py                      # 4 ranks, 3 interleaved rounds
+    python examples/benchmarks/bench_memory.py --hidden 1024 --rounds 5 --json memory.json
+
+The driver starts every run itself with `mpiexec` (one BLAS thread per rank), alternating
+DataParallel (the whole model on every rank, the global batch split over the ranks) and tensor
+parallelism (every block's two Linear layers split column -> row over all ranks, every rank on
+the whole batch), each running `examples/memory_report.py` on the same global batch. It prints
+each rank's bytes of parameters, gradients, Adam state and peak activations from the first run,
+the median global throughput over the rounds, and whether the targets were met: tensor
+parallelism holds at most 0.3 of DataParallel's parameter memory per rank, with at least 0.7 of
+its throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as a script: make `examples` (and the packages) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
+
+LAYOUTS = ("data", "tensor")
+TARGETS = {"parameter_memory_ratio": ("<=", 0.3), "throughput_ratio": (">=", 0.7)}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=4, help="ranks of both layouts (default 4)")
+    parser.add_argument("--hidden", type=int, default=512, help="block width H; blocks are H -> 4H -> H (default 512)")
+    parser.add_argument("--blocks", type=int, default=4, help="number of blocks (default 4)")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch per step (default 64)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per run; all but the first timed (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
+    parser.add_argument("--json", help="also write all measurements to this JSON file")
+    parser.add_argument("--worker", choices=LAYOUTS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def model_arguments(args: argparse.Namespace) -> list[str]:
+    """The sizes, as both this file and `examples/memory_report.py` read them."""
+    return ["--hidden", str(args.hidden), "--blocks", str(args.blocks), "--batch-size", str(args.batch_size),
+            "--steps", str(args.steps)]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Under mpiexec: run the example in one layout; rank 0 prints every rank's report and the throughput."""
+    from examples.memory_report import main as run_example
+    from mpiprop import distributed
+
+    reports, throughput = run_example(["--layout", args.worker, *model_arguments(args)])
+    if distributed.is_main_rank():
+        print_result({"reports": [vars(report) for report in reports], "samples_per_s": throughput})
+
+
+def run_rounds(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = {layout: [] for layout in LAYOUTS}
+    for round_number in range(args.rounds):
+        for layout in LAYOUTS:
+            runs[layout].append(run_worker(__file__, args.ranks, ["--worker", layout, *model_arguments(args)],
+                                           timeout=600))
+        print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
+            f"{layout} {records[-1]['samples_per_s']:.0f} samples/s" for layout, records in runs.items()), flush=True)
+    return runs
+
+
+def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per-rank bytes from the first round, median throughputs, and the two ratios to the targets."""
+    summary: dict[str, Any] = {"ranks": args.ranks, "hidden": args.hidden, "blocks": args.blocks,
+                               "batch_size": args.batch_size, "rounds": args.rounds}
+    for layout in LAYOUTS:
+        summary[layout] = {"reports": runs[layout][0]["reports"],
+                           "samples_per_s": statistics.median(r["samples_per_s"] for r in runs[layout])}
+    most_parameters = {layout: max(r["parameters"] for r in summary[layout]["reports"]) for layout in LAYOUTS}
+    summary["parameter_memory_ratio"] = most_parameters["tensor"] / most_parameters["data"]
+    summary["throughput_ratio"] = statistics.median(
+        t["samples_per_s"] / d["samples_per_s"] for d, t in zip(runs["data"], runs["tensor"]))
+    return summary
+
+
+def target_verdicts(summary: dict[str, Any]) -> str:
+    verdicts = []
+    for name, (relation, target) in TARGETS.items():
+        met = summary[name] <= target if relation == "<=" else summary[name] >= target
+        verdicts.append(f"{name} {relation} {target}: {'met' if met else 'MISSED'}")
+    return "; ".join(verdicts)
+
+
+def report(summary: dict[str, Any]) -> None:
+    hidden = summary["hidden"]
+    print(f"{summary['blocks']} blocks {hidden} -> {4 * hidden} -> {hidden}, global batch {summary['batch_size']}, "
+          f"{summary['ranks']} ranks, Adam, median of {summary['rounds']} interleaved rounds")
+    for layout in LAYOUTS:
+        print(f"  {layout} parallel: {summary[layout]['samples_per_s']:.0f} samples/s (global)")
+        print(f"    {'rank':>4} {'params MB':>10} {'grads MB':>9} {'Adam MB':>8} {'peak act MB':>12}")
+        for rank, r in enumerate(summary[layout]["reports"]):
+            print(f"    {rank:>4} {r['parameters'] / 1e6:>10.3f} {r['gradients'] / 1e6:>9.3f} "
+                  f"{r['optimizer_state'] / 1e6:>8.3f} {r['peak_activations'] / 1e6:>12.3f}")
+    print(f"  tensor / data parallel: parameter memory per rank {summary['parameter_memory_ratio']:.3f}, "
+          f"throughput {summary['throughput_ratio']:.3f}")
+    print("  targets: " + target_verdicts(summary))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark (or, with --worker, one run under mpiexec); returns the summary."""
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    summary = summarise(args, run_rounds(args))
+    report(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary}, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
