@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from typing import Any, Callable, Sequence
@@ -18,7 +19,8 @@ from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
                                 non_finite_grads)
-from mpiprop.network.progress import progress, progress_wanted
+from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
+from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
 from mpiprop.network.sequential import Sequential
 
 _LOADER_SETTINGS = ("batch_size", "shuffle", "drop_last", "seed", "world_size", "uneven")
@@ -34,8 +36,10 @@ class Trainer:
     `model.backward(dout)`, `parameters()`, `train()`, `eval()`, `state_dict()`,
     `load_state_dict()`; a data-parallel wrapper that averages gradients in `backward`
     works unchanged (evaluation runs its `model.module` when it has one).
-    Every rank runs `fit`; only rank 0 prints, draws the progress bar, writes the metrics
-    file, the plot and checkpoints.
+    Every rank runs `fit`; only rank 0 prints, shows progress, writes the metrics file, the
+    plot and checkpoints. The run ends with one line on stderr that says why it ended: all
+    epochs done, early stopping, NaN or Inf values (before the error propagates), or a stop
+    requested with `request_stop` (a signal handler's, for example).
 
     Args:
         model: the model (or a wrapper of it).
@@ -63,9 +67,12 @@ class Trainer:
             checkpoints then hold every rank's random state, so a resumed run draws the same
             dropout masks as an uninterrupted one, and `fit` checks that the ranks agree on
             their settings and resumed from the same state.
-        quiet: print nothing and draw no progress bar.
-        progress: progress bar per epoch: None draws it on a terminal when tqdm is installed.
-        print_fn: where the per-epoch JSON lines are printed.
+        quiet: print nothing and show no progress.
+        progress: None: a tqdm bar per epoch when stderr is a terminal and tqdm is installed,
+            otherwise (stderr is a pipe, as under mpiexec) plain lines on stderr; True: the bar;
+            False: nothing.
+        progress_every: with plain lines, the least seconds between two (0: one after every batch).
+        print_fn: where the per-epoch JSON lines are printed (by default stdout, flushed at once).
     """
 
     def __init__(self, model: Any, loss_fn: Loss, optimizer: Any, *, lr_schedule: Callable[[int], float] | None = None,
@@ -75,7 +82,8 @@ class Trainer:
                  non_finite: str = "raise", metrics_path: str | os.PathLike | None = None,
                  plot_path: str | os.PathLike | None = None, rank: int = 0, world_size: int = 1,
                  average_metrics: Callable[[MetricSums], MetricSums] | None = None, comm: Any = None,
-                 quiet: bool = False, progress: bool | None = None, print_fn: Callable[[str], Any] = print):
+                 quiet: bool = False, progress: bool | None = None, progress_every: float = DEFAULT_LINE_EVERY_S,
+                 print_fn: Callable[[str], Any] = print_flushed):
         self.world_size = positive_int(world_size, "Trainer world_size")
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.world_size:
             raise ValueError(f"Trainer rank must be an integer in [0, {self.world_size}), got {rank!r}")
@@ -102,7 +110,7 @@ class Trainer:
         self.rank, self.comm = rank, comm
         self.average_metrics = average_metrics
         self.quiet = bool(quiet)
-        self.show_progress = progress_wanted(progress, rank, self.quiet)
+        self._progress = progress_display(progress_mode(progress, rank, self.quiet), progress_every)
         self.print_fn = print_fn
         self._device = _device_of_model(model)
         self._reset()
@@ -120,8 +128,26 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.skipped_this_epoch = 0
         self.stop_training = False
+        self.stop_request: StopRequest | None = None
+        self.epochs: int | None = None  # asked of the current fit
         self._train_totals = MetricTotals()
         self._epoch_started = time.perf_counter()
+
+    def request_stop(self, why: str, final: bool = False) -> None:
+        """Stop after the current batch, and end the run's last line with `why`.
+
+        Callbacks call it, and so can a signal handler (`signal.signal(signal.SIGTERM, lambda
+        number, frame: trainer.request_stop("stopped by SIGTERM"))`); with several ranks every
+        rank must request the stop at the same batch.
+
+        Args:
+            why: what stopped the run, e.g. "stopped by SIGTERM".
+            final: the run is complete (early stopping): resuming it trains only when asked for
+                more epochs. Otherwise resuming goes on where it stopped.
+        """
+        self.stop_training = True
+        if self.stop_request is None:
+            self.stop_request = StopRequest(why, final)
 
     # --- the loop -------------------------------------------------------------------
     def fit(self, train_loader: Any, epochs: int, val_loader: Any = None,
@@ -134,7 +160,9 @@ class Trainer:
             val_loader: evaluated after each epoch ("val_loss", "val_accuracy" in the records).
             resume_from: a checkpoint written by a Trainer: model, optimizer, RNG, position in the
                 data, history and callback states are restored, so the run goes on exactly as if
-                it had not stopped.
+                it had not stopped. When that run had ended (all its epochs done, or stopped early
+                for good) and `epochs` is no more than it was asked for, nothing is trained: the
+                last line says so and the callbacks' `on_fit_end` still runs (restoring the best weights).
 
         Returns:
             The history: one record per epoch, e.g. {"epoch": 1, "step": 36, "lr": 0.1, "loss": ...,
@@ -149,29 +177,48 @@ class Trainer:
         if val_loader is not None:
             self._check_loader(val_loader, "val_loader", allow_empty=True)
         self._reset()
+        self.epochs = epochs
         self._loader_settings = {key: getattr(train_loader, key, None) for key in _LOADER_SETTINGS}
         self._device = _device_of_model(self.model)
         self._check_ranks_agree("settings", {"epochs": epochs, "resume": resume_from is not None,
                                              "checkpoint": self.checkpoint_path is not None,
                                              "checkpoint_every": self.checkpoint_every, "non_finite": self.non_finite,
                                              "batches": len(train_loader)})
+        ended_before = None
         if resume_from is not None:
-            self._resume(os.fspath(resume_from), train_loader)
+            saved = self._resume(os.fspath(resume_from), train_loader)
+            ended_before = nothing_to_train(saved, epochs, os.fspath(resume_from))
             self._check_ranks_agree("resumed state", {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                                                       "weights_crc32": self._weights_digest()})
         self._rewrite_metrics_file()
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
-        while self.epoch < epochs and not self.stop_training:
-            if not self._train_epoch(train_loader, epochs):
-                break
-            self._end_epoch(val_loader)
+        if ended_before is None:
+            for callback in self.callbacks:
+                callback.on_fit_start(self)
+        try:
+            while ended_before is None and self.epoch < epochs and not self.stop_training:
+                if not self._train_epoch(train_loader, epochs):
+                    break
+                self._end_epoch(val_loader)
+        except NonFiniteError as error:
+            self._report_end(non_finite_line(error))
+            raise
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
             from mpiprop.network.plots import plot_history
             plot_history(self.history, self.plot_path)
+        self._report_end(ended_before or end_line(self.epoch, self.batch, epochs, self._stop(), self.checkpoint_path))
         return self.history
+
+    def _stop(self) -> StopRequest | None:
+        """Why training stopped early, or None when it ran all its epochs."""
+        if self.stop_request is None and self.stop_training:
+            return StopRequest("a callback set trainer.stop_training")
+        return self.stop_request
+
+    def _report_end(self, line: str) -> None:
+        if self.is_main and not self.quiet:
+            print(line, file=sys.stderr, flush=True)
 
     def _train_epoch(self, loader: Any, epochs: int) -> bool:
         """Run the rest of the current epoch; False when a callback stopped training inside it."""
@@ -182,8 +229,8 @@ class Trainer:
         if self.lr_schedule is not None and self.schedule_per == "epoch":
             self.optimizer.lr = self.lr_schedule(self.epoch)
         self.model.train()
-        batches = progress(loader.batches(self.epoch, start=self.batch), total=len(loader) - self.batch,
-                           description=f"epoch {self.epoch + 1}/{epochs}", enabled=self.show_progress)
+        batches = self._progress(loader.batches(self.epoch, start=self.batch), len(loader) - self.batch,
+                                 f"epoch {self.epoch + 1}/{epochs}")
         for inputs, targets in batches:
             loss = self.train_step(inputs, targets)
             self.batch += 1
@@ -332,12 +379,14 @@ class Trainer:
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "rank_rng": rank_rng,
             "train_sums": self._train_totals.state_dict(),
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
-            "history": self.history,
+            "history": self.history, "epochs": self.epochs,
+            "stop": None if self.stop_request is None else self.stop_request.state_dict(),
             "callbacks": [{"type": type(c).__name__, "state": c.state_dict()} for c in self.callbacks],
             "loader": self._loader_settings,
         }
 
-    def _resume(self, path: str, loader: Any) -> None:
+    def _resume(self, path: str, loader: Any) -> dict[str, Any]:
+        """Restore the run saved at `path`; returns its trainer state."""
         saved = read_checkpoint(path)
         state = saved["meta"].get("trainer")
         if state is None:
@@ -362,6 +411,7 @@ class Trainer:
         self.history = list(state["history"])
         self._train_totals.load_state_dict(state["train_sums"])
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
+        return state
 
     def _check_hyperparameters(self, path: str, saved_optimizer: dict[str, Any] | None) -> None:
         """A resumed run goes on with the hyperparameters it stopped with; a changed one is an error."""
