@@ -385,7 +385,8 @@ def test_epoch_lines_reach_a_pipe_at_once(tmp_path):
         "trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1),\n"
         "                     callbacks=[DieInSecondEpoch()])\n"
         "trainer.fit(DataLoader(ArrayDataset(*synthetic_classification(32, 5, 3, seed=0)), 16), 3)\n")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=buffered)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["epoch"] for line in result.stdout.splitlines()] == [1]
 
@@ -489,7 +490,8 @@ def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_w
     require("sklearn")
     checkpoint = tmp_path / "digits.ckpt"
     arguments = ["--epochs", "2", "--progress-every", "0", "--checkpoint", str(checkpoint)]
-    result = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments)
+    buffered = {"PYTHONUNBUFFERED": ""}  # as a user's shell has it
+    result = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments, env=buffered)
     records = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
     assert [record["epoch"] for record in records] == [1, 2]  # once, from rank 0
     batches = records[0]["step"]
@@ -499,7 +501,7 @@ def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_w
     accuracy = result.stdout.splitlines()[-1]
     assert accuracy.startswith("test_accuracy=")
 
-    resumed = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments, "--resume", str(checkpoint))
+    resumed = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments, "--resume", str(checkpoint), env=buffered)
     assert resumed.stdout.splitlines() == [accuracy]
     assert resumed.stderr.splitlines() == [f"training ended: nothing to train: the run in {checkpoint} had already "
                                            "ended (all 2 epochs done); ask for more than 2 epochs to train on"]
