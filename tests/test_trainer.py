@@ -1,4 +1,5 @@
 """Trainer: equal to a hand-written loop, exact metrics, schedules, early stopping, resume, files, wrappers."""
+import inspect
 import json
 import os
 import signal
@@ -369,6 +370,22 @@ def test_through_a_pipe_rank_zero_prints_a_progress_line_per_interval_and_the_en
     assert lines == []
 
 
+class StopAtEpochEnd(Callback):
+    def on_epoch_end(self, trainer, epoch, record):
+        trainer.stop_training = True
+
+
+def test_a_callback_that_sets_stop_training_ends_the_run_with_where_it_stopped(capsys):
+    _, lines = piped_fit(capsys, progress=False, callbacks=[StopAfterStep(5)])
+    assert lines == ["training ended: stopped in epoch 2 of 2, after batch 2: a callback set trainer.stop_training"]
+    _, lines = piped_fit(capsys, progress=False, callbacks=[StopAtEpochEnd()])
+    assert lines == ["training ended: stopped after epoch 1 of 2: a callback set trainer.stop_training"]
+
+
+def test_progress_lines_come_every_30_seconds_by_default():
+    assert inspect.signature(nn.Trainer).parameters["progress_every"].default == 30
+
+
 def test_epoch_lines_reach_a_pipe_at_once(tmp_path):
     script = tmp_path / "train_then_die.py"
     script.write_text(
@@ -486,12 +503,13 @@ def test_resuming_a_finished_run_trains_only_the_epochs_added(tmp_path, capsys):
     assert history == straight and lines == ["training ended: all 3 epochs done"]
 
 
-def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_why_it_ended(tmp_path):
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_why_it_ended(tmp_path, ranks):
     require("sklearn")
     checkpoint = tmp_path / "digits.ckpt"
     arguments = ["--epochs", "2", "--progress-every", "0", "--checkpoint", str(checkpoint)]
     buffered = {"PYTHONUNBUFFERED": ""}  # as a user's shell has it
-    result = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments, env=buffered)
+    result = run_mpi(EXAMPLES / "train_digits.py", ranks, *arguments, env=buffered)
     records = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
     assert [record["epoch"] for record in records] == [1, 2]  # once, from rank 0
     batches = records[0]["step"]
@@ -501,7 +519,7 @@ def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_w
     accuracy = result.stdout.splitlines()[-1]
     assert accuracy.startswith("test_accuracy=")
 
-    resumed = run_mpi(EXAMPLES / "train_digits.py", 2, *arguments, "--resume", str(checkpoint), env=buffered)
+    resumed = run_mpi(EXAMPLES / "train_digits.py", ranks, *arguments, "--resume", str(checkpoint), env=buffered)
     assert resumed.stdout.splitlines() == [accuracy]
     assert resumed.stderr.splitlines() == [f"training ended: nothing to train: the run in {checkpoint} had already "
                                            "ended (all 2 epochs done); ask for more than 2 epochs to train on"]
