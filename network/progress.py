@@ -38,7 +38,7 @@ def progress_display(mode: str | None, line_every_s: float = DEFAULT_LINE_EVERY_
     Raises:
         ValueError: for an unknown mode or a negative interval.
     """
-    line_every_s = non_negative_float(line_every_s, "progress line interval (seconds)")
+    line_every_s = non_negative_float(line_every_s, "progress_every (seconds between progress lines)")
     if mode is None:
         return lambda batches, total, description: iter(batches)
     if mode == BAR:
@@ -65,8 +65,8 @@ def tqdm_bar(batches: Iterable[Item], total: int, description: str) -> Iterator[
 class ProgressLines:
     """Prints `epoch 3/40: batch 12/45, 4.2 s` to stderr (flushed) at most once every `every_s` seconds.
 
-    The first line comes `every_s` after the first epoch starts, then at most one per interval
-    over all epochs; the last batch of an epoch always gets its line when the interval has passed.
+    A line follows the first batch that ends `every_s` or more after the first epoch started or
+    after the previous line, over all epochs; the seconds shown count from the epoch's start.
     """
 
     def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic):

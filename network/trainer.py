@@ -192,16 +192,7 @@ class Trainer:
                                                       "weights_crc32": self._weights_digest()})
         self._rewrite_metrics_file()
         if ended_before is None:
-            for callback in self.callbacks:
-                callback.on_fit_start(self)
-        try:
-            while ended_before is None and self.epoch < epochs and not self.stop_training:
-                if not self._train_epoch(train_loader, epochs):
-                    break
-                self._end_epoch(val_loader)
-        except NonFiniteError as error:
-            self._report_end(non_finite_line(error))
-            raise
+            self._run_epochs(train_loader, epochs, val_loader)
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
@@ -209,6 +200,18 @@ class Trainer:
             plot_history(self.history, self.plot_path)
         self._report_end(ended_before or end_line(self.epoch, self.batch, epochs, self._stop(), self.checkpoint_path))
         return self.history
+
+    def _run_epochs(self, train_loader: Any, epochs: int, val_loader: Any) -> None:
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        try:
+            while self.epoch < epochs and not self.stop_training:
+                if not self._train_epoch(train_loader, epochs):
+                    break
+                self._end_epoch(val_loader)
+        except NonFiniteError as error:
+            self._report_end(non_finite_line(error))
+            raise
 
     def _stop(self) -> StopRequest | None:
         """Why training stopped early, or None when it ran all its epochs."""

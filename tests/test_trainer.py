@@ -382,8 +382,11 @@ def test_a_callback_that_sets_stop_training_ends_the_run_with_where_it_stopped(c
     assert lines == ["training ended: stopped after epoch 1 of 2: a callback set trainer.stop_training"]
 
 
-def test_progress_lines_come_every_30_seconds_by_default():
+def test_progress_lines_come_every_30_seconds_by_default_and_a_negative_interval_is_refused():
     assert inspect.signature(nn.Trainer).parameters["progress_every"].default == 30
+    model = make_model(0)
+    with pytest.raises(ValueError, match=r"progress_every \(seconds between progress lines\) must be .*got -1"):
+        nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), progress_every=-1)
 
 
 def test_epoch_lines_reach_a_pipe_at_once(tmp_path):
