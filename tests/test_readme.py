@@ -1,4 +1,4 @@
-"""README.md tells the truth: every python snippet runs as shown, every command line names files and options that exist."""
+"""README.md's python snippets run as shown, and its command lines name files and options that exist."""
 import re
 import shlex
 import sys

@@ -417,7 +417,8 @@ def test_early_stopping_ends_with_a_line_naming_the_stopping_and_the_best_epoch(
     model = make_model(0)
     trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
                          callbacks=[EarlyStopping(patience=2)], progress=False, print_fn=lambda line: None)
-    history = trainer.fit(DataLoader(ArrayDataset(x, y), 10, shuffle=True), 40, DataLoader(ArrayDataset(x_val, y_val), 60))
+    history = trainer.fit(DataLoader(ArrayDataset(x, y), 10, shuffle=True), 40,
+                          DataLoader(ArrayDataset(x_val, y_val), 60))
     val_losses = [record["val_loss"] for record in history]
     best = val_losses.index(min(val_losses)) + 1
     assert len(history) < 40
@@ -456,8 +457,8 @@ def test_a_signal_handler_stops_training_through_request_stop_and_the_run_resume
         signal.signal(signal.SIGUSR1, previous)
     assert (trainer.step, len(train_loader)) == (8, 6)
     assert capsys.readouterr().err.splitlines() == [
-        f"training ended: stopped in epoch 2 of 4, after batch 2: stopped by SIGUSR1; resume from {tmp_path / 'run.ckpt'} "
-        "to go on"]
+        "training ended: stopped in epoch 2 of 4, after batch 2: stopped by SIGUSR1; "
+        f"resume from {tmp_path / 'run.ckpt'} to go on"]
     resumed, (train_loader, val_loader) = build_run(tmp_path, callbacks=[RaiseSignalAtStep(-1, signal.SIGUSR1)])
     history = resumed.fit(train_loader, 4, val_loader, resume_from=tmp_path / "run.ckpt")
     assert [record["epoch"] for record in history] == [1, 2, 3, 4] and resumed.step == 24
