@@ -16,6 +16,7 @@ SKIPPED_FOLDERS = {".git", "build", "dist", ".venv", "__pycache__"}
 OLD_TOP_LEVEL = "|".join(SOURCE_FOLDERS)
 OLD_IMPORT = re.compile(rf"^\s*(?:import|from)\s+(?:{OLD_TOP_LEVEL})\b", re.MULTILINE)
 OLD_MODULE_RUN = re.compile(rf"-m\s+(?:{OLD_TOP_LEVEL})\b")
+OLD_DOTTED_NAME = re.compile(rf"[\"'](?:{OLD_TOP_LEVEL})\.[a-z_]")  # "network.trainer.x" for patching or importing
 
 
 def installed() -> importlib.metadata.Distribution:
@@ -113,7 +114,7 @@ def test_no_file_uses_the_old_top_level_names():
     offending = []
     for path in scanned_files():
         text = path.read_text(errors="replace")
-        for pattern in (OLD_IMPORT, OLD_MODULE_RUN):
+        for pattern in (OLD_IMPORT, OLD_MODULE_RUN, OLD_DOTTED_NAME):
             offending += [f"{path.relative_to(REPOSITORY_ROOT)}: {match.group(0).strip()}"
                           for match in pattern.finditer(text)]
     assert offending == [], ("these lines use the old top-level names; write mpiprop.network, "
@@ -124,6 +125,8 @@ def test_old_name_patterns_catch_what_they_should():
     assert OLD_IMPORT.search("x = 1\n    from distributed.transport import world\n")
     assert OLD_IMPORT.search("import network as nn\n")
     assert OLD_MODULE_RUN.search("python -m launch run -n 2")
+    assert OLD_DOTTED_NAME.search('monkeypatch.setattr("network.progress.sys", None)')
+    assert not OLD_DOTTED_NAME.search('monkeypatch.setattr("mpiprop.network.progress.sys", None)')
     assert not OLD_IMPORT.search("from mpiprop import distributed\nimport mpiprop.network as nn\n")
     assert not OLD_MODULE_RUN.search("python -m mpiprop.launch run -n 2")
 
