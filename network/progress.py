@@ -37,6 +37,7 @@ def progress_display(mode: str | None, line_every_s: float = DEFAULT_LINE_EVERY_
 
     Raises:
         ValueError: for an unknown mode or a negative interval.
+        TypeError: for an interval that is not a number.
     """
     line_every_s = non_negative_float(line_every_s, "progress_every (seconds between progress lines)")
     if mode is None:

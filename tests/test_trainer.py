@@ -14,7 +14,7 @@ import mpiprop.network as nn
 from mpiprop.network.callbacks import Callback, EarlyStopping
 from mpiprop.network.data import ArrayDataset, DataLoader
 from mpiprop.network.non_finite import NonFiniteError
-from mpiprop.network.progress import ProgressLines, progress_mode
+from mpiprop.network.progress import ProgressLines, progress_display, progress_mode
 from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
 from mpiprop.network.synthetic import synthetic_classification
 from mpi_launch import run_mpi
@@ -268,6 +268,13 @@ def test_progress_shows_only_on_rank_zero_as_a_bar_on_a_terminal_and_as_lines_th
     pytest.importorskip("tqdm")
     monkeypatch.setattr("sys.stderr", Terminal(True))
     assert progress_mode(None, rank=0, quiet=False) == "bar"
+
+
+def test_progress_display_refuses_an_unknown_mode_and_an_interval_that_is_no_number():
+    with pytest.raises(ValueError, match="progress mode must be 'bar', 'lines' or None, got 'dots'"):
+        progress_display("dots")
+    with pytest.raises(TypeError, match="progress_every .* must be a number, got 'often'"):
+        progress_display("lines", "often")
 
 
 class Wrapper:
