@@ -42,6 +42,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-out", help="write one JSON line of metrics per epoch to this file")
     parser.add_argument("--plot", help="save a PNG of the training curves to this file (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="print only the final line")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="when stderr is not a terminal (under mpiexec), print a progress line at most this "
+                             "often; 0: after every batch (default 30)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="train on the CPU (numpy) or a GPU (cupy), one GPU per local rank (default cpu)")
     parser.add_argument("--pipeline-stages", type=int, default=1,
@@ -110,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> float:
     trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=5.0,
                          callbacks=[EarlyStopping("val_loss", patience=args.patience)],
                          checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                         metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet)
+                         metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet,
+                         progress_every=args.progress_every)
     trainer.fit(train_loader, args.epochs, val_loader, resume_from=args.resume)
     test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 256, uneven="keep", **shards_of))
     if trainer.is_main:

@@ -12,7 +12,8 @@ class Callback:
 
     A callback that decides something (stop, change a rate) must decide the same on every
     rank; the epoch records it sees are already combined over ranks, so deciding from them is.
-    Set `trainer.stop_training = True` to stop after the current batch or epoch.
+    Call `trainer.request_stop(why)` to stop after the current batch or epoch and say why in
+    the run's last line (setting `trainer.stop_training = True` stops without saying why).
     `state_dict`/`load_state_dict` carry the callback's state through checkpoints.
     """
 
@@ -50,7 +51,9 @@ class EarlyStopping(Callback):
         restore_best_weights: at the end of `fit`, load the weights of the best epoch.
 
     Checkpoints written during the run keep the last weights (so a resumed run goes on from
-    where it was); only the model in memory gets the best weights at the end.
+    where it was); only the model in memory gets the best weights at the end. Stopping early
+    ends the run for good: resuming it trains only when asked for more epochs than before, and
+    then counts `patience` afresh from the best value so far.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "min",
@@ -75,6 +78,8 @@ class EarlyStopping(Callback):
     def on_fit_start(self, trainer: Any) -> None:
         if not trainer.history:  # a fresh run, not a resumed one
             self.reset()
+        elif self.stopped_epoch is not None:  # a run that stopped early, resumed for more epochs
+            self.wait, self.stopped_epoch = 0, None
 
     def improved(self, value: float) -> bool:
         """True when `value` beats the best so far by more than `min_delta`."""
@@ -95,7 +100,21 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            trainer.stop_training = True
+            trainer.request_stop(self.describe_stop(), final=True)
+
+    def describe_stop(self) -> str:
+        """Why it stopped, for the run's last line.
+
+        Returns:
+            e.g. "early stopping at epoch 17: val_loss did not improve for 10 epochs; best epoch 7
+            (val_loss 0.0912) restored".
+        """
+        stopped = (f"early stopping at epoch {self.stopped_epoch + 1}: {self.monitor} did not improve for "
+                   f"{self.patience} epochs")
+        if self.best_epoch is None:
+            return f"{stopped}; no epoch had a finite {self.monitor}"
+        restored = " restored" if self.restore_best_weights else ""
+        return f"{stopped}; best epoch {self.best_epoch + 1} ({self.monitor} {self.best:.4g}){restored}"
 
     def on_fit_end(self, trainer: Any) -> None:
         if self.restore_best_weights and self.best_weights is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from typing import Any, Callable, Sequence
@@ -20,7 +21,8 @@ from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
-from mpiprop.network.progress import progress, progress_wanted
+from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
+from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
 
 _LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
 STRATEGY_METHODS = ("train_step", "predict", "parameters", "named_parameters", "train", "eval", "state_dict",
@@ -39,7 +41,9 @@ class Trainer:
     `fit`; only the strategy's main rank prints, draws the progress bar, writes the metrics
     file, the plot and checkpoints. Metrics are combined over the strategy's ranks, gradient
     clipping uses the norm over every stage and replica, and checkpoints hold the whole model
-    under its full parameter names, so one written in any layout resumes in any other.
+    under its full parameter names, so one written in any layout resumes in any other. The run ends with one line on stderr
+    that says why it ended: all epochs done, early stopping, NaN or Inf values (before the error
+    propagates), or a stop requested with `request_stop` (a signal handler's, for example).
 
     Args:
         model: a network Layer (trained in this process), or a strategy such as
@@ -63,9 +67,12 @@ class Trainer:
         average_metrics: combines metric sums over ranks: it gets this rank's dict of sums and must
             return the same keys, each summed over ranks or each averaged (only ratios are used).
             The default sums over the strategy's `comm` in rank order (for one process: its input).
-        quiet: print nothing and draw no progress bar.
-        progress: progress bar per epoch: None draws it on a terminal when tqdm is installed.
-        print_fn: where the per-epoch JSON lines are printed.
+        quiet: print nothing and show no progress.
+        progress: None: a tqdm bar per epoch when stderr is a terminal and tqdm is installed,
+            otherwise (stderr is a pipe, as under mpiexec) plain lines on stderr; True: the bar;
+            False: nothing.
+        progress_every: with plain lines, the least seconds between two (0: one after every batch).
+        print_fn: where the per-epoch JSON lines are printed (by default stdout, flushed at once).
     """
 
     def __init__(self, model: Any, loss_fn: Loss, optimizer: Any, *, lr_schedule: Callable[[int], float] | None = None,
@@ -75,7 +82,8 @@ class Trainer:
                  non_finite: str = "raise", metrics_path: str | os.PathLike | None = None,
                  plot_path: str | os.PathLike | None = None,
                  average_metrics: Callable[[MetricSums], MetricSums] | None = None,
-                 quiet: bool = False, progress: bool | None = None, print_fn: Callable[[str], Any] = print):
+                 quiet: bool = False, progress: bool | None = None, progress_every: float = DEFAULT_LINE_EVERY_S,
+                 print_fn: Callable[[str], Any] = print_flushed):
         if schedule_per not in ("step", "epoch"):
             raise ValueError(f"schedule_per must be 'step' or 'epoch', got {schedule_per!r}")
         if non_finite not in POLICIES:
@@ -97,7 +105,7 @@ class Trainer:
         self.non_finite = non_finite
         self.average_metrics = average_metrics
         self.quiet = bool(quiet)
-        self.show_progress = progress_wanted(progress, self.rank, self.quiet)
+        self._progress = progress_display(progress_mode(progress, self.model.is_main, self.quiet), progress_every)
         self.print_fn = print_fn
         self._device = _device_of_model(self.model)
         self._reset()
@@ -115,8 +123,26 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.skipped_this_epoch = 0
         self.stop_training = False
+        self.stop_request: StopRequest | None = None
+        self.epochs: int | None = None  # asked of the current fit
         self._train_totals = MetricTotals()
         self._epoch_started = time.perf_counter()
+
+    def request_stop(self, why: str, final: bool = False) -> None:
+        """Stop after the current batch, and end the run's last line with `why`.
+
+        Callbacks call it, and so can a signal handler (`signal.signal(signal.SIGTERM, lambda
+        number, frame: trainer.request_stop("stopped by SIGTERM"))`); with several ranks every
+        rank must request the stop at the same batch.
+
+        Args:
+            why: what stopped the run, e.g. "stopped by SIGTERM".
+            final: the run is complete (early stopping): resuming it trains only when asked for
+                more epochs. Otherwise resuming goes on where it stopped.
+        """
+        self.stop_training = True
+        if self.stop_request is None:
+            self.stop_request = StopRequest(why, final)
 
     # --- the loop -------------------------------------------------------------------
     def fit(self, train_loader: Any, epochs: int, val_loader: Any = None,
@@ -129,7 +155,9 @@ class Trainer:
             val_loader: evaluated after each epoch ("val_loss", "val_accuracy" in the records).
             resume_from: a checkpoint written by a Trainer: model, optimizer, RNG, position in the
                 data, history and callback states are restored, so the run goes on exactly as if
-                it had not stopped.
+                it had not stopped. When that run had ended (all its epochs done, or stopped early
+                for good) and `epochs` is no more than it was asked for, nothing is trained: the
+                last line says so and the callbacks' `on_fit_end` still runs (restoring the best weights).
 
         Returns:
             The history: one record per epoch, e.g. {"epoch": 1, "step": 36, "lr": 0.1, "loss": ...,
@@ -144,29 +172,51 @@ class Trainer:
         if val_loader is not None:
             self._check_loader(val_loader, "val_loader", allow_empty=True)
         self._reset()
+        self.epochs = epochs
         self._loader_settings = _global_loader_settings(train_loader)
         self._device = _device_of_model(self.model)
         self._check_ranks_agree("settings", {"epochs": epochs, "resume": resume_from is not None,
                                              "checkpoint": self.checkpoint_path is not None,
                                              "checkpoint_every": self.checkpoint_every, "non_finite": self.non_finite,
                                              "batches": len(train_loader)})
+        ended_before = None
         if resume_from is not None:
-            self._resume(os.fspath(resume_from), train_loader)
+            saved = self._resume(os.fspath(resume_from), train_loader)
+            ended_before = nothing_to_train(saved, epochs, os.fspath(resume_from))
             self._check_ranks_agree("resumed state", {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                                                       "weights_crc32": self._weights_digest()})
         self._rewrite_metrics_file()
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
-        while self.epoch < epochs and not self.stop_training:
-            if not self._train_epoch(train_loader, epochs):
-                break
-            self._end_epoch(val_loader)
+        if ended_before is None:
+            self._run_epochs(train_loader, epochs, val_loader)
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
             from mpiprop.network.plots import plot_history
             plot_history(self.history, self.plot_path)
+        self._report_end(ended_before or end_line(self.epoch, self.batch, epochs, self._stop(), self.checkpoint_path))
         return self.history
+
+    def _run_epochs(self, train_loader: Any, epochs: int, val_loader: Any) -> None:
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        try:
+            while self.epoch < epochs and not self.stop_training:
+                if not self._train_epoch(train_loader, epochs):
+                    break
+                self._end_epoch(val_loader)
+        except NonFiniteError as error:
+            self._report_end(non_finite_line(error))
+            raise
+
+    def _stop(self) -> StopRequest | None:
+        """Why training stopped early, or None when it ran all its epochs."""
+        if self.stop_request is None and self.stop_training:
+            return StopRequest("a callback set trainer.stop_training")
+        return self.stop_request
+
+    def _report_end(self, line: str) -> None:
+        if self.is_main and not self.quiet:
+            print(line, file=sys.stderr, flush=True)
 
     def _train_epoch(self, loader: Any, epochs: int) -> bool:
         """Run the rest of the current epoch; False when a callback stopped training inside it."""
@@ -177,8 +227,8 @@ class Trainer:
         if self.lr_schedule is not None and self.schedule_per == "epoch":
             self.optimizer.lr = self.lr_schedule(self.epoch)
         self.model.train()
-        batches = progress(loader.batches(self.epoch, start=self.batch), total=len(loader) - self.batch,
-                           description=f"epoch {self.epoch + 1}/{epochs}", enabled=self.show_progress)
+        batches = self._progress(loader.batches(self.epoch, start=self.batch), len(loader) - self.batch,
+                                 f"epoch {self.epoch + 1}/{epochs}")
         for inputs, targets in batches:
             loss = self.train_step(inputs, targets)
             self.batch += 1
@@ -367,12 +417,14 @@ class Trainer:
             "rank_callbacks": [states for _, _, states, _ in everyone],
             "rank_parameters": [names for _, _, _, names in everyone],
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
-            "history": self.history,
+            "history": self.history, "epochs": self.epochs,
+            "stop": None if self.stop_request is None else self.stop_request.state_dict(),
             "callbacks": [{"type": type(c).__name__} for c in self.callbacks],
             "loader": self._loader_settings,
         }
 
-    def _resume(self, path: str, loader: Any) -> None:
+    def _resume(self, path: str, loader: Any) -> dict[str, Any]:
+        """Restore the run saved at `path`; returns its trainer state."""
         saved = read_checkpoint(path)
         state = saved["meta"].get("trainer")
         if state is None:
@@ -402,6 +454,7 @@ class Trainer:
         rank_sums = state["rank_train_sums"] if "rank_train_sums" in state else [state["train_sums"]]
         self._train_totals.load_state_dict(self._own_train_sums(rank_sums))
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
+        return state
 
     def _own_callback_states(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         """Each callback's state for this rank: its own when it holds the parameters it held when saving; else

@@ -1,6 +1,11 @@
 """Trainer: equal to a hand-written loop, exact metrics, schedules, early stopping, resume, files, wrappers."""
+import inspect
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -8,9 +13,14 @@ import pytest
 import mpiprop.network as nn
 from mpiprop.network.callbacks import Callback, EarlyStopping
 from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.progress import progress_wanted
+from mpiprop.network.non_finite import NonFiniteError
+from mpiprop.network.progress import ProgressLines, progress_display, progress_mode
 from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
 from mpiprop.network.synthetic import synthetic_classification
+from mpi_launch import run_mpi
+from packages import require
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def blobs(samples=96, seed=0):
@@ -130,6 +140,9 @@ class StubTrainer:
         self.stop_training = False
         self.history = []
         self.model = make_model(0)
+
+    def request_stop(self, why, final=False):
+        self.stop_training = True
 
 
 def test_early_stopping_counts_patience_and_restores_the_best_weights():
@@ -262,16 +275,25 @@ class Terminal:
         return self.is_terminal
 
 
-def test_progress_bar_only_where_someone_watches(monkeypatch):
-    assert not progress_wanted(True, rank=1, quiet=False)
-    assert not progress_wanted(True, rank=0, quiet=True)
-    assert progress_wanted(True, rank=0, quiet=False)
+def test_progress_shows_only_on_rank_zero_as_a_bar_on_a_terminal_and_as_lines_through_a_pipe(monkeypatch):
+    assert progress_mode(True, main=False, quiet=False) is None
+    assert progress_mode(None, main=False, quiet=False) is None
+    assert progress_mode(True, main=True, quiet=True) is None
+    assert progress_mode(False, main=True, quiet=False) is None
+    assert progress_mode(True, main=True, quiet=False) == "bar"
     monkeypatch.setattr("sys.stderr", Terminal(False))
-    assert not progress_wanted(None, rank=0, quiet=False)
+    assert progress_mode(None, main=True, quiet=False) == "lines"
+    assert progress_mode(None, main=True, quiet=True) is None
     pytest.importorskip("tqdm")
     monkeypatch.setattr("sys.stderr", Terminal(True))
-    assert progress_wanted(None, rank=0, quiet=False)
-    assert not progress_wanted(None, rank=0, quiet=True)
+    assert progress_mode(None, main=True, quiet=False) == "bar"
+
+
+def test_progress_display_refuses_an_unknown_mode_and_an_interval_that_is_no_number():
+    with pytest.raises(ValueError, match="progress mode must be 'bar', 'lines' or None, got 'dots'"):
+        progress_display("dots")
+    with pytest.raises(TypeError, match="progress_every .* must be a number, got 'often'"):
+        progress_display("lines", "often")
 
 
 class CountingStrategy(nn.LocalStrategy):
@@ -314,3 +336,203 @@ def test_fit_rejects_a_loader_for_another_rank_and_an_empty_one():
         trainer.fit(DataLoader(ArrayDataset(x, y), 16, world_size=2), 1)
     with pytest.raises(ValueError, match="yields no batches"):
         trainer.fit(DataLoader(ArrayDataset(x, y), 200, drop_last=True), 1)
+
+
+class FakeClock:
+    def __init__(self, ticks):
+        self.ticks = iter(ticks)
+
+    def __call__(self):
+        return next(self.ticks)
+
+
+def test_progress_lines_come_at_most_once_per_interval(capsys):
+    # the clock reads: start of epoch 1, after each of its 4 batches, start of epoch 2, after each of its 2 batches
+    lines = ProgressLines(10.0, clock=FakeClock([0.0, 4.0, 10.0, 15.0, 21.0, 22.0, 25.0, 40.0]))
+    for epoch, batches in ((1, "abcd"), (2, "ef")):
+        assert list(lines.wrap(batches, len(batches), f"epoch {epoch}/2")) == list(batches)
+    assert capsys.readouterr().err.splitlines() == [
+        "epoch 1/2: batch 2/4, 10.0 s", "epoch 1/2: batch 4/4, 21.0 s", "epoch 2/2: batch 2/2, 18.0 s"]
+
+
+def piped_fit(capsys, epochs=2, **settings):
+    """Fit on 96 samples in batches of 32 with stderr captured (not a terminal); returns (trainer, stderr lines)."""
+    x, y = blobs()
+    model = make_model(0)
+    settings = {"progress_every": 0, "print_fn": lambda line: None, **settings}
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), **settings)
+    shards = {key: settings[key] for key in ("rank", "world_size") if key in settings}
+    trainer.fit(DataLoader(ArrayDataset(x, y), 32, **shards), epochs)
+    return trainer, capsys.readouterr().err.splitlines()
+
+
+def test_through_a_pipe_rank_zero_prints_a_progress_line_per_interval_and_the_end(capsys):
+    _, lines = piped_fit(capsys)
+    batch_lines = [line.rsplit(",", 1)[0] for line in lines[:-1]]
+    assert batch_lines == [f"epoch {e}/2: batch {b}/3" for e in (1, 2) for b in (1, 2, 3)]
+    assert lines[-1] == "training ended: all 2 epochs done"
+    _, lines = piped_fit(capsys, progress_every=3600)
+    assert lines == ["training ended: all 2 epochs done"]
+    _, lines = piped_fit(capsys, rank=1, world_size=2)
+    assert lines == []
+    _, lines = piped_fit(capsys, quiet=True)
+    assert lines == []
+
+
+class StopAtEpochEnd(Callback):
+    def on_epoch_end(self, trainer, epoch, record):
+        trainer.stop_training = True
+
+
+def test_a_callback_that_sets_stop_training_ends_the_run_with_where_it_stopped(capsys):
+    _, lines = piped_fit(capsys, progress=False, callbacks=[StopAfterStep(5)])
+    assert lines == ["training ended: stopped in epoch 2 of 2, after batch 2: a callback set trainer.stop_training"]
+    _, lines = piped_fit(capsys, progress=False, callbacks=[StopAtEpochEnd()])
+    assert lines == ["training ended: stopped after epoch 1 of 2: a callback set trainer.stop_training"]
+
+
+def test_progress_lines_come_every_30_seconds_by_default_and_a_negative_interval_is_refused():
+    assert inspect.signature(nn.Trainer).parameters["progress_every"].default == 30
+    model = make_model(0)
+    with pytest.raises(ValueError, match=r"progress_every \(seconds between progress lines\) must be .*got -1"):
+        nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), progress_every=-1)
+
+
+def test_epoch_lines_reach_a_pipe_at_once(tmp_path):
+    script = tmp_path / "train_then_die.py"
+    script.write_text(
+        "import os\n"
+        "import mpiprop.network as nn\n"
+        "from mpiprop.network.callbacks import Callback\n"
+        "from mpiprop.network.data import ArrayDataset, DataLoader\n"
+        "from mpiprop.network.synthetic import synthetic_classification\n"
+        "class DieInSecondEpoch(Callback):\n"
+        "    def on_epoch_start(self, trainer, epoch):\n"
+        "        if epoch == 1:\n"
+        "            os._exit(0)  # no interpreter shutdown: what was not flushed is lost\n"
+        "model = nn.Sequential(nn.Linear(5, 3))\n"
+        "trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1),\n"
+        "                     callbacks=[DieInSecondEpoch()])\n"
+        "trainer.fit(DataLoader(ArrayDataset(*synthetic_classification(32, 5, 3, seed=0)), 16), 3)\n")
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=buffered)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["epoch"] for line in result.stdout.splitlines()] == [1]
+
+
+def test_early_stopping_ends_with_a_line_naming_the_stopping_and_the_best_epoch(capsys):
+    x, y = blobs(60, seed=1)
+    x_val, y_val = blobs(60, seed=2)
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+                         callbacks=[EarlyStopping(patience=2)], progress=False, print_fn=lambda line: None)
+    history = trainer.fit(DataLoader(ArrayDataset(x, y), 10, shuffle=True), 40,
+                          DataLoader(ArrayDataset(x_val, y_val), 60))
+    val_losses = [record["val_loss"] for record in history]
+    best = val_losses.index(min(val_losses)) + 1
+    assert len(history) < 40
+    assert capsys.readouterr().err.splitlines() == [
+        f"training ended: early stopping at epoch {len(history)}: val_loss did not improve for 2 epochs; "
+        f"best epoch {best} (val_loss {min(val_losses):.4g}) restored"]
+
+
+def test_non_finite_values_end_with_a_line_holding_the_error(capsys):
+    x, y = blobs()
+    x[40] = numpy.nan  # in the second batch
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    with pytest.raises(NonFiniteError) as raised:
+        trainer.fit(DataLoader(ArrayDataset(x, y), 32), 2)
+    assert "step 2 (epoch 1, batch 2)" in str(raised.value)
+    assert capsys.readouterr().err.splitlines() == [f"training ended: non-finite values: {raised.value}"]
+
+
+class RaiseSignalAtStep(Callback):
+    def __init__(self, step, number):
+        self.step, self.number = step, number
+
+    def on_batch_end(self, trainer, step, loss):
+        if step == self.step:
+            signal.raise_signal(self.number)
+
+
+def test_a_signal_handler_stops_training_through_request_stop_and_the_run_resumes(tmp_path, capsys):
+    trainer, (train_loader, val_loader) = build_run(tmp_path, callbacks=[RaiseSignalAtStep(8, signal.SIGUSR1)])
+    trainer.quiet = False
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: trainer.request_stop("stopped by SIGUSR1"))
+    try:
+        trainer.fit(train_loader, 4, val_loader)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (trainer.step, len(train_loader)) == (8, 6)
+    assert capsys.readouterr().err.splitlines() == [
+        "training ended: stopped in epoch 2 of 4, after batch 2: stopped by SIGUSR1; "
+        f"resume from {tmp_path / 'run.ckpt'} to go on"]
+    resumed, (train_loader, val_loader) = build_run(tmp_path, callbacks=[RaiseSignalAtStep(-1, signal.SIGUSR1)])
+    history = resumed.fit(train_loader, 4, val_loader, resume_from=tmp_path / "run.ckpt")
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4] and resumed.step == 24
+
+
+def early_stopped_run(checkpoint, epochs, capsys, patience=2):
+    x, y = blobs(60, seed=1)
+    x_val, y_val = blobs(60, seed=2)
+    model = make_model(0)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+                         callbacks=[EarlyStopping(patience=patience)], checkpoint_path=checkpoint, progress=False,
+                         print_fn=lambda line: None)
+    resume_from = checkpoint if checkpoint.exists() else None
+    history = trainer.fit(DataLoader(ArrayDataset(x, y), 10, shuffle=True), epochs,
+                          DataLoader(ArrayDataset(x_val, y_val), 60), resume_from=resume_from)
+    return trainer, without_time(history), capsys.readouterr().err.splitlines()
+
+
+def test_resuming_an_early_stopped_run_trains_only_when_asked_for_more_epochs(tmp_path, capsys):
+    checkpoint = tmp_path / "run.ckpt"
+    first, history, lines = early_stopped_run(checkpoint, 40, capsys)
+    stopped = lines[-1].removeprefix("training ended: ")
+    assert len(history) < 40 and stopped.startswith(f"early stopping at epoch {len(history)}:")
+
+    again, again_history, lines = early_stopped_run(checkpoint, 40, capsys)
+    assert again_history == history and again.step == first.step
+    assert_same_weights(weights(again.model), weights(first.model))  # the best epoch's, restored
+    assert lines == [f"training ended: nothing to train: the run in {checkpoint} had already ended ({stopped}); "
+                     "ask for more than 40 epochs to train on"]
+
+    more, more_history, lines = early_stopped_run(checkpoint, 41, capsys)
+    assert more_history[:len(history)] == history
+    assert len(more_history) >= len(history) + 2  # patience counts afresh: 2 epochs at least
+    assert lines[-1].startswith("training ended: ")
+
+
+def test_resuming_a_finished_run_trains_only_the_epochs_added(tmp_path, capsys):
+    _, straight, _ = early_stopped_run(tmp_path / "straight.ckpt", 3, capsys, patience=10)
+    checkpoint = tmp_path / "run.ckpt"
+    early_stopped_run(checkpoint, 2, capsys, patience=10)
+    again, history, lines = early_stopped_run(checkpoint, 2, capsys, patience=10)
+    assert len(history) == 2 and again.step == 12
+    assert lines == [f"training ended: nothing to train: the run in {checkpoint} had already ended "
+                     "(all 2 epochs done); ask for more than 2 epochs to train on"]
+    _, history, lines = early_stopped_run(checkpoint, 3, capsys, patience=10)
+    assert history == straight and lines == ["training ended: all 3 epochs done"]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_why_it_ended(tmp_path, ranks):
+    require("sklearn")
+    checkpoint = tmp_path / "digits.ckpt"
+    arguments = ["--epochs", "2", "--progress-every", "0", "--checkpoint", str(checkpoint)]
+    buffered = {"PYTHONUNBUFFERED": ""}  # as a user's shell has it
+    result = run_mpi(EXAMPLES / "train_digits.py", ranks, *arguments, env=buffered)
+    records = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+    assert [record["epoch"] for record in records] == [1, 2]  # once, from rank 0
+    batches = records[0]["step"]
+    progress_lines = [line.rsplit(",", 1)[0] for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert progress_lines == [f"epoch {e}/2: batch {b}/{batches}" for e in (1, 2) for b in range(1, batches + 1)]
+    assert result.stderr.splitlines()[-1] == "training ended: all 2 epochs done"
+    accuracy = result.stdout.splitlines()[-1]
+    assert accuracy.startswith("test_accuracy=")
+
+    resumed = run_mpi(EXAMPLES / "train_digits.py", ranks, *arguments, "--resume", str(checkpoint), env=buffered)
+    assert resumed.stdout.splitlines() == [accuracy]
+    assert resumed.stderr.splitlines() == [f"training ended: nothing to train: the run in {checkpoint} had already "
+                                           "ended (all 2 epochs done); ask for more than 2 epochs to train on"]
