@@ -355,13 +355,14 @@ def test_progress_lines_come_at_most_once_per_interval(capsys):
         "epoch 1/2: batch 2/4, 10.0 s", "epoch 1/2: batch 4/4, 21.0 s", "epoch 2/2: batch 2/2, 18.0 s"]
 
 
-def piped_fit(capsys, epochs=2, **settings):
+def piped_fit(capsys, epochs=2, second_rank=False, **settings):
     """Fit on 96 samples in batches of 32 with stderr captured (not a terminal); returns (trainer, stderr lines)."""
     x, y = blobs()
     model = make_model(0)
     settings = {"progress_every": 0, "print_fn": lambda line: None, **settings}
-    trainer = nn.Trainer(model, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), **settings)
-    shards = {key: settings[key] for key in ("rank", "world_size") if key in settings}
+    strategy = SecondOfTwoRanks(model) if second_rank else model
+    trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), nn.optim.SGD(model.parameters(), lr=0.1), **settings)
+    shards = {"rank": 1, "world_size": 2} if second_rank else {}
     trainer.fit(DataLoader(ArrayDataset(x, y), 32, **shards), epochs)
     return trainer, capsys.readouterr().err.splitlines()
 
@@ -373,7 +374,7 @@ def test_through_a_pipe_rank_zero_prints_a_progress_line_per_interval_and_the_en
     assert lines[-1] == "training ended: all 2 epochs done"
     _, lines = piped_fit(capsys, progress_every=3600)
     assert lines == ["training ended: all 2 epochs done"]
-    _, lines = piped_fit(capsys, rank=1, world_size=2)
+    _, lines = piped_fit(capsys, second_rank=True)
     assert lines == []
     _, lines = piped_fit(capsys, quiet=True)
     assert lines == []
