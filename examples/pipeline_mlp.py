@@ -22,6 +22,7 @@ import numpy
 
 import mpiprop.network as nn
 from mpiprop.distributed import Pipeline, make_grid
+from mpiprop.distributed.pipeline.schedule_registry import schedule_names
 from mpiprop.network.checkpoint import save_checkpoint
 from mpiprop.network.datasets import load_digits
 from mpiprop.network.metrics import count_correct
@@ -30,7 +31,7 @@ from mpiprop.network.preprocessing import Standardizer, train_val_split
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedule", default="1f1b", choices=["gpipe", "1f1b", "interleaved", "zb-h1"],
+    parser.add_argument("--schedule", default="1f1b", choices=schedule_names(),
                         help="pipeline schedule (default 1f1b)")
     parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch (default 4)")
     parser.add_argument("--replicas", type=int, default=1, help="data-parallel pipeline replicas (default 1)")
