@@ -47,7 +47,8 @@ class DataParallel:
         compression: None, or "float16" to allreduce float16 copies of the gradient buffers
             (half the bytes, about 3 significant digits per averaged gradient).
         broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
-            training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
+            training-mode forward, as PyTorch DDP does at each forward, and again in `eval()`, so
+            all ranks evaluate alike, with the buffers a checkpoint written by rank 0 holds.
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
             keep the buckets in memory all ranks can read and sum them there (about twice
             as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
@@ -226,7 +227,14 @@ class DataParallel:
         return self.module.training
 
     def train(self, mode: bool = True) -> "DataParallel":
+        """Set training (True) or evaluation mode; returns self.
+
+        Switching to evaluation is collective with `broadcast_buffers`: every rank first takes rank
+        0's buffers, since each rank's last training forward updated them from its own shard.
+        """
         self.module.train(mode)
+        if not mode and self.broadcast_buffers:
+            self.sync_buffers()
         return self
 
     def eval(self) -> "DataParallel":

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
-from mpiprop.network.backend import get_array_module
+from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.checks import positive_int
 from mpiprop.network.parameter import Parameter
 
@@ -30,6 +30,18 @@ class Grid:
     def average_gradients(self, parameters: Iterable[Parameter]) -> None:
         """Replace each gradient by its mean over the replicas (one allreduce per dtype); collective over `data_comm`."""
         average_gradients(parameters, self.data_comm)
+
+    def sync_buffers(self, buffers: Iterable[tuple[str, Array]]) -> None:
+        """Overwrite each buffer (BatchNorm running statistics) with replica 0's; collective over `data_comm`.
+
+        Each replica's training updates its buffers from its own rows; call this before evaluating
+        or writing a checkpoint so every replica holds the same ones, as DataParallel does.
+
+        Args:
+            buffers: (name, array) pairs, e.g. `pipe.named_buffers()`, in the same order on every replica.
+        """
+        for _, buffer in buffers:
+            self.data_comm.bcast(buffer, root=0)
 
 
 def make_grid(stages: int, comm: "MpiComm | Communicator | None" = None) -> Grid:
