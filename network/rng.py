@@ -60,8 +60,9 @@ def stream_generator(stream: int, xp: ModuleType = numpy):
 
 def get_rng_state() -> dict:
     """The numpy generators' states (shared and streams) and the stream count, to store in a checkpoint."""
-    streams = {str(stream): _generators[f"numpy stream {stream}"].bit_generator.state
-               for stream in range(_streams_made) if f"numpy stream {stream}" in _generators}
+    prefix = "numpy stream "
+    streams = {name[len(prefix):]: generator.bit_generator.state
+               for name, generator in _generators.items() if name.startswith(prefix)}
     return {"seed": _seed, "numpy": generator(numpy).bit_generator.state, "streams": streams,
             "streams_made": _streams_made}
 

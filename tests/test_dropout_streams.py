@@ -31,6 +31,8 @@ def test_the_random_state_restores_every_stream():
     x = numpy.ones((5, 8), dtype=numpy.float32)
     model = two_dropouts()
     model[1].forward(x)
+    nn.manual_seed(5)  # as a script does to give each rank masks of its own, after building the model
+    model[0].forward(x)
     state = rng.get_rng_state()
     expected = [model[0].forward(x)[0], model[1].forward(x)[0]]
     model[0].forward(x)

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
                                                  shared_memory_shortage)
+from mpiprop.distributed.data_parallel.shard_weights import shard_weight
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.distributed.reliability.consistency import check_same_model
@@ -27,10 +28,12 @@ class DataParallel:
     is rebound to a view into a flat per-bucket buffer. `backward` walks the layers of a
     Sequential in reverse; as soon as the last gradient of a bucket is final, that bucket's
     non-blocking allreduce starts, so communication overlaps the rest of backward. When
-    `backward` returns, every gradient is the mean over ranks: the gradient of the loss on the
-    global batch when each rank's loss is a mean over an equal-sized shard. (The output
-    gradient is divided by the number of ranks before backward and the allreduces sum, so
-    gradients added to `.grad` outside `backward` are summed over ranks, not averaged.)
+    `backward` returns, every gradient is the gradient of the mean loss over the global batch
+    when each rank's loss is the mean over its shard, even for shards of unequal sizes (4, 3
+    and 3 rows): each training-mode forward learns every rank's rows (one small allreduce), and
+    the next backward multiplies the output gradient by this rank's share of them, so the
+    allreduces' sums are the row-weighted means. Gradients added to `.grad` outside `backward`
+    are therefore summed over ranks, not averaged.
 
     Usage::
 
@@ -89,6 +92,7 @@ class DataParallel:
         allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], self.comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)
         self._sync_gradients = True
+        self._weight: float | None = None
         self._last_cache: Any = REMEMBERED
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]],
@@ -109,9 +113,14 @@ class DataParallel:
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
-        """The module's forward on this rank's shard: (output, cache for `backward`)."""
+        """The module's forward on this rank's shard: (output, cache for `backward`).
+
+        Collective in training mode: the ranks share their rows (and rank 0's buffers).
+        """
         if self.module.training and self.broadcast_buffers:
             self.sync_buffers()
+        if self.module.training and self.comm.size > 1:
+            self._weight = shard_weight(int(x.shape[0]), self.comm)
         with span("forward"):
             return self.module.forward(x)
 
@@ -133,7 +142,8 @@ class DataParallel:
             The input gradient when `input_grad`, else None.
         """
         cache = self._take_cache(cache)
-        dout = self._scaled_for_averaging(dout)
+        weight = self._take_weight()
+        dout = dout if self.comm.size == 1 else dout * weight
         if not self._sync_gradients:
             with span("backward", synchronised=False):
                 input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=None)
@@ -142,8 +152,8 @@ class DataParallel:
             with span("backward"):
                 input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=self._reducer.mark_ready)
             self._reducer.finish()
-        if input_gradient is not None and self.comm.size > 1:
-            input_gradient *= self.comm.size
+        if input_gradient is not None and self.comm.size > 1 and weight > 0:
+            input_gradient *= input_gradient.dtype.type(1.0 / weight)
         return input_gradient
 
     @contextmanager
@@ -161,10 +171,11 @@ class DataParallel:
         """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
         return self._reducer.last_stats
 
-    def _scaled_for_averaging(self, dout: Array) -> Array:
-        """dout / size: backward is linear in dout, so every gradient comes out divided by the
-        number of ranks and the allreduce's sum is already the mean (no pass over the buffers)."""
-        return dout if self.comm.size == 1 else dout * (1.0 / self.comm.size)
+    def _take_weight(self) -> float:
+        """This rank's share of the rows of the last training forward (1 / ranks without one): backward
+        is linear in dout, so scaling dout by it makes the allreduce's sum the row-weighted mean."""
+        weight, self._weight = self._weight, None
+        return weight if weight is not None else 1.0 / self.comm.size
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
         if not isinstance(self.module, Sequential):
