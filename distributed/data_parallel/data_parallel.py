@@ -1,18 +1,17 @@
 """DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_possible,
-                                                 shared_memory_shortage)
+from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.shard_weights import shard_weight
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.distributed.reliability.consistency import check_same_model
-from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
+from mpiprop.distributed.data_parallel.gradient_reducer import (GradientReducer, SyncStats,
+                                                               shared_memory_bucket_allreduce)
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.backend import Array, device_of
 from mpiprop.network.layer import REMEMBERED, Layer
@@ -52,12 +51,14 @@ class DataParallel:
         broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
             training-mode forward, as PyTorch DDP does at each forward, and again in `eval()`, so
             all ranks evaluate alike, with the buffers a checkpoint written by rank 0 holds.
-        shared_memory: when every rank is on one node and the gradients are numpy arrays,
-            keep the buckets in memory all ranks can read and sum them there (about twice
-            as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
-            stays allocated until the process ends, as the gradients are views into it.
-            False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
-            and so does a node whose /dev/shm lacks room for the buckets (with a warning).
+        shared_memory: when the gradients are numpy arrays, keep the buckets in memory the
+            ranks of a node can read and sum them there (about twice as fast as MPI's
+            allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared); ranks on
+            several nodes then add the nodes' sums between one leader per node
+            (bucket_allreduce_hierarchical). The window stays allocated until the process
+            ends, as the gradients are views into it. False, a compression, GPU arrays or one
+            rank per node use MPI's allreduce, and so does a node whose /dev/shm lacks room for
+            the buckets (with a warning).
 
     Raises:
         TypeError: when `module` is not a network Layer.
@@ -96,20 +97,13 @@ class DataParallel:
         self._last_cache: Any = REMEMBERED
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]],
-                                 shared_memory: bool) -> SharedMemoryBucketAllreduce | None:
-        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU,
-        room enough); a warning on rank 0 when only the room is missing."""
-        dtypes = [group[0].dtype for group in groups]
-        sizes = [bucket_size(group) for group in groups]
+                                 shared_memory: bool) -> BucketAllreduce | None:
+        """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
+        if not (shared_memory and self.compression is None):
+            return None
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
-        if not (shared_memory and self.compression is None and shared_memory_possible(self.comm, dtypes, on_cpu)):
-            return None
-        shortage = shared_memory_shortage(self.comm, sizes, dtypes)
-        if shortage is not None:
-            if self.comm.is_main:
-                warnings.warn(shortage, RuntimeWarning, stacklevel=3)
-            return None
-        return SharedMemoryBucketAllreduce(sizes, dtypes, self.comm)
+        return shared_memory_bucket_allreduce([bucket_size(group) for group in groups],
+                                              [group[0].dtype for group in groups], self.comm, on_cpu)
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -270,8 +264,8 @@ class DataParallel:
 
     @property
     def allreduce_kind(self) -> str:
-        """"shared memory" when the ranks sum gradients in a shared window, else "mpi"."""
-        return "shared memory" if isinstance(self._reducer.allreduce, SharedMemoryBucketAllreduce) else "mpi"
+        """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
+        return self._reducer.allreduce.kind
 
     @property
     def rank(self) -> int:

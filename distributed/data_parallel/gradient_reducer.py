@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy
+from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_shortage
+from mpiprop.distributed.data_parallel.node_groups import node_groups
+from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.data_parallel.buckets import GradientBucket
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.parameter import Parameter
@@ -87,3 +95,38 @@ class GradientReducer:
                                     wait_seconds=time.perf_counter() - backward_done, buckets=len(self.buckets),
                                     bytes=sent)
         return self.last_stats
+
+
+def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
+                                   on_cpu: bool) -> BucketAllreduce | None:
+    """Buckets in memory shared by the ranks of each node, summed there; None where that cannot serve.
+
+    All ranks on one node: SharedMemoryBucketAllreduce. Several nodes (or pretend nodes, see
+    MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
+    leader per node. None (use MPI's allreduce) for one rank, GPU arrays, dtypes other than
+    floats, one rank per node, or a node whose /dev/shm lacks room for its ranks' buckets
+    (rank 0 then warns with the sizes). Collective over `comm`.
+
+    Args:
+        sizes: elements of each bucket.
+        dtypes: dtype of each bucket.
+        comm: the data-parallel ranks.
+        on_cpu: whether the gradients are numpy arrays.
+
+    Raises:
+        ValueError: on every rank, for a malformed MPIPROP_PRETEND_NODES.
+    """
+    if not (comm.size > 1 and on_cpu and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes)):
+        return None
+    groups = node_groups(comm)
+    largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
+    shortage = None if largest_node == 1 else shared_memory_shortage(comm, sizes, dtypes, largest_node)
+    if largest_node == 1 or shortage is not None or groups.nodes == 1:
+        groups.free()
+    if shortage is not None and comm.is_main:
+        warnings.warn(shortage, RuntimeWarning, stacklevel=4)
+    if largest_node == 1 or shortage is not None:
+        return None
+    if groups.nodes == 1:
+        return SharedMemoryBucketAllreduce(sizes, dtypes, comm)
+    return HierarchicalBucketAllreduce(sizes, dtypes, groups.node, groups.leaders)
