@@ -5,10 +5,10 @@ a node first sum their buffers in a shared window (as SharedMemoryBucketAllreduc
 only one rank per node, its leader, joins the allreduce between nodes, with the node's sum;
 the leader then writes the total into its node's buffers. Bucket by bucket: a rank that has
 summed its slice of a bucket says so with a non-blocking barrier over its node (on a
-communicator of their own, in bucket order), and once all have, the leader starts that bucket's allreduce between the leaders, in bucket order
-on every leader (MPI matches collectives by order). Every rank ends with its leader's
-copy, and the leaders' allreduce gives them all the same sum, so every rank holds
-bit-identical sums.
+communicator of their own, in bucket order); once all have, the leader starts that
+bucket's allreduce between the leaders, in bucket order on every leader (MPI matches
+collectives by order). Every rank ends with its leader's copy, and the leaders' allreduce
+gives them all the same sum, so every rank holds bit-identical sums.
 """
 from __future__ import annotations
 

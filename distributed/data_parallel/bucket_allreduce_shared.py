@@ -64,7 +64,8 @@ def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Seq
     for rank, free in enumerate(short_on):
         if free is not None:
             return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of {ranks_per_window} ranks "
+                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of "
+                    f"{ranks_per_window} ranks "
                     "need; summing gradients with MPI's allreduce instead. Give it more room (e.g. docker run "
                     "--shm-size=2g) or pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
     return None

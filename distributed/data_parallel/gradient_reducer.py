@@ -11,7 +11,8 @@ from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_shortage
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce,
+                                                                      shared_memory_shortage)
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.data_parallel.buckets import GradientBucket

@@ -1,4 +1,4 @@
-"""untouched_state: run trial computations on a model and leave its gradients, buffers and random generators as they were."""
+"""untouched_state: trial runs of a model that leave its gradients, buffers and random generators as they were."""
 from __future__ import annotations
 
 import copy
