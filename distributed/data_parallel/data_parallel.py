@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
-from mpiprop.distributed.data_parallel.shard_weights import shard_weight
+from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.distributed.reliability.consistency import check_same_model
@@ -93,7 +93,7 @@ class DataParallel:
         allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], self.comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)
         self._sync_gradients = True
-        self._weight: float | None = None
+        self._shard_weight = ShardWeight(self.comm)
         self._last_cache: Any = REMEMBERED
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]],
@@ -114,7 +114,7 @@ class DataParallel:
         if self.module.training and self.broadcast_buffers:
             self.sync_buffers()
         if self.module.training and self.comm.size > 1:
-            self._weight = shard_weight(int(x.shape[0]), self.comm)
+            self._shard_weight.start(int(x.shape[0]))
         with span("forward"):
             return self.module.forward(x)
 
@@ -136,8 +136,8 @@ class DataParallel:
             The input gradient when `input_grad`, else None.
         """
         cache = self._take_cache(cache)
-        weight = self._take_weight()
-        dout = dout if self.comm.size == 1 else dout * weight
+        weight = self._shard_weight.take()
+        dout = dout if self.comm.size == 1 else dout * weight  # backward is linear: sums become weighted means
         if not self._sync_gradients:
             with span("backward", synchronised=False):
                 input_gradient = self._run_backward(dout, cache, input_grad, on_layer_done=None)
@@ -164,12 +164,6 @@ class DataParallel:
     def last_sync_stats(self) -> SyncStats:
         """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
         return self._reducer.last_stats
-
-    def _take_weight(self) -> float:
-        """This rank's share of the rows of the last training forward (1 / ranks without one): backward
-        is linear in dout, so scaling dout by it makes the allreduce's sum the row-weighted mean."""
-        weight, self._weight = self._weight, None
-        return weight if weight is not None else 1.0 / self.comm.size
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_layer_done) -> Array | None:
         if not isinstance(self.module, Sequential):
