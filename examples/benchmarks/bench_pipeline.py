@@ -123,7 +123,7 @@ def pipeline_worker(args: argparse.Namespace) -> None:
     for schedule in args.schedules.split(","):
         pipe = Pipeline(build_model(), args.micro_batches, schedule)
         optimizer = nn.optim.SGD(pipe.parameters(), lr=0.01, momentum=0.9)
-        bubbles: list[float] = []
+        stats: list = []
 
         def step() -> float:
             optimizer.zero_grad()
@@ -131,9 +131,10 @@ def pipeline_worker(args: argparse.Namespace) -> None:
             optimizer.step()
             return loss
 
-        first_loss, seconds = time_steps(step, args, world.Barrier, lambda: bubbles.append(pipe.last_stats.bubble))
-        per_rank = world.allgather({"bubble": statistics.median(bubbles), "peak_stash": pipe.last_stats.peak_stash,
-                                    "busy_ms": 1e3 * pipe.last_stats.busy, "balance": pipe.balance})
+        first_loss, seconds = time_steps(step, args, world.Barrier, lambda: stats.append(pipe.last_stats))
+        per_rank = world.allgather({"bubble": statistics.median(s.bubble for s in stats),
+                                    "peak_stash": pipe.last_stats.peak_stash,
+                                    "busy_ms": 1e3 * statistics.median(s.busy for s in stats), "balance": pipe.balance})
         results[schedule] = {"first_loss": first_loss, "samples_per_s": args.batch / seconds, "ranks": per_rank}
     if world.rank == 0:
         print_result(results)
