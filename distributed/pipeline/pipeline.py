@@ -110,7 +110,7 @@ class Pipeline:
         Gradients are added to each local parameter's `.grad` (zero them first, as before a
         plain backward); afterwards they equal the whole model's gradients for the batch.
         Layers see one micro-batch at a time, as in torch's pipelining: dropout draws each
-        micro-batch's rows of the whole batch's masks, but BatchNorm normalises each
+        micro-batch's rows of the whole batch's masks (numpy arrays), but BatchNorm normalises each
         micro-batch with its own statistics and updates its running statistics once per
         micro-batch, so with BatchNorm the gradients are those of the micro-batches' losses
         weighted by their share of the rows, each run through the model on its own.
