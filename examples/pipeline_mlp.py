@@ -24,13 +24,14 @@ import mpiprop.network as nn
 from mpiprop import distributed
 from mpiprop.distributed import Pipeline
 from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.distributed.pipeline.schedule_registry import schedule_names
 from mpiprop.network.datasets import load_digits
 from mpiprop.network.preprocessing import Standardizer, train_val_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedule", default="1f1b", choices=["gpipe", "1f1b", "interleaved", "zb-h1"],
+    parser.add_argument("--schedule", default="1f1b", choices=schedule_names(),
                         help="pipeline schedule (default 1f1b)")
     parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch (default 4)")
     parser.add_argument("--replicas", type=int, default=1, help="data-parallel pipeline replicas (default 1)")

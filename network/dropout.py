@@ -10,8 +10,11 @@ from mpiprop.network.layer import Layer
 class Dropout(Layer):
     """Inverted dropout (Srivastava et al., 2014); the identity in eval mode.
 
-    Masks come from the shared seeded generator of the input's array module
-    (`mpiprop.network.manual_seed`), or from `generator` when given.
+    Masks come from `generator` when given, else from a random stream of this layer's own
+    (`mpiprop.network.rng.stream_generator`), seeded by `mpiprop.network.manual_seed` and the
+    layer's place among the dropout layers made since: a model built after the same seed
+    draws the same masks whether it runs in one process or as pipeline stages, and a batch
+    cut into micro-batches gets the rows of the whole batch's mask (on numpy arrays).
     """
 
     def __init__(self, p: float = 0.5, generator=None):
@@ -20,13 +23,14 @@ class Dropout(Layer):
             raise ValueError(f"Dropout probability p must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.generator = generator
+        self.stream = rng.new_stream()
 
     def forward(self, x: Array):
         float_array(x, "input of Dropout")
         if not self.training or self.p == 0.0:
             return x, None
         xp = get_array_module(x)
-        generator = self.generator if self.generator is not None else rng.generator(xp)
+        generator = self.generator if self.generator is not None else rng.stream_generator(self.stream, xp)
         keep = generator.random(x.shape, dtype=x.dtype) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * mask, mask

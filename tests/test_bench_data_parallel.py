@@ -1,5 +1,6 @@
 """The data-parallel benchmark runs on tiny sizes under real mpiexec and reports both DataParallel
-variants; no timing is asserted."""
+variants against the independent ranks; no timing is asserted. Its worker launcher keeps figures
+reported before a crash."""
 from __future__ import annotations
 
 import importlib
@@ -25,4 +26,19 @@ def test_reports_the_shared_memory_and_the_mpi_allreduce(bench, capsys):
         figures = summary[variant]
         assert figures["samples_per_s"] > 0 and figures["weak_scaling_efficiency"] > 0
         assert figures["gradient_allreduce_ms"] > 0 and figures["allreduce_bandwidth_ratio"] > 0
-    assert "targets (default DataParallel): weak_scaling_efficiency >= 0.9" in capsys.readouterr().out
+        assert figures["efficiency_against_independent"] > 0
+    assert summary["independent_samples_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "targets (default DataParallel): weak_scaling_efficiency >= 0.9" in out
+    assert "efficiency_against_independent >= 0.95" in out
+
+
+def test_figures_reported_before_a_peer_crashes_on_shutdown_are_kept(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    workers = importlib.import_module("examples.benchmarks.workers")
+    script = ROOT / "tests" / "mpi_scripts" / "report_then_crash.py"
+    assert workers.run_worker(script, 2, [], timeout=60) == {"samples_per_s": 123.0}
+    note = capsys.readouterr().err
+    assert "after reporting its result, which is kept" in note and "terminate called" in note
+    with pytest.raises(RuntimeError, match="before reporting a result"):
+        workers.run_worker(script, 2, ["--crash-first"], timeout=60)

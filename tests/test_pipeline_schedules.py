@@ -1,10 +1,11 @@
 """Pipeline schedules as pure step lists: literal orders, completeness, deadlock freedom, bubbles, stash peaks."""
 import pytest
 
-from mpiprop.distributed.pipeline.schedule_simulation import (UNIT_COSTS, ScheduleDeadlock, check_schedule, simulate,
-                                             theoretical_bubble)
-from mpiprop.distributed.pipeline.pipeline_schedules import (Step, format_steps, forward_only, gpipe, interleaved_one_f_one_b,
-                                   make_schedule, one_f_one_b, peak_in_flight, zero_bubble_h1)
+from mpiprop.distributed.pipeline.pipeline_schedules import (Step, format_steps, forward_only, gpipe,
+                                                             interleaved_one_f_one_b, one_f_one_b, peak_in_flight,
+                                                             zero_bubble_h1)
+from mpiprop.distributed.pipeline.schedule_registry import SCHEDULES, schedule_names, schedule_spec
+from mpiprop.distributed.pipeline.schedule_simulation import UNIT_COSTS, ScheduleDeadlock, check_schedule, simulate
 
 
 def compact(schedule):
@@ -63,7 +64,7 @@ def all_cases():
 
 @pytest.mark.parametrize("name,p,m,v", list(all_cases()))
 def test_every_schedule_is_complete_and_deadlock_free(name, p, m, v):
-    schedule = make_schedule(name, p, m, v)
+    schedule = schedule_spec(name).build(p, m, v)
     assert len(schedule) == p
     check_schedule(schedule, m, v)
     run = simulate(schedule, {kind: cost / v for kind, cost in UNIT_COSTS.items()})
@@ -74,9 +75,9 @@ def test_every_schedule_is_complete_and_deadlock_free(name, p, m, v):
 @pytest.mark.parametrize("m", [1, 3, 4, 8])
 def test_simulated_bubble_of_gpipe_and_1f1b_is_the_textbook_formula(p, m):
     for name in ("gpipe", "1f1b"):
-        bubbles = simulate(make_schedule(name, p, m)).bubble_fractions()
+        bubbles = simulate(schedule_spec(name).build(p, m)).bubble_fractions()
         assert bubbles == pytest.approx([(p - 1) / (m + p - 1)] * p)
-        assert theoretical_bubble(name, p, m) == pytest.approx((p - 1) / (m + p - 1))
+        assert schedule_spec(name).bubble(p, m) == pytest.approx((p - 1) / (m + p - 1))
 
 
 @pytest.mark.parametrize("p,m,v", [(2, 4, 2), (4, 8, 2), (3, 6, 3), (4, 4, 2)])
@@ -84,7 +85,7 @@ def test_simulated_bubble_of_interleaved_shrinks_by_the_number_of_chunks(p, m, v
     costs = {kind: cost / v for kind, cost in UNIT_COSTS.items()}
     bubbles = simulate(interleaved_one_f_one_b(p, m, v), costs).bubble_fractions()
     assert bubbles == pytest.approx([(p - 1) / (v * m + p - 1)] * p)
-    assert theoretical_bubble("interleaved", p, m, v) == pytest.approx((p - 1) / (v * m + p - 1))
+    assert schedule_spec("interleaved").bubble(p, m, v) == pytest.approx((p - 1) / (v * m + p - 1))
 
 
 @pytest.mark.parametrize("p,m", [(2, 2), (2, 8), (4, 4), (4, 8), (5, 7)])
@@ -92,7 +93,7 @@ def test_zero_bubble_h1_bubble_is_a_third_of_1f1b_with_equal_step_times(p, m):
     run = simulate(zero_bubble_h1(p, m))  # F = I = W = 1
     assert run.makespan == 3 * m + (p - 1)
     assert run.bubble_fractions() == pytest.approx([(p - 1) / (3 * m + p - 1)] * p)
-    assert theoretical_bubble("zb-h1", p, m) == pytest.approx((p - 1) / (3 * m + p - 1))
+    assert schedule_spec("zb-h1").bubble(p, m) == pytest.approx((p - 1) / (3 * m + p - 1))
     assert simulate(one_f_one_b(p, m)).makespan == 3 * m + 3 * (p - 1)
 
 
@@ -130,9 +131,9 @@ def test_invalid_arguments_name_the_values():
     with pytest.raises(ValueError, match="multiple of the 4 stages, got 6; use micro_batches=8"):
         interleaved_one_f_one_b(4, 6, 2)
     with pytest.raises(ValueError, match="unknown pipeline schedule 'pipedream'"):
-        make_schedule("pipedream", 2, 4)
+        schedule_spec("pipedream")
     with pytest.raises(ValueError, match="virtual_stages=2"):
-        make_schedule("1f1b", 2, 4, virtual_stages=2)
+        schedule_spec("1f1b").build(2, 4, virtual_stages=2)
     with pytest.raises(ValueError, match="micro_batches must be a positive integer, got 0"):
         gpipe(2, 0)
     with pytest.raises(ValueError, match="step kind"):
@@ -150,3 +151,24 @@ def test_forward_only_schedules_are_checked_as_such():
     check_schedule(forward_only(3, 4, 2), 4, 2, training=False)
     with pytest.raises(ValueError, match="has steps"):
         check_schedule(gpipe(2, 2), 2, training=False)
+
+
+def test_the_registry_names_every_schedule_once_with_its_builder_and_defaults():
+    assert schedule_names() == ["gpipe", "1f1b", "interleaved", "zb-h1"]
+    assert {name: spec.default_virtual_stages for name, spec in SCHEDULES.items()} == {
+        "gpipe": 1, "1f1b": 1, "interleaved": 2, "zb-h1": 1}
+    assert schedule_spec("gpipe").build(2, 3) == gpipe(2, 3)
+    assert schedule_spec("1f1b").build(3, 4) == one_f_one_b(3, 4)
+    assert schedule_spec("zb-h1").build(3, 4) == zero_bubble_h1(3, 4)
+    assert schedule_spec("interleaved").build(2, 4) == interleaved_one_f_one_b(2, 4, 2)
+    assert schedule_spec("interleaved").bubble(2, 4) == pytest.approx(1 / 9)
+
+
+@pytest.mark.parametrize("name", schedule_names())
+@pytest.mark.parametrize("p,m", [(2, 4), (4, 8)])
+def test_every_registered_bubble_formula_is_what_the_simulation_measures(name, p, m):
+    """Equal forward, input- and weight-gradient costs (a backward costs two), per chunk split by the chunks."""
+    spec = schedule_spec(name)
+    v = spec.default_virtual_stages
+    costs = {kind: cost / v for kind, cost in UNIT_COSTS.items()}
+    assert simulate(spec.build(p, m), costs).bubble_fractions() == pytest.approx([spec.bubble(p, m)] * p)

@@ -15,7 +15,10 @@ class BucketAllreduce:
     Per backward: `start()`, then `launch(index)` for each buffer as it becomes final (a
     subclass records the request it starts in `_requests[index]`), `progress()` whenever
     there is a moment, and `finish()`, after which every buffer holds the sum over ranks.
+    `kind` names the algorithm ("mpi", "shared memory", "hierarchical").
     """
+
+    kind = ""
 
     def __init__(self, buffers: Sequence[Array], comm: Communicator):
         self.buffers = list(buffers)

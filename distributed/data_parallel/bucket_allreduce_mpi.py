@@ -31,6 +31,8 @@ class MpiBucketAllreduce(BucketAllreduce):
         ValueError: for an unknown compression.
     """
 
+    kind = "mpi"
+
     def __init__(self, buffers: Sequence[Array], comm: Communicator, compression: str | None = None):
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown gradient compression {compression!r}; use one of {COMPRESSIONS}")

@@ -49,19 +49,23 @@ def free_shared_memory_bytes() -> int | None:
     return stats.f_bavail * stats.f_frsize
 
 
-def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Sequence[numpy.dtype]) -> str | None:
+def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Sequence[numpy.dtype],
+                           ranks_per_window: int | None = None) -> str | None:
     """Why a window for these buffers would not fit on some rank's node, or None when it fits. Collective.
 
     A window larger than the free space of its tmpfs is not refused when made: the first
     write past the space kills the rank with SIGBUS. Hence the check, before making one.
+    `ranks_per_window` is the most ranks sharing one window (default: all of `comm`).
     """
-    needed = comm.size * _aligned_offsets(sizes, [numpy.dtype(dtype) for dtype in dtypes])[1]
+    ranks_per_window = comm.size if ranks_per_window is None else ranks_per_window
+    needed = ranks_per_window * _aligned_offsets(sizes, [numpy.dtype(dtype) for dtype in dtypes])[1]
     free = free_shared_memory_bytes()
     short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
     for rank, free in enumerate(short_on):
         if free is not None:
             return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of {comm.size} ranks "
+                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of "
+                    f"{ranks_per_window} ranks "
                     "need; summing gradients with MPI's allreduce instead. Give it more room (e.g. docker run "
                     "--shm-size=2g) or pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
     return None
@@ -74,6 +78,8 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     `progress` and `finish` sum them over the ranks, in place. Construction is collective.
     Only for ranks on one node (see `shared_memory_possible`).
     """
+
+    kind = "shared memory"
 
     def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator):
         self.sizes, self.dtypes = list(sizes), [numpy.dtype(dtype) for dtype in dtypes]

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
@@ -25,10 +26,13 @@ class DataParallel(LocalStrategy):
     is rebound to a view into a flat per-bucket buffer (a `GradientSync`). `backward` runs the
     Sequential's backward with a hook: as soon as the last gradient of a bucket is final, that
     bucket's non-blocking allreduce starts, so communication overlaps the rest of backward. When
-    `backward` returns, every gradient is the mean over ranks: the gradient of the loss on the
-    global batch when each rank's loss is a mean over an equal-sized shard. (The output
-    gradient is divided by the number of ranks before backward and the allreduces sum, so
-    gradients added to `.grad` outside `backward` are summed over ranks, not averaged.)
+    `backward` returns, every gradient is the gradient of the mean loss over the global batch
+    when each rank's loss is the mean over its shard, even for shards of unequal sizes (4, 3
+    and 3 rows): each training-mode forward learns every rank's rows (one small allreduce), and
+    the next backward multiplies the output gradient by this rank's share of them, so the
+    allreduces' sums are the row-weighted means. Gradients added to `.grad` outside `backward`
+    are therefore summed over ranks, not averaged. Switching to evaluation (`eval()`) gives
+    every rank rank 0's buffers, so all ranks evaluate alike.
 
     Usage::
 
@@ -83,22 +87,28 @@ class DataParallel(LocalStrategy):
                                           compression=compression, shared_memory=shared_memory)
         self.buckets = self.gradient_sync.buckets
         self._sync_gradients = True
+        self._shard_weight = ShardWeight(self.comm)
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
-        """The module's forward on this rank's shard: (output, cache for `backward`)."""
-        self._before_forward()
+        """The module's forward on this rank's shard: (output, cache for `backward`).
+
+        Collective in training mode: the ranks share their rows (and rank 0's buffers).
+        """
+        self._before_forward(x)
         with span("forward"):
             return self.module.forward(x)
 
     def __call__(self, x: Array) -> Array:
-        self._before_forward()
+        self._before_forward(x)
         with span("forward"):
             return self.module(x)
 
-    def _before_forward(self) -> None:
+    def _before_forward(self, x: Array) -> None:
         if self.module.training and self.broadcast_buffers:
             self.sync_buffers()
+        if self.module.training and self.comm.size > 1:
+            self._shard_weight.start(int(x.shape[0]))
 
     def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
         """Backpropagate `dout` and return once every gradient is averaged over ranks.
@@ -113,7 +123,8 @@ class DataParallel(LocalStrategy):
         Returns:
             The input gradient when `input_grad`, else None.
         """
-        dout = self._scaled_for_averaging(dout)
+        weight = self._shard_weight.take()
+        dout = dout if self.comm.size == 1 else dout * weight  # backward is linear: sums become weighted means
         if not self._sync_gradients:
             with span("backward", synchronised=False):
                 input_gradient = self._run_backward(dout, cache, input_grad, on_parameters_final=None)
@@ -122,8 +133,8 @@ class DataParallel(LocalStrategy):
             with span("backward"):
                 input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
             self.gradient_sync.finish()
-        if input_gradient is not None and self.comm.size > 1:
-            input_gradient *= self.comm.size
+        if input_gradient is not None and self.comm.size > 1 and weight > 0:
+            input_gradient *= input_gradient.dtype.type(1.0 / weight)
         return input_gradient
 
     @contextmanager
@@ -140,11 +151,6 @@ class DataParallel(LocalStrategy):
     def last_sync_stats(self) -> SyncStats:
         """Timings of the last synchronised backward (backward time, time waiting on allreduces)."""
         return self.gradient_sync.last_stats
-
-    def _scaled_for_averaging(self, dout: Array) -> Array:
-        """dout / size: backward is linear in dout, so every gradient comes out divided by the
-        number of ranks and the allreduce's sum is already the mean (no pass over the buffers)."""
-        return dout if self.comm.size == 1 else dout * (1.0 / self.comm.size)
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
         if isinstance(self.module, Sequential):
@@ -170,6 +176,17 @@ class DataParallel(LocalStrategy):
         """Reset every gradient to zero (one fill per bucket buffer)."""
         self.gradient_sync.zero_grad()
 
+    def train(self, mode: bool = True) -> "DataParallel":
+        """Set training (True) or evaluation mode; returns self.
+
+        Switching to evaluation is collective with `broadcast_buffers`: every rank first takes rank
+        0's buffers, since each rank's last training forward updated them from its own shard.
+        """
+        self.module.train(mode)
+        if not mode and self.broadcast_buffers:
+            self.sync_buffers()
+        return self
+
     def to(self, device: str | None = None, dtype=None) -> "DataParallel":
         """Refused: moving would rebind the gradients away from their buckets.
 
@@ -181,7 +198,7 @@ class DataParallel(LocalStrategy):
 
     @property
     def allreduce_kind(self) -> str:
-        """"shared memory" when the ranks sum gradients in a shared window, else "mpi"."""
+        """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
         return self.gradient_sync.allreduce_kind
 
     @property

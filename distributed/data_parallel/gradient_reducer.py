@@ -87,3 +87,4 @@ class GradientReducer:
                                     wait_seconds=time.perf_counter() - backward_done, buckets=len(self.buckets),
                                     bytes=sent)
         return self.last_stats
+

@@ -4,9 +4,14 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
+import numpy
+from mpi4py import MPI
+
+from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce,
-                                                                       shared_memory_possible, shared_memory_shortage)
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_shortage
+from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
 from mpiprop.distributed.transport.communicator import Communicator
@@ -28,8 +33,9 @@ class GradientSync:
         comm: the ranks that hold the same parameters (data-parallel replicas).
         bucket_cap_mb: target size of a bucket in MiB.
         compression: None, or "float16" to reduce float16 copies of the buckets.
-        shared_memory: sum in memory shared by the ranks of one node when possible (see
-            bucket_allreduce_shared); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
+        shared_memory: sum in memory shared by the ranks of each node when possible (see
+            bucket_allreduce_shared; ranks on several nodes sum within each node, then between one
+            leader per node); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
 
     Raises:
         ValueError: for a non-positive bucket size.
@@ -48,22 +54,13 @@ class GradientSync:
         allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)
 
-    def _shared_memory_allreduce(self, groups: list[list[Parameter]],
-                                 shared_memory: bool) -> SharedMemoryBucketAllreduce | None:
-        """Buckets in memory shared by the ranks, when asked for, uncompressed and possible (one node, CPU,
-        room enough); a warning on rank 0 when only the room is missing."""
-        dtypes = [group[0].dtype for group in groups]
-        sizes = [bucket_size(group) for group in groups]
+    def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool) -> BucketAllreduce | None:
+        """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
+        if not (groups and shared_memory and self.compression is None):
+            return None
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
-        if not (groups and shared_memory and self.compression is None
-                and shared_memory_possible(self.comm, dtypes, on_cpu)):
-            return None
-        shortage = shared_memory_shortage(self.comm, sizes, dtypes)
-        if shortage is not None:
-            if self.comm.is_main:
-                warnings.warn(shortage, RuntimeWarning, stacklevel=4)
-            return None
-        return SharedMemoryBucketAllreduce(sizes, dtypes, self.comm)
+        return shared_memory_bucket_allreduce([bucket_size(group) for group in groups],
+                                              [group[0].dtype for group in groups], self.comm, on_cpu)
 
     def start(self) -> None:
         """Begin a synchronised backward. Raises RuntimeError when a gradient left its bucket."""
@@ -103,5 +100,40 @@ class GradientSync:
 
     @property
     def allreduce_kind(self) -> str:
-        """"shared memory" when the ranks sum in a shared window, else "mpi"."""
-        return "shared memory" if isinstance(self._reducer.allreduce, SharedMemoryBucketAllreduce) else "mpi"
+        """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
+        return self._reducer.allreduce.kind
+
+
+def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
+                                   on_cpu: bool) -> BucketAllreduce | None:
+    """Buckets in memory shared by the ranks of each node, summed there; None where that cannot serve.
+
+    All ranks on one node: SharedMemoryBucketAllreduce. Several nodes (or pretend nodes, see
+    MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
+    leader per node. None (use MPI's allreduce) for one rank, GPU arrays, dtypes other than
+    floats, one rank per node, or a node whose /dev/shm lacks room for its ranks' buckets
+    (rank 0 then warns with the sizes). Collective over `comm`.
+
+    Args:
+        sizes: elements of each bucket.
+        dtypes: dtype of each bucket.
+        comm: the data-parallel ranks.
+        on_cpu: whether the gradients are numpy arrays.
+
+    Raises:
+        ValueError: on every rank, for a malformed MPIPROP_PRETEND_NODES.
+    """
+    if not (comm.size > 1 and on_cpu and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes)):
+        return None
+    groups = node_groups(comm)
+    largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
+    shortage = None if largest_node == 1 else shared_memory_shortage(comm, sizes, dtypes, largest_node)
+    if largest_node == 1 or shortage is not None or groups.nodes == 1:
+        groups.free()
+    if shortage is not None and comm.is_main:
+        warnings.warn(shortage, RuntimeWarning, stacklevel=4)
+    if largest_node == 1 or shortage is not None:
+        return None
+    if groups.nodes == 1:
+        return SharedMemoryBucketAllreduce(sizes, dtypes, comm)
+    return HierarchicalBucketAllreduce(sizes, dtypes, groups.node, groups.leaders)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from mpiprop.distributed.pipeline.untouched_state import untouched_state
 from mpiprop.network.backend import Array, synchronize
 from mpiprop.network.checks import positive_int
 from mpiprop.network.sequential import Sequential
@@ -104,7 +105,8 @@ def parameter_counts(model: Sequential) -> list[int]:
 def measure_layer_times(model: Sequential, sample: Array, repeats: int = 3) -> list[float]:
     """Seconds of forward plus backward of each layer on `sample`, the median over `repeats` runs.
 
-    Parameter gradients are restored afterwards, so the measurement leaves no trace.
+    The measurement leaves no trace: gradients and buffers (BatchNorm running statistics) are
+    restored afterwards, and random draws (dropout) come from generators set aside for it.
 
     Args:
         model: the model to time, layer by layer.
@@ -112,7 +114,11 @@ def measure_layer_times(model: Sequential, sample: Array, repeats: int = 3) -> l
         repeats: timed repetitions per layer; the median is kept.
     """
     repeats = positive_int(repeats, "repeats")
-    saved = [p.grad.copy() for p in model.parameters()]
+    with untouched_state(model):
+        return _time_each_layer(model, sample, repeats)
+
+
+def _time_each_layer(model: Sequential, sample: Array, repeats: int) -> list[float]:
     times, x = [], sample
     for layer in model:
         samples = []
@@ -124,6 +130,4 @@ def measure_layer_times(model: Sequential, sample: Array, repeats: int = 3) -> l
             samples.append(time.perf_counter() - start)
         times.append(sorted(samples)[len(samples) // 2])
         x = y
-    for p, grad in zip(model.parameters(), saved):
-        p.grad[...] = grad
     return times

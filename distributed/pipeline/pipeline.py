@@ -19,7 +19,8 @@ from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance
 from mpiprop.distributed.pipeline.pipeline_stats import StageStats
 from mpiprop.distributed.transport.polite_wait import wait_politely
 from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
-from mpiprop.distributed.pipeline.pipeline_schedules import SCHEDULES, Step, forward_only, make_schedule
+from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
+from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
 from mpiprop.distributed.reliability.watchdog import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
@@ -69,7 +70,7 @@ class Pipeline:
             balances forward+backward time measured on `sample_input` on rank 0.
         comm: an mpi4py communicator or Communicator whose ranks are the stages (or, with
             `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
-        virtual_stages: model chunks per rank; default 2 for "interleaved", else 1.
+        virtual_stages: model chunks per rank; default: the schedule's (2 for "interleaved", else 1).
         sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
         stages: ranks per pipeline; must divide the number of ranks; None: all of them.
         bucket_cap_mb, shared_memory: of the replicas' gradient buckets, as for DataParallel.
@@ -88,16 +89,14 @@ class Pipeline:
         if not isinstance(model, Sequential):
             raise TypeError(f"Pipeline splits a network Sequential, got {type(model).__name__}; "
                             "wrap the layers in nn.Sequential(...)")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown pipeline schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+        spec = schedule_spec(schedule)
         self.micro_batches = positive_int(micro_batches, "micro_batches")
         self.schedule_name = schedule
-        self.virtual_stages = positive_int(virtual_stages or (2 if schedule == "interleaved" else 1),
-                                           "virtual_stages")
+        self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
         self._join_ranks(comm, stages)
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
-        self.schedule = make_schedule(schedule, self.num_stages, self.micro_batches, self.virtual_stages)
+        self.schedule = spec.build(self.num_stages, self.micro_batches, self.virtual_stages)
         check_same_model(model, self.comm, owner="Pipeline")
         self.balance = self._resolve_balance(model, balance, sample_input)
         all_ranges = layer_ranges(self.balance)
@@ -159,6 +158,11 @@ class Pipeline:
         plain backward); afterwards they equal the whole model's gradients for the batch
         (with replicas: averaged over the replicas, each of which passes its share of the batch).
         On the last stage `last_output` holds the batch's output.
+        Layers see one micro-batch at a time, as in torch's pipelining: dropout draws each
+        micro-batch's rows of the whole batch's masks (numpy arrays), but BatchNorm normalises each
+        micro-batch with its own statistics and updates its running statistics once per
+        micro-batch, so with BatchNorm the gradients are those of the micro-batches' losses
+        weighted by their share of the rows, each run through the model on its own.
 
         Args:
             x: the input batch on the first stage (ignored elsewhere; pass None).

@@ -12,8 +12,6 @@ name their model chunk too: "F3.1".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 from mpiprop.network.checks import positive_int
 
 FORWARD = "forward"
@@ -182,31 +180,6 @@ def forward_only(stages: int, micro_batches: int, virtual_stages: int = 1) -> Sc
     virtual_stages = positive_int(virtual_stages, "virtual_stages")
     steps = [Step(FORWARD, i, chunk) for chunk in range(virtual_stages) for i in range(micro_batches)]
     return [list(steps) for _ in range(stages)]
-
-
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "gpipe": gpipe,
-    "1f1b": one_f_one_b,
-    "interleaved": interleaved_one_f_one_b,
-    "zb-h1": zero_bubble_h1,
-}
-
-
-def make_schedule(name: str, stages: int, micro_batches: int, virtual_stages: int = 1) -> Schedule:
-    """The schedule called `name` ("gpipe", "1f1b", "interleaved", "zb-h1") for the given sizes.
-
-    Raises:
-        ValueError: for an unknown name, or `virtual_stages` other than 1 for a schedule
-            that is not interleaved.
-    """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown pipeline schedule {name!r}; choose one of {sorted(SCHEDULES)}")
-    if name == "interleaved":
-        return interleaved_one_f_one_b(stages, micro_batches, virtual_stages)
-    if virtual_stages != 1:
-        raise ValueError(f"schedule {name!r} runs one chunk per rank, got virtual_stages={virtual_stages}; "
-                         "use schedule='interleaved' for several chunks per rank")
-    return SCHEDULES[name](stages, micro_batches)
 
 
 def peak_in_flight(steps: list[Step]) -> int:

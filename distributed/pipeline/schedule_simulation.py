@@ -128,22 +128,3 @@ def _raise_if_stuck(schedule: Schedule, finishes: list[list[float]]) -> None:
              for rank, steps in enumerate(schedule) if len(finishes[rank]) < len(steps)]
     if stuck:
         raise ScheduleDeadlock("schedule deadlocks: " + "; ".join(stuck))
-
-
-def theoretical_bubble(name: str, stages: int, micro_batches: int, virtual_stages: int = 1) -> float:
-    """The idle share of a stage in the textbook analysis (uniform stages, free messages).
-
-    GPipe and 1F1B: (p-1)/(m+p-1). Interleaved 1F1B: (p-1)/(v*m+p-1). ZB-H1 with equal
-    forward, input-gradient and weight-gradient times: (p-1)/(3m+p-1).
-
-    Raises:
-        ValueError: for an unknown schedule name.
-    """
-    p, m, v = stages, micro_batches, virtual_stages
-    if name in ("gpipe", "1f1b"):
-        return (p - 1) / (m + p - 1)
-    if name == "interleaved":
-        return (p - 1) / (v * m + p - 1)
-    if name == "zb-h1":
-        return (p - 1) / (3 * m + p - 1)
-    raise ValueError(f"no bubble formula for schedule {name!r}; known: gpipe, 1f1b, interleaved, zb-h1")

@@ -1,15 +1,17 @@
-"""Data-parallel speed: weak scaling 1 -> N ranks, PyTorch DDP (gloo), allreduce bandwidth, exposed communication.
+"""Data-parallel speed: weak scaling 1 -> N ranks and against N independent ranks, PyTorch DDP, allreduce bandwidth.
 
     python examples/benchmarks/bench_data_parallel.py                 # 2 ranks, 5 interleaved rounds
     python examples/benchmarks/bench_data_parallel.py --rounds 3 --steps 20 --json dp.json
 
 The driver starts every measurement itself with `mpiexec` (one BLAS thread per rank), in
-interleaved rounds: 1 rank without DataParallel, N ranks with DataParallel summing in shared
-memory (its default on one node), N ranks with DataParallel on MPI's allreduce
-(`shared_memory=False`, what ranks on several nodes use), N ranks of PyTorch
-DistributedDataParallel over gloo (when torch is installed). It reports medians, for both
-DataParallel variants:
+interleaved rounds: 1 rank without DataParallel, N independent ranks (the same training
+without DataParallel and with no communication: the ceiling, since N ranks on one machine
+share its memory bandwidth and caches), N ranks with DataParallel summing in shared memory
+(its default on one node), N ranks with DataParallel on MPI's allreduce
+(`shared_memory=False`), N ranks of PyTorch DistributedDataParallel over gloo (when torch is
+installed). It reports medians, for both DataParallel variants:
   - weak-scaling efficiency: N-rank global samples/s over N times the 1-rank samples/s;
+  - efficiency against the ceiling: N-rank global samples/s over the N independent ranks';
   - the ratio of our global throughput to DDP's on the same MLP and batch;
   - the bandwidth of the bucketed gradient allreduce over that of one raw mpi4py Allreduce
     of the same number of bytes (bandwidth = bytes / time);
@@ -36,7 +38,8 @@ if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` (an
 from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
 
 LAYER_WIDTHS = (784, 1024, 1024, 10)
-TARGETS = {"weak_scaling_efficiency": 0.90, "speedup_over_torch_ddp": 1.3, "allreduce_bandwidth_ratio": 0.9}
+TARGETS = {"weak_scaling_efficiency": 0.90, "efficiency_against_independent": 0.95, "speedup_over_torch_ddp": 1.3,
+           "allreduce_bandwidth_ratio": 0.9}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write all measurements to this JSON file")
     parser.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--mpi-allreduce", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--independent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--init-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -75,7 +79,8 @@ def numpy_worker(args: argparse.Namespace) -> None:
     for index, (fan_in, fan_out) in enumerate(zip(LAYER_WIDTHS[:-1], LAYER_WIDTHS[1:])):
         layers += [nn.Linear(fan_in, fan_out)] + ([nn.ReLU()] if index < len(LAYER_WIDTHS) - 2 else [])
     model = nn.Sequential(*layers)
-    if world.size > 1:
+    synchronised = world.size > 1 and not args.independent
+    if synchronised:
         options = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
         model = DataParallel(model, compression=args.compression, shared_memory=not args.mpi_allreduce, **options)
     optimizer = nn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -85,13 +90,14 @@ def numpy_worker(args: argparse.Namespace) -> None:
     def step() -> None:
         optimizer.zero_grad()
         loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), **({} if world.size > 1 else {"input_grad": False}))
+        model.backward(loss_fn.backward(), **({} if synchronised else {"input_grad": False}))
         optimizer.step()
 
-    step_seconds, backward, waits = _time_steps(step, args, world, lambda: model.last_sync_stats)
+    step_seconds, backward, waits = _time_steps(step, args, world, lambda: model.last_sync_stats if synchronised
+                                                else None)
     result: dict[str, Any] = {"ranks": world.size, "step_s": step_seconds,
                               "samples_per_s": world.size * args.batch / step_seconds}
-    if world.size > 1:
+    if synchronised:
         result.update(_allreduce_comparison(model, world))
         result["wait_after_backward_s"] = statistics.median(waits)
         result["backward_s"] = statistics.median(backward)
@@ -112,7 +118,7 @@ def _time_steps(step, args: argparse.Namespace, world, stats) -> tuple[float, li
     started = time.perf_counter()
     for _ in range(args.steps):
         step()
-        if world.size > 1:
+        if stats() is not None:
             backward.append(stats().backward_seconds)
             waits.append(stats().wait_seconds)
     elapsed = numpy.array([time.perf_counter() - started])
@@ -185,10 +191,13 @@ def torch_worker(args: argparse.Namespace) -> None:
 
 # --- driver -------------------------------------------------------------------------------------------
 def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 600,
-           mpi_allreduce: bool = False) -> dict[str, Any]:
-    """Run this file as `worker` under `mpiexec -n ranks` and return its RESULT record."""
+           variant: str | None = None) -> dict[str, Any]:
+    """Run this file as `worker` under `mpiexec -n ranks` and return its RESULT record.
+
+    `variant` is "mpi-allreduce" or "independent" for those numpy runs.
+    """
     arguments = ["--worker", worker, "--batch", str(args.batch), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup)] + (["--mpi-allreduce"] if mpi_allreduce else [])
+                 "--warmup", str(args.warmup)] + ([f"--{variant}"] if variant else [])
     if args.bucket_cap_mb is not None:
         arguments += ["--bucket-cap-mb", str(args.bucket_cap_mb)]
     if args.compression:
@@ -197,12 +206,13 @@ def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 6
 
 
 def run_rounds(args: argparse.Namespace, with_torch: bool) -> dict[str, list[dict[str, Any]]]:
-    runs: dict[str, list[dict[str, Any]]] = {"single": [], "data_parallel": [], "data_parallel_mpi": [],
-                                              "torch_ddp": []}
+    runs: dict[str, list[dict[str, Any]]] = {"single": [], "independent": [], "data_parallel": [],
+                                              "data_parallel_mpi": [], "torch_ddp": []}
     for round_number in range(args.rounds):
         runs["single"].append(launch(args, "numpy", 1))
+        runs["independent"].append(launch(args, "numpy", args.ranks, variant="independent"))
         runs["data_parallel"].append(launch(args, "numpy", args.ranks))
-        runs["data_parallel_mpi"].append(launch(args, "numpy", args.ranks, mpi_allreduce=True))
+        runs["data_parallel_mpi"].append(launch(args, "numpy", args.ranks, variant="mpi-allreduce"))
         if with_torch:
             runs["torch_ddp"].append(launch(args, "torch", args.ranks))
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
@@ -213,17 +223,21 @@ def run_rounds(args: argparse.Namespace, with_torch: bool) -> dict[str, list[dic
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"ranks": args.ranks, "batch_per_rank": args.batch, "rounds": args.rounds,
-                               "single_samples_per_s": statistics.median(r["samples_per_s"] for r in runs["single"])}
+                               "single_samples_per_s": statistics.median(r["samples_per_s"] for r in runs["single"]),
+                               "independent_samples_per_s": statistics.median(
+                                   r["samples_per_s"] for r in runs["independent"])}
     for name in ("data_parallel", "data_parallel_mpi"):
-        summary[name] = summarise_data_parallel(args, runs["single"], runs[name], runs["torch_ddp"])
+        summary[name] = summarise_data_parallel(args, runs, name)
     if runs["torch_ddp"]:
         summary["torch_ddp_samples_per_s"] = statistics.median(r["samples_per_s"] for r in runs["torch_ddp"])
     return summary
 
 
-def summarise_data_parallel(args: argparse.Namespace, single: list[dict[str, Any]], parallel: list[dict[str, Any]],
-                            torch_ddp: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_data_parallel(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
+                            name: str) -> dict[str, Any]:
     """Medians of one DataParallel variant's runs; ratios are taken round by round, then the median."""
+    single, independent, parallel, torch_ddp = runs["single"], runs["independent"], runs[name], runs["torch_ddp"]
+
     def median(key: str) -> float:
         return statistics.median(record[key] for record in parallel)
 
@@ -232,6 +246,8 @@ def summarise_data_parallel(args: argparse.Namespace, single: list[dict[str, Any
         "samples_per_s": median("samples_per_s"),
         "weak_scaling_efficiency": statistics.median(
             p["samples_per_s"] / (args.ranks * s["samples_per_s"]) for s, p in zip(single, parallel)),
+        "efficiency_against_independent": statistics.median(
+            p["samples_per_s"] / i["samples_per_s"] for i, p in zip(independent, parallel)),
         "gradient_allreduce_gb_s": median("gradient_allreduce_gb_s"),
         "raw_allreduce_gb_s": median("raw_allreduce_gb_s"),
         "allreduce_bandwidth_ratio": statistics.median(
@@ -251,6 +267,8 @@ def report(summary: dict[str, Any]) -> None:
     print(f"MLP {'-'.join(map(str, LAYER_WIDTHS))}, {summary['batch_per_rank']} samples per rank, one BLAS thread "
           f"per rank, median of {summary['rounds']} interleaved rounds")
     print(f"  1 rank:                    {summary['single_samples_per_s']:9.0f} samples/s")
+    print(f"  {n} independent ranks:       {summary['independent_samples_per_s']:9.0f} samples/s (global, "
+          "no communication: the ceiling)")
     if "torch_ddp_samples_per_s" in summary:
         print(f"  {n} ranks torch DDP gloo:   {summary['torch_ddp_samples_per_s']:9.0f} samples/s (global)")
     for name in ("data_parallel", "data_parallel_mpi"):
@@ -258,6 +276,7 @@ def report(summary: dict[str, Any]) -> None:
         print(f"  {n} ranks DataParallel, {variant['allreduce']} allreduce, {variant['buckets']} buckets:")
         print(f"    samples/s (global):      {variant['samples_per_s']:9.0f}")
         print(f"    weak-scaling efficiency: {variant['weak_scaling_efficiency']:9.3f}")
+        print(f"    of the ceiling:          {variant['efficiency_against_independent']:9.3f}")
         if "speedup_over_torch_ddp" in variant:
             print(f"    speedup over torch DDP:  {variant['speedup_over_torch_ddp']:9.3f}x")
         print(f"    gradient allreduce:      {variant['gradient_allreduce_gb_s']:9.3f} GB/s "

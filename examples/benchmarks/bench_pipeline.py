@@ -14,7 +14,9 @@ starts every measurement itself with `mpiexec`, in interleaved rounds:
     layers, the same split, the same initial weights and batch (skipped without torch).
 All contestants start from the same weights; their first-step losses are compared before
 the timings are trusted. Reported: medians over rounds of samples/s, the ratios of the 1F1B
-pipeline to one process and to torch, and measured bubbles next to the theory.
+pipeline to one process and to torch, measured bubbles next to the theory, and each
+schedule's speedup next to its bound: one process's step time x (1 - the registry's bubble
+formula) / the busiest stage's measured computing time per step.
 """
 from __future__ import annotations
 
@@ -34,9 +36,9 @@ if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` (an
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
+from mpiprop.distributed.pipeline.schedule_registry import schedule_names, schedule_spec  # noqa: E402
 
 HIDDEN_LAYERS, WIDTH, INPUTS, CLASSES = 6, 1024, 784, 10
-SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1")
 LOSS_TOLERANCE = 1e-4
 TARGETS = {"over_single": 1.5, "over_torch": 1.5}
 
@@ -49,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
-    parser.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated pipeline schedules")
+    parser.add_argument("--schedules", default=",".join(schedule_names()), help="comma-separated pipeline schedules")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch.distributed.pipelining run")
     parser.add_argument("--json", help="also write all measurements to this JSON file")
     parser.add_argument("--worker", choices=["single", "pipeline", "torch"], help=argparse.SUPPRESS)
@@ -121,7 +123,7 @@ def pipeline_worker(args: argparse.Namespace) -> None:
     for schedule in args.schedules.split(","):
         pipe = Pipeline(build_model(), args.micro_batches, schedule)
         optimizer = nn.optim.SGD(pipe.parameters(), lr=0.01, momentum=0.9)
-        bubbles: list[float] = []
+        stats: list = []
 
         def step() -> float:
             optimizer.zero_grad()
@@ -129,9 +131,10 @@ def pipeline_worker(args: argparse.Namespace) -> None:
             optimizer.step()
             return loss
 
-        first_loss, seconds = time_steps(step, args, world.Barrier, lambda: bubbles.append(pipe.last_stats.bubble))
-        per_rank = world.allgather({"bubble": statistics.median(bubbles), "peak_stash": pipe.last_stats.peak_stash,
-                                    "busy_ms": 1e3 * pipe.last_stats.busy, "balance": pipe.balance})
+        first_loss, seconds = time_steps(step, args, world.Barrier, lambda: stats.append(pipe.last_stats))
+        per_rank = world.allgather({"bubble": statistics.median(s.bubble for s in stats),
+                                    "peak_stash": pipe.last_stats.peak_stash,
+                                    "busy_ms": 1e3 * statistics.median(s.busy for s in stats), "balance": pipe.balance})
         results[schedule] = {"first_loss": first_loss, "samples_per_s": args.batch / seconds, "ranks": per_rank}
     if world.rank == 0:
         print_result(results)
@@ -227,22 +230,26 @@ def check_same_losses(runs: dict[str, list[Any]]) -> None:
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[Any]]) -> dict[str, Any]:
-    from mpiprop.distributed.pipeline.schedule_simulation import theoretical_bubble
-
     single = [record["samples_per_s"] for record in runs["single"]]
     summary: dict[str, Any] = {"stages": args.stages, "batch": args.batch, "micro_batches": args.micro_batches,
                                "rounds": args.rounds, "single_samples_per_s": statistics.median(single),
                                "schedules": {}}
     for name in runs["pipeline"][0]:
         records = [round_records[name] for round_records in runs["pipeline"]]
-        virtual = 2 if name == "interleaved" else 1
+        bubble = schedule_spec(name).bubble(args.stages, args.micro_batches)
+        busy_ms = [statistics.median(r["ranks"][k]["busy_ms"] for r in records) for k in range(args.stages)]
+        over_single = statistics.median(r["samples_per_s"] / s for r, s in zip(records, single))
+        bound = speedup_bound(1e3 * args.batch / summary["single_samples_per_s"], busy_ms, bubble)
         summary["schedules"][name] = {
             "samples_per_s": statistics.median(r["samples_per_s"] for r in records),
-            "over_single": statistics.median(r["samples_per_s"] / s for r, s in zip(records, single)),
-            "bubble_measured": [statistics.median(r["ranks"][k]["bubble"] for r in records) for k in range(args.stages)],
-            "bubble_theory": theoretical_bubble(name, args.stages, args.micro_batches, virtual),
+            "over_single": over_single,
+            "speedup_bound": bound,
+            "share_of_bound": over_single / bound,
+            "bubble_measured": [statistics.median(r["ranks"][k]["bubble"] for r in records)
+                                for k in range(args.stages)],
+            "bubble_theory": bubble,
             "peak_stash": [rank["peak_stash"] for rank in records[0]["ranks"]],
-            "busy_ms": [statistics.median(r["ranks"][k]["busy_ms"] for r in records) for k in range(args.stages)],
+            "busy_ms": busy_ms,
             "balance": records[0]["ranks"][0]["balance"],
         }
     if runs["torch"]:
@@ -253,6 +260,24 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[Any]]) -> dict[str,
     return summary
 
 
+def speedup_bound(single_step_ms: float, stage_busy_ms: Sequence[float], bubble: float) -> float:
+    """The most a pipeline can gain over one process, given what each stage computes per step.
+
+    The slowest stage computes `max(stage_busy_ms)` per step and, with the schedule's textbook
+    bubble, is busy only `1 - bubble` of the step, so a step lasts at least
+    `max(stage_busy_ms) / (1 - bubble)`.
+
+    Args:
+        single_step_ms: one process's time for the whole batch.
+        stage_busy_ms: each stage's computing time per step, measured in the pipeline.
+        bubble: the schedule's idle share from the registry's bubble formula.
+
+    Returns:
+        single_step_ms divided by that shortest pipeline step.
+    """
+    return single_step_ms * (1.0 - bubble) / max(stage_busy_ms)
+
+
 def report(summary: dict[str, Any]) -> None:
     p, m = summary["stages"], summary["micro_batches"]
     print(f"MLP {INPUTS}-{HIDDEN_LAYERS}x{WIDTH}-{CLASSES}, batch {summary['batch']} in {m} micro-batches, "
@@ -261,6 +286,7 @@ def report(summary: dict[str, Any]) -> None:
     for name, s in summary["schedules"].items():
         measured = ", ".join(f"{b:.3f}" for b in s["bubble_measured"])
         print(f"  pipeline {name:12s}:     {s['samples_per_s']:8.0f} samples/s  {s['over_single']:.2f}x one process"
+              f"  bound {s['speedup_bound']:.2f}x (reached {s['share_of_bound']:.2f})"
               f"  bubble per rank [{measured}] (theory {s['bubble_theory']:.3f})  peak stash {s['peak_stash']}")
     if "torch_1f1b_samples_per_s" in summary:
         print(f"  torch.distributed.pipelining Schedule1F1B: {summary['torch_1f1b_samples_per_s']:8.0f} samples/s")

@@ -1,0 +1,40 @@
+"""Each Dropout layer draws from a stream of its own, restored by checkpoints and independent of the others."""
+import numpy
+
+import mpiprop.network as nn
+from mpiprop.network import rng
+
+
+def two_dropouts():
+    nn.manual_seed(4)
+    return nn.Sequential(nn.Dropout(0.5), nn.Dropout(0.5))
+
+
+def test_dropout_layers_of_one_model_draw_different_masks_and_a_model_built_alike_draws_the_same():
+    x = numpy.ones((6, 40), dtype=numpy.float32)
+    model = two_dropouts()
+    first, second = model[0].forward(x)[0], model[1].forward(x)[0]
+    assert not numpy.array_equal(first, second)
+    again = two_dropouts()
+    assert numpy.array_equal(again[0].forward(x)[0], first) and numpy.array_equal(again[1].forward(x)[0], second)
+
+
+def test_a_batch_drawn_in_pieces_gets_the_rows_of_the_whole_batchs_mask():
+    x = numpy.ones((7, 9), dtype=numpy.float32)
+    whole = two_dropouts()[1].forward(x)[0]
+    layer = two_dropouts()[1]
+    pieces = [layer.forward(x[:3])[0], layer.forward(x[3:5])[0], layer.forward(x[5:])[0]]
+    assert numpy.array_equal(numpy.concatenate(pieces), whole)
+
+
+def test_the_random_state_restores_every_stream():
+    x = numpy.ones((5, 8), dtype=numpy.float32)
+    model = two_dropouts()
+    model[1].forward(x)
+    nn.manual_seed(5)  # as a script does to give each rank masks of its own, after building the model
+    model[0].forward(x)
+    state = rng.get_rng_state()
+    expected = [model[0].forward(x)[0], model[1].forward(x)[0]]
+    model[0].forward(x)
+    rng.set_rng_state(state)
+    assert all(numpy.array_equal(layer.forward(x)[0], mask) for layer, mask in zip(model, expected))
