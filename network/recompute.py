@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any, Iterator
 
 import numpy
@@ -98,13 +97,15 @@ class Recompute(Sequential):
         return caches
 
     def _generator_states(self, x: Array) -> list[tuple[Any, dict]]:
-        """(generator, state) for each generator the range's active dropout layers will draw from;
-        the shared generator is named by its array module, since `rng.seeded` may swap it."""
+        """(source, state) for each generator the range's active dropout layers will draw from: a
+        layer's own generator, or its random stream named by (array module, stream number), since
+        `rng.seeded` may swap the stream generators between forward and backward."""
         dropouts = [layer for layer in self._all_layers()
                     if isinstance(layer, Dropout) and layer.training and layer.p > 0.0]
         xp = get_array_module(x)
-        sources = {id(d.generator): d.generator if d.generator is not None else xp for d in dropouts}
-        return [(source, _generator_of(source).bit_generator.state) for source in sources.values()]
+        sources = [d.generator if d.generator is not None else (xp, d.stream) for d in dropouts]
+        unique = {id(source) if not isinstance(source, tuple) else source: source for source in sources}
+        return [(source, _generator_of(source).bit_generator.state) for source in unique.values()]
 
     def _modes(self) -> list[bool]:
         return [layer.training for layer in self._all_layers()]
@@ -117,8 +118,8 @@ class Recompute(Sequential):
 
 
 def _generator_of(source: Any) -> numpy.random.Generator:
-    """`source` itself, or for an array module the shared generator `rng.generator` gives now."""
-    generator = rng.generator(source) if isinstance(source, ModuleType) else source
+    """`source` itself, or for (array module, stream) the generator `rng.stream_generator` gives now."""
+    generator = rng.stream_generator(source[1], source[0]) if isinstance(source, tuple) else source
     if not isinstance(generator, numpy.random.Generator):
         raise NotImplementedError(
             f"Recompute cannot replay dropout drawn from a {type(generator).__module__} generator "

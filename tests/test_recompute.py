@@ -162,7 +162,7 @@ def test_gradcheck_passes_through_recomputed_dropout():
 
 
 def test_gradcheck_catches_a_wrong_replay():
-    nn.manual_seed(0)
+    nn.manual_seed(1)  # not gradcheck's seed, so a replay from the live streams draws other masks
     model = nn.Sequential(nn.Linear(4, 5), nn.Recompute(nn.Dropout(0.5), nn.Linear(5, 5)))
     model[1]._generator_states = lambda x: []
     with pytest.raises(nn.GradcheckError):

@@ -40,9 +40,15 @@ def test_one_run_goes_on_through_pipeline_data_parallel_and_grid_layouts(tmp_pat
         assert [r["epoch"] for r in written] == list(range(1, epochs + 1)) and written[-1] == printed[0]
         assert result.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
     accuracy = float(re.findall(r"^test_accuracy=([0-9.]+)$", result.stdout, flags=re.MULTILINE)[-1])
-    example = load_example("train_digits")
-    model = example.build_model(128)
-    load_checkpoint(checkpoint, model)
-    x_test, y_test = example.load_splits(0)["test"]
-    assert numpy.isclose(count_correct(model.eval().forward(x_test)[0], y_test) / len(y_test), accuracy, atol=1e-4)
     assert accuracy > 0.85
+    again = run_mpi(EXAMPLE, 1, "--epochs", "4", *files, "--resume", str(checkpoint), timeout=TIMEOUT_S)
+    assert "nothing to train" in again.stderr, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == f"test_accuracy={accuracy:.4f}"  # the best epoch's weights again
+    written = [json.loads(line) for line in metrics.read_text().splitlines()]
+    if min(written, key=lambda record: record["val_loss"]) is written[-1]:  # the checkpoint holds the best weights
+        example = load_example("train_digits")
+        model = example.build_model(128)
+        load_checkpoint(checkpoint, model)
+        x_test, y_test = example.load_splits(0)["test"]
+        correct = count_correct(model.eval().forward(x_test)[0], y_test)
+        assert numpy.isclose(correct / len(y_test), accuracy, atol=1e-4)

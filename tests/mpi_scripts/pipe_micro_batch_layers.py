@@ -48,7 +48,7 @@ def train_pipeline(pipe: Pipeline) -> tuple[list[float], dict]:
         losses.append(pipe.train_step(x if pipe.is_first else None, y if pipe.is_last else None,
                                       nn.CrossEntropyLoss()))
         optimizer.step()
-    return losses, pipe.local_state_dict()
+    return losses, pipe.state_dict()
 
 
 def train_sequential(model: nn.Sequential, per_micro_batch: bool) -> tuple[list[float], dict]:
