@@ -86,6 +86,9 @@ class Trainer:
         if comm is not None and (comm.rank, comm.size) != (rank, self.world_size):
             raise ValueError(f"comm is rank {comm.rank} of {comm.size} but the trainer was given rank={rank}, "
                              f"world_size={world_size}; pass rank=comm.rank, world_size=comm.size")
+        if getattr(loss_fn, "reduction", "mean") != "mean":
+            raise ValueError(f"the Trainer averages the loss over samples and needs loss_fn with reduction='mean', "
+                             f"got reduction={loss_fn.reduction!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule must be callable (t -> learning rate), got {type(lr_schedule).__name__}")
         for index, callback in enumerate(callbacks):
