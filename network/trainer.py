@@ -19,6 +19,7 @@ from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
                                 non_finite_grads)
 from mpiprop.network.progress import progress, progress_wanted
+from mpiprop.network.schedules import set_lr
 from mpiprop.network.sequential import Sequential
 
 _LOADER_SETTINGS = ("batch_size", "shuffle", "drop_last", "seed", "world_size", "uneven")
@@ -41,7 +42,8 @@ class Trainer:
         model: the model (or a wrapper of it).
         loss_fn: a mean-reduced loss, e.g. `CrossEntropyLoss()`.
         optimizer: e.g. `optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`.
-        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update.
+        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update
+            in every parameter group (by `schedules.set_lr`).
         schedule_per: "step" (t counts optimizer steps) or "epoch" (t counts epochs).
         clip_grad_norm: when given, clip the gradients' total 2-norm to this value before each update.
         callbacks: `Callback` objects, e.g. `EarlyStopping()`.
@@ -183,7 +185,7 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_start(self, self.epoch)
         if self.lr_schedule is not None and self.schedule_per == "epoch":
-            self.optimizer.lr = self.lr_schedule(self.epoch)
+            set_lr(self.optimizer, self.lr_schedule, self.epoch)
         self.model.train()
         batches = progress(loader.batches(self.epoch, start=self.batch), total=len(loader) - self.batch,
                            description=f"epoch {self.epoch + 1}/{epochs}", enabled=self.show_progress)
@@ -217,7 +219,7 @@ class Trainer:
         if self.clip_grad_norm is not None:
             clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         if self.lr_schedule is not None and self.schedule_per == "step":
-            self.optimizer.lr = self.lr_schedule(self.step)
+            set_lr(self.optimizer, self.lr_schedule, self.step)
         self.optimizer.step()
         self.step += 1
         self._train_totals.add(loss, len(y), correct, _predictions(y))
