@@ -155,7 +155,7 @@ class Layer:
             array = getattr(self, name)
             if device is not None:
                 array = to_device(array, device)
-            if dtype is not None:
+            if dtype is not None and array.dtype.kind == "f":  # counters stay integers
                 array = array.astype(dtype, copy=False)
             setattr(self, name, array)
         for _, child in self.children():
