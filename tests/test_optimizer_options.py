@@ -3,6 +3,7 @@ schedules): against torch.optim and torch.optim.lr_scheduler, through state dict
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import mpiprop.network as nn
 from mpiprop.network import backend
 from mpiprop.network.schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR, set_lr
+from mpi_launch import run_mpi
 
 torch = pytest.importorskip("torch")
 
@@ -255,3 +257,71 @@ def test_every_combination_of_sgd_options_matches_torch():
             _assert_same(*_train_both("SGD", dict(lr=0.1, momentum=momentum, dampening=dampening,
                                                   weight_decay=weight_decay, nesterov=nesterov, maximize=maximize),
                                       group_options, steps=3))
+
+
+# --- parameters without a gradient (zero_grad(set_to_none=True)) ------------------------------
+
+
+class _Heads:
+    """Two linear heads on one input; each step uses one of them, so the other gets no gradient."""
+
+    def __init__(self):
+        nn.manual_seed(3)
+        self.heads = [nn.Linear(4, 2, dtype=numpy.float64), nn.Linear(4, 2, dtype=numpy.float64)]
+        self.torch_params = [torch.tensor(p.data.copy(), requires_grad=True) for p in self.parameters()]
+
+    def parameters(self):
+        return [p for head in self.heads for p in head.parameters()]
+
+    def backward(self, used: tuple[int, ...], x: numpy.ndarray, y: numpy.ndarray) -> None:
+        """Loss of each head in `used` on (x, y), backpropagated in both frameworks."""
+        for which in used:
+            loss_fn = nn.CrossEntropyLoss()
+            loss_fn(self.heads[which](x), y)
+            self.heads[which].backward(loss_fn.backward())
+            weight, bias = self.torch_params[2 * which:2 * which + 2]
+            torch.nn.functional.cross_entropy(torch.tensor(x) @ weight + bias, torch.tensor(y)).backward()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("name, options", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+                                           ("Adam", dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+                                           ("AdamW", dict(lr=0.05))])
+def test_parameters_without_a_gradient_are_skipped_as_by_torch(name, options, set_to_none):
+    model = _Heads()
+    ours = getattr(nn.optim, name)(model.parameters(), **options)
+    theirs = getattr(torch.optim, name)(model.torch_params, **options)
+    rng = numpy.random.default_rng(0)
+    # Both heads first: torch's gradients start as None, which only set_to_none=True brings back.
+    for used in ((0, 1), (0,), (0,), (1,), (0,), (1,), (1,)):
+        ours.zero_grad(set_to_none=set_to_none)
+        theirs.zero_grad(set_to_none=set_to_none)
+        model.backward(used, rng.standard_normal((5, 4)), rng.integers(0, 2, 5))
+        assert [p.has_grad for p in model.parameters()] == (
+            [head in used for head in (0, 0, 1, 1)] if set_to_none else [True] * 4)
+        ours.step()
+        theirs.step()
+    for p, t in zip(model.parameters(), model.torch_params):
+        numpy.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-11, atol=1e-13)
+
+
+def test_a_layer_backward_marks_only_its_own_parameters():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model.zero_grad(set_to_none=True)
+    assert not any(p.has_grad for p in model.parameters())
+    y, cache = model.forward(numpy.ones((4, 3), dtype=numpy.float32))
+    model.backward(numpy.ones_like(y), cache, input_grad=False)
+    assert all(p.has_grad for p in model.parameters())
+    model[3].zero_grad(set_to_none=True)
+    model[3].backward_weight(numpy.ones((4, 2), dtype=numpy.float32), numpy.ones((4, 3), dtype=numpy.float32))
+    assert all(p.has_grad for p in model[3].parameters())
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_optimizer_options_under_data_parallel_match_torch_on_the_global_batch(ranks):
+    result = run_mpi("dp_optimizer_options.py", ranks)
+    differences = re.findall(r"(\w+) ranks=\d+ max_abs_diff=([0-9.eE+-]+)", result.stdout)
+    assert [name for name, _ in differences] == ["SGD", "AdamW"], result.stdout + result.stderr
+    assert all(float(difference) < 1e-5 for _, difference in differences)
+    for rank in range(ranks):
+        assert f"rank {rank} ok" in result.stdout

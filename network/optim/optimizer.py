@@ -82,13 +82,21 @@ class Optimizer:
         for group in self.param_groups:
             group["lr"] = value
 
-    def zero_grad(self) -> None:
-        """Reset every parameter's gradient to zero."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Reset every parameter's gradient to zero.
+
+        Args:
+            set_to_none: PyTorch's default: a parameter then counts as having no gradient until
+                a layer's backward gives it one, and `step` leaves it untouched (no momentum,
+                weight decay or Adam step). With False (the default here, PyTorch's
+                `set_to_none=False`) every parameter is updated, a zero gradient included.
+        """
         for p in self.params:
-            p.zero_grad()
+            p.zero_grad(set_to_none)
 
     def step(self) -> None:
-        """Apply one update to every parameter, with its group's hyperparameters.
+        """Apply one update to every parameter that has a gradient (see `zero_grad`), with its group's
+        hyperparameters.
 
         Raises:
             ValueError: for a learning rate that became negative or NaN (nothing is updated).
@@ -99,7 +107,9 @@ class Optimizer:
         states = iter(self.state)
         for group in self.param_groups:
             for p in group["params"]:
-                self._update(p, next(states), group)
+                state = next(states)
+                if p.has_grad:
+                    self._update(p, state, group)
 
     def _update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _update")
