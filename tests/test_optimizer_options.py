@@ -325,3 +325,10 @@ def test_optimizer_options_under_data_parallel_match_torch_on_the_global_batch(r
     assert all(float(difference) < 1e-5 for _, difference in differences)
     for rank in range(ranks):
         assert f"rank {rank} ok" in result.stdout
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_optimizer_options_through_a_pipeline_match_one_process(ranks):
+    result = run_mpi("pipe_optimizer_options.py", ranks)
+    for rank, schedule in itertools.product(range(ranks), ("1f1b", "zb-h1")):
+        assert f"PIPE-OPTIONS-OK rank={rank} schedule={schedule} " in result.stdout, result.stdout + result.stderr
