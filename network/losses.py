@@ -197,7 +197,7 @@ class CrossEntropyLoss(Loss):
     def _losses(self, logits, target):
         probabilities = self._check_target(logits, target)
         if get_array_module(logits) is not numpy and not probabilities and self.weight is None \
-                and not self.label_smoothing:
+                and not self.label_smoothing and self.reduction != "none":
             fused = self._fused_gpu_losses(logits, target)
             if fused is not None:
                 return fused
@@ -268,8 +268,9 @@ class CrossEntropyLoss(Loss):
         return False
 
     def _fused_gpu_losses(self, logits, labels):
-        """Row losses and the gradient of their sum in one GPU kernel, one thread per row (cupy would launch a
-        kernel per step); None when a label equals ignore_index, which the generic path handles.
+        """The summed loss (as a one-element host array) and the gradient of the sum in one GPU kernel, one
+        thread per row (cupy would launch a kernel per step), with one device-to-host transfer; None when a
+        label equals ignore_index, which the generic path handles.
 
         A label out of range makes its row's loss NaN; only then are the labels inspected.
         """
@@ -296,11 +297,12 @@ class CrossEntropyLoss(Loss):
         row_loss = xp.empty(batch, dtype=logits.dtype)
         grad = xp.empty_like(logits)
         kernel(logits, labels, numpy.int32(classes), logits.dtype.type(1.0), row_loss, grad)
-        if math.isnan(float(row_loss.sum())):
+        total = float(row_loss.sum())
+        if math.isnan(total):
             if bool((labels == self.ignore_index).any()):
                 return None
             self._class_index_coefficients(logits, labels)  # raises, naming the labels out of range
-        return row_loss, batch, grad
+        return numpy.array([total]), batch, grad
 
 
 class BCEWithLogitsLoss(Loss):
