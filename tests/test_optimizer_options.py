@@ -143,6 +143,35 @@ def test_trainer_schedules_every_group():
 # --- state dicts and checkpoints ------------------------------------------------------------
 
 
+def _grouped_trainer(checkpoint_path):
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    named = list(model.named_parameters())
+    optimizer = nn.optim.AdamW([{"params": [p for n, p in named if n.endswith("weight")], "amsgrad": True},
+                                {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0,
+                                 "lr": 0.005}], lr=0.01)
+    trainer = nn.Trainer(model, nn.CrossEntropyLoss(label_smoothing=0.1), optimizer,
+                         lr_schedule=CosineAnnealingLR(0.01, total=6, min_lr=0.001), checkpoint_path=checkpoint_path,
+                         quiet=True)
+    rng = numpy.random.default_rng(1)
+    loader = nn.DataLoader(nn.ArrayDataset(rng.standard_normal((8, 3)).astype(numpy.float32),
+                                           rng.integers(0, 2, 8)), batch_size=4, shuffle=True, seed=2)
+    return model, trainer, loader
+
+
+def test_a_trainer_resumed_with_groups_and_amsgrad_ends_where_an_uninterrupted_run_does(tmp_path):
+    model, trainer, loader = _grouped_trainer(tmp_path / "whole.npz")
+    trainer.fit(loader, epochs=3)
+    stopped_model, stopped, loader = _grouped_trainer(tmp_path / "stopped.npz")
+    stopped.fit(loader, epochs=1)
+    resumed_model, resumed, loader = _grouped_trainer(tmp_path / "resumed.npz")
+    resumed.fit(loader, epochs=3, resume_from=tmp_path / "stopped.npz")
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        numpy.testing.assert_array_equal(p.data, q.data)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in trainer.optimizer.param_groups]
+
+
+
 def _train_with(optimizer, params, steps: int) -> None:
     for _ in range(steps):
         optimizer.zero_grad()
