@@ -1,7 +1,8 @@
 """Layer: the base class of every layer, with the forward/backward contract and its conveniences."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+import functools
+from typing import Any, Callable, Iterator
 
 from mpiprop.network.backend import Array, device_of, to_device
 from mpiprop.network.parameter import Parameter
@@ -15,6 +16,20 @@ class _Remembered:
 
 
 REMEMBERED: Any = _Remembered()
+
+
+def _marking_own_gradients(backward: Callable) -> Callable:
+    """`backward`, followed by `has_grad = True` on each Parameter the layer holds directly."""
+
+    @functools.wraps(backward)
+    def marking(self: "Layer", *args: Any, **kwargs: Any) -> Any:
+        result = backward(self, *args, **kwargs)
+        for value in vars(self).values():
+            if isinstance(value, Parameter):
+                value.has_grad = True
+        return result
+
+    return marking
 
 
 class Layer:
@@ -37,6 +52,13 @@ class Layer:
     """
 
     buffer_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's `backward` and `backward_weight` mark the layer's own parameters as having a gradient."""
+        super().__init_subclass__(**kwargs)
+        for name in ("backward", "backward_weight"):
+            if name in vars(cls):
+                setattr(cls, name, _marking_own_gradients(vars(cls)[name]))
 
     def __init__(self) -> None:
         self.training = True
@@ -111,10 +133,10 @@ class Layer:
         """Switch to evaluation mode; returns self."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Reset every parameter's gradient to zero."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Reset every parameter's gradient to zero (see `Parameter.zero_grad` for `set_to_none`)."""
         for p in self.parameters():
-            p.zero_grad()
+            p.zero_grad(set_to_none)
 
     def state_dict(self) -> dict[str, Array]:
         """Copies of all parameters and buffers, keyed by qualified name."""
@@ -155,7 +177,7 @@ class Layer:
             array = getattr(self, name)
             if device is not None:
                 array = to_device(array, device)
-            if dtype is not None:
+            if dtype is not None and array.dtype.kind == "f":  # counters stay integers
                 array = array.astype(dtype, copy=False)
             setattr(self, name, array)
         for _, child in self.children():

@@ -1,4 +1,4 @@
-"""Losses with mean reduction: the value as a float, and on backward() the gradient w.r.t. the prediction."""
+"""Losses with PyTorch's options: the reduced value, and on backward() the gradient w.r.t. the prediction."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy
 
-from mpiprop.network.backend import Array, elementwise_kernel, get_array_module, is_array
+from mpiprop.network.backend import Array, device_of, elementwise_kernel, get_array_module, is_array, to_device
 from mpiprop.network.checks import all_finite, float_array
 from mpiprop.network.layer import REMEMBERED
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class Loss:
@@ -17,16 +19,38 @@ class Loss:
     The explicit form `value, cache = loss.forward(pred, target)` and
     `dpred = loss.backward(cache)` keeps nothing on the object, for pipelines
     with several micro-batches in flight.
+
+    A subclass computes the unreduced losses (`_losses`) and the gradient of their sum
+    (`_gradient`); this class reduces them as `reduction` asks, as PyTorch does:
+    "mean" (a float), "sum" (a float) or "none" (an array, one loss per element or row).
+    Under data parallelism each rank's mean is over its own shard, as in PyTorch DDP.
+
+    Args:
+        reduction: "mean", "sum" or "none".
+
+    Raises:
+        ValueError: for another reduction.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{type(self).__name__} reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         self._last_cache: Any = REMEMBERED
 
-    def __call__(self, pred: Array, target: Array) -> float:
+    def __call__(self, pred: Array, target: Array) -> float | Array:
         value, self._last_cache = self.forward(pred, target)
         return value
 
-    def forward(self, pred: Array, target: Array) -> tuple[float, Any]:
+    def forward(self, pred: Array, target: Array) -> tuple[float | Array, Any]:
+        """The reduced loss and the cache `backward` needs.
+
+        Returns:
+            (value, cache): value is a float for "mean" and "sum", an array for "none".
+
+        Raises:
+            TypeError, ValueError: for inputs that do not fit the loss, naming their shapes and values.
+        """
         name = type(self).__name__
         float_array(pred, f"{name} prediction")
         if not is_array(target):
@@ -44,10 +68,27 @@ class Loss:
         on_gpu = get_array_module(pred) is not numpy
         if not on_gpu:
             self._check_finite(pred, target)
-        value, cache = self._forward(pred, target)
-        if on_gpu and not math.isfinite(value):
+        losses, count, cache = self._losses(pred, target)
+        value = self._reduce(losses, count)
+        if on_gpu and not _is_finite(value):
             self._check_finite(pred, target)
-        return value, cache
+        return value, (cache, self._gradient_scale(count), losses.shape)
+
+    def _reduce(self, losses: Array, count: float) -> float | Array:
+        if self.reduction == "none":
+            return losses
+        total = float(losses.sum())
+        if self.reduction == "sum":
+            return total
+        return total / count if count else math.nan
+
+    def _gradient_scale(self, count: float) -> float | None:
+        """What "mean" divides by, as a factor (NaN when nothing counts, as in PyTorch); None for "none"."""
+        if self.reduction == "none":
+            return None
+        if self.reduction == "sum":
+            return 1.0
+        return 1.0 / count if count else math.nan
 
     def _check_finite(self, pred: Array, target: Array) -> None:
         name = type(self).__name__
@@ -55,48 +96,181 @@ class Loss:
         if target.dtype.kind == "f":
             all_finite(target, f"{name} target", "check the data for missing or corrupt values")
 
-    def backward(self, cache: Any = REMEMBERED) -> Array:
-        """Gradient of the mean loss with respect to the prediction."""
+    def backward(self, cache: Any = REMEMBERED, grad_output: float | Array | None = None) -> Array:
+        """Gradient of the loss with respect to the prediction.
+
+        Args:
+            cache: from `forward`; defaults to the one remembered by the last `loss(pred, target)`.
+            grad_output: the gradient arriving at the loss value: required with reduction="none"
+                (an array of the value's shape), optional otherwise (a number, default 1).
+
+        Returns:
+            An array of the prediction's shape and dtype.
+
+        Raises:
+            RuntimeError: when no loss was computed.
+            ValueError: when grad_output is missing for reduction="none" or has the wrong shape.
+        """
         if cache is REMEMBERED:
             if self._last_cache is REMEMBERED:
                 raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
             cache, self._last_cache = self._last_cache, REMEMBERED
-        return self._backward(cache)
+        inner, scale, shape = cache
+        grad = self._gradient(inner)
+        if scale is None:
+            grad *= self._unreduced_grad_output(grad_output, shape, grad)
+        else:
+            grad *= scale if grad_output is None else scale * float(grad_output)
+        return grad
+
+    def _unreduced_grad_output(self, grad_output: Any, shape: tuple[int, ...], grad: Array) -> Array:
+        """grad_output for reduction="none", shaped to broadcast over the gradient."""
+        if grad_output is None:
+            raise ValueError(f"{type(self).__name__}(reduction='none') returns one loss per element of shape "
+                             f"{tuple(shape)}; pass backward(grad_output=...) of that shape, or use "
+                             "reduction='mean' or 'sum'")
+        grad_output = to_device(get_array_module(grad).asarray(grad_output) if not is_array(grad_output)
+                                else grad_output, device_of(grad))
+        if tuple(grad_output.shape) != tuple(shape):
+            raise ValueError(f"{type(self).__name__}.backward: grad_output has shape {tuple(grad_output.shape)} but "
+                             f"the loss has shape {tuple(shape)}")
+        return grad_output.astype(grad.dtype, copy=False).reshape(tuple(shape) + (1,) * (grad.ndim - len(shape)))
+
+    def _losses(self, pred: Array, target: Array) -> tuple[Array, float, Any]:
+        """(unreduced losses, the count "mean" divides their sum by, cache for `_gradient`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _losses")
+
+    def _gradient(self, cache: Any) -> Array:
+        """Gradient of the sum of the unreduced losses w.r.t. the prediction, in a fresh array."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _gradient")
 
 
 class MSELoss(Loss):
-    """mean((pred - target)²) over all elements."""
+    """(pred - target)² per element, reduced by `reduction` (default the mean over all elements)."""
 
-    def _forward(self, pred, target):
+    def _losses(self, pred, target):
         if pred.shape != target.shape:
             raise ValueError(f"MSELoss: prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         diff = pred - target.astype(pred.dtype, copy=False)
-        return float((diff * diff).mean()), diff
+        return diff * diff, diff.size, diff
 
-    def _backward(self, diff):
-        return diff * (2.0 / diff.size)
+    def _gradient(self, diff):
+        return diff * 2.0
 
 
 class CrossEntropyLoss(Loss):
-    """Softmax cross-entropy over logits (batch, classes) and integer labels (batch,).
+    """Softmax cross-entropy over logits (batch, classes), with PyTorch's options.
 
-    Computed with a fused, stable log-softmax; the gradient is (softmax - onehot) / batch.
+    Targets are class indices (integers of shape (batch,)) or class probabilities (floats of
+    the logits' shape). Each row's loss is -sum_c a_c log softmax(z)_c, with coefficients
+    a = weight[y] * (1 - label_smoothing) * onehot(y) + weight * label_smoothing / classes for
+    indices (zero on rows whose label is `ignore_index`), and a = weight * (target *
+    (1 - label_smoothing) + label_smoothing / classes) for probabilities; its gradient is
+    sum(a) * softmax(z) - a. "mean" divides the sum by the total weight of the rows kept
+    (their count without `weight`) for indices, by the batch size for probabilities.
+
+    Args:
+        weight: a weight per class (an array of shape (classes,)), or None for equal weights.
+        ignore_index: rows with this label count neither in the loss nor in the mean
+            (class-index targets only).
+        reduction: "mean", "sum" or "none".
+        label_smoothing: in [0, 1]: the share of the target spread evenly over all classes.
+
+    Raises:
+        ValueError: for a weight that is not one-dimensional or a label_smoothing outside [0, 1].
     """
 
-    def _forward(self, logits, labels):
-        self._check_labels(logits, labels)
-        if get_array_module(logits) is not numpy:
-            return self._fused_gpu_forward(logits, labels)
-        self._check_label_range(logits, int(labels.min()), int(labels.max()))
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        exp = numpy.exp(shifted)
-        sum_exp = exp.sum(axis=1, keepdims=True)
-        rows = numpy.arange(logits.shape[0])
-        log_likelihood = shifted[rows, labels] - numpy.log(sum_exp[:, 0])
-        return float(-log_likelihood.mean()), (exp, sum_exp, labels)
+    def __init__(self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        if weight is not None and (not is_array(weight) or weight.ndim != 1):
+            raise ValueError(f"CrossEntropyLoss weight must be a one-dimensional array with a weight per class, got "
+                             f"{type(weight).__name__} of shape {getattr(weight, 'shape', None)}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, numpy.integer)):
+            raise TypeError(f"CrossEntropyLoss ignore_index must be an integer, got {ignore_index!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.weight = weight
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
 
-    def _fused_gpu_forward(self, logits, labels):
-        """Loss and gradient in one GPU kernel, one thread per row (cupy would launch a kernel per step).
+    def _losses(self, logits, target):
+        probabilities = self._check_target(logits, target)
+        if get_array_module(logits) is not numpy and not probabilities and self.weight is None \
+                and not self.label_smoothing and self.reduction != "none":
+            fused = self._fused_gpu_losses(logits, target)
+            if fused is not None:
+                return fused
+        xp = get_array_module(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_sum_exp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        log_softmax = shifted - log_sum_exp
+        if probabilities:
+            coefficients, count = self._probability_coefficients(logits, target), logits.shape[0]
+        else:
+            coefficients, count = self._class_index_coefficients(logits, target)
+        losses = -(coefficients * log_softmax).sum(axis=1)
+        return losses, count, (log_softmax, coefficients)
+
+    def _gradient(self, cache):
+        if is_array(cache):  # the fused GPU forward already computed the gradient
+            return cache
+        log_softmax, coefficients = cache
+        xp = get_array_module(log_softmax)
+        return xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients
+
+    def _class_weights(self, logits: Array) -> Array:
+        xp = get_array_module(logits)
+        if self.weight is None:
+            return xp.ones(logits.shape[1], dtype=logits.dtype)
+        if self.weight.shape[0] != logits.shape[1]:
+            raise ValueError(f"CrossEntropyLoss weight has {self.weight.shape[0]} entries but the logits have "
+                             f"{logits.shape[1]} classes; pass one weight per class")
+        return to_device(self.weight, device_of(logits)).astype(logits.dtype, copy=False)
+
+    def _class_index_coefficients(self, logits: Array, labels: Array) -> tuple[Array, float]:
+        xp = get_array_module(logits)
+        batch, classes = logits.shape
+        weights = self._class_weights(logits)
+        kept = labels != self.ignore_index
+        safe_labels = xp.where(kept, labels, 0)
+        low, high = int(safe_labels.min()), int(safe_labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {classes}) for {classes} classes, got values "
+                             f"from {int(labels.min())} to {int(labels.max())}; only ignore_index="
+                             f"{self.ignore_index} may lie outside")
+        row_weights = weights[safe_labels] * kept
+        coefficients = xp.zeros_like(logits)
+        coefficients[xp.arange(batch), safe_labels] = (1.0 - self.label_smoothing) * row_weights
+        if self.label_smoothing:
+            coefficients += (self.label_smoothing / classes) * kept[:, None] * weights
+        return coefficients, float(row_weights.sum())
+
+    def _probability_coefficients(self, logits: Array, target: Array) -> Array:
+        target = target.astype(logits.dtype, copy=False)
+        if self.label_smoothing:
+            target = target * (1.0 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+        return target * self._class_weights(logits) if self.weight is not None else target.copy()
+
+    def _check_target(self, logits: Array, target: Array) -> bool:
+        """Validate the shapes; True for probability targets, False for class indices."""
+        if logits.ndim != 2:
+            raise ValueError(f"CrossEntropyLoss expects logits of shape (batch, classes), got {tuple(logits.shape)}")
+        if target.dtype.kind == "f" and target.shape == logits.shape:
+            if self.ignore_index != -100:
+                raise ValueError(f"CrossEntropyLoss ignore_index={self.ignore_index} applies to class-index targets "
+                                 "but got class probabilities; leave ignore_index at its default")
+            return True
+        if target.ndim != 1 or target.dtype.kind not in "iu":
+            raise TypeError(f"CrossEntropyLoss expects integer class labels of shape (batch,), got dtype "
+                            f"{target.dtype} and shape {tuple(target.shape)}; use labels.astype('int64'), or "
+                            f"give class probabilities as floats of the logits' shape {tuple(logits.shape)}")
+        return False
+
+    def _fused_gpu_losses(self, logits, labels):
+        """The summed loss (as a one-element host array) and the gradient of the sum in one GPU kernel, one
+        thread per row (cupy would launch a kernel per step), with one device-to-host transfer; None when a
+        label equals ignore_index, which the generic path handles.
 
         A label out of range makes its row's loss NaN; only then are the labels inspected.
         """
@@ -122,40 +296,36 @@ class CrossEntropyLoss(Loss):
         batch, classes = logits.shape
         row_loss = xp.empty(batch, dtype=logits.dtype)
         grad = xp.empty_like(logits)
-        kernel(logits, labels, numpy.int32(classes), logits.dtype.type(1.0 / batch), row_loss, grad)
-        value = float(row_loss.sum()) / batch
-        if math.isnan(value):
-            self._check_label_range(logits, int(labels.min()), int(labels.max()))
-        return value, grad
-
-    def _backward(self, cache):
-        if is_array(cache):  # the fused GPU forward already computed the gradient
-            return cache
-        exp, sum_exp, labels = cache
-        grad = exp / sum_exp
-        grad[get_array_module(grad).arange(grad.shape[0]), labels] -= 1.0
-        grad *= 1.0 / grad.shape[0]
-        return grad
-
-    @staticmethod
-    def _check_labels(logits, labels):
-        if logits.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss expects logits of shape (batch, classes), got {tuple(logits.shape)}")
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise TypeError(f"CrossEntropyLoss expects integer class labels of shape (batch,), got dtype "
-                            f"{labels.dtype} and shape {tuple(labels.shape)}; use labels.astype('int64')")
-
-    @staticmethod
-    def _check_label_range(logits, low: int, high: int):
-        if low < 0 or high >= logits.shape[1]:
-            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[1]}) for "
-                             f"{logits.shape[1]} classes, got values from {low} to {high}")
+        kernel(logits, labels, numpy.int32(classes), logits.dtype.type(1.0), row_loss, grad)
+        total = float(row_loss.sum())
+        if math.isnan(total):
+            if bool((labels == self.ignore_index).any()):
+                return None
+            self._class_index_coefficients(logits, labels)  # raises, naming the labels out of range
+        return numpy.array([total]), batch, grad
 
 
 class BCEWithLogitsLoss(Loss):
-    """Binary cross-entropy on logits: mean(softplus(z) - t·z), stable for any z; targets in [0, 1]."""
+    """Binary cross-entropy on logits: pos_weight·t·softplus(-z) + (1 - t)·softplus(z) per element, stable for
+    any z; targets in [0, 1].
 
-    def _forward(self, logits, target):
+    Args:
+        reduction: "mean", "sum" or "none".
+        pos_weight: weight of the positive term, broadcast over the targets (e.g. one per class,
+            of shape (classes,)); None means 1. Its gradient is sigmoid(z)·(pos_weight·t + 1 - t) - pos_weight·t.
+
+    Raises:
+        ValueError: for a pos_weight that is not an array.
+    """
+
+    def __init__(self, reduction: str = "mean", pos_weight: Array | None = None):
+        super().__init__(reduction)
+        if pos_weight is not None and not is_array(pos_weight):
+            raise ValueError(f"BCEWithLogitsLoss pos_weight must be a numpy or cupy array, got "
+                             f"{type(pos_weight).__name__}")
+        self.pos_weight = pos_weight
+
+    def _losses(self, logits, target):
         if logits.shape != target.shape:
             raise ValueError(f"BCEWithLogitsLoss: logits shape {tuple(logits.shape)} differs from target shape {tuple(target.shape)}")
         xp = get_array_module(logits)
@@ -163,12 +333,33 @@ class BCEWithLogitsLoss(Loss):
         if bool(((target < 0) | (target > 1)).any()):
             raise ValueError(f"BCEWithLogitsLoss targets must lie in [0, 1], got values from "
                              f"{float(target.min())} to {float(target.max())}")
-        softplus = xp.maximum(logits, 0) + xp.log1p(xp.exp(-xp.abs(logits)))
-        value = float((softplus - target * logits).mean())
-        return value, (logits, target)
+        softplus = xp.maximum(logits, 0) + xp.log1p(xp.exp(-xp.abs(logits)))  # softplus(z); softplus(-z) = it - z
+        if self.pos_weight is None:
+            return softplus - target * logits, logits.size, (logits, target, None)
+        positive_weight = self._positive_weight(logits, target)
+        losses = positive_weight * target * (softplus - logits) + (1.0 - target) * softplus
+        return losses, logits.size, (logits, target, positive_weight)
 
-    def _backward(self, cache):
-        logits, target = cache
+    def _gradient(self, cache):
+        logits, target, positive_weight = cache
         xp = get_array_module(logits)
         sigmoid = xp.exp(-xp.logaddexp(0, -logits)).astype(logits.dtype, copy=False)
-        return (sigmoid - target) * (1.0 / logits.size)
+        if positive_weight is None:
+            return sigmoid - target
+        weighted_target = positive_weight * target
+        return sigmoid * (weighted_target + 1.0 - target) - weighted_target
+
+    def _positive_weight(self, logits: Array, target: Array) -> Array:
+        try:
+            numpy.broadcast_shapes(tuple(self.pos_weight.shape), tuple(target.shape))
+        except ValueError:
+            raise ValueError(f"BCEWithLogitsLoss pos_weight of shape {tuple(self.pos_weight.shape)} does not broadcast "
+                             f"to the targets' shape {tuple(target.shape)}; give one weight per class, of shape "
+                             f"({target.shape[-1]},)") from None
+        return to_device(self.pos_weight, device_of(logits)).astype(logits.dtype, copy=False)
+
+
+def _is_finite(value: float | Array) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return bool(get_array_module(value).isfinite(value).all())

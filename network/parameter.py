@@ -8,13 +8,17 @@ class Parameter:
     """A trainable array `data` with a gradient `grad` of the same shape, dtype and array module.
 
     Backward passes add into `grad` in place (never rebind it), so `grad` may be a view
-    into a larger buffer, as the data-parallel gradient buckets are.
+    into a larger buffer, as the data-parallel gradient buckets are. For the same reason "no
+    gradient" (PyTorch's `grad is None`) is the flag `has_grad`, not a missing array:
+    `zero_grad(set_to_none=True)` clears it, a layer's backward sets it again for the layer's
+    own parameters, and optimizers skip a parameter without it.
     """
 
     def __init__(self, data: Array):
         xp = get_array_module(data)
         self.data = data
         self.grad = xp.zeros_like(data)
+        self.has_grad = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -28,9 +32,16 @@ class Parameter:
     def size(self) -> int:
         return int(self.data.size)
 
-    def zero_grad(self) -> None:
-        """Reset the gradient to zero, in place."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Reset the gradient to zero, in place.
+
+        Args:
+            set_to_none: also mark the parameter as having no gradient (`has_grad = False`)
+                until a layer's backward gives it one, so optimizers leave it as it is.
+        """
         self.grad.fill(0)
+        if set_to_none:
+            self.has_grad = False
 
     def to(self, device: str | None = None, dtype=None) -> "Parameter":
         """Move data and grad to `device` and/or cast them to `dtype`, in place; returns self."""

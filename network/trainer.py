@@ -23,6 +23,7 @@ from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
 from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
 from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
+from mpiprop.network.schedules import set_lr
 
 _LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
 STRATEGY_METHODS = ("train_step", "predict", "parameters", "named_parameters", "train", "eval", "state_dict",
@@ -50,7 +51,8 @@ class Trainer:
             `DataParallel(model)` or `Pipeline(model, ...)`.
         loss_fn: a mean-reduced loss, e.g. `CrossEntropyLoss()`.
         optimizer: e.g. `optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`.
-        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update.
+        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update
+            in every parameter group (by `schedules.set_lr`).
         schedule_per: "step" (t counts optimizer steps) or "epoch" (t counts epochs).
         clip_grad_norm: when given, clip the gradients' total 2-norm (over the whole model) to this value
             before each update.
@@ -88,6 +90,9 @@ class Trainer:
             raise ValueError(f"schedule_per must be 'step' or 'epoch', got {schedule_per!r}")
         if non_finite not in POLICIES:
             raise ValueError(f"non_finite must be one of {POLICIES}, got {non_finite!r}")
+        if getattr(loss_fn, "reduction", "mean") != "mean":
+            raise ValueError(f"the Trainer averages the loss over samples and needs loss_fn with reduction='mean', "
+                             f"got reduction={loss_fn.reduction!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError(f"lr_schedule must be callable (t -> learning rate), got {type(lr_schedule).__name__}")
         for index, callback in enumerate(callbacks):
@@ -225,7 +230,7 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_start(self, self.epoch)
         if self.lr_schedule is not None and self.schedule_per == "epoch":
-            self.optimizer.lr = self.lr_schedule(self.epoch)
+            set_lr(self.optimizer, self.lr_schedule, self.epoch)
         self.model.train()
         batches = self._progress(loader.batches(self.epoch, start=self.batch), len(loader) - self.batch,
                                  f"epoch {self.epoch + 1}/{epochs}")
@@ -260,7 +265,7 @@ class Trainer:
         if self.clip_grad_norm is not None:
             clip_grad_norm_(self.model.parameters(), self.clip_grad_norm, total_norm=power_sum ** 0.5)
         if self.lr_schedule is not None and self.schedule_per == "step":
-            self.optimizer.lr = self.lr_schedule(self.step)
+            set_lr(self.optimizer, self.lr_schedule, self.step)
         self.optimizer.step()
         self.step += 1
         if output is not None:  # a pipeline counts each sample once, on its last stage

@@ -125,10 +125,12 @@ def test_float64_input_to_a_float32_model():
 
 def test_batchnorm_wrong_width_and_single_sample_batches():
     layer = nn.BatchNorm1d(3)
-    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 3\) but got \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 3\) or \(batch, 3, length\) but got \(4, 2\)"):
         layer.forward(floats(4, 2))
-    with pytest.raises(ValueError, match="needs at least 2 samples per batch, got 1"):
+    with pytest.raises(ValueError, match=r"needs at least 2 values per feature, got input of shape \(1, 3\)"):
         layer.forward(floats(1, 3))
+    with pytest.raises(ValueError, match=r"needs at least 2 values per feature, got input of shape \(1, 3, 1\)"):
+        layer.forward(floats(1, 3, 1))
     layer.eval().forward(floats(1, 3))  # fine with running statistics
 
 

@@ -134,7 +134,7 @@ def test_adamw_decoupled_weight_decay(xp):
 
 
 def test_adamw_default_weight_decay_is_pytorchs():
-    assert nn.optim.AdamW([nn.Parameter(numpy.zeros(2))]).weight_decay == 0.01
+    assert nn.optim.AdamW([nn.Parameter(numpy.zeros(2))]).param_groups[0]["weight_decay"] == 0.01
 
 
 @pytest.mark.parametrize("optimizer_class", [nn.optim.SGD, nn.optim.Adam, nn.optim.AdamW])

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mpiprop.network.backend import Array, device_of, get_array_module
+import numpy
+
+from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
 from mpiprop.network.parameter import Parameter
 
 DEFAULT_BUCKET_CAP_MB = 4.0
@@ -33,8 +35,8 @@ def assign_buckets(params: Sequence[Parameter], cap_bytes: int) -> list[list[Par
 
 
 def bucket_size(params: Sequence[Parameter]) -> int:
-    """Elements of the flat buffer that holds the gradients of `params`."""
-    return sum(p.size for p in params)
+    """Elements of the flat buffer that holds the gradients of `params` and a has-gradient flag for each."""
+    return sum(p.size for p in params) + len(params)
 
 
 def _compatible(a: Parameter, b: Parameter) -> bool:
@@ -48,7 +50,9 @@ class GradientBucket:
     dtype, e.g. in memory shared with other ranks).
 
     The current gradient values are copied into the buffer, so nothing accumulated so far is
-    lost. Backward passes keep adding into `p.grad` in place, which writes the buffer.
+    lost. Backward passes keep adding into `p.grad` in place, which writes the buffer. The last
+    `len(params)` elements, `flags`, carry each parameter's `has_grad` (1 or 0) through the
+    same sum over ranks: a parameter has a gradient after the sum when it had one on any rank.
     """
 
     def __init__(self, params: Sequence[Parameter], buffer: Array | None = None):
@@ -67,6 +71,19 @@ class GradientBucket:
             p.grad = view
             self.views.append(view)
             offset += p.size
+        self.flags: Array = self.buffer[offset:offset + len(self.params)]
+
+    def write_flags(self) -> None:
+        """Put each parameter's `has_grad` into `flags`, before the buffer is summed."""
+        local = numpy.array([p.has_grad for p in self.params], dtype=self.flags.dtype)
+        self.flags[...] = get_array_module(self.flags).asarray(local)
+
+    def read_flags(self) -> None:
+        """After the sum: a parameter has a gradient when any rank's flag was set (no read when this rank's all were)."""
+        if all(p.has_grad for p in self.params):
+            return
+        for p, summed in zip(self.params, to_numpy(self.flags)):
+            p.has_grad = bool(summed > 0)
 
     @property
     def nbytes(self) -> int:

@@ -72,17 +72,24 @@ class GradientReducer:
             index = self._bucket_of[id(p)]
             self._remaining[index] -= 1
             if self._remaining[index] == 0:
-                self.allreduce.launch(index)
+                self._launch(index)
         self.allreduce.progress()
 
+    def _launch(self, index: int) -> None:
+        self.buckets[index].write_flags()
+        self.allreduce.launch(index)
+
     def finish(self) -> SyncStats:
-        """Launch what is left, wait for every sum, and leave each gradient summed over ranks."""
+        """Launch what is left, wait for every sum, and leave each gradient summed over ranks (and each
+        parameter's `has_grad` set when any rank had a gradient for it)."""
         backward_done = time.perf_counter()
         for index in range(len(self.buckets)):
             if not self.allreduce.launched(index):
-                self.allreduce.launch(index)
+                self._launch(index)
         with span("allreduce wait"):
             sent = self.allreduce.finish()
+        for bucket in self.buckets:
+            bucket.read_flags()
         self.last_stats = SyncStats(backward_seconds=backward_done - self._backward_started,
                                     wait_seconds=time.perf_counter() - backward_done, buckets=len(self.buckets),
                                     bytes=sent)
