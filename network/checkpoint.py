@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
@@ -84,25 +84,49 @@ def write_checkpoint(path: str | os.PathLike, model_state: dict[str, Any], optim
 
 
 def named_optimizer_state(state: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
-    """`state` (an optimizer's state_dict) with its per-parameter list turned into a dict by parameter name.
+    """`state` (an optimizer's state_dict) with its parameters named instead of numbered.
 
     Args:
-        state: from `optimizer.state_dict()`; its "state" lists one entry per parameter.
+        state: from `optimizer.state_dict()`; its "state" lists one entry per parameter and each of
+            its "param_groups" lists the indices of its parameters.
         names: the full name of each of the optimizer's parameters, in its order; None keeps the list.
 
     Returns:
-        A copy of `state` whose "state" is {name: entry}.
+        A copy of `state` whose "state" is {name: entry} and whose groups list parameter names.
     """
     if names is None:
         return state
-    return {**state, "state": dict(zip(names, state["state"]))}
+    groups = [{**group, "params": [names[index] for index in group["params"]]} for group in state.get("param_groups", [])]
+    return {**state, "state": dict(zip(names, state["state"])), "param_groups": groups}
+
+
+def merged_optimizer_state(state: dict[str, Any], merge: Callable[[dict], dict | None]) -> dict[str, Any] | None:
+    """A named optimizer state of the whole model from each process's part (pipeline stages hold parts).
+
+    Args:
+        state: from `named_optimizer_state`, this process's parameters only.
+        merge: joins a dict keyed by parameter name over the processes (a strategy's `merge_over_stages`);
+            collective; None on the processes that do not receive the union.
+
+    Returns:
+        The whole model's state where `merge` delivers the union, else None.
+    """
+    entries = merge(state["state"])
+    group_of = merge({name: index for index, group in enumerate(state.get("param_groups", []))
+                      for name in group["params"]})
+    if entries is None:
+        return None
+    groups = [{**group, "params": [name for name, owner in group_of.items() if owner == index]}
+              for index, group in enumerate(state.get("param_groups", []))]
+    return {**state, "state": entries, "param_groups": groups}
 
 
 def indexed_optimizer_state(state: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
     """The inverse of `named_optimizer_state` for an optimizer whose parameters are `names`.
 
-    A state by name keeps only the entries of `names` (a pipeline stage takes its own);
-    a state saved as a list (no names) is returned unchanged.
+    A state by name keeps only the entries of `names` (a pipeline stage takes its own), and
+    each group keeps the indices of the parameters of `names` it holds; a state saved as a
+    list (no names) is returned unchanged.
 
     Raises:
         ValueError: when the state is by name and lacks some of `names`, or `names` is None.
@@ -117,7 +141,10 @@ def indexed_optimizer_state(state: dict[str, Any], names: list[str] | None) -> d
     if missing:
         raise ValueError(f"the optimizer state has no entry for the parameters {missing}; "
                          f"it holds {sorted(saved)}")
-    return {**state, "state": [saved[name] for name in names]}
+    index_of = {name: index for index, name in enumerate(names)}
+    groups = [{**group, "params": sorted(index_of[name] for name in group["params"] if name in index_of)}
+              for group in state.get("param_groups", [])]
+    return {**state, "state": [saved[name] for name in names], "param_groups": groups}
 
 
 def optimizer_parameter_names(model: Any, optimizer: Any) -> list[str] | None:

@@ -12,8 +12,9 @@ from typing import Any, Callable, Sequence
 from mpiprop.network import rng
 from mpiprop.network.backend import device_of, to_device, to_numpy
 from mpiprop.network.callbacks import Callback
-from mpiprop.network.checkpoint import (CheckpointError, check_model_state, load_optimizer_state, named_optimizer_state,
-                                        optimizer_parameter_names, read_checkpoint, write_checkpoint)
+from mpiprop.network.checkpoint import (CheckpointError, check_model_state, load_optimizer_state, merged_optimizer_state,
+                                        named_optimizer_state, optimizer_parameter_names, read_checkpoint,
+                                        write_checkpoint)
 from mpiprop.network.checks import non_negative_float, positive_int
 from mpiprop.network.clipping import clip_grad_norm_, grad_power_sum
 from mpiprop.network.layer import Layer
@@ -394,11 +395,11 @@ class Trainer:
         everyone = [mine] if self.comm is None else self.comm.allgather_object(mine)
         model_state = self.model.merge_over_stages({name: to_numpy(array)
                                                     for name, array in self.model.state_dict().items()})
-        optimizer_state = named_optimizer_state(self.optimizer.state_dict(), self._optimizer_names())
-        optimizer_entries = self.model.merge_over_stages(optimizer_state["state"])
+        optimizer_state = merged_optimizer_state(named_optimizer_state(self.optimizer.state_dict(),
+                                                                       self._optimizer_names()),
+                                                 self.model.merge_over_stages)
         if self.is_main:
-            write_checkpoint(self.checkpoint_path, model_state, {**optimizer_state, "state": optimizer_entries},
-                             trainer=self._state(everyone))
+            write_checkpoint(self.checkpoint_path, model_state, optimizer_state, trainer=self._state(everyone))
 
     def _optimizer_names(self) -> list[str]:
         """The full name of each of the optimizer's parameters.

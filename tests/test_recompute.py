@@ -235,7 +235,7 @@ def test_peak_activation_memory_is_lower_with_recomputation():
     # plain keeps each ReLU's output (32 activations) at the end of forward; recomputation keeps
     # the 8 block outputs, plus one block's 4 ReLU outputs and a few gradients during its backward
     assert plain >= BLOCKS * PAIRS_PER_BLOCK * x.nbytes
-    assert recomputed <= (BLOCKS + PAIRS_PER_BLOCK + 4) * x.nbytes
+    assert recomputed <= (BLOCKS + PAIRS_PER_BLOCK + 5) * x.nbytes
     assert recomputed < 0.6 * plain
 
 
