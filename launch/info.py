@@ -6,7 +6,7 @@ import importlib
 import platform
 from typing import Any
 
-from mpiprop.launch.mpiexec import detect_flavour, find_mpiexec
+from mpiprop.launch.mpiexec import choose_launcher
 from mpiprop.launch.runner import available_cores
 
 
@@ -37,12 +37,15 @@ def mpi_description() -> dict[str, Any]:
 
 
 def launcher_description() -> dict[str, Any]:
-    """The mpiexec that `mpiprop run` would use and its flavour (None when none is installed)."""
+    """The launcher that `mpiprop run` would use (mpiexec, or srun in a Slurm allocation) and its flavour.
+
+    None for both when none is installed.
+    """
     try:
-        mpiexec = find_mpiexec()
+        launcher, flavour = choose_launcher()
     except FileNotFoundError:
         return {"mpiexec": None, "mpiexec_flavour": None}
-    return {"mpiexec": mpiexec, "mpiexec_flavour": detect_flavour(mpiexec)}
+    return {"mpiexec": launcher, "mpiexec_flavour": flavour}
 
 
 def gpu_description() -> dict[str, Any]:
@@ -83,8 +86,16 @@ def blas_description() -> str:
 
 
 def collect_info() -> dict[str, Any]:
-    """Everything `mpiprop info` prints, as a dict (also stored with scaling results)."""
-    return {**mpi_description(), **launcher_description(), **gpu_description(), **host_description()}
+    """Everything `mpiprop info` prints, as a dict (also stored with scaling results).
+
+    Without an MPI library, "mpi_library" says so and how to install one, and the MPI fields are None.
+    """
+    try:
+        mpi = mpi_description()
+    except ImportError as error:
+        mpi = {"mpi_library": f"none: {error}", "mpi_standard": None, "mpi4py": None, "cuda_aware_mpi": None,
+               "ranks": None}
+    return {**mpi, **launcher_description(), **gpu_description(), **host_description()}
 
 
 def format_info(info: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ Usage in a test module (tests/ is on sys.path under pytest)::
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
+from mpiprop.launch.mpiexec import detect_flavour, launcher_prefix
+from mpiprop.launch.runner import available_cores
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -38,16 +41,36 @@ def mpiexec_path() -> str:
     return on_path
 
 
-def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for ranks: one BLAS thread each, unbuffered output, the repository importable."""
+@functools.cache
+def mpiexec_flavour(mpiexec: str) -> str:
+    """The flavour of `mpiexec` (MPICH's Hydra or Open MPI), asked once per test run."""
+    return detect_flavour(mpiexec)
+
+
+def mpiexec_command(ranks: int, *program: str) -> list[str]:
+    """`mpiexec -n ranks program...` with the flags the installed MPI needs here (as `mpiprop run` builds them):
+    under Open MPI `--oversubscribe` beyond this machine's cores and `--allow-run-as-root` as root."""
+    mpiexec = mpiexec_path()
+    prefix = launcher_prefix(mpiexec, mpiexec_flavour(mpiexec), ranks, cores=available_cores(),
+                             as_root=os.geteuid() == 0)
+    return prefix + [*program]
+
+
+def mpi_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for ranks: one BLAS thread each, unbuffered output, the repository importable,
+    and `extra` (where a value of None removes the variable)."""
     env = dict(os.environ, **ONE_THREAD_PER_RANK, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
 def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT_TIMEOUT_S,
-            check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            check: bool = True, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     """Run `mpiexec -n ranks python script args...` and return the finished process.
 
     Args:
@@ -56,13 +79,13 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
         args: command-line arguments for the script.
         timeout: seconds before the whole process group is killed and the test fails.
         check: fail the test when the exit status is not 0 (pass False to inspect failures).
-        env: extra environment variables.
+        env: extra environment variables (None removes one).
 
     Returns:
         The CompletedProcess with text `stdout` and `stderr`.
     """
     path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
-    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    command = mpiexec_command(ranks, sys.executable, str(path), *map(str, args))
     result = run_bounded(command, timeout, env=mpi_env(env), cwd=REPOSITORY_ROOT)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n"
@@ -78,7 +101,7 @@ def start_mpi_job(script: str | Path, ranks: int, *args: str,
         The mpiexec process and the job marker that `mpiprop.launch.job_processes.stop_job` needs to stop all of it.
     """
     path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
-    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    command = mpiexec_command(ranks, sys.executable, str(path), *map(str, args))
     marker = new_job_marker()
     job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True,
                            env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT, start_new_session=True)

@@ -65,7 +65,7 @@ def nothing_is_launched(tmp_path_factory):
     """Every test here runs in a scratch folder, with mpiexec, `mpiprop info` and plotting replaced."""
     launcher = LauncherThatStartsNothing(mpiexec="mpiexec", flavour="mpich", python="python", cores=4)
     with in_fresh_folder(tmp_path_factory) as folder, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Launcher, "detect", classmethod(lambda cls: launcher))
+        patch.setattr(Launcher, "detect", classmethod(lambda cls, requested="auto": launcher))
         patch.setattr(info, "collect_info", lambda: {"mpi": "none"})
         patch.setattr(scale, "describe_environment", lambda timeout=120: {})
         patch.setattr(plot, "plot_scaling", lambda *args, **kwargs: None)

@@ -12,7 +12,7 @@ import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
 from mpiprop.distributed.data_parallel.buckets import GradientBucket, assign_buckets
 from mpiprop.distributed.reliability.consistency import first_difference, model_signature
-from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_command, run_bounded, run_mpi
 from packages import require
 
 TRAIN_DIGITS = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
@@ -225,8 +225,8 @@ def can_make_mount_namespaces() -> bool:
 def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce():
     """A 64 MB /dev/shm (Docker's default) in a mount namespace of this test's own."""
     mount_then_run = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" "$@"'
-    command = ["unshare", "-m", "sh", "-c", mount_then_run, mpiexec_path(), "-n", "2", sys.executable,
-               str(MPI_SCRIPTS / "dp_small_shm.py")]
+    command = ["unshare", "-m", "sh", "-c", mount_then_run,
+               *mpiexec_command(2, sys.executable, str(MPI_SCRIPTS / "dp_small_shm.py"))]
     result = run_bounded(command, 120, env=mpi_env(), cwd=REPOSITORY_ROOT)
     for rank in (0, 1):
         assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
