@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 
 from mpiprop.launch.job_processes import run_whole_job
-from mpiprop.launch.mpiexec import AUTO, RunOptions, build_command, choose_launcher, count_hosts, launch_warnings
+from mpiprop.launch.mpiexec import (AUTO, RunOptions, build_command, choose_launcher, count_hosts, launch_warnings,
+                                    launcher_prefix)
 
 
 def available_cores() -> int:
@@ -42,6 +43,10 @@ class Launcher:
         launcher, flavour = choose_launcher(requested)
         return cls(mpiexec=launcher, flavour=flavour, python=sys.executable, cores=available_cores(),
                    as_root=os.geteuid() == 0)
+
+    def prefix(self, ranks: int) -> list[str]:
+        """`mpiexec -n ranks` with the flags this machine's MPI needs, for a program run under plain mpiexec."""
+        return launcher_prefix(self.mpiexec, self.flavour, ranks, cores=self.cores, as_root=self.as_root)
 
     def hosts(self, options: RunOptions) -> int:
         """Hosts named in the options' hostfile (1 without one).

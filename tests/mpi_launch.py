@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,42 +18,34 @@ from pathlib import Path
 import pytest
 
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
-from mpiprop.launch.mpiexec import detect_flavour, launcher_prefix
-from mpiprop.launch.runner import available_cores
+from mpiprop.launch.mpiexec import MPIEXEC
+from mpiprop.launch.runner import Launcher
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 120
+# what an MPI library prints from its C sources when something in it failed, e.g. Open MPI's
+# "[host:123] .../osc_ucx_component.c:375  Error: OSC UCX component priority set inside component query failed"
+MPI_LIBRARY_ERROR = re.compile(r"\.c:\d+\b.*\berror\b", re.IGNORECASE)
 ONE_THREAD_PER_RANK = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def mpiexec_path() -> str:
-    """The mpiexec next to the running Python (the `mpich` wheel's), else the one on PATH.
+@functools.cache
+def local_launcher() -> Launcher:
+    """This machine's mpiexec (beside the running Python, else on PATH), its flavour, cores and user.
 
     Calls `pytest.skip` when there is none, since multi-rank tests cannot run without it.
     """
-    beside_python = Path(sys.executable).parent / "mpiexec"
-    if beside_python.exists():
-        return str(beside_python)
-    on_path = shutil.which("mpiexec")
-    if on_path is None:
-        pytest.skip("mpiexec was found neither next to the Python executable nor on PATH; install the mpich wheel")
-    return on_path
-
-
-@functools.cache
-def mpiexec_flavour(mpiexec: str) -> str:
-    """The flavour of `mpiexec` (MPICH's Hydra or Open MPI), asked once per test run."""
-    return detect_flavour(mpiexec)
+    try:
+        return Launcher.detect(MPIEXEC)
+    except FileNotFoundError as missing:
+        pytest.skip(f"no mpiexec to run multi-rank tests with: {missing}")
 
 
 def mpiexec_command(ranks: int, *program: str) -> list[str]:
-    """`mpiexec -n ranks program...` with the flags the installed MPI needs here (as `mpiprop run` builds them):
-    under Open MPI `--oversubscribe` beyond this machine's cores and `--allow-run-as-root` as root."""
-    mpiexec = mpiexec_path()
-    prefix = launcher_prefix(mpiexec, mpiexec_flavour(mpiexec), ranks, cores=available_cores(),
-                             as_root=os.geteuid() == 0)
-    return prefix + [*program]
+    """`mpiexec -n ranks program...` with the flags the installed MPI needs here, as `mpiprop run` builds them
+    (under Open MPI: `--oversubscribe` beyond this machine's cores, `--allow-run-as-root` as root)."""
+    return local_launcher().prefix(ranks) + [*program]
 
 
 def mpi_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
@@ -78,7 +70,8 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
         ranks: number of MPI processes (oversubscription is fine).
         args: command-line arguments for the script.
         timeout: seconds before the whole process group is killed and the test fails.
-        check: fail the test when the exit status is not 0 (pass False to inspect failures).
+        check: fail the test when the exit status is not 0, or when a rank's MPI library printed an error
+            (pass False to inspect failures).
         env: extra environment variables (None removes one).
 
     Returns:
@@ -90,6 +83,9 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n"
                     f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+    library_errors = [line for line in result.stderr.splitlines() if MPI_LIBRARY_ERROR.search(line)]
+    if check and library_errors:
+        pytest.fail(f"{' '.join(command)} succeeded, but its MPI library printed errors:\n" + "\n".join(library_errors))
     return result
 
 

@@ -191,6 +191,7 @@ def test_first_difference_names_the_parameter():
         "rank 0 has 6 parameters and 0 buffers, that rank 4 parameters and 0 buffers")
 
 
+@pytest.mark.mpi
 # --- real mpiexec ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_data_parallel_equals_single_process_training(ranks):
@@ -208,6 +209,7 @@ def test_data_parallel_equals_single_process_training(ranks):
         assert f"rank {rank} ok" in result.stdout
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_shared_memory_allreduce_equals_mpi_allreduce(ranks):
     result = run_mpi("shared_allreduce.py", ranks)
@@ -221,6 +223,7 @@ def can_make_mount_namespaces() -> bool:
             and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(not can_make_mount_namespaces(), reason="needs `unshare -m` (root on Linux) to mount a small /dev/shm")
 def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce():
     """A 64 MB /dev/shm (Docker's default) in a mount namespace of this test's own."""
@@ -232,6 +235,7 @@ def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce()
         assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.mpi
 def test_different_models_raise_a_clear_error_on_every_rank():
     result = run_mpi("dp_mismatch.py", 2)
     for rank in (0, 1):
@@ -241,6 +245,7 @@ def test_different_models_raise_a_clear_error_on_every_rank():
                 "rank 0 has 4 parameters and 0 buffers, that rank 6 parameters") in result.stdout, result.stdout
 
 
+@pytest.mark.mpi
 def test_digits_example_reaches_the_same_accuracy_on_two_ranks_as_on_one():
     """Same global batch of 32 and the same sample order (the loader shards each global batch),
     so the runs differ only by dropout masks and float rounding. TOLERANCE: 0.02, i.e. 7 of the

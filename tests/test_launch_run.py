@@ -7,7 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from mpi_launch import run_bounded
+
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
 TIMEOUT_S = 120
 

@@ -87,14 +87,14 @@ def test_local_ranks_that_collide_are_named_and_overruled():
     assert [reports(result.stdout)[rank]["local_rank"] for rank in (0, 1)] == [0, 1]
     warnings = [line for line in result.stderr.splitlines() if "MPI_LOCALRANKID" in line]
     assert warnings == ["mpiprop: warning: MPI_LOCALRANKID (from MPICH's Hydra (also Intel MPI)) gives the 2 ranks "
-                        "on this node the local ranks [0, 0], not each its own of 0 to 1; numbering them in MPI's "
-                        "order instead. Was MPI_LOCALRANKID inherited from an outer launcher or a batch script? Start "
+                        "on this node the local ranks [0, 0], not each its own of 0 to 1, so they would share GPUs; "
+                        "numbering them in MPI's order instead. Was MPI_LOCALRANKID inherited from an outer launcher or a batch script? Start "
                         "the ranks with that launcher, or unset the variable"], result.stderr
 
 
-def test_the_launchers_own_numbering_of_a_node_is_kept():
+def test_a_launcher_numbering_the_node_in_another_order_is_no_mistake():
     result = run_mpi("placement_report.py", 2, "--set", "MPI_LOCALRANKID={swapped}", "--set", "PMI_RANK={rank}")
-    assert [reports(result.stdout)[rank]["local_rank"] for rank in (0, 1)] == [1, 0]
+    assert [reports(result.stdout)[rank]["local_rank"] for rank in (0, 1)] == [0, 1]
     assert "warning" not in result.stderr, result.stderr
 
 

@@ -27,6 +27,7 @@ SLURM = LauncherVariables("Slurm's srun", "SLURM_PROCID", "SLURM_LOCALID")
 # SLURM_LOCALID=0 down to every rank it starts.
 LAUNCHERS = (HYDRA, OPEN_MPI, MVAPICH, SLURM)
 PMIX_RANK = "PMIX_RANK"  # set by PMIx launchers (Open MPI 5's prterun, srun --mpi=pmix) beside their own
+RANK_VARIABLES = tuple(launcher.rank for launcher in LAUNCHERS) + (PMIX_RANK,)
 SLURM_JOB = "SLURM_JOB_ID"  # set inside a Slurm allocation (sbatch, salloc) and in every process srun starts
 
 

@@ -59,10 +59,10 @@ def world_node() -> NodePlacement:
     """This rank's place on its node in MPI.COMM_WORLD, from MPI's shared-memory split of it.
 
     Computed once: the first call is collective (importing mpiprop.distributed makes it on every
-    rank). The launcher's local ranks (see `launcher_local_rank`) are used when, across the node,
-    they number its ranks 0 to N-1 each once, so that the GPU `mpiprop run` chose before MPI
-    started stays this rank's; otherwise the ranks are numbered in MPI's order and the node's
-    first rank warns, naming the variable.
+    rank). Local ranks follow MPI's order of the node's ranks, as in a Communicator. The launcher's
+    local ranks (see `launcher_local_rank`), which chose the GPUs under `mpiprop run` before MPI
+    started, are checked: when they do not number the node's ranks 0 to N-1 each once (a variable
+    inherited from a batch script gives every rank 0), the node's first rank warns, naming the variable.
     """
     if not _world_node:
         _world_node.append(_split_world_by_node())
@@ -78,9 +78,8 @@ def _split_world_by_node() -> NodePlacement:
         gathered = node.allgather((mine, None if told is None else told.value))
         told_ranks = [value for _, value in gathered]
         cores = len(set().union(*(cores for cores, _ in gathered)))
-        if None not in told_ranks and sorted(told_ranks) == list(range(node.Get_size())):
-            return NodePlacement(told.value, node.Get_size(), cores, len(mine))
-        if told is not None and node.Get_rank() == 0:
+        numbered_once_each = None not in told_ranks and sorted(told_ranks) == list(range(node.Get_size()))
+        if told is not None and not numbered_once_each and node.Get_rank() == 0:
             _warn_of_disagreement(told, told_ranks)
         return NodePlacement(node.Get_rank(), node.Get_size(), cores, len(mine))
     finally:
@@ -89,9 +88,9 @@ def _split_world_by_node() -> NodePlacement:
 
 def _warn_of_disagreement(told: LocalRank, told_ranks: list[int | None]) -> None:
     print_warning(f"{told.variable} (from {told.launcher}) gives the {len(told_ranks)} ranks on this node the local "
-                  f"ranks {told_ranks}, not each its own of 0 to {len(told_ranks) - 1}; numbering them in MPI's order "
-                  f"instead. Was {told.variable} inherited from an outer launcher or a batch script? Start the "
-                  "ranks with that launcher, or unset the variable")
+                  f"ranks {told_ranks}, not each its own of 0 to {len(told_ranks) - 1}, so they would share GPUs; "
+                  f"numbering them in MPI's order instead. Was {told.variable} inherited from an outer launcher "
+                  "or a batch script? Start the ranks with that launcher, or unset the variable")
 
 
 def print_warning(message: str) -> None:

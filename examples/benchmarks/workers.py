@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from mpiprop.launch.mpiexec import MPIEXEC
+from mpiprop.launch.runner import Launcher
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "RESULT "
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -33,9 +36,7 @@ def run_worker(script: str | Path, ranks: int, arguments: Sequence[str], *, time
     Raises:
         RuntimeError: with the command and its output, when it fails or prints no RESULT line.
     """
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks), sys.executable, str(script),
-               *arguments]
+    command = [*Launcher.detect(MPIEXEC).prefix(ranks), sys.executable, str(script), *arguments]
     with tempfile.TemporaryDirectory() as scratch:
         if torch_init_file:
             command += ["--init-file", os.path.join(scratch, "gloo-init")]
