@@ -24,11 +24,16 @@ def summarize_library_version(text: str) -> str:
 
 
 def mpi_description() -> dict[str, Any]:
-    """MPI library, standard version, mpi4py version, CUDA-awareness and the ranks of this job (1 outside mpiexec)."""
-    import mpi4py
-    from mpi4py import MPI  # initialises MPI (a singleton job outside mpiexec): the CUDA query needs it
+    """MPI library, standard version, mpi4py version, CUDA-awareness and the ranks of this job (1 outside mpiexec).
 
+    Raises:
+        ImportError: when there is no MPI library (its message says how to install one).
+    """
+    # mpiprop.distributed loads MPI first (a singleton job outside mpiexec; the CUDA query needs it)
     from mpiprop.distributed.transport.staging import mpi_cuda_aware
+
+    import mpi4py
+    from mpi4py import MPI
 
     major, minor = MPI.Get_version()
     return {"mpi_library": summarize_library_version(MPI.Get_library_version()),

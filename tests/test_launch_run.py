@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from mpi_launch import run_bounded
+from mpi_launch import local_launcher, run_bounded
+from mpiprop.launch.mpiexec import MPICH
 
 pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
@@ -22,7 +23,7 @@ REPORT_SCRIPT = textwrap.dedent("""
     with open(f"report_{rank}.json", "w") as report:  # a file per rank: printed lines of two ranks can interleave
         json.dump({"rank": rank, "size": MPI.COMM_WORLD.Get_size(), "argv": sys.argv,
                    "threads": os.environ.get("OMP_NUM_THREADS"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                   "name": __name__}, report)
+                   "name": __name__, "passed": os.environ.get("MPIPROP_PASSED")}, report)
 """)
 
 RAISING_SCRIPT = textwrap.dedent("""
@@ -65,3 +66,13 @@ def test_exception_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
     assert completed.returncode != 0
     assert "rank 1" in completed.stderr
     assert "RuntimeError: rank one failed on purpose" in completed.stderr
+
+
+def test_launcher_arguments_reach_the_launcher(tmp_path):
+    """A variable set only by a launcher flag given with --mpi-arg (each flavour has its own flag for it)."""
+    (tmp_path / "report.py").write_text(REPORT_SCRIPT)
+    set_variable = "-genv MPIPROP_PASSED yes" if local_launcher().flavour == MPICH else "-x MPIPROP_PASSED=yes"
+    completed = run_mpiprop("run", "-n", "2", "--mpi-arg", set_variable, "report.py", cwd=str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
+    assert [report["passed"] for report in reports] == ["yes", "yes"]
