@@ -43,17 +43,20 @@ def shared_memory_possible(comm: Communicator, dtypes: Sequence[numpy.dtype], on
             and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes) and not window_prints_errors())
 
 
-def window_prints_errors(environ: dict[str, str] | None = None) -> bool:
-    """True under Open MPI unless its UCX one-sided component is left out (`--mca osc ^ucx`, as `mpiprop run`
-    and the tests pass): where UCX finds no network, that component prints an error on every rank for every
-    window it is asked about, and it cannot be left out once MPI has started.
+def window_prints_errors() -> bool:
+    """True under Open MPI unless its UCX one-sided component was left out when MPI started (`--mca osc ^ucx`,
+    as `mpiprop run` passes): where UCX finds no network, that component prints an error on every rank for
+    every window it is asked about, and it cannot be left out once MPI has started.
     """
-    if not is_open_mpi(MPI):
-        return False
-    components = (os.environ if environ is None else environ).get(OPEN_MPI_ONE_SIDED_VARIABLE, "").replace(" ", "")
+    return is_open_mpi(MPI) and not leaves_out_ucx(os.environ.get(OPEN_MPI_ONE_SIDED_VARIABLE, ""))
+
+
+def leaves_out_ucx(components: str) -> bool:
+    """Whether an Open MPI component selection ("^ucx", "sm,rdma", "") leaves out the `ucx` component."""
+    components = components.replace(" ", "")
     if components.startswith("^"):
-        return "ucx" not in components[1:].split(",")
-    return not components or "ucx" in components.split(",")
+        return "ucx" in components[1:].split(",")
+    return bool(components) and "ucx" not in components.split(",")
 
 
 def free_shared_memory_bytes() -> int | None:
