@@ -278,7 +278,7 @@ VOCABULARY = ["run", "info", "scale", "model", "trace", "-n", "--ranks", "--host
               "--threads-per-rank", "--trace", "--stall-timeout", "--dry-run", "-m", "--", "train.py", "missing.py",
               "--json", "--mode", "strong", "weak", "--out", "--repeat", "--predict", "--timeout", "--layouts",
               "--micro-batches", "--from", "scaling.json", "--batch", "0", "1", "2", "-1", "1,2", "2x2", "nan",
-              "-h", "--help", "--bogus", "trace.json"]
+              "-h", "--help", "--bogus", "trace.json", "--launcher", "srun", "mpiexec", "--mpi-arg", "--bind-to", "'"]
 
 
 @CLI_SETTINGS
