@@ -36,9 +36,10 @@ RAISING_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S,
+                extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m mpiprop.launch arguments...` in its own process group, killed whole (mpiexec, ranks) on timeout."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(extra or {})}
     environment.pop("CUDA_VISIBLE_DEVICES", None)
     command = [sys.executable, "-m", "mpiprop.launch", *arguments]
     return run_bounded(command, timeout, env=environment, cwd=cwd)
@@ -76,3 +77,14 @@ def test_launcher_arguments_reach_the_launcher(tmp_path):
     assert completed.returncode == 0, completed.stderr
     reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
     assert [report["passed"] for report in reports] == ["yes", "yes"]
+
+
+def test_variables_inherited_from_a_batch_script_do_not_move_the_gpus(tmp_path):
+    """mpiexec started inside a Slurm batch script (no srun here): every rank inherits SLURM_LOCALID=0."""
+    (tmp_path / "report.py").write_text(REPORT_SCRIPT)
+    batch_step = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}
+    completed = run_mpiprop("run", "-n", "2", "--launcher", "mpiexec", "--gpus-per-node", "2", "report.py",
+                            cwd=str(tmp_path), extra=batch_step)
+    assert completed.returncode == 0, completed.stderr
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
+    assert [(report["rank"], report["gpu"]) for report in reports] == [(0, "0"), (1, "1")]
