@@ -1,9 +1,17 @@
 """distributed: the only package that talks MPI (data and pipeline parallelism).
 
-Importing it installs the abort handler: from then on an uncaught exception on any rank
-ends the whole job with that rank's traceback, even under plain `mpiexec python script.py`;
-and, in a job of several ranks, a rank whose launcher is gone exits instead of waiting forever.
+Importing it loads the MPI library (an ImportError says how to install one when there is none)
+and installs the abort handler: from then on an uncaught exception on any rank ends the whole
+job with that rank's traceback, even under plain `mpiexec python script.py`. In a job of several
+ranks it also limits each rank's BLAS threads to its node's cores divided by the ranks on the
+node (unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS is set), warns once per
+node when there are more ranks than cores, and makes a rank whose launcher is gone exit instead
+of waiting forever. Importing it is collective then: every rank of the job imports it.
 """
+from mpiprop.distributed.transport.mpi_library import load_mpi
+
+_MPI = load_mpi()  # first, so that a missing MPI library is reported as such
+
 from mpiprop.distributed.reliability.abort import abort_handler_installed, abort_job, install_abort_handler, uninstall_abort_handler
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
@@ -16,7 +24,8 @@ from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
 from mpiprop.distributed.transport.request import Request, poll_all, wait_all
 from mpiprop.distributed.transport.staging import mpi_cuda_aware
 from mpiprop.distributed.reliability.watchdog import Watchdog, start_watchdog
-from mpiprop.distributed.transport.world import bind_gpu, is_main_rank, local_rank, rank, size
+from mpiprop.distributed.transport.world import bind_gpu, is_main_rank, local_rank, rank, size, world_node
+from mpiprop.distributed.transport.blas_threads import place_threads
 
 __all__ = [
     "Communicator", "Request", "wait_all", "poll_all", "as_communicator", "mpi_comm_of", "mpi_cuda_aware",
@@ -41,4 +50,6 @@ __all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group"
             "load_full_state_dict"]
 
 install_abort_handler()
+if _MPI.COMM_WORLD.Get_size() > 1:
+    place_threads(world_node())
 exit_when_orphaned()

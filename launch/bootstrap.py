@@ -7,23 +7,19 @@ import sys
 from types import TracebackType
 from typing import MutableMapping
 
-LOCAL_RANK_VARIABLES = (
-    "MPI_LOCALRANKID",  # MPICH hydra, Intel MPI
-    "PMI_LOCAL_RANK",
-    "OMPI_COMM_WORLD_LOCAL_RANK",  # Open MPI
-    "MV2_COMM_WORLD_LOCAL_RANK",  # MVAPICH
-    "SLURM_LOCALID",  # srun
-)
+from mpiprop.launch.launcher_variables import launcher_environment
+
 USAGE = "usage: python -m mpiprop.launch.bootstrap script.py [args...]  |  python -m mpiprop.launch.bootstrap -m module [args...]"
 
 
 def local_rank(environ: MutableMapping[str, str]) -> int | None:
-    """This process's rank among the ranks on its node, as the MPI launcher reports it; None outside a launcher."""
-    for name in LOCAL_RANK_VARIABLES:
-        value = environ.get(name, "").strip()
-        if value.isdigit():
-            return int(value)
-    return None
+    """This process's rank among the ranks on its node, as its launcher reports it; None outside a launcher.
+
+    Read from the environment, before MPI starts (see
+    `mpiprop.distributed.transport.launcher_environment.launcher_local_rank`).
+    """
+    told = launcher_environment().launcher_local_rank(environ)
+    return None if told is None else told.value
 
 
 def gpu_for_rank(rank_on_node: int, gpus_per_node: int, visible: str | None = None) -> str:

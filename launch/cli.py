@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from mpiprop.launch.mpiexec import RunOptions
+from mpiprop.launch.mpiexec import AUTO, LAUNCHER_CHOICES, RunOptions
 from mpiprop.launch.runner import JobFailed
 
 DESCRIPTION = "Launch and measure mpiprop training jobs under MPI. Plain `mpiexec -n N python script.py` works too."
@@ -139,31 +139,44 @@ def _add_run(commands) -> None:
     run.add_argument("--trace", metavar="FILE", help="write a Chrome trace timeline (sets MPIPROP_TRACE)")
     run.add_argument("--stall-timeout", type=positive_seconds, metavar="SECONDS",
                      help="abort the job, saying which rank waits where, when one communication waits this long")
-    run.add_argument("--dry-run", action="store_true", help="print the mpiexec command instead of running it")
+    run.add_argument("--launcher", choices=LAUNCHER_CHOICES, default=AUTO,
+                     help="auto (the default): srun inside a Slurm allocation, else mpiexec (MPICH or Open MPI)")
+    run.add_argument("--mpi-arg", action="append", default=[], metavar="ARG", dest="mpi_args",
+                     help="pass ARG to the launcher (repeatable; split like a shell line), e.g. "
+                          "--mpi-arg='--bind-to core' or --mpi-arg --allow-run-as-root")
+    run.add_argument("--dry-run", action="store_true", help="print the launcher's command line instead of running it")
     run.add_argument("program", nargs="*", help="script.py and its arguments, or -m module and its arguments")
     run.set_defaults(subparser=run)
 
 
 RUN_OPTIONS_WITH_VALUES = ("-n", "--ranks", "--hostfile", "--gpus-per-node", "--threads-per-rank", "--trace",
-                           "--stall-timeout")
+                           "--stall-timeout", "--launcher", "--mpi-arg")
+LAUNCHER_ARGUMENT_OPTION = "--mpi-arg"  # its value often starts with "-", which argparse would take for an option
 
 
 def split_run_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split `run`'s arguments into its own options and the program (from the script or `-m`, or after `--`).
 
     The program's own options (`train.py --lr 0.1`) must not be read as mpiprop's, so the split
-    happens before argparse sees them.
+    happens before argparse sees them. `--mpi-arg VALUE` becomes `--mpi-arg=VALUE`, so that a value
+    such as `--bind-to` reaches argparse as a value.
     """
+    own: list[str] = []
     index = 0
     while index < len(arguments):
         token = arguments[index]
         if token == "--":
-            return list(arguments[:index]), list(arguments[index + 1:])
+            return own, list(arguments[index + 1:])
         if token == "-m" or not token.startswith("-"):
-            return list(arguments[:index]), list(arguments[index:])
+            return own, list(arguments[index:])
+        if token == LAUNCHER_ARGUMENT_OPTION and index + 1 < len(arguments):
+            own.append(f"{token}={arguments[index + 1]}")
+            index += 2
+            continue
         takes_value = token in RUN_OPTIONS_WITH_VALUES
+        own += arguments[index:index + (2 if takes_value else 1)]
         index += 2 if takes_value else 1
-    return list(arguments), []
+    return own, []
 
 
 def _add_scale(commands) -> None:
@@ -235,16 +248,24 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         args.subparser.error("no script to run; usage: mpiprop run -n N [options] script.py [args]")
     if program[0] != "-m" and not os.path.isfile(program[0]) and not args.dry_run:
         args.subparser.error(f"script {program[0]!r} does not exist")
+    launcher_arguments = tuple(word for argument in args.mpi_args for word in _shell_words(argument, args))
     return RunOptions(ranks=args.ranks, program=program, hostfile=args.hostfile, gpus_per_node=args.gpus_per_node,
                       threads_per_rank=args.threads_per_rank, trace=args.trace,
-                      stall_timeout=args.stall_timeout)
+                      stall_timeout=args.stall_timeout, launcher_arguments=launcher_arguments)
+
+
+def _shell_words(argument: str, args: argparse.Namespace) -> list[str]:
+    try:
+        return shlex.split(argument)
+    except ValueError as error:
+        args.subparser.error(f"--mpi-arg {argument!r} cannot be split like a shell line ({error}); quote it whole")
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from mpiprop.launch.runner import Launcher
 
     options = run_options_from(args, parser)
-    launcher = Launcher.detect()
+    launcher = Launcher.detect(args.launcher)
     for warning in launcher.warnings(options):
         print(f"mpiprop run: warning: {warning}", file=sys.stderr)
     command = launcher.command(options)

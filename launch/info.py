@@ -6,7 +6,7 @@ import importlib
 import platform
 from typing import Any
 
-from mpiprop.launch.mpiexec import detect_flavour, find_mpiexec
+from mpiprop.launch.mpiexec import choose_launcher
 from mpiprop.launch.runner import available_cores
 
 
@@ -24,11 +24,16 @@ def summarize_library_version(text: str) -> str:
 
 
 def mpi_description() -> dict[str, Any]:
-    """MPI library, standard version, mpi4py version, CUDA-awareness and the ranks of this job (1 outside mpiexec)."""
-    import mpi4py
-    from mpi4py import MPI  # initialises MPI (a singleton job outside mpiexec): the CUDA query needs it
+    """MPI library, standard version, mpi4py version, CUDA-awareness and the ranks of this job (1 outside mpiexec).
 
+    Raises:
+        ImportError: when there is no MPI library (its message says how to install one).
+    """
+    # mpiprop.distributed loads MPI first (a singleton job outside mpiexec; the CUDA query needs it)
     from mpiprop.distributed.transport.staging import mpi_cuda_aware
+
+    import mpi4py
+    from mpi4py import MPI
 
     major, minor = MPI.Get_version()
     return {"mpi_library": summarize_library_version(MPI.Get_library_version()),
@@ -37,12 +42,15 @@ def mpi_description() -> dict[str, Any]:
 
 
 def launcher_description() -> dict[str, Any]:
-    """The mpiexec that `mpiprop run` would use and its flavour (None when none is installed)."""
+    """The launcher that `mpiprop run` would use (mpiexec, or srun in a Slurm allocation) and its flavour.
+
+    None for both when none is installed.
+    """
     try:
-        mpiexec = find_mpiexec()
+        launcher, flavour = choose_launcher()
     except FileNotFoundError:
         return {"mpiexec": None, "mpiexec_flavour": None}
-    return {"mpiexec": mpiexec, "mpiexec_flavour": detect_flavour(mpiexec)}
+    return {"mpiexec": launcher, "mpiexec_flavour": flavour}
 
 
 def gpu_description() -> dict[str, Any]:
@@ -83,8 +91,16 @@ def blas_description() -> str:
 
 
 def collect_info() -> dict[str, Any]:
-    """Everything `mpiprop info` prints, as a dict (also stored with scaling results)."""
-    return {**mpi_description(), **launcher_description(), **gpu_description(), **host_description()}
+    """Everything `mpiprop info` prints, as a dict (also stored with scaling results).
+
+    Without an MPI library, "mpi_library" says so and how to install one, and the MPI fields are None.
+    """
+    try:
+        mpi = mpi_description()
+    except ImportError as error:
+        mpi = {"mpi_library": f"none: {error}", "mpi_standard": None, "mpi4py": None, "cuda_aware_mpi": None,
+               "ranks": None}
+    return {**mpi, **launcher_description(), **gpu_description(), **host_description()}
 
 
 def format_info(info: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Finding the installed `mpiexec`, telling its flavour, and building its command line (a pure function)."""
+"""Finding the launcher (`mpiexec`, or Slurm's `srun`), telling its flavour, and building its command line (pure)."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,19 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from mpiprop.launch.launcher_variables import launcher_environment
 
 MPICH = "mpich"  # MPICH's hydra, and hydra-based MPIs (Intel MPI, MVAPICH)
 OPENMPI = "openmpi"
-FLAVOURS = (MPICH, OPENMPI)
+SRUN = "srun"  # Slurm's srun, inside an allocation
+FLAVOURS = (MPICH, OPENMPI, SRUN)
+AUTO, MPIEXEC = "auto", "mpiexec"
+LAUNCHER_CHOICES = (AUTO, MPIEXEC, SRUN)
+# Open MPI's UCX one-sided component prints an error for every window where UCX finds no network; shared
+# windows come from its `sm` component anyway (see mpiprop.distributed.data_parallel.bucket_allreduce_shared)
+OPENMPI_WITHOUT_UCX_WINDOWS = ("--mca", "osc", "^ucx")
 
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GPUS_PER_NODE_VARIABLE = "MPIPROP_GPUS_PER_NODE"
@@ -29,11 +38,14 @@ class RunOptions:
             `["-m", "package.module", ...]` to run a module.
         hostfile: file naming the hosts, for runs across nodes.
         gpus_per_node: bind each rank to GPU `local_rank % gpus_per_node` when given.
-        threads_per_rank: BLAS/OpenMP threads per rank; None means cores divided by ranks per node.
+        threads_per_rank: BLAS/OpenMP threads per rank; None leaves them to each rank's import of
+            mpiprop.distributed (its node's cores divided by the ranks on the node).
         trace: path of a Chrome trace to record (sets MPIPROP_TRACE on every rank).
         stall_timeout: seconds one communication may wait before the stall watchdog aborts the
             job (sets MPIPROP_STALL_TIMEOUT on every rank); None leaves the watchdog off.
         environment: further (name, value) pairs given to every rank.
+        launcher_arguments: further arguments for the launcher, placed after mpiprop's own flags
+            (e.g. `("--bind-to", "core")` for Open MPI).
     """
 
     ranks: int
@@ -44,6 +56,7 @@ class RunOptions:
     trace: str | None = None
     stall_timeout: float | None = None
     environment: tuple[tuple[str, str], ...] = ()
+    launcher_arguments: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_positive(self.ranks, "-n (number of ranks)")
@@ -100,6 +113,35 @@ def detect_flavour(mpiexec: str) -> str:
     return parse_flavour(completed.stdout + completed.stderr)
 
 
+def choose_launcher(requested: str = AUTO, environ: Mapping[str, str] | None = None,
+                    python: str = sys.executable) -> tuple[str, str]:
+    """The launcher to call and its flavour.
+
+    Args:
+        requested: SRUN, MPIEXEC, or AUTO: srun inside a Slurm allocation where `srun` is on PATH, else mpiexec.
+        environ: the environment to look for an allocation in (os.environ by default).
+        python: the interpreter beside which `mpiexec` is looked for first.
+
+    Returns:
+        (path, flavour), the flavour one of FLAVOURS.
+
+    Raises:
+        FileNotFoundError: when the launcher asked for (or, for AUTO, any) is not installed.
+        ValueError: for an unknown `requested`.
+    """
+    if requested not in LAUNCHER_CHOICES:
+        raise ValueError(f"unknown launcher {requested!r}; expected one of {LAUNCHER_CHOICES}")
+    srun = shutil.which("srun")
+    if requested == SRUN and srun is None:
+        raise FileNotFoundError("--launcher srun was asked for, but no srun is on PATH; run inside a Slurm "
+                                "allocation, or choose --launcher mpiexec")
+    inside_allocation = launcher_environment().inside_slurm_allocation(os.environ if environ is None else environ)
+    if requested == SRUN or (requested == AUTO and srun is not None and inside_allocation):
+        return srun, SRUN
+    mpiexec = find_mpiexec(python)
+    return mpiexec, detect_flavour(mpiexec)
+
+
 def count_hosts(hostfile_text: str) -> int:
     """Number of hosts listed in a hostfile (one per non-blank, non-comment line; MPICH and Open MPI syntax)."""
     lines = (line.split("#", 1)[0].strip() for line in hostfile_text.splitlines())
@@ -111,17 +153,15 @@ def ranks_per_node(ranks: int, hosts: int) -> int:
     return math.ceil(ranks / max(hosts, 1))
 
 
-def threads_per_rank(options: RunOptions, cores: int, hosts: int = 1) -> int:
-    """The threads each rank gets: as asked, else this node's cores divided by its ranks (at least 1)."""
+def launch_environment(options: RunOptions) -> list[tuple[str, str]]:
+    """The environment variables every rank is given, in command-line order.
+
+    Threads per rank only when asked for: otherwise importing mpiprop.distributed on each rank sets
+    them from its node's cores and ranks, the same under `mpiprop run` as under plain mpiexec or srun.
+    """
+    variables = []
     if options.threads_per_rank is not None:
-        return options.threads_per_rank
-    return max(1, cores // ranks_per_node(options.ranks, hosts))
-
-
-def launch_environment(options: RunOptions, cores: int, hosts: int = 1) -> list[tuple[str, str]]:
-    """The environment variables every rank is given, in command-line order."""
-    threads = str(threads_per_rank(options, cores, hosts))
-    variables = [(name, threads) for name in BLAS_THREAD_VARIABLES]
+        variables += [(name, str(options.threads_per_rank)) for name in BLAS_THREAD_VARIABLES]
     if options.gpus_per_node is not None:
         variables.append((GPUS_PER_NODE_VARIABLE, str(options.gpus_per_node)))
     if options.trace is not None:
@@ -131,43 +171,90 @@ def launch_environment(options: RunOptions, cores: int, hosts: int = 1) -> list[
     return variables + [(name, value) for name, value in options.environment]
 
 
+def launcher_prefix(launcher: str, flavour: str, ranks: int, *, cores: int, hostfile: str | None = None,
+                    as_root: bool = False, arguments: Sequence[str] = ()) -> list[str]:
+    """The launcher's part of a command line: `mpiexec -n N` and the flags its flavour needs, before the program.
+
+    Args:
+        launcher: path of `mpiexec` (or `srun`).
+        flavour: MPICH (hydra: `-f HOSTFILE`), OPENMPI (`--hostfile`, `--oversubscribe` when the ranks
+            exceed this node's cores, `--allow-run-as-root` as root, and OPENMPI_WITHOUT_UCX_WINDOWS)
+            or SRUN (Slurm chooses the hosts).
+        ranks: number of processes.
+        cores: cores on this node.
+        hostfile: file naming the hosts, or None for this node alone.
+        as_root: whether the job is started by root (Open MPI refuses that unless told).
+        arguments: the user's further launcher arguments, placed last.
+
+    Returns:
+        The argument list up to the program.
+
+    Raises:
+        ValueError: for an unknown flavour, or a hostfile given to srun.
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown MPI flavour {flavour!r}; expected one of {FLAVOURS}")
+    command = [launcher, "-n", str(ranks)]
+    if flavour == SRUN and hostfile is not None:
+        raise ValueError(f"--hostfile {hostfile} cannot be used with srun: Slurm's allocation chooses the hosts "
+                         "(ask for them with sbatch/salloc --nodes), or choose --launcher mpiexec")
+    if flavour == MPICH and hostfile is not None:
+        command += ["-f", hostfile]
+    if flavour == OPENMPI:
+        command += ["--hostfile", hostfile] if hostfile is not None else ["--oversubscribe"] if ranks > cores else []
+        command += ["--allow-run-as-root"] if as_root else []
+        command += OPENMPI_WITHOUT_UCX_WINDOWS
+    return command + list(arguments)
+
+
+def environment_flags(flavour: str, variables: Sequence[tuple[str, str]]) -> list[str]:
+    """Launcher flags that give every rank `variables`: `-genv` (MPICH), `-x` (Open MPI), `--export` (srun).
+
+    Raises:
+        ValueError: for a value with a comma under srun (its `--export` list is comma-separated).
+    """
+    if flavour == MPICH:
+        return [word for name, value in variables for word in ("-genv", name, value)]
+    if flavour == OPENMPI:
+        return [word for name, value in variables for word in ("-x", f"{name}={value}")]
+    with_comma = [f"{name}={value}" for name, value in variables if "," in value]
+    if with_comma:
+        raise ValueError(f"srun cannot pass {with_comma[0]!r} to the ranks: its --export list is separated by "
+                         "commas; choose a value without one")
+    return [f"--export={','.join(['ALL', *(f'{name}={value}' for name, value in variables)])}"] if variables else []
+
+
 def build_command(options: RunOptions, *, mpiexec: str, flavour: str, python: str, cores: int,
-                  hosts: int = 1) -> list[str]:
-    """The exact `mpiexec` command line for `options`.
+                  as_root: bool = False) -> list[str]:
+    """The exact launcher command line for `options`.
 
     Args:
         options: what to run and how.
-        mpiexec: path of the `mpiexec` to call.
-        flavour: "mpich" (hydra flags `-f`, `-genv NAME VALUE`) or "openmpi" (`--hostfile`, `-x NAME=VALUE`).
+        mpiexec: path of the launcher to call (`mpiexec`, or `srun` for SRUN).
+        flavour: MPICH, OPENMPI or SRUN (see `launcher_prefix` and `environment_flags`).
         python: the interpreter every rank runs.
-        cores: cores on this node (for the default threads per rank).
-        hosts: hosts in the hostfile (1 without one).
+        cores: cores on this node.
+        as_root: whether the job is started by root.
 
     Returns:
         The argument list, ready for `subprocess.run` or `os.execv`.
 
     Raises:
-        ValueError: for an unknown flavour.
+        ValueError: for an unknown flavour, or options the flavour cannot express.
     """
-    if flavour not in FLAVOURS:
-        raise ValueError(f"unknown MPI flavour {flavour!r}; expected one of {FLAVOURS}")
-    command = [mpiexec, "-n", str(options.ranks)]
-    if options.hostfile is not None:
-        command += ["-f", options.hostfile] if flavour == MPICH else ["--hostfile", options.hostfile]
-    elif flavour == OPENMPI and options.ranks > cores:
-        command.append("--oversubscribe")
-    for name, value in launch_environment(options, cores, hosts):
-        command += ["-genv", name, value] if flavour == MPICH else ["-x", f"{name}={value}"]
-    return command + [python, "-m", BOOTSTRAP_MODULE, *options.program]
+    command = launcher_prefix(mpiexec, flavour, options.ranks, cores=cores, hostfile=options.hostfile,
+                              as_root=as_root, arguments=options.launcher_arguments)
+    return command + environment_flags(flavour, launch_environment(options)) + [python, "-m", BOOTSTRAP_MODULE,
+                                                                                *options.program]
 
 
-def launch_warnings(options: RunOptions, cores: int, hosts: int = 1) -> list[str]:
-    """Advice about a launch that will run but badly: more ranks than cores, or ranks sharing GPUs."""
+def launch_warnings(options: RunOptions, hosts: int = 1) -> list[str]:
+    """Advice about a launch that will run but badly: ranks sharing GPUs.
+
+    (More ranks than cores is reported by the ranks themselves, from the cores MPI places them on.)
+    """
     per_node = ranks_per_node(options.ranks, hosts)
     warnings = []
-    if per_node > cores:
-        warnings.append(f"{per_node} ranks per node on {cores} cores: the node is oversubscribed and every rank "
-                        "will run slower; use fewer ranks or more nodes (--hostfile)")
     if options.gpus_per_node is not None and per_node > options.gpus_per_node:
         warnings.append(f"{per_node} ranks per node share {options.gpus_per_node} GPU(s), so several ranks use "
                         "the same GPU; use -n equal to the GPUs per node times the nodes")

@@ -1,4 +1,4 @@
-"""Launcher: the installed mpiexec, its flavour and this node's cores, turning RunOptions into a started job."""
+"""Launcher: the installed mpiexec (or srun), its flavour and this node's cores, turning RunOptions into a started job."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 
 from mpiprop.launch.job_processes import run_whole_job
-from mpiprop.launch.mpiexec import RunOptions, build_command, count_hosts, detect_flavour, find_mpiexec, launch_warnings
+from mpiprop.launch.mpiexec import (AUTO, RunOptions, build_command, choose_launcher, count_hosts, launch_warnings,
+                                    launcher_prefix)
 
 
 def available_cores() -> int:
@@ -30,16 +31,22 @@ class Launcher:
     flavour: str
     python: str
     cores: int
+    as_root: bool = False
 
     @classmethod
-    def detect(cls) -> Launcher:
-        """Find mpiexec (see `find_mpiexec`), tell its flavour, and count cores.
+    def detect(cls, requested: str = AUTO) -> Launcher:
+        """Find the launcher (see `choose_launcher`), tell its flavour, count cores, and see whether we are root.
 
         Raises:
-            FileNotFoundError: when no mpiexec is installed.
+            FileNotFoundError: when no launcher is installed.
         """
-        mpiexec = find_mpiexec()
-        return cls(mpiexec=mpiexec, flavour=detect_flavour(mpiexec), python=sys.executable, cores=available_cores())
+        launcher, flavour = choose_launcher(requested)
+        return cls(mpiexec=launcher, flavour=flavour, python=sys.executable, cores=available_cores(),
+                   as_root=os.geteuid() == 0)
+
+    def prefix(self, ranks: int) -> list[str]:
+        """`mpiexec -n ranks` with the flags this machine's MPI needs, for a program run under plain mpiexec."""
+        return launcher_prefix(self.mpiexec, self.flavour, ranks, cores=self.cores, as_root=self.as_root)
 
     def hosts(self, options: RunOptions) -> int:
         """Hosts named in the options' hostfile (1 without one).
@@ -57,12 +64,13 @@ class Launcher:
 
     def command(self, options: RunOptions) -> list[str]:
         """The exact mpiexec command line for `options` on this machine."""
+        self.hosts(options)  # a missing hostfile is reported before anything runs
         return build_command(options, mpiexec=self.mpiexec, flavour=self.flavour, python=self.python,
-                             cores=self.cores, hosts=self.hosts(options))
+                             cores=self.cores, as_root=self.as_root)
 
     def warnings(self, options: RunOptions) -> list[str]:
-        """Advice about `options` on this machine (oversubscription, shared GPUs)."""
-        return launch_warnings(options, self.cores, self.hosts(options))
+        """Advice about `options` on this machine (ranks sharing GPUs)."""
+        return launch_warnings(options, self.hosts(options))
 
     def run(self, options: RunOptions, timeout: float | None = None) -> int:
         """Run the job with its output on this terminal; returns mpiexec's exit status."""

@@ -8,8 +8,9 @@ Usage in a test module (tests/ is on sys.path under pytest)::
 """
 from __future__ import annotations
 
+import functools
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,37 +18,51 @@ from pathlib import Path
 import pytest
 
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
+from mpiprop.launch.mpiexec import MPIEXEC
+from mpiprop.launch.runner import Launcher
 
 MPI_SCRIPTS = Path(__file__).parent / "mpi_scripts"
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 120
+# what an MPI library prints from its C sources when something in it failed, e.g. Open MPI's
+# "[host:123] .../osc_ucx_component.c:375  Error: OSC UCX component priority set inside component query failed"
+MPI_LIBRARY_ERROR = re.compile(r"\.c:\d+\b.*\berror\b", re.IGNORECASE)
 ONE_THREAD_PER_RANK = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def mpiexec_path() -> str:
-    """The mpiexec next to the running Python (the `mpich` wheel's), else the one on PATH.
+@functools.cache
+def local_launcher() -> Launcher:
+    """This machine's mpiexec (beside the running Python, else on PATH), its flavour, cores and user.
 
     Calls `pytest.skip` when there is none, since multi-rank tests cannot run without it.
     """
-    beside_python = Path(sys.executable).parent / "mpiexec"
-    if beside_python.exists():
-        return str(beside_python)
-    on_path = shutil.which("mpiexec")
-    if on_path is None:
-        pytest.skip("mpiexec was found neither next to the Python executable nor on PATH; install the mpich wheel")
-    return on_path
+    try:
+        return Launcher.detect(MPIEXEC)
+    except FileNotFoundError as missing:
+        pytest.skip(f"no mpiexec to run multi-rank tests with: {missing}")
 
 
-def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for ranks: one BLAS thread each, unbuffered output, the repository importable."""
+def mpiexec_command(ranks: int, *program: str) -> list[str]:
+    """`mpiexec -n ranks program...` with the flags the installed MPI needs here, as `mpiprop run` builds them
+    (under Open MPI: `--oversubscribe` beyond this machine's cores, `--allow-run-as-root` as root)."""
+    return local_launcher().prefix(ranks) + [*program]
+
+
+def mpi_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for ranks: one BLAS thread each, unbuffered output, the repository importable,
+    and `extra` (where a value of None removes the variable)."""
     env = dict(os.environ, **ONE_THREAD_PER_RANK, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
 def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT_TIMEOUT_S,
-            check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            check: bool = True, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     """Run `mpiexec -n ranks python script args...` and return the finished process.
 
     Args:
@@ -55,18 +70,22 @@ def run_mpi(script: str | Path, ranks: int, *args: str, timeout: float = DEFAULT
         ranks: number of MPI processes (oversubscription is fine).
         args: command-line arguments for the script.
         timeout: seconds before the whole process group is killed and the test fails.
-        check: fail the test when the exit status is not 0 (pass False to inspect failures).
-        env: extra environment variables.
+        check: fail the test when the exit status is not 0, or when a rank's MPI library printed an error
+            (pass False to inspect failures).
+        env: extra environment variables (None removes one).
 
     Returns:
         The CompletedProcess with text `stdout` and `stderr`.
     """
     path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
-    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    command = mpiexec_command(ranks, sys.executable, str(path), *map(str, args))
     result = run_bounded(command, timeout, env=mpi_env(env), cwd=REPOSITORY_ROOT)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n"
                     f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+    library_errors = [line for line in result.stderr.splitlines() if MPI_LIBRARY_ERROR.search(line)]
+    if check and library_errors:
+        pytest.fail(f"{' '.join(command)} succeeded, but its MPI library printed errors:\n" + "\n".join(library_errors))
     return result
 
 
@@ -78,7 +97,7 @@ def start_mpi_job(script: str | Path, ranks: int, *args: str,
         The mpiexec process and the job marker that `mpiprop.launch.job_processes.stop_job` needs to stop all of it.
     """
     path = Path(script) if Path(script).is_absolute() else MPI_SCRIPTS / script
-    command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(path), *map(str, args)]
+    command = mpiexec_command(ranks, sys.executable, str(path), *map(str, args))
     marker = new_job_marker()
     job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True,
                            env=mpi_env({JOB_MARKER_VARIABLE: marker}), cwd=REPOSITORY_ROOT, start_new_session=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--rounds", "1", "--warmup", "1", "--batch", "8", "--no-torch"]
 

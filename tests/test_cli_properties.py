@@ -65,7 +65,7 @@ def nothing_is_launched(tmp_path_factory):
     """Every test here runs in a scratch folder, with mpiexec, `mpiprop info` and plotting replaced."""
     launcher = LauncherThatStartsNothing(mpiexec="mpiexec", flavour="mpich", python="python", cores=4)
     with in_fresh_folder(tmp_path_factory) as folder, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Launcher, "detect", classmethod(lambda cls: launcher))
+        patch.setattr(Launcher, "detect", classmethod(lambda cls, requested="auto": launcher))
         patch.setattr(info, "collect_info", lambda: {"mpi": "none"})
         patch.setattr(scale, "describe_environment", lambda timeout=120: {})
         patch.setattr(plot, "plot_scaling", lambda *args, **kwargs: None)
@@ -278,7 +278,7 @@ VOCABULARY = ["run", "info", "scale", "model", "trace", "-n", "--ranks", "--host
               "--threads-per-rank", "--trace", "--stall-timeout", "--dry-run", "-m", "--", "train.py", "missing.py",
               "--json", "--mode", "strong", "weak", "--out", "--repeat", "--predict", "--timeout", "--layouts",
               "--micro-batches", "--from", "scaling.json", "--batch", "0", "1", "2", "-1", "1,2", "2x2", "nan",
-              "-h", "--help", "--bogus", "trace.json"]
+              "-h", "--help", "--bogus", "trace.json", "--launcher", "srun", "mpiexec", "--mpi-arg", "--bind-to", "'"]
 
 
 @CLI_SETTINGS

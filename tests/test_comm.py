@@ -127,6 +127,7 @@ def test_abort_handler_installs_once_and_uninstalls():
             distributed.install_abort_handler()
 
 
+@pytest.mark.mpi
 # --- real mpiexec ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_communicator_under_mpiexec(ranks):

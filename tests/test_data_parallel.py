@@ -12,7 +12,7 @@ import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
 from mpiprop.distributed.data_parallel.buckets import GradientBucket, assign_buckets
 from mpiprop.distributed.reliability.consistency import first_difference, model_signature
-from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_command, run_bounded, run_mpi
 from packages import require
 
 TRAIN_DIGITS = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
@@ -191,6 +191,7 @@ def test_first_difference_names_the_parameter():
         "rank 0 has 6 parameters and 0 buffers, that rank 4 parameters and 0 buffers")
 
 
+@pytest.mark.mpi
 # --- real mpiexec ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_data_parallel_equals_single_process_training(ranks):
@@ -208,6 +209,7 @@ def test_data_parallel_equals_single_process_training(ranks):
         assert f"rank {rank} ok" in result.stdout
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_shared_memory_allreduce_equals_mpi_allreduce(ranks):
     result = run_mpi("shared_allreduce.py", ranks)
@@ -221,17 +223,19 @@ def can_make_mount_namespaces() -> bool:
             and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0)
 
 
+@pytest.mark.mpi
 @pytest.mark.skipif(not can_make_mount_namespaces(), reason="needs `unshare -m` (root on Linux) to mount a small /dev/shm")
 def test_a_dev_shm_too_small_for_the_buckets_means_a_warning_and_mpi_allreduce():
     """A 64 MB /dev/shm (Docker's default) in a mount namespace of this test's own."""
     mount_then_run = 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" "$@"'
-    command = ["unshare", "-m", "sh", "-c", mount_then_run, mpiexec_path(), "-n", "2", sys.executable,
-               str(MPI_SCRIPTS / "dp_small_shm.py")]
+    command = ["unshare", "-m", "sh", "-c", mount_then_run,
+               *mpiexec_command(2, sys.executable, str(MPI_SCRIPTS / "dp_small_shm.py"))]
     result = run_bounded(command, 120, env=mpi_env(), cwd=REPOSITORY_ROOT)
     for rank in (0, 1):
         assert f"rank {rank} ok" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.mpi
 def test_different_models_raise_a_clear_error_on_every_rank():
     result = run_mpi("dp_mismatch.py", 2)
     for rank in (0, 1):
@@ -241,6 +245,7 @@ def test_different_models_raise_a_clear_error_on_every_rank():
                 "rank 0 has 4 parameters and 0 buffers, that rank 6 parameters") in result.stdout, result.stdout
 
 
+@pytest.mark.mpi
 def test_digits_example_reaches_the_same_accuracy_on_two_ranks_as_on_one():
     """Same global batch of 32 and the same sample order (the loader shards each global batch),
     so the runs differ only by dropout masks and float rounding. TOLERANCE: 0.02, i.e. 7 of the

@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy
 import pytest
 
+from mpiprop.distributed.transport.launcher_environment import RANK_VARIABLES
 from mpiprop.launch.job_processes import processes_with, stop_job
 from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
 from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
+
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
 ENDS_WITHIN_S = 30  # from the fault to the end of the job, with room for a slow, shared machine
 TRAIN_DIGITS = REPOSITORY_ROOT / "examples" / "train_digits.py"
@@ -139,10 +142,12 @@ def wait_for_file(path, job, timeout):
 
 
 def rank_pid(job, rank, marker):
-    """The process id of MPI rank `rank` of `job`: a process whose command line holds `marker`, with PMI_RANK=rank."""
+    """The process id of MPI rank `rank` of `job`: a process whose command line holds `marker`, with its
+    launcher's rank variable (PMI_RANK, OMPI_COMM_WORLD_RANK, ...) equal to `rank`."""
     if not Path("/proc/self/environ").exists():
         pytest.skip("finding a rank's process needs Linux's /proc")
-    for pid in processes_with("PMI_RANK", str(rank)):
-        if marker in command_line(pid):
-            return pid
+    for variable in RANK_VARIABLES:
+        for pid in processes_with(variable, str(rank)):
+            if marker in command_line(pid):
+                return pid
     raise AssertionError(f"no process of rank {rank} found for job {job.pid}")

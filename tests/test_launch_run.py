@@ -7,7 +7,12 @@ import subprocess
 import sys
 import textwrap
 
-from mpi_launch import run_bounded
+import pytest
+
+from mpi_launch import local_launcher, run_bounded
+from mpiprop.launch.mpiexec import MPICH
+
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
 TIMEOUT_S = 120
 
@@ -18,7 +23,7 @@ REPORT_SCRIPT = textwrap.dedent("""
     with open(f"report_{rank}.json", "w") as report:  # a file per rank: printed lines of two ranks can interleave
         json.dump({"rank": rank, "size": MPI.COMM_WORLD.Get_size(), "argv": sys.argv,
                    "threads": os.environ.get("OMP_NUM_THREADS"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                   "name": __name__}, report)
+                   "name": __name__, "passed": os.environ.get("MPIPROP_PASSED")}, report)
 """)
 
 RAISING_SCRIPT = textwrap.dedent("""
@@ -31,9 +36,10 @@ RAISING_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_mpiprop(*arguments: str, cwd: str, timeout: float = TIMEOUT_S,
+                extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m mpiprop.launch arguments...` in its own process group, killed whole (mpiexec, ranks) on timeout."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(extra or {})}
     environment.pop("CUDA_VISIBLE_DEVICES", None)
     command = [sys.executable, "-m", "mpiprop.launch", *arguments]
     return run_bounded(command, timeout, env=environment, cwd=cwd)
@@ -61,3 +67,24 @@ def test_exception_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
     assert completed.returncode != 0
     assert "rank 1" in completed.stderr
     assert "RuntimeError: rank one failed on purpose" in completed.stderr
+
+
+def test_launcher_arguments_reach_the_launcher(tmp_path):
+    """A variable set only by a launcher flag given with --mpi-arg (each flavour has its own flag for it)."""
+    (tmp_path / "report.py").write_text(REPORT_SCRIPT)
+    set_variable = "-genv MPIPROP_PASSED yes" if local_launcher().flavour == MPICH else "-x MPIPROP_PASSED=yes"
+    completed = run_mpiprop("run", "-n", "2", "--mpi-arg", set_variable, "report.py", cwd=str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
+    assert [report["passed"] for report in reports] == ["yes", "yes"]
+
+
+def test_variables_inherited_from_a_batch_script_do_not_move_the_gpus(tmp_path):
+    """mpiexec started inside a Slurm batch script (no srun here): every rank inherits SLURM_LOCALID=0."""
+    (tmp_path / "report.py").write_text(REPORT_SCRIPT)
+    batch_step = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}
+    completed = run_mpiprop("run", "-n", "2", "--launcher", "mpiexec", "--gpus-per-node", "2", "report.py",
+                            cwd=str(tmp_path), extra=batch_step)
+    assert completed.returncode == 0, completed.stderr
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
+    assert [(report["rank"], report["gpu"]) for report in reports] == [(0, "0"), (1, "1")]

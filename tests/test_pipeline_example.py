@@ -4,11 +4,14 @@ import re
 from pathlib import Path
 
 import numpy
+import pytest
 
 from mpi_launch import run_mpi
 from packages import require
 from mpiprop.network.checkpoint import load_checkpoint
 from mpiprop.network.metrics import count_correct
+
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipeline_mlp.py"
 

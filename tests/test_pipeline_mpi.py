@@ -1,7 +1,11 @@
 """Pipelines under real mpiexec at 2 and 4 stages, every schedule, and 2 stages x 2 replicas, against one process."""
 import re
 
+import pytest
+
 from mpi_launch import run_mpi
+
+pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
 TIMEOUT_S = 300  # generous for an oversubscribed machine; a hang still fails
 EVERY_SCHEDULE = "gpipe:4,1f1b:4,interleaved:4,zb-h1:4"

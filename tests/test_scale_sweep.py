@@ -73,6 +73,7 @@ def test_benchmark_batch_per_rank():
         local_batch_size("strong", 10, 4)
 
 
+@pytest.mark.mpi
 def test_real_sweep_writes_csv_json_and_a_plot(tmp_path, capsys):
     image = pytest.importorskip("matplotlib.image")
     out = tmp_path / "sweep"

@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from mpiprop.distributed.reliability.timeline import Tracer, merge_rank_files, rank_file
 from test_launch_run import run_mpiprop
 
@@ -66,6 +68,7 @@ def test_merge_ignores_rank_files_left_by_an_earlier_run(tmp_path):
     old.disable()
 
 
+@pytest.mark.mpi
 def test_two_rank_data_parallel_run_traces_every_rank(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent("""

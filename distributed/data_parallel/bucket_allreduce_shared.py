@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.mpi_library import is_open_mpi
 from mpiprop.distributed.transport.request import wait_all
 from mpiprop.distributed.reliability.timeline import span
 
@@ -32,12 +33,30 @@ ALIGNMENT = 64  # bytes: each buffer starts on a cache line
 SHARED_MEMORY_DIRECTORY = "/dev/shm"  # where MPICH and Open MPI keep the files behind shared windows on Linux
 ROOM_MARGIN = 1.25  # free space wanted beyond the window itself (MPI's own shared segments live there too)
 CHUNK_BYTES = 256 * 1024  # summed and copied piece by piece: 0.42 instead of 0.59 ms for 7.4 MB on 2 ranks
+OPEN_MPI_ONE_SIDED_VARIABLE = "OMPI_MCA_osc"  # Open MPI's choice of one-sided components, read when MPI starts
 
 
 def shared_memory_possible(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool) -> bool:
-    """Whether every rank of `comm` is on this node and the buffers are numpy arrays of plain floats."""
+    """Whether every rank of `comm` is on this node, the buffers are numpy arrays of plain floats,
+    and making a window prints no error (see `window_prints_errors`)."""
     return (comm.size > 1 and comm.local_size == comm.size and on_cpu
-            and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes))
+            and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes) and not window_prints_errors())
+
+
+def window_prints_errors() -> bool:
+    """True under Open MPI unless its UCX one-sided component was left out when MPI started (`--mca osc ^ucx`,
+    as `mpiprop run` passes): where UCX finds no network, that component prints an error on every rank for
+    every window it is asked about, and it cannot be left out once MPI has started.
+    """
+    return is_open_mpi(MPI) and not leaves_out_ucx(os.environ.get(OPEN_MPI_ONE_SIDED_VARIABLE, ""))
+
+
+def leaves_out_ucx(components: str) -> bool:
+    """Whether an Open MPI component selection ("^ucx", "sm,rdma", "") leaves out the `ucx` component."""
+    components = components.replace(" ", "")
+    if components.startswith("^"):
+        return "ucx" in components[1:].split(",")
+    return bool(components) and "ucx" not in components.split(",")
 
 
 def free_shared_memory_bytes() -> int | None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mpiprop.launch.job_processes import run_whole_job
+from mpiprop.launch.mpiexec import MPIEXEC
+from mpiprop.launch.runner import Launcher
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "RESULT "
@@ -40,9 +42,7 @@ def run_worker(script: str | Path, ranks: int, arguments: Sequence[str], *, time
     Raises:
         RuntimeError: with the command, its exit status and output, when it printed no RESULT line.
     """
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    command = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks), sys.executable, str(script),
-               *arguments]
+    command = [*Launcher.detect(MPIEXEC).prefix(ranks), sys.executable, str(script), *arguments]
     with tempfile.TemporaryDirectory() as scratch:
         if torch_init_file:
             command += ["--init-file", os.path.join(scratch, "gloo-init")]
