@@ -6,6 +6,7 @@ starting Python and MPI alone can take many seconds on a loaded machine.
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from mpiprop.launch.job_processes import processes_with, stop_job
+from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, processes_with, stop_job
 from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
 from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
@@ -146,3 +147,62 @@ def rank_pid(job, rank, marker):
         if marker in command_line(pid):
             return pid
     raise AssertionError(f"no process of rank {rank} found for job {job.pid}")
+
+
+# --- every way a rank or the launcher can end ------------------------------------------------------------
+ENDS_WITHIN_10_S = 10
+
+
+def start_leaving_job(ranks, mode, *args):
+    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step."""
+    job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
+    output = read_until(job, "TRAINING-STARTS", ranks, timeout=120)
+    return job, marker, output
+
+
+def read_until(job, marker, count, timeout):
+    """The job's stdout up to the `count`-th occurrence of `marker` (ranks' lines may interleave)."""
+    text, deadline = "", time.monotonic() + timeout
+    while text.count(marker) < count:
+        ready, _, _ = select.select([job.stdout], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(job.stdout.fileno(), 65536).decode() if ready else ""
+        assert chunk, f"the job ended or stalled before printing {marker} {count} times: {text}"
+        text += chunk
+    return text
+
+
+def seconds_until_the_job_ends(job, marker, since):
+    """Wait (at most ENDS_WITHIN_10_S + 20 s) until mpiexec and every process of the job are gone."""
+    deadline = since + ENDS_WITHIN_10_S + 20
+    while (job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(job, marker):
+    try:
+        yield
+    finally:
+        if job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker):
+            stop_job(job, marker)
+
+
+def job_process(marker, name):
+    """The id of the process of the job whose command line holds `name` (e.g. "hydra_pmi_proxy")."""
+    for pid in processes_with(JOB_MARKER_VARIABLE, marker):
+        if name in command_line(pid):
+            return pid
+    raise AssertionError(f"no process {name!r} in the job")
+
+
+def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_are_broken():
+    job, marker, _ = start_leaving_job(2, "none")
+    with stopped_at_the_end(job, marker):
+        os.kill(job_process(marker, "hydra_pmi_proxy"), signal.SIGKILL)
+        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+        left = processes_with(JOB_MARKER_VARIABLE, marker)
+        assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
+        assert took < ENDS_WITHIN_10_S
+        assert job.returncode != 0
+    print(f"JOB-ENDED proxy killed: {took:.1f} s")
