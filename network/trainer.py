@@ -60,8 +60,8 @@ class Trainer:
             return the same keys, each summed over ranks or each averaged (only ratios are used).
             The default, for one process, returns its input.
         comm: with several ranks, a `mpiprop.distributed.Communicator` (anything with `allgather_object`):
-            checkpoints then hold every rank's random state, so a resumed run draws the same
-            dropout masks as an uninterrupted one, and `fit` checks that the ranks agree on
+            checkpoints then hold every rank's random state and running metric sums, so a resumed
+            run draws the same dropout masks and records the same metrics as an uninterrupted one, and `fit` checks that the ranks agree on
             their settings and resumed from the same state.
         quiet: print nothing and draw no progress bar.
         progress: progress bar per epoch: None draws it on a terminal when tqdm is installed.
@@ -323,13 +323,16 @@ class Trainer:
         """Rank 0 writes the checkpoint; with `comm`, every rank first contributes its random state."""
         if self.checkpoint_path is None:
             return
-        rank_rng = None if self.comm is None else self.comm.allgather_object(rng.get_rng_state())
+        ranks = None if self.comm is None else self.comm.allgather_object(
+            {"rng": rng.get_rng_state(), "train_sums": self._train_totals.state_dict()})
         if self.is_main:
-            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, trainer=self._state(rank_rng))
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, trainer=self._state(ranks))
 
-    def _state(self, rank_rng: list[dict] | None) -> dict[str, Any]:
+    def _state(self, ranks: list[dict] | None) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "batch": self.batch, "step": self.step, "rank_rng": rank_rng,
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "rank_rng": None if ranks is None else [each["rng"] for each in ranks],
+            "rank_train_sums": None if ranks is None else [each["train_sums"] for each in ranks],
             "train_sums": self._train_totals.state_dict(),
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
             "history": self.history,
@@ -360,7 +363,9 @@ class Trainer:
             callback.load_state_dict(entry["state"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.history = list(state["history"])
-        self._train_totals.load_state_dict(state["train_sums"])
+        rank_sums = state.get("rank_train_sums")
+        own_sums = rank_sums is not None and len(rank_sums) == self.world_size
+        self._train_totals.load_state_dict(rank_sums[self.rank] if own_sums else state["train_sums"])
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
 
     def _check_hyperparameters(self, path: str, saved_optimizer: dict[str, Any] | None) -> None:
@@ -406,9 +411,19 @@ class Trainer:
             if value is not None and value != expected:
                 raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer has "
                                  f"{attribute}={expected}; build the loader with rank=..., world_size=... too")
+        if not allow_empty and self.world_size > 1 and _uneven_shards(loader):
+            raise ValueError(f"{name} shards {len(loader.dataset)} samples over {self.world_size} ranks with "
+                             "uneven='keep', so the ranks would train on different numbers of samples and steps "
+                             "and wait for each other forever; use uneven='pad' or 'drop' for training "
+                             "('keep' suits evaluation)")
         if not allow_empty and len(loader) == 0:
             raise ValueError(f"{name} yields no batches on rank {self.rank}: {loader!r}; "
                              "lower batch_size or set drop_last=False")
+
+
+def _uneven_shards(loader: Any) -> bool:
+    """True for a loader whose ranks get different numbers of samples (uneven='keep' on an uneven dataset)."""
+    return getattr(loader, "uneven", None) == "keep" and len(loader.dataset) % loader.world_size != 0
 
 
 def _device_of_model(model: Any) -> str:

@@ -4,6 +4,7 @@ Times are measured from a marker the ranks print once training has started, beca
 starting Python and MPI alone can take many seconds on a loaded machine.
 """
 import contextlib
+import json
 import os
 import re
 import select
@@ -97,18 +98,29 @@ def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
 
 
 # --- a rank killed with SIGKILL, then resumed -------------------------------------------------------------
-@pytest.fixture
+@pytest.fixture(scope="module")
 def uninterrupted_digits(tmp_path_factory):
-    """Final checkpoint of the digits example trained on 2 ranks without interruption."""
+    """Final checkpoint and metrics records of the digits example trained on 2 ranks without interruption."""
     require("sklearn")
-    path = tmp_path_factory.mktemp("uninterrupted") / "digits.npz"
-    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path), timeout=180)
-    return read_checkpoint(path)
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", folder / "digits.npz",
+            "--metrics-out", folder / "metrics.jsonl", timeout=180)
+    return read_checkpoint(folder / "digits.npz"), metrics_records(folder / "metrics.jsonl")
+
+
+def metrics_records(path):
+    """The per-epoch records of a metrics file, without their wall-clock "time"."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key != "time"} for record in records]
 
 
 def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted_digits):
-    """Rank 0, the one that writes checkpoints, is killed right after its first checkpoint, maybe mid-write."""
-    path = tmp_path / "digits.npz"
+    """Rank 0, the one that writes checkpoints, is killed right after its first checkpoint, maybe mid-write.
+
+    The resumed run ends with the same weights and records the same metrics, those of the
+    interrupted epoch included (every rank's running sums are in the checkpoint).
+    """
+    path, metrics = tmp_path / "digits.npz", tmp_path / "metrics.jsonl"
     job, job_marker = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
     try:
         wait_for_file(path, job, timeout=120)
@@ -120,15 +132,20 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
             stop_job(job, job_marker)
     assert job.returncode != 0, stderr
     assert time.time() - killed_at < ENDS_WITHIN_S
+    print(f"JOB-ENDED rank 0 killed: {time.time() - killed_at:.1f} s")
     interrupted = read_checkpoint(path)  # intact: the write is atomic, a kill mid-write leaves the previous one
-    final_step = uninterrupted_digits["meta"]["trainer"]["step"]
+    expected_checkpoint, expected_metrics = uninterrupted_digits
+    final_step = expected_checkpoint["meta"]["trainer"]["step"]
     assert 0 < interrupted["meta"]["trainer"]["step"] < final_step, "the kill came after the run had finished"
+    assert interrupted["meta"]["trainer"]["batch"] > 0, "the kill should come inside an epoch"
 
-    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path), "--resume", str(path), timeout=180)
+    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path), "--resume", str(path),
+            "--metrics-out", metrics, timeout=180)
     resumed = read_checkpoint(path)
     assert resumed["meta"]["trainer"]["step"] == final_step
-    for name, expected in uninterrupted_digits["model"].items():
-        numpy.testing.assert_allclose(resumed["model"][name], expected, rtol=0, atol=1e-6, err_msg=name)
+    for name, expected in expected_checkpoint["model"].items():
+        numpy.testing.assert_array_equal(resumed["model"][name], expected, err_msg=name)
+    assert metrics_records(metrics) == expected_metrics
 
 
 def wait_for_file(path, job, timeout):
@@ -206,3 +223,13 @@ def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_
         assert took < ENDS_WITHIN_10_S
         assert job.returncode != 0
     print(f"JOB-ENDED proxy killed: {took:.1f} s")
+
+
+def test_a_training_loader_with_uneven_shards_fails_at_once_instead_of_hanging():
+    started = time.monotonic()
+    result = run_mpi("trainer_uneven.py", 2, check=False, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "ValueError: train_loader shards 9 samples over 2 ranks with uneven='keep'" in result.stderr, output
+    assert "use uneven='pad' or 'drop' for training" in result.stderr, output
+    print(f"JOB-ENDED uneven training loader: {time.monotonic() - started:.1f} s from the start")
