@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -65,8 +64,14 @@ class Launcher:
         return launch_warnings(options, self.cores, self.hosts(options))
 
     def run(self, options: RunOptions, timeout: float | None = None) -> int:
-        """Run the job with its output on this terminal; returns mpiexec's exit status."""
-        return subprocess.run(self.command(options), timeout=timeout).returncode
+        """Run the job with its output on this terminal; returns mpiexec's exit status.
+
+        Raises:
+            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped
+                (an uncaught one exits with status 128 + the signal's number).
+            subprocess.TimeoutExpired: past `timeout` seconds, once the whole job has been stopped.
+        """
+        return run_whole_job(self.command(options), timeout, capture=False).returncode
 
     def run_captured(self, options: RunOptions, timeout: float | None = None) -> str:
         """Run the job and return its standard output.
@@ -74,6 +79,7 @@ class Launcher:
         Raises:
             JobFailed: when it exits non-zero (the message holds the end of its output).
             subprocess.TimeoutExpired: when it runs past `timeout` seconds.
+            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped.
         """
         completed = run_whole_job(self.command(options), timeout)
         if completed.returncode != 0:

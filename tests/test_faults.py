@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy
 import pytest
 
-from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, processes_with, stop_job
-from mpi_launch import REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
+from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
 from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
@@ -233,3 +233,59 @@ def test_a_training_loader_with_uneven_shards_fails_at_once_instead_of_hanging()
     assert "ValueError: train_loader shards 9 samples over 2 ranks with uneven='keep'" in result.stderr, output
     assert "use uneven='pad' or 'drop' for training" in result.stderr, output
     print(f"JOB-ENDED uneven training loader: {time.monotonic() - started:.1f} s from the start")
+
+
+# --- signals to the launchers ----------------------------------------------------------------------------
+def start_mpiprop(*arguments):
+    """`python -m mpiprop.launch ARGUMENTS` with output piped; every process it starts carries the returned probe."""
+    probe = new_job_marker()
+    process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
+    return process, probe
+
+
+def wait_for_ranks(probe, script, ranks, timeout=120):
+    deadline = time.monotonic() + timeout
+    while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
+        assert time.monotonic() < deadline, f"{ranks} ranks of {script} did not start within {timeout} s"
+        time.sleep(0.1)
+    time.sleep(1)  # past MPI's start, into training
+
+
+def signalled_launcher_ends_with_its_job(process, probe, signum):
+    try:
+        os.kill(process.pid, signum)
+        since = time.monotonic()
+        deadline = since + ENDS_WITHIN_10_S + 20
+        while (process.poll() is None or processes_with("TEST_PROBE", probe)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - since
+        left = [command_line(pid) for pid in processes_with("TEST_PROBE", probe)]
+        assert process.poll() is not None and not left, f"after {took:.1f} s: status {process.poll()}, left {left}"
+        assert took < ENDS_WITHIN_10_S
+        assert process.returncode == 128 + signum, process.communicate()
+        stderr = process.communicate()[1].decode()
+        assert f"mpiprop: got {signal.Signals(signum).name}; stopped the job" in stderr, stderr
+        return took
+    finally:
+        kill_processes(processes_with("TEST_PROBE", probe))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
+    script = MPI_SCRIPTS / "dp_leave.py"
+    process, probe = start_mpiprop("run", "-n", 2, script, "none")
+    wait_for_ranks(probe, "dp_leave.py", 2)
+    took = signalled_launcher_ends_with_its_job(process, probe, signum)
+    print(f"JOB-ENDED {signal.Signals(signum).name} to mpiprop run: {took:.1f} s")
+
+
+def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
+    script = MPI_SCRIPTS / "dp_leave.py"
+    process, probe = start_mpiprop("scale", "--ranks", 2, "--out", tmp_path, "--", script, "none")
+    wait_for_ranks(probe, "dp_leave.py", 2)
+    took = signalled_launcher_ends_with_its_job(process, probe, signal.SIGTERM)
+    print(f"JOB-ENDED SIGTERM to mpiprop scale: {took:.1f} s")
