@@ -16,6 +16,7 @@ from mpiprop.network.checks import non_negative_float, positive_int
 from mpiprop.network.clipping import clip_grad_norm_
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
+from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
                                 non_finite_grads)
 from mpiprop.network.progress import progress, progress_wanted
@@ -49,6 +50,9 @@ class Trainer:
         checkpoint_path: write a checkpoint here after each epoch and when training is stopped
             (the same path on every rank; rank 0 writes it).
         checkpoint_every: also write it every this many optimizer steps (None: only per epoch).
+            With a checkpoint path (and `comm` on several ranks), SIGTERM or SIGUSR1 during `fit`
+            makes every rank finish its step, write the checkpoint and raise `Preempted`
+            (a SystemExit with status 75); resuming from it continues exactly.
         non_finite: what a step with a NaN or Inf output, loss or gradient does: "raise" a
             NonFiniteError naming the step, rank and layer, or "skip" the update (on every rank
             alike, since averaged gradients are the same everywhere; after 20 skips in a row it raises).
@@ -143,6 +147,7 @@ class Trainer:
         Raises:
             ValueError: for an empty loader, or one sharded for another rank.
             CheckpointError: when `resume_from` does not fit this model, optimizer, callbacks or loader.
+            Preempted: after a preemption signal, once the checkpoint is written (see `checkpoint_every`).
         """
         epochs = positive_int(epochs, "epochs")
         self._check_loader(train_loader, "train_loader")
@@ -162,10 +167,13 @@ class Trainer:
         self._rewrite_metrics_file()
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        while self.epoch < epochs and not self.stop_training:
-            if not self._train_epoch(train_loader, epochs):
-                break
-            self._end_epoch(val_loader)
+        self._preemption = PreemptionWatch(self.checkpoint_path is not None
+                                           and (self.world_size == 1 or self.comm is not None))
+        with self._preemption:
+            while self.epoch < epochs and not self.stop_training:
+                if not self._train_epoch(train_loader, epochs):
+                    break
+                self._end_epoch(val_loader)
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
@@ -194,6 +202,9 @@ class Trainer:
                 return False
             if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.batch < len(loader):
                 self._save_checkpoint()
+            if self._preemption.agreed(self.comm):
+                self._save_checkpoint()
+                raise self._preemption.stop(self.rank, f"step {self.step}", os.fspath(self.checkpoint_path))
         return True
 
     def train_step(self, inputs: Any, targets: Any) -> float:

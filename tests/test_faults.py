@@ -289,3 +289,54 @@ def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
     wait_for_ranks(probe, "dp_leave.py", 2)
     took = signalled_launcher_ends_with_its_job(process, probe, signal.SIGTERM)
     print(f"JOB-ENDED SIGTERM to mpiprop scale: {took:.1f} s")
+
+
+# --- preemption -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted_digits_on_4_ranks(tmp_path_factory):
+    require("sklearn")
+    folder = tmp_path_factory.mktemp("uninterrupted4")
+    run_mpi(TRAIN_DIGITS, 4, *DIGITS_ARGUMENTS, "--checkpoint", folder / "digits.npz",
+            "--metrics-out", folder / "metrics.jsonl", timeout=240)
+    return read_checkpoint(folder / "digits.npz"), metrics_records(folder / "metrics.jsonl")
+
+
+def preempt_then_resume(tmp_path, ranks, signum, only_rank, expected):
+    """Signal the job (mpiexec, or one rank's process) mid-training; it must checkpoint and exit 75, then resume."""
+    path, metrics = tmp_path / "digits.npz", tmp_path / "metrics.jsonl"
+    job, marker = start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    with stopped_at_the_end(job, marker):
+        wait_for_file(path, job, timeout=120)
+        os.kill(job.pid if only_rank is None else rank_pid(job, only_rank, marker=str(path)), signum)
+        since = time.monotonic()
+        _, stderr = job.communicate(timeout=ENDS_WITHIN_S)
+        took = seconds_until_the_job_ends(job, marker, since)
+    assert job.returncode == 75, stderr
+    assert took < ENDS_WITHIN_10_S
+    name = signal.Signals(signum).name
+    assert re.search(rf"rank 0: preempted by {name}: stopped after step \d+ and wrote checkpoint {re.escape(str(path))}",
+                     stderr), stderr
+    expected_checkpoint, expected_metrics = expected
+    final_step = expected_checkpoint["meta"]["trainer"]["step"]
+    assert 0 < read_checkpoint(path)["meta"]["trainer"]["step"] < final_step, "the signal came after the run ended"
+
+    run_mpi(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", path, "--resume", path, "--metrics-out", metrics,
+            timeout=240)
+    resumed = read_checkpoint(path)
+    assert resumed["meta"]["trainer"]["step"] == final_step
+    for name, array in expected_checkpoint["model"].items():
+        numpy.testing.assert_array_equal(resumed["model"][name], array, err_msg=name)
+    assert metrics_records(metrics) == expected_metrics
+    return took
+
+
+def test_sigterm_to_mpiexec_preempts_4_ranks_and_the_resumed_run_equals_an_uninterrupted_one(
+        tmp_path, uninterrupted_digits_on_4_ranks):
+    took = preempt_then_resume(tmp_path, 4, signal.SIGTERM, None, uninterrupted_digits_on_4_ranks)
+    print(f"JOB-ENDED SIGTERM to mpiexec (preemption, 4 ranks): {took:.1f} s")
+
+
+def test_sigusr1_to_one_rank_preempts_every_rank_and_the_resumed_run_equals_an_uninterrupted_one(
+        tmp_path, uninterrupted_digits):
+    took = preempt_then_resume(tmp_path, 2, signal.SIGUSR1, 1, uninterrupted_digits)
+    print(f"JOB-ENDED SIGUSR1 to rank 1 (preemption, 2 ranks): {took:.1f} s")
