@@ -11,18 +11,21 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
 from mpiprop.network import rng
 from mpiprop.network.backend import is_array, to_numpy
+from mpiprop.network.checkpoint_archive import ArchiveRefused, read_members
 from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 FORMAT = "mpiprop-checkpoint"
 VERSION = 1
 HEADER_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
+MODEL_COPIES_ALLOWED = 4  # the weights and up to three optimizer buffers of each (Adam keeps two)
+ARRAY_BYTES_BEYOND_THE_MODEL = 64 * 2**20  # random states, the trainer's records, the JSON header
 
 
 class CheckpointError(ValueError):
@@ -74,7 +77,7 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
             the file and the mismatch.
     """
     path = os.fspath(path)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, model)
     _check_model(path, state["model"], model)
     if optimizer is not None:
         _load_optimizer(path, state["optimizer"], optimizer)
@@ -83,8 +86,18 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
     return state["meta"]
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, model: Any = None) -> dict[str, Any]:
     """The whole decoded content of a checkpoint: {"format", "version", "model", "optimizer", "rng", "meta"}.
+
+    Every array's header (dtype, shape, size against the file and, with `model`, against the
+    model's parameters) is checked before any array is decompressed or allocated. All
+    arrays together may take at most 4 times the model's bytes (the weights and optimizer
+    buffers) plus 64 MiB, or without `model` 4 times the file's size plus 64 MiB; a file
+    that promises more is refused, so a hostile file cannot exhaust memory.
+
+    Args:
+        path: the checkpoint file.
+        model: optional, the model it will be loaded into (anything with `state_dict()`).
 
     Raises:
         FileNotFoundError, CheckpointError: as `load_checkpoint`.
@@ -93,25 +106,50 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            if HEADER_ENTRY not in archive.files:
-                raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file: it has no {HEADER_ENTRY!r} entry")
-            header = json.loads(str(archive[HEADER_ENTRY]))
-            arrays = {name: archive[name] for name in archive.files if name != HEADER_ENTRY}
+        arrays = read_members(path, _memory_budget(path, model), _model_shape_check(path, model))
+        if HEADER_ENTRY not in arrays:
+            raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file: it has no {HEADER_ENTRY!r} entry")
+        header = json.loads(str(arrays.pop(HEADER_ENTRY)))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file")
+        if header.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint {path} has format version {header.get('version')}; "
+                                  f"this code reads version {VERSION}")
+        return _decode(header, arrays)
     except CheckpointError:
         raise
-    except DAMAGED_NPZ_ERRORS as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(error).__name__}: {error})") from error
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file")
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {header.get('version')}; "
-                              f"this code reads version {VERSION}")
-    try:
-        return _decode(header, arrays)
+    except ArchiveRefused as error:
+        raise CheckpointError(f"checkpoint {path} is refused: {error}") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its header is nested too deeply to decode") from None
     except KeyError as error:
         raise CheckpointError(f"checkpoint {path} is corrupt: array {error} is referenced but missing") from error
+    except TypeError as error:  # the header's structure is not one `_encode` writes
+        raise CheckpointError(f"checkpoint {path} is corrupt: its header does not describe a checkpoint "
+                              f"({error})") from error
+    except (MemoryError, *DAMAGED_NPZ_ERRORS) as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(error).__name__}: {error})") from error
+
+
+def _memory_budget(path: str, model: Any) -> int:
+    """Bytes the arrays of the checkpoint at `path` may take (see `read_checkpoint`)."""
+    if model is None:
+        return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * os.path.getsize(path)
+    model_bytes = sum(int(array.nbytes) for array in model.state_dict().values())
+    return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * model_bytes
+
+
+def _model_shape_check(path: str, model: Any) -> Callable[[str, tuple, Any], None]:
+    """A check of each array header against the model's parameter of that name (none without a model)."""
+    expected = {} if model is None else {f"model/{name}": tuple(array.shape)
+                                         for name, array in model.state_dict().items()}
+
+    def check(name: str, shape: tuple, dtype: Any) -> None:
+        if name in expected and shape != expected[name]:
+            raise CheckpointError(f"checkpoint {path} was saved from a different architecture: "
+                                  f"{name[len('model/'):]!r} is {shape} in the file but {expected[name]} in the model")
+    return check
 
 
 def _check_model(path: str, saved: dict[str, numpy.ndarray], model: Any) -> None:

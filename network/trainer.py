@@ -352,7 +352,7 @@ class Trainer:
         }
 
     def _resume(self, path: str, loader: Any) -> None:
-        saved = read_checkpoint(path)
+        saved = read_checkpoint(path, self.model)
         state = saved["meta"].get("trainer")
         if state is None:
             raise CheckpointError(f"checkpoint {path} was not written by a Trainer (its meta has no 'trainer' "
