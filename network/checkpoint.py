@@ -26,6 +26,8 @@ HEADER_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
 MODEL_COPIES_ALLOWED = 4  # the weights and up to three optimizer buffers of each (Adam keeps two)
 ARRAY_BYTES_BEYOND_THE_MODEL = 64 * 2**20  # random states, the trainer's records, the JSON header
+TEMPORARY_SUFFIX = ".tmp"
+NEW_FILE_MODE = 0o666  # less the umask, as for any file the process creates
 
 
 class CheckpointError(ValueError):
@@ -37,7 +39,8 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
 
     The data goes to a temporary file in the same folder, is flushed to disk (fsync) and
     renamed over `path` (os.replace), so a crash or kill during the write leaves any
-    previous checkpoint at `path` intact.
+    previous checkpoint at `path` intact; temporary files such kills left behind are removed
+    by the next successful write. The file's mode is 0o666 less the umask.
 
     Args:
         path: the file to write (no suffix is added).
@@ -48,6 +51,7 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
 
     Raises:
         TypeError: for a meta value that cannot be stored, naming where it is.
+        OSError: when the file cannot be written (a full disk, say), naming it.
     """
     path = os.fspath(path)
     state = {
@@ -179,20 +183,62 @@ def _load_optimizer(path: str, saved: dict[str, Any] | None, optimizer: Any) -> 
 
 
 def _write_atomically(path: str, arrays: dict[str, numpy.ndarray]) -> None:
+    """Write to a temporary file beside `path`, fsync, give it the mode the umask allows, rename over `path`.
+
+    Raises:
+        OSError: naming `path` (a full disk, a missing folder, no permission); the temporary
+            file is removed and any previous checkpoint at `path` is left intact.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=TEMPORARY_SUFFIX,
+                                                 dir=directory)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         with os.fdopen(descriptor, "wb") as stream:
             numpy.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, NEW_FILE_MODE & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
+    _remove_stray_temporaries(path)
     _fsync_directory(directory)
+
+
+def _write_error(path: str, error: OSError) -> OSError:
+    return OSError(error.errno, f"cannot write checkpoint {path}: {error.strerror or error}; free space or choose "
+                                "another folder (any previous checkpoint there is intact)")
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def _remove_stray_temporaries(path: str) -> None:
+    """Remove temporary files that writes of `path` killed midway left beside it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temporary_prefix(path)
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (changing it races other threads)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _fsync_directory(directory: str) -> None:

@@ -148,6 +148,21 @@ def test_process_killed_during_write_keeps_the_old_checkpoint(tmp_path, monkeypa
     restored = make_model(9)
     assert load_checkpoint(path, restored) == {"version": "old"}
     assert_same_weights(weights(restored), weights(old_model))
+    stray = [name for name in os.listdir(tmp_path) if name != "run.ckpt"]
+    assert len(stray) == 1 and stray[0].startswith(".run.ckpt.") and stray[0].endswith(".tmp"), stray
+    (tmp_path / "unrelated.tmp").write_text("not ours")
+    save_checkpoint(path, old_model, version="next")
+    assert sorted(os.listdir(tmp_path)) == ["run.ckpt", "unrelated.tmp"]  # the next write removed the stray one
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o027, 0o002])
+def test_checkpoint_files_respect_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "run.ckpt", make_model(0))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy
 import pytest
 
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
-from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, run_mpi, start_mpi_job
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi, start_mpi_job
 from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
@@ -340,3 +341,27 @@ def test_sigusr1_to_one_rank_preempts_every_rank_and_the_resumed_run_equals_an_u
         tmp_path, uninterrupted_digits):
     took = preempt_then_resume(tmp_path, 2, signal.SIGUSR1, 1, uninterrupted_digits)
     print(f"JOB-ENDED SIGUSR1 to rank 1 (preemption, 2 ranks): {took:.1f} s")
+
+
+# --- files -------------------------------------------------------------------------------------------------
+def can_make_mount_namespaces():
+    """Whether `unshare -m` works here (Linux, and the right to mount: root)."""
+    return (sys.platform.startswith("linux") and shutil.which("unshare") is not None
+            and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0)
+
+
+@pytest.mark.skipif(not can_make_mount_namespaces(), reason="needs `unshare -m` (root on Linux) to mount a tiny disk")
+def test_a_full_disk_ends_the_job_with_one_error_naming_the_checkpoint(tmp_path):
+    """The checkpoint folder is an 8 KiB tmpfs in a mount namespace of this test's own."""
+    require("sklearn")
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mount_then_run = f'mount -t tmpfs -o size=8k tmpfs "{folder}" && exec "$0" "$@"'
+    command = ["unshare", "-m", "sh", "-c", mount_then_run, mpiexec_path(), "-n", "2", sys.executable,
+               str(TRAIN_DIGITS), "--epochs", "1", "--hidden", "32", "--quiet", "--checkpoint", str(folder / "d.npz")]
+    started = time.monotonic()
+    result = run_bounded(command, 120, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert result.stderr.count("Errno 28") == 1, result.stderr
+    assert f"OSError: [Errno 28] cannot write checkpoint {folder / 'd.npz'}: No space left on device" in result.stderr
+    print(f"JOB-ENDED full disk: {time.monotonic() - started:.1f} s from the start")
