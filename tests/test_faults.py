@@ -53,6 +53,8 @@ def test_stalled_rank_is_reported_by_the_watchdog_which_aborts_the_job():
     assert result.returncode != 0, output
     assert re.search(r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of \d+ float32",
                      result.stderr), output
+    assert re.search(r"rank 0: .* rank 1 stopped arriving: rank 1 is not communicating \(at \S*stall.py:\d+ in main\)",
+                     result.stderr), output  # the rank that stopped, not only the one that waits for it
     assert "in backward" in result.stderr, output  # the main thread's stack shows where it waits
     assert "finished without the stall" not in output, output
     waited = seconds_since_marker(result, "STALL-BEGINS", finished)
@@ -365,3 +367,36 @@ def test_a_full_disk_ends_the_job_with_one_error_naming_the_checkpoint(tmp_path)
     assert result.stderr.count("Errno 28") == 1, result.stderr
     assert f"OSError: [Errno 28] cannot write checkpoint {folder / 'd.npz'}: No space left on device" in result.stderr
     print(f"JOB-ENDED full disk: {time.monotonic() - started:.1f} s from the start")
+
+
+@pytest.mark.parametrize("ranks, mode", [(2, "sys-exit-3"), (4, "sys-exit-0")])
+def test_a_rank_that_ends_its_program_early_ends_the_job_naming_it(ranks, mode):
+    job, marker, started = start_leaving_job(ranks, mode)
+    with stopped_at_the_end(job, marker):
+        stdout, stderr = job.communicate(timeout=ENDS_WITHIN_S + 30)
+        stdout = started + stdout
+        finished = time.time()
+        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+    assert job.returncode == 5, stderr
+    last = ranks - 1
+    assert re.search(rf"rank \d: rank {last} has left the job \(its program ended or called sys.exit\) while rank \d "
+                     r"waits for it in allreduce of \d+ float32", stderr), stderr
+    assert took < 1
+    ended_in = seconds_since_marker(subprocess.CompletedProcess([], 0, stdout, stderr), "FAULT-AT", finished)
+    assert ended_in < ENDS_WITHIN_10_S
+    print(f"JOB-ENDED {mode} on rank {last} of {ranks}: {ended_in:.1f} s")
+
+
+@pytest.mark.parametrize("mode, status, report", [
+    ("exit", 5, r"rank 0: rank 1 has left the job \(its program ended or called sys.exit\) while rank 0 waits for it "
+                r"in allreduce of the round number"),
+    ("stall", 3, r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of the round number; rank 1 "
+                 r"stopped arriving: rank 1 is not communicating \(at \S*user_wait.py:\d+ in main\)")])
+def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, status, report):
+    result = run_mpi("user_wait.py", 2, mode, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
+    finished = time.time()
+    assert result.returncode == status, result.stdout + result.stderr
+    assert re.search(report, result.stderr), result.stderr
+    ended_in = seconds_since_marker(result, "FAULT-AT", finished)
+    assert ended_in < ENDS_WITHIN_10_S
+    print(f"JOB-ENDED user's allreduce, last rank {mode}: {ended_in:.1f} s")
