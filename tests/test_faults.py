@@ -20,6 +20,7 @@ import pytest
 
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
 from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, mpi_env, mpiexec_path, run_bounded, run_mpi, start_mpi_job
+from mpiprop.distributed.reliability.shared_memory_files import mapped_shared_memory_files, openmp_registration_file
 from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
@@ -400,3 +401,18 @@ def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, statu
     ended_in = seconds_since_marker(result, "FAULT-AT", finished)
     assert ended_in < ENDS_WITHIN_10_S
     print(f"JOB-ENDED user's allreduce, last rank {mode}: {ended_in:.1f} s")
+
+
+def test_an_aborted_job_leaves_no_shared_memory_files(monkeypatch):
+    """The stalled job is aborted by the watchdog; the files its ranks had in /dev/shm must be gone after it."""
+    monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
+    job, marker, _ = start_leaving_job(2, "sleep")
+    with stopped_at_the_end(job, marker):
+        ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if "dp_leave.py" in command_line(pid)]
+        files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
+        files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
+        assert any("mpich_shm" in path for path in files), files
+        job.communicate(timeout=ENDS_WITHIN_S + 30)
+        seconds_until_the_job_ends(job, marker, time.monotonic())
+    assert job.returncode == 3
+    assert [path for path in files if os.path.exists(path)] == []

@@ -9,6 +9,7 @@ from types import TracebackType
 from mpi4py import MPI
 
 from mpiprop.distributed.reliability.last_words import exit_after, write_last_words
+from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
 
 ABORT_EXIT_CODE = 1
 ABORT_WITHIN_S = 5.0  # past this, a rank whose MPI_Abort blocks (its launcher gone) ends by itself
@@ -60,10 +61,12 @@ def abort_job(message: str = "", exit_code: int = ABORT_EXIT_CODE) -> None:
     """Write `message` (if any) to stderr and abort every rank of the MPI job with `exit_code`.
 
     Neither step depends on a working stderr (see `write_last_words`), and should MPI_Abort
-    itself block, this process still ends after ABORT_WITHIN_S seconds. Never returns.
+    itself block, this process still ends after ABORT_WITHIN_S seconds. The job's files in
+    /dev/shm on this node are removed first (see `remove_job_files`). Never returns.
     """
     exit_after(ABORT_WITHIN_S, exit_code)
     write_last_words(message)
+    remove_job_files()
     MPI.COMM_WORLD.Abort(exit_code)
 
 

@@ -8,6 +8,7 @@ import time
 from mpi4py import MPI
 
 from mpiprop.distributed.reliability.last_words import exit_with_last_words
+from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
 
 ORPHAN_EXIT_CODE = 4
 
@@ -37,6 +38,7 @@ def watch_parent(rank: int, check_every_s: float = 1.0) -> threading.Thread:
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(check_every_s)
+        remove_job_files()
         exit_with_last_words(f"rank {rank}: its launcher (process {launcher}) is gone; exiting instead of waiting "
                              "for ranks that no longer exist", ORPHAN_EXIT_CODE)
 

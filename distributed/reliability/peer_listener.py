@@ -9,6 +9,7 @@ is, to name the rank that stopped arriving rather than one of those waiting for 
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ import time
 from mpi4py import MPI
 
 from mpiprop.distributed.reliability.abort import abort_job
+from mpiprop.distributed.reliability.shared_memory_files import remember_local_peers
 from mpiprop.distributed.reliability.waits import current_wait
 
 DEPARTURE_TAG, QUESTION_TAG, ANSWER_TAG = 1, 2, 3
@@ -102,6 +104,9 @@ def where_this_rank_is() -> str:
 def start_peer_listener() -> PeerListener | None:
     """Start this rank's listener (collective over COMM_WORLD: every rank calls it, as importing distributed does).
 
+    It also learns the process ids of the ranks on this node, whose files in /dev/shm an
+    aborting rank removes.
+
     Nothing starts in a job of one rank, or where MPI was not initialised with MPI_THREAD_MULTIPLE
     (the listener talks while the main thread waits). Calling it again returns the running listener.
     """
@@ -110,6 +115,8 @@ def start_peer_listener() -> PeerListener | None:
     if _listener is not None or world.Get_size() == 1 or MPI.Query_thread() != MPI.THREAD_MULTIPLE:
         return _listener
     _listener = PeerListener(world.Dup()).start()
+    ranks = _listener.comm.allgather((MPI.Get_processor_name(), os.getpid()))
+    remember_local_peers([pid for node, pid in ranks if node == MPI.Get_processor_name()])
     atexit.register(_listener.announce_departure)  # runs before mpi4py's MPI_Finalize, registered earlier
     return _listener
 
