@@ -4,7 +4,8 @@ Importing it installs the abort handler: from then on an uncaught exception on a
 ends the whole job with that rank's traceback, even under plain `mpiexec python script.py`;
 and, in a job of several ranks, a rank whose launcher is gone exits instead of waiting forever,
 and a rank left waiting for one that ended its program aborts the job naming it. With
-MPIPROP_STALL_TIMEOUT set, the stall watchdog starts too.
+MPIPROP_STALL_TIMEOUT set, the stall watchdog starts too. A rank ended by SIGTERM or SIGHUP
+says so on stderr before it dies of the signal.
 """
 from mpiprop.distributed.reliability.abort import abort_handler_installed, abort_job, install_abort_handler, uninstall_abort_handler
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
@@ -14,6 +15,7 @@ from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.transport.metric_averaging import average_metrics
 from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
 from mpiprop.distributed.reliability.peer_listener import start_peer_listener
+from mpiprop.distributed.reliability.signal_exit import report_ending_signals
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.request import Request, poll_all, wait_all
 from mpiprop.distributed.transport.staging import mpi_cuda_aware
@@ -37,4 +39,5 @@ __all__ += ["Pipeline", "Grid", "make_grid"]
 install_abort_handler()
 exit_when_orphaned()
 start_peer_listener()
+report_ending_signals(rank())
 start_watchdog_from_environment(rank())
