@@ -435,3 +435,20 @@ def test_a_signal_to_mpiexec_ends_every_rank(signum):
     if signum == signal.SIGTERM:  # forwarded to the ranks by mpiexec
         assert re.search(r"rank \d: ended by SIGTERM", stderr), stderr
     print(f"JOB-ENDED {signal.Signals(signum).name} to mpiexec: {took:.1f} s (status {job.returncode})\n{stderr}")
+
+
+@pytest.mark.parametrize("launcher", [["-m", "mpiprop.launch", "run", "-n", "2"], ["-m", "mpi4py"]],
+                         ids=["mpiprop run", "python -m mpi4py"])
+def test_an_exception_before_importing_mpiprop_ends_the_job_under_the_launchers_that_handle_it(launcher):
+    script = str(MPI_SCRIPTS / "raise_before_import.py")
+    if launcher[1] == "mpi4py":
+        command = [mpiexec_path(), "-n", "2", sys.executable, *launcher, script]
+    else:
+        command = [sys.executable, *launcher, script]
+    started = time.monotonic()
+    result = run_bounded(command, 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "RuntimeError: deliberate failure before importing mpiprop" in result.stderr, result.stderr
+    assert "finished without the failure" not in result.stdout
+    print(f"JOB-ENDED exception before import under {' '.join(launcher)}: {time.monotonic() - started:.1f} s "
+          "from the start")
