@@ -1,8 +1,11 @@
 """Say why a process ends, on file descriptor 2, whether or not anyone still reads it."""
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import sys
+import termios
 import threading
 import time
 
@@ -25,7 +28,26 @@ def write_last_words(text: str) -> None:
         while data:
             data = data[os.write(STDERR_DESCRIPTOR, data):]
     except OSError:
-        pass
+        return
+    wait_until_read(STDERR_DESCRIPTOR)
+
+
+def wait_until_read(descriptor: int, within_s: float = 1.0) -> None:
+    """Give the reader of a pipe (mpiexec's proxy) up to `within_s` seconds to take what was written to it.
+
+    A rank that aborts the job right after writing would otherwise race the proxy, which
+    the abort tears down, and the line could be lost. Returns at once for anything that
+    is not a pipe with unread bytes.
+    """
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(descriptor, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if unread == 0:
+            return
+        time.sleep(0.01)
 
 
 def flush_python_streams() -> None:
