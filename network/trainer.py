@@ -16,9 +16,9 @@ from mpiprop.network.checks import non_negative_float, positive_int
 from mpiprop.network.clipping import clip_grad_norm_
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
-from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.non_finite import (POLICIES, NonFiniteError, first_non_finite_layer, grads_finite, is_finite,
                                 non_finite_grads)
+from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.progress import progress, progress_wanted
 from mpiprop.network.sequential import Sequential
 
@@ -65,8 +65,8 @@ class Trainer:
             The default, for one process, returns its input.
         comm: with several ranks, a `mpiprop.distributed.Communicator` (anything with `allgather_object`):
             checkpoints then hold every rank's random state and running metric sums, so a resumed
-            run draws the same dropout masks and records the same metrics as an uninterrupted one, and `fit` checks that the ranks agree on
-            their settings and resumed from the same state.
+            run draws the same dropout masks and records the same metrics as an uninterrupted one,
+            and `fit` checks that the ranks agree on their settings and resumed from the same state.
         quiet: print nothing and draw no progress bar.
         progress: progress bar per epoch: None draws it on a terminal when tqdm is installed.
         print_fn: where the per-epoch JSON lines are printed.
@@ -126,6 +126,7 @@ class Trainer:
         self.stop_training = False
         self._train_totals = MetricTotals()
         self._epoch_started = time.perf_counter()
+        self._preemption = PreemptionWatch(enabled=False)
 
     # --- the loop -------------------------------------------------------------------
     def fit(self, train_loader: Any, epochs: int, val_loader: Any = None,
@@ -331,7 +332,7 @@ class Trainer:
             stream.writelines(json.dumps(record) + "\n" for record in self.history)
 
     def _save_checkpoint(self) -> None:
-        """Rank 0 writes the checkpoint; with `comm`, every rank first contributes its random state."""
+        """Rank 0 writes the checkpoint; with `comm`, every rank first contributes its random state and metric sums."""
         if self.checkpoint_path is None:
             return
         ranks = None if self.comm is None else self.comm.allgather_object(

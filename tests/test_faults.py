@@ -321,8 +321,8 @@ def preempt_then_resume(tmp_path, ranks, signum, only_rank, expected):
     assert job.returncode == 75, stderr
     assert took < ENDS_WITHIN_10_S
     name = signal.Signals(signum).name
-    assert re.search(rf"rank 0: preempted by {name}: stopped after step \d+ and wrote checkpoint {re.escape(str(path))}",
-                     stderr), stderr
+    assert re.search(rf"rank 0: preempted by {name}: stopped after step \d+ and wrote checkpoint "
+                     rf"{re.escape(str(path))}", stderr), stderr
     expected_checkpoint, expected_metrics = expected
     final_step = expected_checkpoint["meta"]["trainer"]["step"]
     assert 0 < read_checkpoint(path)["meta"]["trainer"]["step"] < final_step, "the signal came after the run ended"

@@ -1,11 +1,4 @@
-"""Each rank's listener on a private copy of COMM_WORLD: it hears which ranks left and answers where it waits.
-
-A rank that ends its program (the script's end, `sys.exit` with any status) tells every
-other rank before MPI finalizes. A rank that, after that, waits DEPARTURE_GRACE_S in a
-communication (the library's, or the user's inside `waiting_in`) can never complete it, so
-it aborts the job naming the rank that left. The stall watchdog asks every rank where it
-is, to name the rank that stopped arriving rather than one of those waiting for it.
-"""
+"""Each rank's listener on a private copy of COMM_WORLD: it hears which ranks left and answers where it waits."""
 from __future__ import annotations
 
 import atexit
@@ -30,7 +23,18 @@ _listener: "PeerListener | None" = None
 
 
 class PeerListener:
-    """The daemon thread, and what it has heard, on a duplicate of COMM_WORLD that nothing else uses."""
+    """The daemon thread, and what it has heard, on a duplicate of COMM_WORLD that nothing else uses.
+
+    A rank that ends its program (the script's end, `sys.exit` with any status) tells every
+    other rank before MPI finalizes (`announce_departure`, run at exit). A rank that, after
+    that, waits DEPARTURE_GRACE_S in a communication (the library's, or the user's inside
+    `waiting_in`) can never complete it, so it aborts the job naming the rank that left. The
+    stall watchdog asks every rank where it is (`ask_where_everyone_is`), to name the rank that
+    stopped arriving rather than one of those waiting for it.
+
+    Args:
+        comm: a duplicate of COMM_WORLD used by nothing else.
+    """
 
     def __init__(self, comm: MPI.Comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
@@ -46,7 +50,7 @@ class PeerListener:
 
     def _listen(self) -> None:
         status = MPI.Status()
-        while not self._stopped.wait(LISTEN_EVERY_S):
+        while not self._stopped.wait(LISTEN_EVERY_S) and not MPI.Is_finalized():
             while not self._stopped.is_set() and self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
                 self._handle(status.Get_source(), status.Get_tag())
             self._abort_if_waiting_for_departed()
@@ -72,7 +76,14 @@ class PeerListener:
                       f"{self.size} ranks", exit_code=DEPARTED_EXIT_CODE)
 
     def ask_where_everyone_is(self, timeout_s: float) -> dict[int, str]:
-        """Each other rank's answer to "where are you?" (see `where_this_rank_is`), for those that answer in time."""
+        """Ask every other rank where it is.
+
+        Args:
+            timeout_s: how long to wait for the answers.
+
+        Returns:
+            Each answering rank's `where_this_rank_is`, by rank; ranks that did not answer in time are absent.
+        """
         self.answers.clear()
         self._questions = [self.comm.isend(None, dest=rank, tag=QUESTION_TAG)
                            for rank in range(self.size) if rank != self.rank]
@@ -85,7 +96,10 @@ class PeerListener:
         """Stop listening, then tell every other rank that this one is leaving (within NOTICE_WITHIN_S)."""
         self._stopped.set()
         self._thread.join(NOTICE_WITHIN_S)
-        requests = [self.comm.isend(None, dest=rank, tag=DEPARTURE_TAG) for rank in range(self.size) if rank != self.rank]
+        if MPI.Is_finalized():  # the program finalized MPI itself
+            return
+        requests = [self.comm.isend(None, dest=rank, tag=DEPARTURE_TAG)
+                    for rank in range(self.size) if rank != self.rank]
         deadline = time.monotonic() + NOTICE_WITHIN_S
         while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -1,9 +1,4 @@
-"""The files in /dev/shm that a job's processes leave behind when they cannot finish normally, and removing them.
-
-MPICH keeps the segment its ranks share on a node in /dev/shm/mpich_shm_* until MPI_Finalize,
-and Intel's OpenMP runtime (under MKL) registers each process in
-/dev/shm/__KMP_REGISTERED_LIB_<pid>_<uid>. A job that is aborted or killed leaves both.
-"""
+"""The files in /dev/shm that a job leaves behind when it cannot finish normally, and removing them."""
 from __future__ import annotations
 
 import os
@@ -36,6 +31,9 @@ def openmp_registration_file(pid: int) -> str:
 def remove_job_files() -> None:
     """Remove this process's mapped /dev/shm files and the OpenMP registrations of it and its node's ranks.
 
+    MPICH keeps the segment its ranks share on a node in /dev/shm/mpich_shm_* until
+    MPI_Finalize, and Intel's OpenMP runtime (under MKL) registers each process in
+    /dev/shm/__KMP_REGISTERED_LIB_<pid>_<uid>; a job that is aborted or killed leaves both.
     For a process about to abort the job: the mappings themselves stay valid until each process
     ends, so ranks still running are not disturbed. Errors are ignored.
     """

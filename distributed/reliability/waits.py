@@ -1,4 +1,4 @@
-"""Where the main thread waits: each blocking wait of the library (or the user's, with `watched`) is recorded."""
+"""Where the main thread waits: each blocking wait of the library runs inside `waiting_in`, and so may the user's."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,12 @@ _waiting: tuple[str, float] | None = None  # (operation, monotonic start) of the
 
 
 class waiting_in:
-    """Context manager marking that the main thread waits in `operation` (e.g. "allreduce of 4096 float32")."""
+    """Context manager marking that the main thread waits in `operation` (e.g. "allreduce of 4096 float32").
+
+    The stall watchdog and the check for ranks that left the job watch these waits; wrap your
+    own mpi4py calls in it (`with mpiprop.distributed.waiting_in("allreduce of my counters"):`)
+    to have them watched too.
+    """
 
     __slots__ = ("operation", "outer")
 

@@ -83,7 +83,8 @@ def _culprits(peers: dict[int, str]) -> str:
     named = [f"rank {rank} {peers[rank]}" for rank in outside]
     if not named:
         return "every rank that answered waits too: they wait in different communications (another code path)."
-    return f"rank{'s' if len(outside) > 1 else ''} {', '.join(map(str, outside))} stopped arriving: " + "; ".join(named) + "."
+    ranks = f"rank{'s' if len(outside) > 1 else ''} {', '.join(map(str, outside))}"
+    return f"{ranks} stopped arriving: " + "; ".join(named) + "."
 
 
 def _where_the_others_are(peers: dict[int, str] | None) -> list[str]:
