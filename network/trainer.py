@@ -435,7 +435,8 @@ class Trainer:
 
 def _uneven_shards(loader: Any) -> bool:
     """True for a loader whose ranks get different numbers of samples (uneven='keep' on an uneven dataset)."""
-    return getattr(loader, "uneven", None) == "keep" and len(loader.dataset) % loader.world_size != 0
+    dataset = getattr(loader, "dataset", None)
+    return getattr(loader, "uneven", None) == "keep" and dataset is not None and len(dataset) % loader.world_size != 0
 
 
 def _device_of_model(model: Any) -> str:

@@ -281,7 +281,7 @@ def signalled_launcher_ends_with_its_job(process, probe, signum):
             os.killpg(process.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
     script = MPI_SCRIPTS / "dp_leave.py"
     process, probe = start_mpiprop("run", "-n", 2, script, "none")
