@@ -8,6 +8,7 @@ MPIPROP_STALL_TIMEOUT set, the stall watchdog starts too. A rank ended by SIGTER
 says so on stderr before it dies of the signal.
 """
 from mpiprop.distributed.reliability.abort import abort_handler_installed, abort_job, install_abort_handler, uninstall_abort_handler
+from mpiprop.distributed.reliability.finish_marks import leave_finish_mark_at_exit
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
 from mpiprop.distributed.data_parallel.data_parallel import DataParallel
@@ -40,4 +41,5 @@ install_abort_handler()
 exit_when_orphaned()
 start_peer_listener()
 report_ending_signals(rank())
+leave_finish_mark_at_exit(rank())
 start_watchdog_from_environment(rank())

@@ -452,3 +452,14 @@ def test_an_exception_before_importing_mpiprop_ends_the_job_under_the_launchers_
     assert "finished without the failure" not in result.stdout
     print(f"JOB-ENDED exception before import under {' '.join(launcher)}: {time.monotonic() - started:.1f} s "
           "from the start")
+
+
+def test_os_exit_0_on_one_rank_under_mpiprop_run_is_reported_and_fails():
+    """MPICH kills the other ranks and reports success; the missing finish marks tell `mpiprop run`."""
+    started = time.monotonic()
+    result = run_bounded([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", str(MPI_SCRIPTS / "dp_leave.py"),
+                          "os-exit-0"], 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"mpiprop run: ranks? [0-9, ]*1 of 2 ended without finishing the program \(os._exit, or killed",
+                     result.stderr), result.stderr
+    print(f"JOB-ENDED os._exit(0) on rank 1 under mpiprop run: {time.monotonic() - started:.1f} s from the start")
