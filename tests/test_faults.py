@@ -1,7 +1,9 @@
 """Faults in real mpiexec jobs: each must end the job promptly, say what happened, and leave the files usable.
 
-Times are measured from a marker the ranks print once training has started, because
-starting Python and MPI alone can take many seconds on a loaded machine.
+Output goes through pipes, as launchers read it. Times are measured from the fault (a marker
+the ranks print, or the moment the test sends a signal), because starting Python and MPI alone
+can take many seconds on a loaded machine; each test prints "JOB-ENDED <case>: <seconds>"
+(visible with `pytest -s`).
 """
 import contextlib
 import json
@@ -25,7 +27,8 @@ from mpiprop.network.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
 
-ENDS_WITHIN_S = 30  # from the fault to the end of the job, with room for a slow, shared machine
+ENDS_WITHIN_S = 30  # a bound for waits in the tests themselves, with room for a slow, shared machine
+ENDS_WITHIN_10_S = 10  # from the fault to the end of every process of the job
 TRAIN_DIGITS = REPOSITORY_ROOT / "examples" / "train_digits.py"
 DIGITS_ARGUMENTS = ["--epochs", "3", "--hidden", "32", "--quiet", "--seed", "0", "--checkpoint-every", "4"]
 
@@ -34,6 +37,50 @@ def seconds_since_marker(result, marker, finished):
     started = [float(value) for value in re.findall(rf"{marker} (\d+\.\d+)", result.stdout)]
     assert started, result.stdout + result.stderr
     return finished - max(started)
+
+
+# --- every way a rank or the launcher can end ----------------------------------------------------------------------
+def start_leaving_job(ranks, mode, *args):
+    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step."""
+    job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
+    output = read_until(job, "TRAINING-STARTS", ranks, timeout=120)
+    return job, marker, output
+
+
+def read_until(job, marker, count, timeout):
+    """The job's stdout up to the `count`-th occurrence of `marker` (ranks' lines may interleave)."""
+    text, deadline = "", time.monotonic() + timeout
+    while text.count(marker) < count:
+        ready, _, _ = select.select([job.stdout], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(job.stdout.fileno(), 65536).decode() if ready else ""
+        assert chunk, f"the job ended or stalled before printing {marker} {count} times: {text}"
+        text += chunk
+    return text
+
+
+def seconds_until_the_job_ends(job, marker, since):
+    """Wait (at most ENDS_WITHIN_10_S + 20 s) until mpiexec and every process of the job are gone."""
+    deadline = since + ENDS_WITHIN_10_S + 20
+    while (job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(job, marker):
+    try:
+        yield
+    finally:
+        if job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker):
+            stop_job(job, marker)
+
+
+def job_process(marker, name):
+    """The id of the process of the job whose command line holds `name` (e.g. "hydra_pmi_proxy")."""
+    for pid in processes_with(JOB_MARKER_VARIABLE, marker):
+        if name in command_line(pid):
+            return pid
+    raise AssertionError(f"no process {name!r} in the job")
 
 
 def test_exception_on_one_rank_ends_the_job_with_its_traceback():
@@ -49,37 +96,50 @@ def test_exception_on_one_rank_ends_the_job_with_its_traceback():
     print(f"JOB-ENDED exception on rank 1: {ended_in:.1f} s")
 
 
-def test_stalled_rank_is_reported_by_the_watchdog_which_aborts_the_job():
-    result = run_mpi("stall.py", 2, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
-    finished = time.time()
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert re.search(r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of \d+ float32",
-                     result.stderr), output
-    assert re.search(r"rank 0: .* rank 1 stopped arriving: rank 1 is not communicating \(at \S*stall.py:\d+ in main\)",
-                     result.stderr), output  # the rank that stopped, not only the one that waits for it
-    assert "in backward" in result.stderr, output  # the main thread's stack shows where it waits
-    assert "finished without the stall" not in output, output
-    waited = seconds_since_marker(result, "STALL-BEGINS", finished)
-    assert 3 <= waited < 3 + ENDS_WITHIN_10_S, output
-    print(f"JOB-ENDED stall (limit 3 s): {waited:.1f} s")
-
-
-def test_a_nan_batch_on_one_rank_is_skipped_by_every_rank_alike():
-    result = run_mpi("nan_batch.py", 2, "skip", timeout=90)
-    reports = re.findall(r"NAN-SKIP rank=(\d) skipped=(\[[0-9, ]+\]) weights_crc32=(\d+)", result.stdout)
-    assert sorted(rank for rank, _, _ in reports) == ["0", "1"], result.stdout
-    assert {skipped for _, skipped, _ in reports} == {"[1, 1]"}, result.stdout  # once in each of 2 epochs
-    assert len({digest for _, _, digest in reports}) == 1, result.stdout  # the same weights on both ranks
-
-
-def test_a_nan_batch_ends_the_job_naming_the_step_rank_and_layer():
-    result = run_mpi("nan_batch.py", 2, "raise", check=False, timeout=90)
-    finished = time.time()
+@pytest.mark.parametrize("launcher", [["-m", "mpiprop.launch", "run", "-n", "2"], ["-m", "mpi4py"]],
+                         ids=["mpiprop run", "python -m mpi4py"])
+def test_an_exception_before_importing_mpiprop_ends_the_job_under_the_launchers_that_handle_it(launcher):
+    script = str(MPI_SCRIPTS / "raise_before_import.py")
+    if launcher[1] == "mpi4py":
+        command = [mpiexec_path(), "-n", "2", sys.executable, *launcher, script]
+    else:
+        command = [sys.executable, *launcher, script]
+    started = time.monotonic()
+    result = run_bounded(command, 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
     assert result.returncode != 0, result.stdout + result.stderr
-    assert re.search(r"NonFiniteError: step 3 \(epoch 1, batch 3\) on rank \d: the model's output or loss holds "
-                     r"NaN or Inf, first in the input batch", result.stderr), result.stderr
-    assert seconds_since_marker(result, "TRAINING-STARTS", finished) < ENDS_WITHIN_S
+    assert "RuntimeError: deliberate failure before importing mpiprop" in result.stderr, result.stderr
+    assert "finished without the failure" not in result.stdout
+    print(f"JOB-ENDED exception before import under {' '.join(launcher)}: {time.monotonic() - started:.1f} s "
+          "from the start")
+
+
+@pytest.mark.parametrize("ranks, mode", [(2, "sys-exit-3"), (4, "sys-exit-0")])
+def test_a_rank_that_ends_its_program_early_ends_the_job_naming_it(ranks, mode):
+    job, marker, started = start_leaving_job(ranks, mode)
+    with stopped_at_the_end(job, marker):
+        stdout, stderr = job.communicate(timeout=ENDS_WITHIN_S + 30)
+        stdout = started + stdout
+        finished = time.time()
+        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+    assert job.returncode == 5, stderr
+    last = ranks - 1
+    assert re.search(rf"rank \d: rank {last} has left the job \(its program ended or called sys.exit\) while rank \d "
+                     r"waits for it in allreduce of \d+ float32", stderr), stderr
+    assert took < ENDS_WITHIN_10_S  # after mpiexec, nothing of the job is left
+    ended_in = seconds_since_marker(subprocess.CompletedProcess([], 0, stdout, stderr), "FAULT-AT", finished)
+    assert ended_in < ENDS_WITHIN_10_S
+    print(f"JOB-ENDED {mode} on rank {last} of {ranks}: {ended_in:.1f} s")
+
+
+def test_os_exit_0_on_one_rank_under_mpiprop_run_is_reported_and_fails():
+    """MPICH kills the other ranks and reports success; the missing finish marks tell `mpiprop run`."""
+    started = time.monotonic()
+    result = run_bounded([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", str(MPI_SCRIPTS / "dp_leave.py"),
+                          "os-exit-0"], 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"mpiprop run: ranks? [0-9, ]*1 of 2 ended without finishing the program \(os._exit, or killed",
+                     result.stderr), result.stderr
+    print(f"JOB-ENDED os._exit(0) on rank 1 under mpiprop run: {time.monotonic() - started:.1f} s from the start")
 
 
 def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
@@ -104,7 +164,138 @@ def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
             os.killpg(launcher.pid, signal.SIGKILL)
 
 
-# --- a rank killed with SIGKILL, then resumed -------------------------------------------------------------
+def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_are_broken():
+    job, marker, _ = start_leaving_job(2, "none")
+    with stopped_at_the_end(job, marker):
+        os.kill(job_process(marker, "hydra_pmi_proxy"), signal.SIGKILL)
+        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+        left = processes_with(JOB_MARKER_VARIABLE, marker)
+        assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
+        assert took < ENDS_WITHIN_10_S
+        assert job.returncode != 0
+    print(f"JOB-ENDED proxy killed: {took:.1f} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_mpiexec_ends_every_rank(signum):
+    job, marker, _ = start_leaving_job(2, "none")
+    with stopped_at_the_end(job, marker):
+        job.send_signal(signum)
+        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+        left = processes_with(JOB_MARKER_VARIABLE, marker)
+        stderr = job.communicate(timeout=ENDS_WITHIN_S)[1] if not left else ""
+        assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
+    assert took < ENDS_WITHIN_10_S
+    assert job.returncode != 0, stderr
+    if signum == signal.SIGTERM:  # forwarded to the ranks by mpiexec
+        assert re.search(r"rank \d: ended by SIGTERM", stderr), stderr
+    print(f"JOB-ENDED {signal.Signals(signum).name} to mpiexec: {took:.1f} s (status {job.returncode})\n{stderr}")
+
+
+def test_an_aborted_job_leaves_no_shared_memory_files(monkeypatch):
+    """The stalled job is aborted by the watchdog; the files its ranks had in /dev/shm must be gone after it."""
+    monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
+    job, marker, _ = start_leaving_job(2, "sleep")
+    with stopped_at_the_end(job, marker):
+        ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if "dp_leave.py" in command_line(pid)]
+        files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
+        files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
+        assert any("mpich_shm" in path for path in files), files
+        job.communicate(timeout=ENDS_WITHIN_S + 30)
+        seconds_until_the_job_ends(job, marker, time.monotonic())
+    assert job.returncode == 3
+    assert [path for path in files if os.path.exists(path)] == []
+
+
+# --- stalls and the user's own communication -----------------------------------------------------------------------
+def test_stalled_rank_is_reported_by_the_watchdog_which_aborts_the_job():
+    result = run_mpi("stall.py", 2, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
+    finished = time.time()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert re.search(r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of \d+ float32",
+                     result.stderr), output
+    assert re.search(r"rank 0: .* rank 1 stopped arriving: rank 1 is not communicating \(at \S*stall.py:\d+ in main\)",
+                     result.stderr), output  # the rank that stopped, not only the one that waits for it
+    assert "in backward" in result.stderr, output  # the main thread's stack shows where it waits
+    assert "finished without the stall" not in output, output
+    waited = seconds_since_marker(result, "STALL-BEGINS", finished)
+    assert 3 <= waited < 3 + ENDS_WITHIN_10_S, output
+    print(f"JOB-ENDED stall (limit 3 s): {waited:.1f} s")
+
+
+@pytest.mark.parametrize("mode, status, report", [
+    ("exit", 5, r"rank 0: rank 1 has left the job \(its program ended or called sys.exit\) while rank 0 waits for it "
+                r"in allreduce of the round number"),
+    ("stall", 3, r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of the round number; rank 1 "
+                 r"stopped arriving: rank 1 is not communicating \(at \S*user_wait.py:\d+ in main\)")])
+def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, status, report):
+    result = run_mpi("user_wait.py", 2, mode, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
+    finished = time.time()
+    assert result.returncode == status, result.stdout + result.stderr
+    assert re.search(report, result.stderr), result.stderr
+    ended_in = seconds_since_marker(result, "FAULT-AT", finished)
+    assert ended_in < ENDS_WITHIN_10_S
+    print(f"JOB-ENDED user's allreduce, last rank {mode}: {ended_in:.1f} s")
+
+
+# --- signals to the launchers --------------------------------------------------------------------------------------
+def start_mpiprop(*arguments):
+    """`python -m mpiprop.launch ARGUMENTS` with output piped; every process it starts carries the returned probe."""
+    probe = new_job_marker()
+    process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
+    return process, probe
+
+
+def wait_for_ranks(probe, script, ranks, timeout=120):
+    deadline = time.monotonic() + timeout
+    while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
+        assert time.monotonic() < deadline, f"{ranks} ranks of {script} did not start within {timeout} s"
+        time.sleep(0.1)
+    time.sleep(1)  # past MPI's start, into training
+
+
+def signalled_launcher_ends_with_its_job(process, probe, signum):
+    try:
+        os.kill(process.pid, signum)
+        since = time.monotonic()
+        deadline = since + ENDS_WITHIN_10_S + 20
+        while (process.poll() is None or processes_with("TEST_PROBE", probe)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - since
+        left = [command_line(pid) for pid in processes_with("TEST_PROBE", probe)]
+        assert process.poll() is not None and not left, f"after {took:.1f} s: status {process.poll()}, left {left}"
+        assert took < ENDS_WITHIN_10_S
+        assert process.returncode == 128 + signum, process.communicate()
+        stderr = process.communicate()[1].decode()
+        assert f"mpiprop: got {signal.Signals(signum).name}; stopped the job" in stderr, stderr
+        return took
+    finally:
+        kill_processes(processes_with("TEST_PROBE", probe))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
+    script = MPI_SCRIPTS / "dp_leave.py"
+    process, probe = start_mpiprop("run", "-n", 2, script, "none")
+    wait_for_ranks(probe, "dp_leave.py", 2)
+    took = signalled_launcher_ends_with_its_job(process, probe, signum)
+    print(f"JOB-ENDED {signal.Signals(signum).name} to mpiprop run: {took:.1f} s")
+
+
+def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
+    script = MPI_SCRIPTS / "dp_leave.py"
+    process, probe = start_mpiprop("scale", "--ranks", 2, "--out", tmp_path, "--", script, "none")
+    wait_for_ranks(probe, "dp_leave.py", 2)
+    took = signalled_launcher_ends_with_its_job(process, probe, signal.SIGTERM)
+    print(f"JOB-ENDED SIGTERM to mpiprop scale: {took:.1f} s")
+
+
+# --- a rank killed with SIGKILL, then resumed ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uninterrupted_digits(tmp_path_factory):
     """Final checkpoint and metrics records of the digits example trained on 2 ranks without interruption."""
@@ -173,132 +364,7 @@ def rank_pid(job, rank, marker):
     raise AssertionError(f"no process of rank {rank} found for job {job.pid}")
 
 
-# --- every way a rank or the launcher can end ------------------------------------------------------------
-ENDS_WITHIN_10_S = 10
-
-
-def start_leaving_job(ranks, mode, *args):
-    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step."""
-    job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
-    output = read_until(job, "TRAINING-STARTS", ranks, timeout=120)
-    return job, marker, output
-
-
-def read_until(job, marker, count, timeout):
-    """The job's stdout up to the `count`-th occurrence of `marker` (ranks' lines may interleave)."""
-    text, deadline = "", time.monotonic() + timeout
-    while text.count(marker) < count:
-        ready, _, _ = select.select([job.stdout], [], [], max(deadline - time.monotonic(), 0))
-        chunk = os.read(job.stdout.fileno(), 65536).decode() if ready else ""
-        assert chunk, f"the job ended or stalled before printing {marker} {count} times: {text}"
-        text += chunk
-    return text
-
-
-def seconds_until_the_job_ends(job, marker, since):
-    """Wait (at most ENDS_WITHIN_10_S + 20 s) until mpiexec and every process of the job are gone."""
-    deadline = since + ENDS_WITHIN_10_S + 20
-    while (job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return time.monotonic() - since
-
-
-@contextlib.contextmanager
-def stopped_at_the_end(job, marker):
-    try:
-        yield
-    finally:
-        if job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker):
-            stop_job(job, marker)
-
-
-def job_process(marker, name):
-    """The id of the process of the job whose command line holds `name` (e.g. "hydra_pmi_proxy")."""
-    for pid in processes_with(JOB_MARKER_VARIABLE, marker):
-        if name in command_line(pid):
-            return pid
-    raise AssertionError(f"no process {name!r} in the job")
-
-
-def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_are_broken():
-    job, marker, _ = start_leaving_job(2, "none")
-    with stopped_at_the_end(job, marker):
-        os.kill(job_process(marker, "hydra_pmi_proxy"), signal.SIGKILL)
-        took = seconds_until_the_job_ends(job, marker, time.monotonic())
-        left = processes_with(JOB_MARKER_VARIABLE, marker)
-        assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
-        assert took < ENDS_WITHIN_10_S
-        assert job.returncode != 0
-    print(f"JOB-ENDED proxy killed: {took:.1f} s")
-
-
-def test_a_training_loader_with_uneven_shards_fails_at_once_instead_of_hanging():
-    started = time.monotonic()
-    result = run_mpi("trainer_uneven.py", 2, check=False, timeout=90)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "ValueError: train_loader shards 9 samples over 2 ranks with uneven='keep'" in result.stderr, output
-    assert "use uneven='pad' or 'drop' for training" in result.stderr, output
-    print(f"JOB-ENDED uneven training loader: {time.monotonic() - started:.1f} s from the start")
-
-
-# --- signals to the launchers ----------------------------------------------------------------------------
-def start_mpiprop(*arguments):
-    """`python -m mpiprop.launch ARGUMENTS` with output piped; every process it starts carries the returned probe."""
-    probe = new_job_marker()
-    process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
-    return process, probe
-
-
-def wait_for_ranks(probe, script, ranks, timeout=120):
-    deadline = time.monotonic() + timeout
-    while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
-        assert time.monotonic() < deadline, f"{ranks} ranks of {script} did not start within {timeout} s"
-        time.sleep(0.1)
-    time.sleep(1)  # past MPI's start, into training
-
-
-def signalled_launcher_ends_with_its_job(process, probe, signum):
-    try:
-        os.kill(process.pid, signum)
-        since = time.monotonic()
-        deadline = since + ENDS_WITHIN_10_S + 20
-        while (process.poll() is None or processes_with("TEST_PROBE", probe)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        took = time.monotonic() - since
-        left = [command_line(pid) for pid in processes_with("TEST_PROBE", probe)]
-        assert process.poll() is not None and not left, f"after {took:.1f} s: status {process.poll()}, left {left}"
-        assert took < ENDS_WITHIN_10_S
-        assert process.returncode == 128 + signum, process.communicate()
-        stderr = process.communicate()[1].decode()
-        assert f"mpiprop: got {signal.Signals(signum).name}; stopped the job" in stderr, stderr
-        return took
-    finally:
-        kill_processes(processes_with("TEST_PROBE", probe))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
-    script = MPI_SCRIPTS / "dp_leave.py"
-    process, probe = start_mpiprop("run", "-n", 2, script, "none")
-    wait_for_ranks(probe, "dp_leave.py", 2)
-    took = signalled_launcher_ends_with_its_job(process, probe, signum)
-    print(f"JOB-ENDED {signal.Signals(signum).name} to mpiprop run: {took:.1f} s")
-
-
-def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
-    script = MPI_SCRIPTS / "dp_leave.py"
-    process, probe = start_mpiprop("scale", "--ranks", 2, "--out", tmp_path, "--", script, "none")
-    wait_for_ranks(probe, "dp_leave.py", 2)
-    took = signalled_launcher_ends_with_its_job(process, probe, signal.SIGTERM)
-    print(f"JOB-ENDED SIGTERM to mpiprop scale: {took:.1f} s")
-
-
-# --- preemption -------------------------------------------------------------------------------------------
+# --- preemption ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uninterrupted_digits_on_4_ranks(tmp_path_factory):
     require("sklearn")
@@ -349,7 +415,34 @@ def test_sigusr1_to_one_rank_preempts_every_rank_and_the_resumed_run_equals_an_u
     print(f"JOB-ENDED SIGUSR1 to rank 1 (preemption, 2 ranks): {took:.1f} s")
 
 
-# --- files -------------------------------------------------------------------------------------------------
+# --- bad data, files and input -------------------------------------------------------------------------------------
+def test_a_nan_batch_on_one_rank_is_skipped_by_every_rank_alike():
+    result = run_mpi("nan_batch.py", 2, "skip", timeout=90)
+    reports = re.findall(r"NAN-SKIP rank=(\d) skipped=(\[[0-9, ]+\]) weights_crc32=(\d+)", result.stdout)
+    assert sorted(rank for rank, _, _ in reports) == ["0", "1"], result.stdout
+    assert {skipped for _, skipped, _ in reports} == {"[1, 1]"}, result.stdout  # once in each of 2 epochs
+    assert len({digest for _, _, digest in reports}) == 1, result.stdout  # the same weights on both ranks
+
+
+def test_a_nan_batch_ends_the_job_naming_the_step_rank_and_layer():
+    result = run_mpi("nan_batch.py", 2, "raise", check=False, timeout=90)
+    finished = time.time()
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert re.search(r"NonFiniteError: step 3 \(epoch 1, batch 3\) on rank \d: the model's output or loss holds "
+                     r"NaN or Inf, first in the input batch", result.stderr), result.stderr
+    assert seconds_since_marker(result, "TRAINING-STARTS", finished) < ENDS_WITHIN_S
+
+
+def test_a_training_loader_with_uneven_shards_fails_at_once_instead_of_hanging():
+    started = time.monotonic()
+    result = run_mpi("trainer_uneven.py", 2, check=False, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "ValueError: train_loader shards 9 samples over 2 ranks with uneven='keep'" in result.stderr, output
+    assert "use uneven='pad' or 'drop' for training" in result.stderr, output
+    print(f"JOB-ENDED uneven training loader: {time.monotonic() - started:.1f} s from the start")
+
+
 def can_make_mount_namespaces():
     """Whether `unshare -m` works here (Linux, and the right to mount: root)."""
     return (sys.platform.startswith("linux") and shutil.which("unshare") is not None
@@ -371,95 +464,3 @@ def test_a_full_disk_ends_the_job_with_one_error_naming_the_checkpoint(tmp_path)
     assert result.stderr.count("Errno 28") == 1, result.stderr
     assert f"OSError: [Errno 28] cannot write checkpoint {folder / 'd.npz'}: No space left on device" in result.stderr
     print(f"JOB-ENDED full disk: {time.monotonic() - started:.1f} s from the start")
-
-
-@pytest.mark.parametrize("ranks, mode", [(2, "sys-exit-3"), (4, "sys-exit-0")])
-def test_a_rank_that_ends_its_program_early_ends_the_job_naming_it(ranks, mode):
-    job, marker, started = start_leaving_job(ranks, mode)
-    with stopped_at_the_end(job, marker):
-        stdout, stderr = job.communicate(timeout=ENDS_WITHIN_S + 30)
-        stdout = started + stdout
-        finished = time.time()
-        took = seconds_until_the_job_ends(job, marker, time.monotonic())
-    assert job.returncode == 5, stderr
-    last = ranks - 1
-    assert re.search(rf"rank \d: rank {last} has left the job \(its program ended or called sys.exit\) while rank \d "
-                     r"waits for it in allreduce of \d+ float32", stderr), stderr
-    assert took < 1
-    ended_in = seconds_since_marker(subprocess.CompletedProcess([], 0, stdout, stderr), "FAULT-AT", finished)
-    assert ended_in < ENDS_WITHIN_10_S
-    print(f"JOB-ENDED {mode} on rank {last} of {ranks}: {ended_in:.1f} s")
-
-
-@pytest.mark.parametrize("mode, status, report", [
-    ("exit", 5, r"rank 0: rank 1 has left the job \(its program ended or called sys.exit\) while rank 0 waits for it "
-                r"in allreduce of the round number"),
-    ("stall", 3, r"rank 0: stall: rank 0 has waited [0-9.]+ s \(limit 3 s\) in allreduce of the round number; rank 1 "
-                 r"stopped arriving: rank 1 is not communicating \(at \S*user_wait.py:\d+ in main\)")])
-def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, status, report):
-    result = run_mpi("user_wait.py", 2, mode, check=False, timeout=90, env={"MPIPROP_STALL_TIMEOUT": "3"})
-    finished = time.time()
-    assert result.returncode == status, result.stdout + result.stderr
-    assert re.search(report, result.stderr), result.stderr
-    ended_in = seconds_since_marker(result, "FAULT-AT", finished)
-    assert ended_in < ENDS_WITHIN_10_S
-    print(f"JOB-ENDED user's allreduce, last rank {mode}: {ended_in:.1f} s")
-
-
-def test_an_aborted_job_leaves_no_shared_memory_files(monkeypatch):
-    """The stalled job is aborted by the watchdog; the files its ranks had in /dev/shm must be gone after it."""
-    monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
-    job, marker, _ = start_leaving_job(2, "sleep")
-    with stopped_at_the_end(job, marker):
-        ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if "dp_leave.py" in command_line(pid)]
-        files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
-        files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
-        assert any("mpich_shm" in path for path in files), files
-        job.communicate(timeout=ENDS_WITHIN_S + 30)
-        seconds_until_the_job_ends(job, marker, time.monotonic())
-    assert job.returncode == 3
-    assert [path for path in files if os.path.exists(path)] == []
-
-
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_to_mpiexec_ends_every_rank(signum):
-    job, marker, _ = start_leaving_job(2, "none")
-    with stopped_at_the_end(job, marker):
-        job.send_signal(signum)
-        took = seconds_until_the_job_ends(job, marker, time.monotonic())
-        left = processes_with(JOB_MARKER_VARIABLE, marker)
-        stderr = job.communicate(timeout=ENDS_WITHIN_S)[1] if not left else ""
-        assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
-    assert took < ENDS_WITHIN_10_S
-    assert job.returncode != 0, stderr
-    if signum == signal.SIGTERM:  # forwarded to the ranks by mpiexec
-        assert re.search(r"rank \d: ended by SIGTERM", stderr), stderr
-    print(f"JOB-ENDED {signal.Signals(signum).name} to mpiexec: {took:.1f} s (status {job.returncode})\n{stderr}")
-
-
-@pytest.mark.parametrize("launcher", [["-m", "mpiprop.launch", "run", "-n", "2"], ["-m", "mpi4py"]],
-                         ids=["mpiprop run", "python -m mpi4py"])
-def test_an_exception_before_importing_mpiprop_ends_the_job_under_the_launchers_that_handle_it(launcher):
-    script = str(MPI_SCRIPTS / "raise_before_import.py")
-    if launcher[1] == "mpi4py":
-        command = [mpiexec_path(), "-n", "2", sys.executable, *launcher, script]
-    else:
-        command = [sys.executable, *launcher, script]
-    started = time.monotonic()
-    result = run_bounded(command, 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert "RuntimeError: deliberate failure before importing mpiprop" in result.stderr, result.stderr
-    assert "finished without the failure" not in result.stdout
-    print(f"JOB-ENDED exception before import under {' '.join(launcher)}: {time.monotonic() - started:.1f} s "
-          "from the start")
-
-
-def test_os_exit_0_on_one_rank_under_mpiprop_run_is_reported_and_fails():
-    """MPICH kills the other ranks and reports success; the missing finish marks tell `mpiprop run`."""
-    started = time.monotonic()
-    result = run_bounded([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", str(MPI_SCRIPTS / "dp_leave.py"),
-                          "os-exit-0"], 90, env=mpi_env(), cwd=REPOSITORY_ROOT)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(r"mpiprop run: ranks? [0-9, ]*1 of 2 ended without finishing the program \(os._exit, or killed",
-                     result.stderr), result.stderr
-    print(f"JOB-ENDED os._exit(0) on rank 1 under mpiprop run: {time.monotonic() - started:.1f} s from the start")
