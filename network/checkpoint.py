@@ -95,9 +95,10 @@ def read_checkpoint(path: str | os.PathLike, model: Any = None) -> dict[str, Any
 
     Every array's header (dtype, shape, size against the file and, with `model`, against the
     model's parameters) is checked before any array is decompressed or allocated. All
-    arrays together may take at most 4 times the model's bytes (the weights and optimizer
-    buffers) plus 64 MiB, or without `model` 4 times the file's size plus 64 MiB; a file
-    that promises more is refused, so a hostile file cannot exhaust memory.
+    arrays together may take at most 4 times the larger of the model's bytes (the weights
+    and optimizer buffers) and the file's size, plus 64 MiB; a file that promises more (a
+    compressed member that would inflate far beyond its size) is refused, so a hostile file
+    cannot exhaust memory.
 
     Args:
         path: the checkpoint file.
@@ -138,10 +139,8 @@ def read_checkpoint(path: str | os.PathLike, model: Any = None) -> dict[str, Any
 
 def _memory_budget(path: str, model: Any) -> int:
     """Bytes the arrays of the checkpoint at `path` may take (see `read_checkpoint`)."""
-    if model is None:
-        return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * os.path.getsize(path)
-    model_bytes = sum(int(array.nbytes) for array in model.state_dict().values())
-    return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * model_bytes
+    model_bytes = 0 if model is None else sum(int(array.nbytes) for array in model.state_dict().values())
+    return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * max(model_bytes, os.path.getsize(path))
 
 
 def _model_shape_check(path: str, model: Any) -> Callable[[str, tuple, Any], None]:
