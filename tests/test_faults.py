@@ -142,23 +142,31 @@ def test_os_exit_0_on_one_rank_under_mpiprop_run_is_reported_and_fails():
     print(f"JOB-ENDED os._exit(0) on rank 1 under mpiprop run: {time.monotonic() - started:.1f} s from the start")
 
 
-def test_a_rank_whose_launcher_is_gone_exits_by_itself(tmp_path):
-    """The orphan guard: a process whose parent (for a rank, mpiexec's proxy) dies exits with status 4."""
-    log = tmp_path / "child.log"
+@pytest.mark.parametrize("stderr_read", [True, False], ids=["stderr read", "stderr pipe broken"])
+def test_a_rank_whose_launcher_is_gone_exits_by_itself(stderr_read):
+    """The orphan guard: a process whose parent (for a rank, mpiexec's proxy) dies exits with status 4.
+
+    Its stderr is a pipe, as under a proxy; when nobody reads it any more (the proxy died
+    with it), writing the message fails with EPIPE, and the process must end all the same.
+    """
     child = ("from mpiprop.distributed.reliability.orphan_guard import watch_parent; import time; "
              "watch_parent(rank=5, check_every_s=0.1); print('watching', flush=True); time.sleep(120)")
-    launcher = subprocess.Popen(["sh", "-c", f'"$0" -c "{child}" 2>"{log}" & echo $!; wait', sys.executable],
-                                stdout=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    launcher = subprocess.Popen(["sh", "-c", f'"$0" -c "{child}" & echo $!; wait', sys.executable],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(),
+                                start_new_session=True)
     try:
         pid = int(launcher.stdout.readline())
-        assert launcher.stdout.readline() == "watching\n", log.read_text()
+        assert launcher.stdout.readline() == "watching\n"
+        if not stderr_read:
+            launcher.stderr.close()
         launcher.kill()
         launcher.wait()
-        gone_by = time.monotonic() + 10
+        gone_by = time.monotonic() + ENDS_WITHIN_10_S
         while is_running(pid) and time.monotonic() < gone_by:
             time.sleep(0.1)
         assert not is_running(pid), "the orphaned process kept running"
-        assert "rank 5: its launcher (process" in log.read_text()
+        if stderr_read:
+            assert "rank 5: its launcher (process" in launcher.stderr.read()
     finally:
         with contextlib.suppress(ProcessLookupError):  # nothing left of the group: the expected outcome
             os.killpg(launcher.pid, signal.SIGKILL)
