@@ -200,18 +200,21 @@ def test_a_signal_to_mpiexec_ends_every_rank(signum):
     print(f"JOB-ENDED {signal.Signals(signum).name} to mpiexec: {took:.1f} s (status {job.returncode})\n{stderr}")
 
 
-def test_an_aborted_job_leaves_no_shared_memory_files(monkeypatch):
-    """The stalled job is aborted by the watchdog; the files its ranks had in /dev/shm must be gone after it."""
+@pytest.mark.parametrize("ending", ["aborted by the watchdog", "SIGTERM to mpiexec"])
+def test_a_job_that_cannot_finish_leaves_no_shared_memory_files(monkeypatch, ending):
+    """The files the ranks had in /dev/shm (MPICH's segment, OpenMP's registrations) must be gone after the job."""
     monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
-    job, marker, _ = start_leaving_job(2, "sleep")
+    job, marker, _ = start_leaving_job(2, "sleep" if ending == "aborted by the watchdog" else "none")
     with stopped_at_the_end(job, marker):
         ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if "dp_leave.py" in command_line(pid)]
         files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
         files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
         assert any("mpich_shm" in path for path in files), files
+        if ending == "SIGTERM to mpiexec":
+            job.send_signal(signal.SIGTERM)
         job.communicate(timeout=ENDS_WITHIN_S + 30)
         seconds_until_the_job_ends(job, marker, time.monotonic())
-    assert job.returncode == 3
+    assert job.returncode == (3 if ending == "aborted by the watchdog" else 15)
     assert [path for path in files if os.path.exists(path)] == []
 
 
