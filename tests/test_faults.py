@@ -75,6 +75,15 @@ def stopped_at_the_end(job, marker):
             stop_job(job, marker)
 
 
+def job_shared_memory_files(marker):
+    """The files in /dev/shm that the ranks of a running job have mapped or registered (OpenMP's)."""
+    ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if sys.executable in command_line(pid)]
+    files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
+    files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
+    assert any("mpich_shm" in path for path in files), files
+    return files
+
+
 def job_process(marker, name):
     """The id of the process of the job whose command line holds `name` (e.g. "hydra_pmi_proxy")."""
     for pid in processes_with(JOB_MARKER_VARIABLE, marker):
@@ -173,14 +182,17 @@ def test_a_rank_whose_launcher_is_gone_exits_by_itself(stderr_read):
 
 
 def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_are_broken():
+    """The orphaned ranks exit by themselves, and remove the job's files in /dev/shm as they go."""
     job, marker, _ = start_leaving_job(2, "none")
     with stopped_at_the_end(job, marker):
+        files = job_shared_memory_files(marker)
         os.kill(job_process(marker, "hydra_pmi_proxy"), signal.SIGKILL)
         took = seconds_until_the_job_ends(job, marker, time.monotonic())
         left = processes_with(JOB_MARKER_VARIABLE, marker)
         assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
         assert took < ENDS_WITHIN_10_S
         assert job.returncode != 0
+    assert [path for path in files if os.path.exists(path)] == []
     print(f"JOB-ENDED proxy killed: {took:.1f} s")
 
 
@@ -206,10 +218,7 @@ def test_a_job_that_cannot_finish_leaves_no_shared_memory_files(monkeypatch, end
     monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
     job, marker, _ = start_leaving_job(2, "sleep" if ending == "aborted by the watchdog" else "none")
     with stopped_at_the_end(job, marker):
-        ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if "dp_leave.py" in command_line(pid)]
-        files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
-        files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
-        assert any("mpich_shm" in path for path in files), files
+        files = job_shared_memory_files(marker)
         if ending == "SIGTERM to mpiexec":
             job.send_signal(signal.SIGTERM)
         job.communicate(timeout=ENDS_WITHIN_S + 30)
