@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 
 from mpiprop.launch.job_processes import run_whole_job
 from mpiprop.launch.mpiexec import (AUTO, RunOptions, build_command, choose_launcher, count_hosts, launch_warnings,
@@ -17,6 +17,9 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+FINISH_MARKS_VARIABLE = "MPIPROP_FINISH_MARKS"  # read by mpiprop.distributed's finish marks on each rank
 
 
 class JobFailed(RuntimeError):
@@ -73,8 +76,30 @@ class Launcher:
         return launch_warnings(options, self.hosts(options))
 
     def run(self, options: RunOptions, timeout: float | None = None) -> int:
-        """Run the job with its output on this terminal; returns mpiexec's exit status."""
-        return subprocess.run(self.command(options), timeout=timeout).returncode
+        """Run the job with its output on this terminal; returns mpiexec's exit status.
+
+        On one node, each rank leaves a mark in a temporary folder when its program ends
+        normally; a job that MPICH reports as successful although some rank left no mark (it
+        called `os._exit` or was killed, and MPICH ended the others) returns 1 instead, with a
+        line naming the ranks.
+
+        Raises:
+            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped
+                (an uncaught one exits with status 128 + the signal's number).
+            subprocess.TimeoutExpired: past `timeout` seconds, once the whole job has been stopped.
+        """
+        if options.hostfile is not None:  # the marks would be written on other nodes' disks
+            return run_whole_job(self.command(options), timeout, capture=False).returncode
+        with tempfile.TemporaryDirectory(prefix="mpiprop-finish-marks-") as folder:
+            marked = replace(options, environment=(*options.environment, (FINISH_MARKS_VARIABLE, folder)))
+            status = run_whole_job(self.command(marked), timeout, capture=False).returncode
+            unfinished = unmarked_ranks(folder, options.ranks)
+        if status == 0 and unfinished:
+            print(f"mpiprop run: rank{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))} of "
+                  f"{options.ranks} ended without finishing the program (os._exit, or killed; MPICH then ends the "
+                  "others and reports success); exiting with status 1", file=sys.stderr)
+            return 1
+        return status
 
     def run_captured(self, options: RunOptions, timeout: float | None = None) -> str:
         """Run the job and return its standard output.
@@ -82,9 +107,15 @@ class Launcher:
         Raises:
             JobFailed: when it exits non-zero (the message holds the end of its output).
             subprocess.TimeoutExpired: when it runs past `timeout` seconds.
+            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped.
         """
         completed = run_whole_job(self.command(options), timeout)
         if completed.returncode != 0:
             tail = (completed.stdout + completed.stderr)[-3000:]
             raise JobFailed(f"`{' '.join(self.command(options))}` exited with status {completed.returncode}:\n{tail}")
         return completed.stdout
+
+
+def unmarked_ranks(folder: str, ranks: int) -> list[int]:
+    """The ranks below `ranks` that left no finish mark (FOLDER/rank-R) in `folder`."""
+    return [rank for rank in range(ranks) if not os.path.exists(os.path.join(folder, f"rank-{rank}"))]

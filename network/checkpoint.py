@@ -19,12 +19,17 @@ import numpy
 
 from mpiprop.network import rng
 from mpiprop.network.backend import is_array, to_numpy
+from mpiprop.network.checkpoint_archive import ArchiveRefused, read_members
 from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 FORMAT = "mpiprop-checkpoint"
 VERSION = 1
 HEADER_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
+MODEL_COPIES_ALLOWED = 4  # the weights and up to three optimizer buffers of each (Adam keeps two)
+ARRAY_BYTES_BEYOND_THE_MODEL = 64 * 2**20  # random states, the trainer's records, the JSON header
+TEMPORARY_SUFFIX = ".tmp"
+NEW_FILE_MODE = 0o666  # less the umask, as for any file the process creates
 
 
 class CheckpointError(ValueError):
@@ -36,8 +41,9 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
 
     The data goes to a temporary file in the same folder, is flushed to disk (fsync) and
     renamed over `path` (os.replace), so a crash or kill during the write leaves any
-    previous checkpoint at `path` intact. The optimizer's per-parameter state is stored
-    under the parameters' names in `model` when it holds all of them.
+    previous checkpoint at `path` intact; temporary files such kills left behind are removed
+    by the next successful write. The file's mode is 0o666 less the umask. The optimizer's
+    per-parameter state is stored under the parameters' names in `model` when it holds all of them.
 
     Args:
         path: the file to write (no suffix is added).
@@ -48,6 +54,7 @@ def save_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None, 
 
     Raises:
         TypeError: for a meta value that cannot be stored, naming where it is.
+        OSError: when the file cannot be written (a full disk, say), naming it.
     """
     optimizer_state = None
     if optimizer is not None:
@@ -172,7 +179,7 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
             the file and the mismatch.
     """
     path = os.fspath(path)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, model)
     check_model_state(path, state["model"], {name: tuple(a.shape) for name, a in model.state_dict().items()})
     if optimizer is not None:
         load_optimizer_state(path, state["optimizer"], optimizer, optimizer_parameter_names(model, optimizer))
@@ -181,8 +188,19 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
     return state["meta"]
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, model: Any = None) -> dict[str, Any]:
     """The whole decoded content of a checkpoint: {"format", "version", "model", "optimizer", "rng", "meta"}.
+
+    Every array's header (dtype, shape, size against the file and, with `model`, against the
+    model's parameters) is checked before any array is decompressed or allocated. All
+    arrays together may take at most 4 times the larger of the model's bytes (the weights
+    and optimizer buffers) and the file's size, plus 64 MiB; a file that promises more (a
+    compressed member that would inflate far beyond its size) is refused, so a hostile file
+    cannot exhaust memory.
+
+    Args:
+        path: the checkpoint file.
+        model: optional, the model it will be loaded into (anything with `state_dict()`).
 
     Raises:
         FileNotFoundError, CheckpointError: as `load_checkpoint`.
@@ -191,25 +209,48 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            if HEADER_ENTRY not in archive.files:
-                raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file: it has no {HEADER_ENTRY!r} entry")
-            header = json.loads(str(archive[HEADER_ENTRY]))
-            arrays = {name: archive[name] for name in archive.files if name != HEADER_ENTRY}
+        arrays = read_members(path, _memory_budget(path, model), _model_shape_check(path, model))
+        if HEADER_ENTRY not in arrays:
+            raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file: it has no {HEADER_ENTRY!r} entry")
+        header = json.loads(str(arrays.pop(HEADER_ENTRY)))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file")
+        if header.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint {path} has format version {header.get('version')}; "
+                                  f"this code reads version {VERSION}")
+        return _decode(header, arrays)
     except CheckpointError:
         raise
-    except DAMAGED_NPZ_ERRORS as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(error).__name__}: {error})") from error
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an {FORMAT} file")
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {header.get('version')}; "
-                              f"this code reads version {VERSION}")
-    try:
-        return _decode(header, arrays)
+    except ArchiveRefused as error:
+        raise CheckpointError(f"checkpoint {path} is refused: {error}") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its header is nested too deeply to decode") from None
     except KeyError as error:
         raise CheckpointError(f"checkpoint {path} is corrupt: array {error} is referenced but missing") from error
+    except TypeError as error:  # the header's structure is not one `_encode` writes
+        raise CheckpointError(f"checkpoint {path} is corrupt: its header does not describe a checkpoint "
+                              f"({error})") from error
+    except (MemoryError, *DAMAGED_NPZ_ERRORS) as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(error).__name__}: {error})") from error
+
+
+def _memory_budget(path: str, model: Any) -> int:
+    """Bytes the arrays of the checkpoint at `path` may take (see `read_checkpoint`)."""
+    model_bytes = 0 if model is None else sum(int(array.nbytes) for array in model.state_dict().values())
+    return ARRAY_BYTES_BEYOND_THE_MODEL + MODEL_COPIES_ALLOWED * max(model_bytes, os.path.getsize(path))
+
+
+def _model_shape_check(path: str, model: Any) -> Callable[[str, tuple, Any], None]:
+    """A check of each array header against the model's parameter of that name (none without a model)."""
+    expected = {} if model is None else {f"model/{name}": tuple(array.shape)
+                                         for name, array in model.state_dict().items()}
+
+    def check(name: str, shape: tuple, dtype: Any) -> None:
+        if name in expected and shape != expected[name]:
+            raise CheckpointError(f"checkpoint {path} was saved from a different architecture: "
+                                  f"{name[len('model/'):]!r} is {shape} in the file but {expected[name]} in the model")
+    return check
 
 
 def check_model_state(path: str, saved: dict[str, numpy.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
@@ -248,20 +289,62 @@ def load_optimizer_state(path: str, saved: dict[str, Any] | None, optimizer: Any
 
 
 def _write_atomically(path: str, arrays: dict[str, numpy.ndarray]) -> None:
+    """Write to a temporary file beside `path`, fsync, give it the mode the umask allows, rename over `path`.
+
+    Raises:
+        OSError: naming `path` (a full disk, a missing folder, no permission); the temporary
+            file is removed and any previous checkpoint at `path` is left intact.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=TEMPORARY_SUFFIX,
+                                                 dir=directory)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         with os.fdopen(descriptor, "wb") as stream:
             numpy.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, NEW_FILE_MODE & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
+    _remove_stray_temporaries(path)
     _fsync_directory(directory)
+
+
+def _write_error(path: str, error: OSError) -> OSError:
+    return OSError(error.errno, f"cannot write checkpoint {path}: {error.strerror or error}; free space or choose "
+                                "another folder (any previous checkpoint there is intact)")
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def _remove_stray_temporaries(path: str) -> None:
+    """Remove temporary files that writes of `path` killed midway left beside it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temporary_prefix(path)
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (changing it races other threads)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _fsync_directory(directory: str) -> None:

@@ -22,6 +22,7 @@ from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
+from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
 from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
 from mpiprop.network.schedules import set_lr
@@ -62,6 +63,9 @@ class Trainer:
         checkpoint_path: write a checkpoint here after each epoch and when training is stopped
             (the same path on every rank; the main rank writes it, with every rank's random state).
         checkpoint_every: also write it every this many optimizer steps (None: only per epoch).
+            With a checkpoint path (and `comm` on several ranks), SIGTERM or SIGUSR1 during `fit`
+            makes every rank finish its step, write the checkpoint and raise `Preempted`
+            (a SystemExit with status 75); resuming from it continues exactly.
         non_finite: what a step with a NaN or Inf output, loss or gradient does: "raise" a
             NonFiniteError naming the step, rank, stage and layer, or "skip" the update (on every
             rank alike, decided on gradients agreed over the stages; after 20 skips in a row it raises).
@@ -133,6 +137,7 @@ class Trainer:
         self.epochs: int | None = None  # asked of the current fit
         self._train_totals = MetricTotals()
         self._epoch_started = time.perf_counter()
+        self._preemption = PreemptionWatch(enabled=False)
 
     def request_stop(self, why: str, final: bool = False) -> None:
         """Stop after the current batch, and end the run's last line with `why`.
@@ -172,6 +177,7 @@ class Trainer:
         Raises:
             ValueError: for an empty loader, or one sharded for another rank.
             CheckpointError: when `resume_from` does not fit this model, optimizer, callbacks or loader.
+            Preempted: after a preemption signal, once the checkpoint is written (see `checkpoint_every`).
         """
         epochs = positive_int(epochs, "epochs")
         self._check_loader(train_loader, "train_loader")
@@ -205,11 +211,14 @@ class Trainer:
     def _run_epochs(self, train_loader: Any, epochs: int, val_loader: Any) -> None:
         for callback in self.callbacks:
             callback.on_fit_start(self)
+        self._preemption = PreemptionWatch(self.checkpoint_path is not None
+                                           and (self.world_size == 1 or self.comm is not None))
         try:
-            while self.epoch < epochs and not self.stop_training:
-                if not self._train_epoch(train_loader, epochs):
-                    break
-                self._end_epoch(val_loader)
+            with self._preemption:
+                while self.epoch < epochs and not self.stop_training:
+                    if not self._train_epoch(train_loader, epochs):
+                        break
+                    self._end_epoch(val_loader)
         except NonFiniteError as error:
             self._report_end(non_finite_line(error))
             raise
@@ -245,6 +254,9 @@ class Trainer:
                 return False
             if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.batch < len(loader):
                 self._save_checkpoint()
+            if self._preemption.agreed(self.comm):
+                self._save_checkpoint()
+                raise self._preemption.stop(self.rank, f"step {self.step}", os.fspath(self.checkpoint_path))
         return True
 
     def train_step(self, inputs: Any, targets: Any) -> float:
@@ -431,7 +443,7 @@ class Trainer:
 
     def _resume(self, path: str, loader: Any) -> dict[str, Any]:
         """Restore the run saved at `path`; returns its trainer state."""
-        saved = read_checkpoint(path)
+        saved = read_checkpoint(path, self.model)
         state = saved["meta"].get("trainer")
         if state is None:
             raise CheckpointError(f"checkpoint {path} was not written by a Trainer (its meta has no 'trainer' "
@@ -532,6 +544,11 @@ class Trainer:
                 raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer's {type(self.model).__name__} "
                                  f"reads shard {shard} of {shards}; build the loader with rank={shard}, "
                                  f"world_size={shards}")
+        if not allow_empty and self.world_size > 1 and _uneven_shards(loader):
+            raise ValueError(f"{name} shards {len(loader.dataset)} samples over {self.world_size} ranks with "
+                             "uneven='keep', so the ranks would train on different numbers of samples and steps "
+                             "and wait for each other forever; use uneven='pad' or 'drop' for training "
+                             "('keep' suits evaluation)")
         if not allow_empty and len(loader) == 0:
             raise ValueError(f"{name} yields no batches on rank {self.rank}: {loader!r}; "
                              "lower batch_size or set drop_last=False")
@@ -559,6 +576,12 @@ def _joined_over_ranks(states: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(value, dict):
             joined[key] = {name: item for state in states for name, item in (state[key] or {}).items()}
     return joined
+
+
+def _uneven_shards(loader: Any) -> bool:
+    """True for a loader whose ranks get different numbers of samples (uneven='keep' on an uneven dataset)."""
+    dataset = getattr(loader, "dataset", None)
+    return getattr(loader, "uneven", None) == "keep" and dataset is not None and len(dataset) % loader.world_size != 0
 
 
 def _device_of_model(model: Any) -> str:

@@ -52,3 +52,11 @@ def _read_until_both_ranks_started(job):
         line = job.stdout.readline()
         assert line, f"the job ended before both ranks started: {output!r} {job.stderr.read()}"
         output += line
+
+
+def test_a_process_of_the_job_left_after_it_ended_is_killed():
+    probe = new_job_marker()
+    result = run_whole_job(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo left"], timeout=30,
+                           env=mpi_env({"TEST_PROBE": probe}))
+    assert result.stdout == "left\n"
+    assert processes_with("TEST_PROBE", probe) == []

@@ -1,1 +1,1 @@
-"""Reliability and tracing: abort on error, orphan guard, stall watchdog, consistency checks, timeline."""
+"""Reliability and tracing: abort, orphan guard, departures, stalls, signals, /dev/shm cleanup, checks, timeline."""

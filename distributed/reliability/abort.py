@@ -8,7 +8,11 @@ from types import TracebackType
 
 from mpi4py import MPI
 
+from mpiprop.distributed.reliability.last_words import exit_after, write_last_words
+from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
+
 ABORT_EXIT_CODE = 1
+ABORT_WITHIN_S = 5.0  # past this, a rank whose MPI_Abort blocks (its launcher gone) ends by itself
 
 _state = {"installed": False, "previous_excepthook": None, "previous_threading_hook": None}
 
@@ -54,10 +58,15 @@ def format_rank_traceback(rank: int, exc_type: type[BaseException], exc: BaseExc
 
 
 def abort_job(message: str = "", exit_code: int = ABORT_EXIT_CODE) -> None:
-    """Print `message` (if any) to stderr, flush, and abort every rank of the MPI job."""
-    if message:
-        sys.stderr.write(message if message.endswith("\n") else message + "\n")
-    _flush_streams()
+    """Write `message` (if any) to stderr and abort every rank of the MPI job with `exit_code`.
+
+    Neither step depends on a working stderr (see `write_last_words`), and should MPI_Abort
+    itself block, this process still ends after ABORT_WITHIN_S seconds. The job's files in
+    /dev/shm on this node are removed first (see `remove_job_files`). Never returns.
+    """
+    exit_after(ABORT_WITHIN_S, exit_code)
+    write_last_words(message)
+    remove_job_files()
     MPI.COMM_WORLD.Abort(exit_code)
 
 
@@ -81,11 +90,3 @@ def _abort_on_thread_exception(args: threading.ExceptHookArgs) -> None:
         _state["previous_threading_hook"](args)
         return
     _abort_on_exception(args.exc_type, args.exc_value, args.exc_traceback)
-
-
-def _flush_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed or broken stream must not stop the abort
-            pass

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 
 from mpi4py import MPI
+
+from mpiprop.distributed.reliability.last_words import exit_with_last_words
+from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
 
 ORPHAN_EXIT_CODE = 4
 
@@ -18,8 +20,9 @@ def exit_when_orphaned(check_every_s: float = 1.0) -> None:
 
     When a job is aborted or its launcher is killed, a rank that misses the launcher's kill
     would otherwise spin in its next MPI wait forever. Once the parent process is gone, the
-    rank prints why and exits. Only ranks of a job of several ranks are watched; calling
-    this again does nothing.
+    rank says why (on descriptor 2, if anything still reads it) and exits with status 4,
+    whether or not that message could be written. Only ranks of a job of several ranks are
+    watched; calling this again does nothing.
     """
     global _started
     if _started or MPI.COMM_WORLD.Get_size() == 1:
@@ -35,10 +38,9 @@ def watch_parent(rank: int, check_every_s: float = 1.0) -> threading.Thread:
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(check_every_s)
-        sys.stderr.write(f"rank {rank}: its launcher (process {launcher}) is gone; exiting instead of waiting "
-                         "for ranks that no longer exist\n")
-        sys.stderr.flush()
-        os._exit(ORPHAN_EXIT_CODE)
+        remove_job_files()
+        exit_with_last_words(f"rank {rank}: its launcher (process {launcher}) is gone; exiting instead of waiting "
+                             "for ranks that no longer exist", ORPHAN_EXIT_CODE)
 
     thread = threading.Thread(target=watch, name="mpiprop-orphan-guard", daemon=True)
     thread.start()

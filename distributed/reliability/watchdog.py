@@ -3,49 +3,26 @@
 Every blocking wait of the library runs inside `waiting_in("allreduce of ...")`, which
 records what the main thread waits for and since when (two assignments, no locking). A
 `Watchdog` thread looks at that record; once one wait has lasted `timeout_s`, it prints
-which rank waits in which operation, and the main thread's Python stack, and aborts every
-rank. A rank that is stuck elsewhere (an endless loop, a dead filesystem) is found through
-the ranks left waiting for it.
+which rank waits in which operation, where every other rank is (so the rank that stopped
+arriving is named: stuck in a loop, on a dead filesystem, on another code path), and the
+main thread's Python stack, and aborts every rank.
 """
 from __future__ import annotations
 
 import os
 import sys
 import threading
-import time
 import traceback
 
+from mpiprop.distributed.reliability import peer_listener
 from mpiprop.distributed.reliability.abort import abort_job
+from mpiprop.distributed.reliability.waits import current_wait, waiting_in
 
 TIMEOUT_VARIABLE = "MPIPROP_STALL_TIMEOUT"
 STALL_EXIT_CODE = 3
+PEER_ANSWERS_WITHIN_S = 2.0
 
-_waiting: tuple[str, float] | None = None  # (operation, monotonic start) of the wait in progress
 _watchdog: "Watchdog | None" = None
-
-
-class waiting_in:
-    """Context manager marking that the main thread waits in `operation` (e.g. "allreduce of 4096 float32")."""
-
-    __slots__ = ("operation", "outer")
-
-    def __init__(self, operation: str):
-        self.operation = operation
-
-    def __enter__(self) -> None:
-        global _waiting
-        self.outer = _waiting
-        _waiting = (self.operation, time.monotonic())
-
-    def __exit__(self, *exc_info) -> None:
-        global _waiting
-        _waiting = self.outer
-
-
-def current_wait() -> tuple[str, float] | None:
-    """(operation, seconds waited so far) of the wait in progress, or None."""
-    waiting = _waiting
-    return None if waiting is None else (waiting[0], time.monotonic() - waiting[1])
 
 
 class Watchdog:
@@ -78,16 +55,42 @@ class Watchdog:
         while not self._stopped.wait(self.check_every_s):
             waiting = current_wait()
             if waiting is not None and waiting[1] >= self.timeout_s:
-                abort_job(self.report(*waiting), exit_code=STALL_EXIT_CODE)
+                listener = peer_listener.running_listener()
+                peers = None if listener is None else listener.ask_where_everyone_is(PEER_ANSWERS_WITHIN_S)
+                abort_job(self.report(*waiting, peers=peers), exit_code=STALL_EXIT_CODE)
 
-    def report(self, operation: str, waited_s: float) -> str:
-        """The lines printed before aborting: the rank, the operation, the wait, the main thread's stack."""
+    def report(self, operation: str, waited_s: float, peers: dict[int, str] | None = None) -> str:
+        """The lines printed before aborting: the rank, the operation, the wait, the other ranks, the main stack.
+
+        Args:
+            operation: what this rank waits in.
+            waited_s: for how long.
+            peers: the other ranks' answers (`peer_listener.where_this_rank_is`), by rank; None when unknown.
+        """
         frame = sys._current_frames().get(self._main_thread.ident)
         stack = "".join(traceback.format_stack(frame)).splitlines() if frame is not None else []
         lines = [f"stall: rank {self.rank} has waited {waited_s:.1f} s (limit {self.timeout_s:g} s) in {operation}; "
-                 "the rank it waits for has died, hangs, or took another code path. Aborting all ranks.",
+                 + (_culprits(peers) if peers is not None else
+                    "the rank it waits for has died, hangs, or took another code path.") + " Aborting all ranks.",
+                 *_where_the_others_are(peers),
                  "main thread stack (most recent call last):", *stack]
         return "".join(f"rank {self.rank}: {line}\n" for line in lines)
+
+
+def _culprits(peers: dict[int, str]) -> str:
+    """The sentence naming the ranks that stopped arriving: not communicating, or not answering."""
+    outside = sorted(rank for rank, answer in peers.items() if not answer.startswith("waits"))
+    named = [f"rank {rank} {peers[rank]}" for rank in outside]
+    if not named:
+        return "every rank that answered waits too: they wait in different communications (another code path)."
+    ranks = f"rank{'s' if len(outside) > 1 else ''} {', '.join(map(str, outside))}"
+    return f"{ranks} stopped arriving: " + "; ".join(named) + "."
+
+
+def _where_the_others_are(peers: dict[int, str] | None) -> list[str]:
+    if peers is None:
+        return []
+    return [f"rank {rank} {answer}" for rank, answer in sorted(peers.items())]
 
 
 def start_watchdog(timeout_s: float, rank: int) -> Watchdog:

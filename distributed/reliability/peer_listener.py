@@ -1,0 +1,140 @@
+"""Each rank's listener on a private copy of COMM_WORLD: it hears which ranks left and answers where it waits."""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+
+from mpi4py import MPI
+
+from mpiprop.distributed.reliability.abort import abort_job
+from mpiprop.distributed.reliability.shared_memory_files import remember_local_peers
+from mpiprop.distributed.reliability.waits import current_wait
+
+DEPARTURE_TAG, QUESTION_TAG, ANSWER_TAG = 1, 2, 3
+LISTEN_EVERY_S = 0.1
+DEPARTURE_GRACE_S = 3.0  # a wait that outlasts a departure by this much cannot be one the leaver took part in
+DEPARTED_EXIT_CODE = 5
+NOTICE_WITHIN_S = 1.0
+
+_listener: "PeerListener | None" = None
+
+
+class PeerListener:
+    """The daemon thread, and what it has heard, on a duplicate of COMM_WORLD that nothing else uses.
+
+    A rank that ends its program (the script's end, `sys.exit` with any status) tells every
+    other rank before MPI finalizes (`announce_departure`, run at exit). A rank that, after
+    that, waits DEPARTURE_GRACE_S in a communication (the library's, or the user's inside
+    `waiting_in`) can never complete it, so it aborts the job naming the rank that left. The
+    stall watchdog asks every rank where it is (`ask_where_everyone_is`), to name the rank that
+    stopped arriving rather than one of those waiting for it.
+
+    Args:
+        comm: a duplicate of COMM_WORLD used by nothing else.
+    """
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+        self.departed: dict[int, float] = {}  # rank -> monotonic time its notice arrived
+        self.answers: dict[int, str] = {}
+        self._questions: list[MPI.Request] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="mpiprop-peer-listener", daemon=True)
+
+    def start(self) -> "PeerListener":
+        self._thread.start()
+        return self
+
+    def _listen(self) -> None:
+        status = MPI.Status()
+        while not self._stopped.wait(LISTEN_EVERY_S) and not MPI.Is_finalized():
+            while not self._stopped.is_set() and self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
+                self._handle(status.Get_source(), status.Get_tag())
+            self._abort_if_waiting_for_departed()
+
+    def _handle(self, source: int, tag: int) -> None:
+        message = self.comm.recv(source=source, tag=tag)
+        if tag == DEPARTURE_TAG:
+            self.departed[source] = time.monotonic()
+        elif tag == QUESTION_TAG:
+            self.comm.send(where_this_rank_is(), dest=source, tag=ANSWER_TAG)
+        elif tag == ANSWER_TAG:
+            self.answers[source] = message
+
+    def _abort_if_waiting_for_departed(self) -> None:
+        waiting = current_wait()
+        if not self.departed or waiting is None:
+            return
+        operation, waited = waiting
+        leaver, noticed = min(self.departed.items(), key=lambda item: item[1])
+        if min(waited, time.monotonic() - noticed) >= DEPARTURE_GRACE_S:
+            abort_job(f"rank {self.rank}: rank {leaver} has left the job (its program ended or called sys.exit) "
+                      f"while rank {self.rank} waits for it in {operation} ({waited:.1f} s); aborting all "
+                      f"{self.size} ranks", exit_code=DEPARTED_EXIT_CODE)
+
+    def ask_where_everyone_is(self, timeout_s: float) -> dict[int, str]:
+        """Ask every other rank where it is.
+
+        Args:
+            timeout_s: how long to wait for the answers.
+
+        Returns:
+            Each answering rank's `where_this_rank_is`, by rank; ranks that did not answer in time are absent.
+        """
+        self.answers.clear()
+        self._questions = [self.comm.isend(None, dest=rank, tag=QUESTION_TAG)
+                           for rank in range(self.size) if rank != self.rank]
+        deadline = time.monotonic() + timeout_s
+        while len(self.answers) < self.size - 1 and time.monotonic() < deadline:
+            time.sleep(LISTEN_EVERY_S / 2)
+        return dict(self.answers)
+
+    def announce_departure(self) -> None:
+        """Stop listening, then tell every other rank that this one is leaving (within NOTICE_WITHIN_S)."""
+        self._stopped.set()
+        self._thread.join(NOTICE_WITHIN_S)
+        if MPI.Is_finalized():  # the program finalized MPI itself
+            return
+        requests = [self.comm.isend(None, dest=rank, tag=DEPARTURE_TAG)
+                    for rank in range(self.size) if rank != self.rank]
+        deadline = time.monotonic() + NOTICE_WITHIN_S
+        while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def where_this_rank_is() -> str:
+    """"waits N s in OPERATION", or "is not communicating (at FILE:LINE in FUNCTION)" for the main thread."""
+    waiting = current_wait()
+    if waiting is not None:
+        return f"waits {waiting[1]:.1f} s in {waiting[0]}"
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    where = f"at {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else "ending"
+    return f"is not communicating ({where})"
+
+
+def start_peer_listener() -> PeerListener | None:
+    """Start this rank's listener (collective over COMM_WORLD: every rank calls it, as importing distributed does).
+
+    It also learns the process ids of the ranks on this node, whose files in /dev/shm an
+    aborting rank removes.
+
+    Nothing starts in a job of one rank, or where MPI was not initialised with MPI_THREAD_MULTIPLE
+    (the listener talks while the main thread waits). Calling it again returns the running listener.
+    """
+    global _listener
+    world = MPI.COMM_WORLD
+    if _listener is not None or world.Get_size() == 1 or MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+        return _listener
+    _listener = PeerListener(world.Dup()).start()
+    ranks = _listener.comm.allgather((MPI.Get_processor_name(), os.getpid()))
+    remember_local_peers([pid for node, pid in ranks if node == MPI.Get_processor_name()])
+    atexit.register(_listener.announce_departure)  # runs before mpi4py's MPI_Finalize, registered earlier
+    return _listener
+
+
+def running_listener() -> PeerListener | None:
+    """The listener `start_peer_listener` started, or None."""
+    return _listener

@@ -1,0 +1,77 @@
+"""Preemption: on SIGTERM or SIGUSR1, training finishes its step on every rank, checkpoints and exits with status 75."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the work is saved, start it again to go on
+
+
+class Preempted(SystemExit):
+    """Training stopped on a preemption signal after writing its checkpoint; uncaught, it exits with status 75."""
+
+    def __init__(self, message: str):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PreemptionWatch:
+    """Within a `with` block, SIGTERM and SIGUSR1 are noted instead of ending the process.
+
+    Schedulers (Slurm, Kubernetes) send SIGTERM and wait before they kill; `mpiexec`
+    forwards it to every rank. The Trainer asks `agreed()` after each step: every rank
+    answers the same, so all of them stop after the same step and write one checkpoint.
+
+    Args:
+        enabled: when False the block changes nothing (and `agreed()` is always False).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "PreemptionWatch":
+        if self.enabled:
+            self._previous = {each: signal.signal(each, self._note) for each in PREEMPTION_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for each, handler in self._previous.items():
+            signal.signal(each, handler)
+        self._previous = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, comm: Any = None) -> bool:
+        """True, on every rank alike, when any rank has got a preemption signal.
+
+        Args:
+            comm: with several ranks, a communicator with `allgather_object` (all ranks call this together).
+        """
+        if not self.enabled:
+            return False
+        if comm is None:
+            return self.signal_name is not None
+        names = [name for name in comm.allgather_object(self.signal_name) if name is not None]
+        self.signal_name = self.signal_name or (names[0] if names else None)
+        return bool(names)
+
+    def stop(self, rank: int, where: str, checkpoint: str) -> Preempted:
+        """The exception that ends training; rank 0 also says why on stderr."""
+        message = (f"rank {rank}: preempted by {self.signal_name}: stopped after {where} and wrote checkpoint "
+                   f"{checkpoint}; resume from it to go on (exit status {PREEMPTED_EXIT_CODE})")
+        if rank == 0:
+            try:
+                sys.stderr.write(message + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):  # no one reads stderr any more: the checkpoint is what matters
+                pass
+        return Preempted(message)
