@@ -24,6 +24,9 @@ class Preempted(SystemExit):
 class PreemptionWatch:
     """Within a `with` block, SIGTERM and SIGUSR1 are noted instead of ending the process.
 
+    A signal whose handler the program has set itself (one that calls `Trainer.request_stop`,
+    say) is left to that handler.
+
     Schedulers (Slurm, Kubernetes) send SIGTERM and wait before they kill; `mpiexec`
     forwards it to every rank. The Trainer asks `agreed()` after each step: every rank
     answers the same, so all of them stop after the same step and write one checkpoint.
@@ -39,7 +42,8 @@ class PreemptionWatch:
 
     def __enter__(self) -> "PreemptionWatch":
         if self.enabled:
-            self._previous = {each: signal.signal(each, self._note) for each in PREEMPTION_SIGNALS}
+            self._previous = {each: signal.signal(each, self._note) for each in PREEMPTION_SIGNALS
+                              if signal.getsignal(each) is signal.SIG_DFL}
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

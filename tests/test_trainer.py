@@ -535,5 +535,6 @@ def test_train_digits_under_mpiexec_prints_progress_lines_through_the_pipe_and_w
 
     resumed = run_mpi(EXAMPLES / "train_digits.py", ranks, *arguments, "--resume", str(checkpoint), env=buffered)
     assert resumed.stdout.splitlines() == [accuracy]
-    assert resumed.stderr.splitlines() == [f"training ended: nothing to train: the run in {checkpoint} had already "
-                                           "ended (all 2 epochs done); ask for more than 2 epochs to train on"]
+    said = [line for line in resumed.stderr.splitlines() if not line.startswith("mpiprop: warning")]  # oversubscribed
+    assert said == [f"training ended: nothing to train: the run in {checkpoint} had already "
+                    "ended (all 2 epochs done); ask for more than 2 epochs to train on"]
