@@ -25,7 +25,8 @@ class PreemptionWatch:
     """Within a `with` block, SIGTERM and SIGUSR1 are noted instead of ending the process.
 
     A signal whose handler the program has set itself (one that calls `Trainer.request_stop`,
-    say) is left to that handler.
+    say) is left to that handler; only the default, or a handler marked `ends_the_process`
+    (one that ends the process as the default would, after a line), is replaced.
 
     Schedulers (Slurm, Kubernetes) send SIGTERM and wait before they kill; `mpiexec`
     forwards it to every rank. The Trainer asks `agreed()` after each step: every rank
@@ -43,7 +44,7 @@ class PreemptionWatch:
     def __enter__(self) -> "PreemptionWatch":
         if self.enabled:
             self._previous = {each: signal.signal(each, self._note) for each in PREEMPTION_SIGNALS
-                              if signal.getsignal(each) is signal.SIG_DFL}
+                              if _ends_the_process(signal.getsignal(each))}
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -79,3 +80,8 @@ class PreemptionWatch:
             except (OSError, ValueError):  # no one reads stderr any more: the checkpoint is what matters
                 pass
         return Preempted(message)
+
+
+def _ends_the_process(handler: Any) -> bool:
+    """Whether `handler` ends the process as the default does (so preemption may replace it)."""
+    return handler is signal.SIG_DFL or getattr(handler, "ends_the_process", False)

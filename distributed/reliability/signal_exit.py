@@ -31,4 +31,5 @@ def _ending_handler(rank: int):
         remove_job_files()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+    end.ends_the_process = True  # the default's behaviour with a line first: preemption may replace it
     return end
