@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "often; 0: after every batch (default 30)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="train on the CPU (numpy) or a GPU (cupy), one GPU per local rank (default cpu)")
+    parser.add_argument("--precision", choices=list(nn.PRECISIONS), default="fp32",
+                        help="how products are computed; all but fp32 need --device cuda (default fp32)")
     parser.add_argument("--pipeline-stages", type=int, default=1,
                         help="ranks per pipeline; the remaining factor of the ranks are data-parallel replicas "
                              "(default 1: data parallel over all ranks)")
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> float:
                          callbacks=[EarlyStopping("val_loss", patience=args.patience)],
                          checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
                          metrics_path=args.metrics_out, plot_path=args.plot, quiet=args.quiet,
-                         progress_every=args.progress_every)
+                         progress_every=args.progress_every, precision=args.precision)
     trainer.fit(train_loader, args.epochs, val_loader, resume_from=args.resume)
     test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 256, uneven="keep", **shards_of))
     if trainer.is_main:

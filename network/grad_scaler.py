@@ -5,6 +5,8 @@ from typing import Any, Callable, Iterable
 
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.checks import positive_int
+from mpiprop.network.layer import REMEMBERED
+from mpiprop.network.losses import Loss
 from mpiprop.network.parameter import Parameter
 
 
@@ -114,3 +116,28 @@ class GradScaler:
 
 def _all_finite(array: Array) -> bool:
     return bool(get_array_module(array).isfinite(array).all())
+
+
+class ScaledLoss(Loss):
+    """`loss_fn` whose gradient comes out multiplied by `scaler`'s current scale; its value is unscaled.
+
+    What a training step backpropagates in float16 mixed precision: the strategies call it as any loss.
+    """
+
+    def __init__(self, loss_fn: Loss, scaler: GradScaler):
+        super().__init__(loss_fn.reduction)
+        self.loss_fn, self.scaler = loss_fn, scaler
+
+    def forward(self, pred: Array, target: Array) -> tuple[Any, Any]:
+        return self.loss_fn.forward(pred, target)
+
+    def backward(self, cache: Any = REMEMBERED, grad_output: Any = None) -> Array:
+        if cache is REMEMBERED:
+            if self._last_cache is REMEMBERED:
+                raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+            cache, self._last_cache = self._last_cache, REMEMBERED
+        scale = self.scaler.scale_value if grad_output is None else self.scaler.scale_value * grad_output
+        return self.loss_fn.backward(cache, scale)
+
+    def __repr__(self) -> str:
+        return f"ScaledLoss({self.loss_fn!r}, {self.scaler!r})"

@@ -1,6 +1,7 @@
 """Trainer: epochs of mini-batch training with validation, schedules, clipping, callbacks, metrics and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -8,6 +9,8 @@ import sys
 import time
 import zlib
 from typing import Any, Callable, Sequence
+
+import numpy
 
 from mpiprop.network import rng
 from mpiprop.network.backend import device_of, to_device, to_numpy
@@ -22,6 +25,8 @@ from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
 from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
+from mpiprop.network.grad_scaler import GradScaler, ScaledLoss
+from mpiprop.network.precision import precision_for_device, using_precision
 from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
 from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
@@ -80,6 +85,15 @@ class Trainer:
             False: nothing.
         progress_every: with plain lines, the least seconds between two (0: one after every batch).
         print_fn: where the per-epoch JSON lines are printed (by default stdout, flushed at once).
+        precision: how the layers' products are computed: "fp32" (default), or on a GPU "tf32",
+            "bf16-mixed" or "fp16-mixed" (float32 weights and optimizer state, half-precision
+            products; fp16 scales the loss with `grad_scaler`, skipping steps whose scaled
+            gradients overflow). See `mpiprop.network.precision`.
+        grad_scaler: the loss scaler (default: a GradScaler() for "fp16-mixed", none otherwise; one
+            given here scales the loss in any precision); its state is kept in checkpoints.
+
+    Raises:
+        ValueError: for a precision the model's device cannot use (all but "fp32" on the CPU).
     """
 
     def __init__(self, model: Any, loss_fn: Loss, optimizer: Any, *, lr_schedule: Callable[[int], float] | None = None,
@@ -90,7 +104,8 @@ class Trainer:
                  plot_path: str | os.PathLike | None = None,
                  average_metrics: Callable[[MetricSums], MetricSums] | None = None,
                  quiet: bool = False, progress: bool | None = None, progress_every: float = DEFAULT_LINE_EVERY_S,
-                 print_fn: Callable[[str], Any] = print_flushed):
+                 print_fn: Callable[[str], Any] = print_flushed, precision: str = "fp32",
+                 grad_scaler: GradScaler | None = None):
         if schedule_per not in ("step", "epoch"):
             raise ValueError(f"schedule_per must be 'step' or 'epoch', got {schedule_per!r}")
         if non_finite not in POLICIES:
@@ -118,6 +133,10 @@ class Trainer:
         self._progress = progress_display(progress_mode(progress, self.model.is_main, self.quiet), progress_every)
         self.print_fn = print_fn
         self._device = _device_of_model(self.model)
+        self.precision = precision_for_device(precision, self._device)
+        self.grad_scaler = grad_scaler if grad_scaler is not None else (
+            GradScaler() if self.precision.loss_scaling else None)
+        self._step_loss = loss_fn if self.grad_scaler is None else ScaledLoss(loss_fn, self.grad_scaler)
         self._reset()
 
     @property
@@ -268,8 +287,15 @@ class Trainer:
         """
         x, y = to_device(inputs, self._device), to_device(targets, self._device)
         self.optimizer.zero_grad()
-        loss = self.model.train_step(x, y, self.loss_fn)
+        with using_precision(self.precision), _overflow_expected(self.grad_scaler is not None):
+            loss = self.model.train_step(x, y, self._step_loss)
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.model.parameters())
         finite, power_sum = self._gradient_summary()
+        if self._scaled_gradients_overflowed(loss, finite):
+            self.optimizer.zero_grad()
+            self.step += 1
+            return loss
         if not self._step_finite(x, loss, finite):
             self.step += 1
             return loss
@@ -285,6 +311,14 @@ class Trainer:
             self._train_totals.add(loss, len(y), correct, _predictions(y))
         self.skipped_in_a_row = 0
         return loss
+
+    def _scaled_gradients_overflowed(self, loss: float, gradients_finite: bool) -> bool:
+        """With loss scaling, update the scale; True when the step must be skipped because the scaled
+        gradients overflowed (a finite loss, non-finite gradients: the scale was too large)."""
+        if self.grad_scaler is None or not math.isfinite(loss):
+            return False
+        self.grad_scaler.update(not gradients_finite)
+        return not gradients_finite
 
     def _gradient_summary(self) -> tuple[bool, float]:
         """Whether every stage's (synchronised) gradients are finite, and the sum of their squares when clipping.
@@ -363,7 +397,8 @@ class Trainer:
         totals = MetricTotals()
         for inputs, targets in loader:
             x, y = to_device(inputs, device), to_device(targets, device)
-            output = self.model.predict(x)
+            with using_precision(self.precision):
+                output = self.model.predict(x)
             if output is None:  # a pipeline stage other than the last
                 continue
             loss, _ = self.loss_fn.forward(output, y)
@@ -435,6 +470,7 @@ class Trainer:
             "rank_callbacks": [states for _, _, states, _ in everyone],
             "rank_parameters": [names for _, _, _, names in everyone],
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
+            "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "history": self.history, "epochs": self.epochs,
             "stop": None if self.stop_request is None else self.stop_request.state_dict(),
             "callbacks": [{"type": type(c).__name__} for c in self.callbacks],
@@ -472,6 +508,8 @@ class Trainer:
         rank_sums = state["rank_train_sums"] if "rank_train_sums" in state else [state["train_sums"]]
         self._train_totals.load_state_dict(self._own_train_sums(rank_sums))
         self.skipped_this_epoch, self.skipped_in_a_row = state.get("skipped", (0, 0))
+        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         return state
 
     def _own_callback_states(self, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -612,3 +650,8 @@ def _plain(value: Any) -> Any:
 def _predictions(targets: Any) -> int:
     """Predictions a batch's accuracy counts: one per label for class labels, one per element otherwise."""
     return int(targets.size)
+
+
+def _overflow_expected(scaling: bool) -> Any:
+    """With loss scaling, overflowing scaled gradients are how the scale learns its limit: numpy stays quiet."""
+    return numpy.errstate(over="ignore", invalid="ignore") if scaling else contextlib.nullcontext()
