@@ -154,6 +154,17 @@ RUN_OPTIONS_WITH_VALUES = ("-n", "--ranks", "--hostfile", "--gpus-per-node", "--
 LAUNCHER_ARGUMENT_OPTION = "--mpi-arg"  # its value often starts with "-", which argparse would take for an option
 
 
+def split_command(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """`mpiprop`'s arguments split into its own and the program's: `run`'s program starts at the
+    script (see `split_run_arguments`), `scale`'s after `--`; other commands have none."""
+    if arguments[:1] == ["run"]:
+        own, program = split_run_arguments(arguments[1:])
+        return ["run", *own], program
+    if arguments[:1] == ["scale"] and "--" in arguments:
+        return arguments[:arguments.index("--")], arguments[arguments.index("--") + 1:]
+    return arguments, []
+
+
 def split_run_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split `run`'s arguments into its own options and the program (from the script or `-m`, or after `--`).
 
@@ -217,13 +228,7 @@ def _add_model(commands) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `mpiprop` and `python -m mpiprop.launch`; returns the exit status."""
     parser = build_parser()
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    program: list[str] = []
-    if arguments[:1] == ["run"]:
-        own, program = split_run_arguments(arguments[1:])
-        arguments = ["run", *own]
-    elif arguments[:1] == ["scale"] and "--" in arguments:
-        arguments, program = arguments[:arguments.index("--")], arguments[arguments.index("--") + 1:]
+    arguments, program = split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(arguments)
     args.program = program
     handlers = {"run": _run, "info": _info, "scale": _scale, "model": _model, "trace": _trace}

@@ -8,7 +8,6 @@ from typing import Callable
 import numpy
 from numpy.lib import format as npy_format
 
-from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 NPY_SUFFIX = ".npy"
 MAX_NPY_HEADER_BYTES = 10_000

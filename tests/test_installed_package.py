@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -12,18 +13,21 @@ import pytest
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_FOLDERS = ("network", "distributed", "launch")
 SCANNED_SUFFIXES = {".py", ".sh", ".md", ".toml", ".cfg", ".txt"}
-SKIPPED_FOLDERS = {".git", "build", "dist", ".venv", "__pycache__"}
+SKIPPED_FOLDERS = {".git", "build", "dist", "__pycache__"}
 OLD_TOP_LEVEL = "|".join(SOURCE_FOLDERS)
 OLD_IMPORT = re.compile(rf"^\s*(?:import|from)\s+(?:{OLD_TOP_LEVEL})\b", re.MULTILINE)
 OLD_MODULE_RUN = re.compile(rf"-m\s+(?:{OLD_TOP_LEVEL})\b")
 OLD_DOTTED_NAME = re.compile(rf"[\"'](?:{OLD_TOP_LEVEL})\.[a-z_]")  # "network.trainer.x" for patching or importing
 
 
+def site_packages() -> list[Path]:
+    """Where this environment installs packages (the virtual environment may lie inside the repository)."""
+    return sorted({Path(sysconfig.get_paths()[kind]).resolve() for kind in ("purelib", "platlib")})
+
+
 def installed() -> importlib.metadata.Distribution:
     """The installed mpiprop, not the egg-info a build may leave in the source tree (on sys.path under pytest)."""
-    outside_source = [entry for entry in sys.path
-                      if entry and not Path(entry).resolve().is_relative_to(REPOSITORY_ROOT)]
-    found = next(iter(importlib.metadata.distributions(name="mpiprop", path=outside_source)), None)
+    found = next(iter(importlib.metadata.distributions(name="mpiprop", path=[str(p) for p in site_packages()])), None)
     if found is None:
         pytest.fail(f"mpiprop is not installed in {sys.prefix}; install it with pip install '.[test]'")
     return found
@@ -99,13 +103,16 @@ def test_dask_distributed_and_mpiprop_distributed_import_side_by_side(tmp_path):
     assert dask_file != our_file and attributes == "True True"
 
 
+def skipped_folder(name: str) -> bool:
+    """Folders that hold no source of ours: git's, build output, virtual environments, egg-info."""
+    return name in SKIPPED_FOLDERS or name.startswith(".venv") or name.endswith(".egg-info")
+
+
 def scanned_files() -> list[Path]:
     files = [REPOSITORY_ROOT / ".ci" / "run"]
-    for path in sorted(REPOSITORY_ROOT.rglob("*")):
-        relative = path.relative_to(REPOSITORY_ROOT)
-        if path.suffix in SCANNED_SUFFIXES and path.is_file() and not SKIPPED_FOLDERS & set(relative.parts) \
-                and not relative.parts[0].endswith(".egg-info"):
-            files.append(path)
+    for folder, subfolders, names in os.walk(REPOSITORY_ROOT):
+        subfolders[:] = sorted(name for name in subfolders if not skipped_folder(name))
+        files += [Path(folder) / name for name in sorted(names) if Path(name).suffix in SCANNED_SUFFIXES]
     this_file = Path(__file__).resolve()  # its examples of old names are meant to match
     return [path for path in files if path.exists() and path != this_file]
 
@@ -118,7 +125,7 @@ def test_no_file_uses_the_old_top_level_names():
             offending += [f"{path.relative_to(REPOSITORY_ROOT)}: {match.group(0).strip()}"
                           for match in pattern.finditer(text)]
     assert offending == [], ("these lines use the old top-level names; write mpiprop.network, "
-                             f"mpiprop.distributed, mpiprop.launch instead:\n" + "\n".join(offending))
+                             "mpiprop.distributed, mpiprop.launch instead:\n" + "\n".join(offending))
 
 
 def test_old_name_patterns_catch_what_they_should():
@@ -138,5 +145,6 @@ def test_non_editable_install_loads_from_outside_the_source_tree(tmp_path):
     result = run_python("import mpiprop.network; print(mpiprop.network.__file__)", tmp_path)
     assert result.returncode == 0, result.stderr
     loaded_from = Path(result.stdout.strip())
-    assert not loaded_from.is_relative_to(REPOSITORY_ROOT), (
-        f"mpiprop.network was loaded from the source tree ({loaded_from}) although mpiprop is installed non-editably")
+    assert any(loaded_from.resolve().is_relative_to(folder) for folder in site_packages()), (
+        f"mpiprop.network was loaded from {loaded_from}, not from this environment's site-packages, although "
+        "mpiprop is installed non-editably")

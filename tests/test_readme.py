@@ -2,7 +2,6 @@
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -100,17 +99,11 @@ def test_shell_commands_are_found():
 
 def program_checks(words: list[str]) -> list[tuple[str, str, list[str]]]:
     """What to parse for a README command: (kind, target, arguments), the launched program included."""
-    from mpiprop.launch.cli import split_run_arguments
+    from mpiprop.launch.cli import split_command
 
     if words[0] == "python":
         return [("path", words[1], words[2:])]
-    arguments = words[1:]
-    program: list[str] = []
-    if arguments[:1] == ["run"]:
-        own, program = split_run_arguments(arguments[1:])
-        arguments = ["run", *own]
-    elif arguments[:1] == ["scale"] and "--" in arguments:
-        arguments, program = arguments[:arguments.index("--")], arguments[arguments.index("--") + 1:]
+    arguments, program = split_command(words[1:])
     checks = [("module", "mpiprop.launch", arguments)]
     if program[:1] == ["-m"]:
         checks.append(("module", program[1], program[2:]))

@@ -4,7 +4,8 @@ import time
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.distributed.reliability.watchdog import Watchdog, current_wait, start_watchdog_from_environment, waiting_in
+from mpiprop.distributed.reliability.waits import current_wait, waiting_in
+from mpiprop.distributed.reliability.watchdog import Watchdog, start_watchdog_from_environment
 from mpiprop.network.data import ArrayDataset, DataLoader
 from mpiprop.network.synthetic import synthetic_classification
 

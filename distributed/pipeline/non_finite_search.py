@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array
 from mpiprop.network.non_finite import is_finite
 

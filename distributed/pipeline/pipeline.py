@@ -22,7 +22,7 @@ from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, sim
 from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
 from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
 from mpiprop.network.checks import positive_int
 from mpiprop.network.losses import Loss

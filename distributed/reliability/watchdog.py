@@ -16,7 +16,7 @@ import traceback
 
 from mpiprop.distributed.reliability import peer_listener
 from mpiprop.distributed.reliability.abort import abort_job
-from mpiprop.distributed.reliability.waits import current_wait, waiting_in
+from mpiprop.distributed.reliability.waits import current_wait
 
 TIMEOUT_VARIABLE = "MPIPROP_STALL_TIMEOUT"
 STALL_EXIT_CODE = 3

@@ -9,7 +9,8 @@ from mpiprop.distributed.reliability.abort import install_abort_handler
 from mpiprop.distributed.transport.nccl_transport import NCCL_REDUCE_OPS, NcclTransport, nccl_usable
 from mpiprop.distributed.transport.request import Request
 from mpiprop.distributed.transport.staging import mpi_cuda_aware, must_stage, receive_buffer, send_buffer
-from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment, waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment
 from mpiprop.network.backend import Array, device_of, is_array
 
 REDUCE_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}

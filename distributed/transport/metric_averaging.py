@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy
 
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, mpi_comm_of
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 
 
 def average_metrics(metrics: Mapping[str, float], comm: "MpiComm | Communicator | None" = None,

@@ -5,7 +5,7 @@ import os
 from typing import Sequence
 
 from mpiprop.distributed.transport.request import Request, describe, poll_all
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 
 
 def wait_politely(requests: Sequence[Request]) -> None:

@@ -5,7 +5,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mpi4py import MPI
 
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 
 
 class Request:

@@ -5,7 +5,6 @@ amsgrad on the weights), follows a cosine schedule per group and zeroes gradient
 set_to_none=True; the loss smooths its labels. Every rank prints "PIPE-OPTIONS-OK rank=R param_err=..."
 and schedule when its stage's parameters match the single-process run within 1e-5.
 """
-import numpy
 from mpi4py import MPI
 
 import mpiprop.network as nn

@@ -197,7 +197,7 @@ def check_non_finite_is_located():
         except NonFiniteError as error:
             holder = strategy.stage_allgather(any(name.startswith("6.") for name, _ in strategy.named_parameters()))
             stage = holder.index(True)
-            expected = f"first in layer 6 (Linear(12, 4, bias=True)) on rank "
+            expected = "first in layer 6 (Linear(12, 4, bias=True)) on rank "
             assert expected in str(error) and f"(stage {stage} of {strategy.num_stages}" in str(error), str(error)
             assert "step 1 (epoch 1, batch 1) on rank 0 (stage 0 of" in str(error), str(error)
             assert len(set(WORLD.allgather(str(error)))) == 1, "the ranks raised different messages"
