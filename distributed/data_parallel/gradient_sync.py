@@ -11,9 +11,11 @@ from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_shortage
+from mpiprop.distributed.data_parallel.bucket_reduce_scatter import MpiBucketReduceScatter
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
+from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.parameter import Parameter
@@ -36,23 +38,49 @@ class GradientSync:
         shared_memory: sum in memory shared by the ranks of each node when possible (see
             bucket_allreduce_shared; ranks on several nodes sum within each node, then between one
             leader per node); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
+        owners: None to sum every gradient on every rank; else the rank that owns each of `params`
+            (from `shard_owners`): the buckets are reduce-scattered, each rank receives the sums
+            of its own parameters' gradients and the others' gradients are zero (ZeRO-2). Needs
+            numpy gradients and no compression; never uses shared memory.
 
     Raises:
-        ValueError: for a non-positive bucket size.
+        ValueError: for a non-positive bucket size; with `owners`, for a compression, GPU
+            gradients or owners that are not one per parameter in rank order.
     """
 
     def __init__(self, params: Sequence[Parameter], comm: Communicator, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
-                 shared_memory: bool = True):
+                 shared_memory: bool = True, owners: Sequence[int] | None = None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         self.comm, self.compression = comm, compression
         groups = assign_buckets(list(params), int(bucket_cap_mb * 2**20)) if params else []
-        shared = self._shared_memory_allreduce(groups, shared_memory)
+        shared = None if owners is not None else self._shared_memory_allreduce(groups, shared_memory)
         self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index])
                         for index, group in enumerate(groups)]
-        allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], comm, compression)
+        buffers = [bucket.buffer for bucket in self.buckets]
+        if owners is not None:
+            allreduce = MpiBucketReduceScatter(buffers, comm, self._owned_counts(list(params), owners))
+        else:
+            allreduce = shared or MpiBucketAllreduce(buffers, comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)
+
+    def _owned_counts(self, params: list[Parameter], owners: Sequence[int]) -> list[list[int]]:
+        """For each bucket, the gradient elements of each rank (checking that a reduce-scatter can serve)."""
+        if len(owners) != len(params):
+            raise ValueError(f"owners names {len(owners)} ranks for {len(params)} parameters; give one per parameter")
+        if any(later < earlier for earlier, later in zip(owners, owners[1:])):
+            raise ValueError(f"owners {list(owners)} decrease; a reduce-scatter needs them in rank order, "
+                             "as shard_owners gives them")
+        if self.compression is not None:
+            raise ValueError(f"reduce-scattered gradients cannot be compressed (compression={self.compression!r}); "
+                             "pass compression=None")
+        if not all(device_of(bucket.buffer) == "cpu" for bucket in self.buckets):
+            raise ValueError("reduce-scattered gradients must be numpy arrays; keep the model on the CPU, or "
+                             "shard only the optimizer state (ZeRO-1)")
+        owner_of = {id(p): owner for p, owner in zip(params, owners)}
+        return [rank_counts([p.size for p in bucket.params], [owner_of[id(p)] for p in bucket.params], self.comm.size)
+                for bucket in self.buckets]
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool) -> BucketAllreduce | None:
         """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
