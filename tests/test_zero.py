@@ -87,8 +87,8 @@ def test_one_rank_sharded_training_equals_plain_training_and_refuses_foreign_par
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_sharded_training_and_checkpoints_match_one_process(ranks, tmp_path):
     result = run_mpi("zero_equivalence.py", ranks, str(tmp_path), timeout=300)
-    found = re.findall(r"ZERO-OK (\S+) (zero\d) (\w+) ranks=(\d+) max_abs_diff=(\S+)", result.stdout)
-    expected = [(check, layout, optimizer) for layout in ("zero1", "zero2") for optimizer in ("SGD", "Adam")
+    found = re.findall(r"ZERO-OK (\S+) (zero\S+) (\w+) ranks=(\d+) max_abs_diff=(\S+)", result.stdout)
+    expected = [(check, layout, optimizer) for layout in ("zero1", "zero2", "zero2-mpi") for optimizer in ("SGD", "Adam")
                 for check in CHECKS]
     assert [(check, layout, optimizer) for check, layout, optimizer, _, _ in found] == expected, result.stdout
     assert all(int(size) == ranks and float(difference) < 1e-6 for *_, size, difference in found)

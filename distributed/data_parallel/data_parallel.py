@@ -189,13 +189,15 @@ class DataParallel(LocalStrategy):
             hyperparameters: the class's keyword arguments, e.g. `lr=1e-3, weight_decay=0.01`.
 
         Returns:
-            `optimizer_class(params, **hyperparameters)`, or a `ShardedOptimizer` of it.
+            `optimizer_class(params, **hyperparameters)`, or a `ShardedOptimizer` of it (which
+            shares the updated parameters in shared memory where the gradients are summed there).
         """
         params = self.parameters() if params is None else params
         if not self.shard_optimizer_state:
             return optimizer_class(params, **hyperparameters)
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
-                                [bucket.params for bucket in self.buckets], **hyperparameters)
+                                [bucket.params for bucket in self.buckets],
+                                shared_memory=self.allreduce_kind.startswith("shared memory"), **hyperparameters)
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every holder of a part of the gradients: this rank alone, every rank with ZeRO-2."""

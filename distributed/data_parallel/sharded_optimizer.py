@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
+from mpiprop.distributed.data_parallel.parameter_allgather_shared import SharedMemoryParameterAllgather
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
@@ -26,6 +27,8 @@ class ShardedOptimizer:
         comm: the data-parallel ranks.
         owner_of: the owning rank of every parameter, by `id`.
         buckets: the parameters of each gradient bucket (owners in rank order within each).
+        shared_memory: give the updated parameters to the other ranks through memory shared by all
+            of them (all on one node), else with MPI's allgather.
         hyperparameters: the optimizer class's keyword arguments, e.g. `lr=1e-3`.
 
     Raises:
@@ -34,7 +37,8 @@ class ShardedOptimizer:
     """
 
     def __init__(self, optimizer_class: type[Optimizer], params: ParamsOrGroups, comm: Communicator,
-                 owner_of: dict[int, int], buckets: Sequence[Sequence[Parameter]], **hyperparameters: Any):
+                 owner_of: dict[int, int], buckets: Sequence[Sequence[Parameter]], *, shared_memory: bool = False,
+                 **hyperparameters: Any):
         self.optimizer = optimizer_class(params, **hyperparameters)
         self.comm = comm
         outside = [p for p in self.optimizer.params if id(p) not in owner_of]
@@ -46,7 +50,10 @@ class ShardedOptimizer:
             raise ValueError(f"sharded optimizer state needs numpy parameters, got {on_gpu[0]!r} on a GPU; "
                              "use DataParallel without shard_optimizer_state there")
         self.owned = [owner_of[id(p)] == comm.rank for p in self.optimizer.params]
-        self._allgather = ParameterAllgather(buckets, owner_of, comm)
+        if shared_memory:
+            self._allgather = SharedMemoryParameterAllgather([p for bucket in buckets for p in bucket], owner_of, comm)
+        else:
+            self._allgather = ParameterAllgather(buckets, owner_of, comm)
 
     # --- what a training loop uses --------------------------------------------------------------
     @property

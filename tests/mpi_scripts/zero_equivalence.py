@@ -2,7 +2,7 @@
 
     mpiexec -n N python zero_equivalence.py DIRECTORY
 
-For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
+Layouts: ZeRO-1, ZeRO-2 reduce-scattering in shared memory and with MPI. For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
 clipping (which needs the norm over every rank's share under ZeRO-2), in float64: the weights
 after training equal one process's within TOLERANCE; a checkpoint written under ZeRO and resumed
 by one process, and one written by one process and resumed under ZeRO, reach the same weights
@@ -25,6 +25,9 @@ TOLERANCE = 1e-6
 GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
 BUCKET_MB = 600 / 2**20  # buckets of about 600 bytes: several buckets, several owners in some of them
 WORLD = MPI.COMM_WORLD
+LAYOUTS = {  # name -> how DataParallel sums the gradients
+    "zero1": "shared memory", "zero2": "shared memory reduce-scatter", "zero2-mpi": "mpi reduce-scatter",
+}
 OPTIMIZERS = {
     "SGD": (nn.optim.SGD, dict(lr=0.2, momentum=0.9, weight_decay=0.01)),
     "Adam": (nn.optim.Adam, dict(lr=0.05, weight_decay=0.01)),
@@ -51,7 +54,10 @@ def make(layout, optimizer_name, seed):
     if layout == "local":
         strategy = nn.LocalStrategy(model)
         return strategy, optimizer_class(groups(strategy), **hyperparameters)
-    strategy = DataParallel(model, bucket_cap_mb=BUCKET_MB, shard_optimizer_state=int(layout[len("zero"):]))
+    stage, _, allreduce = layout[len("zero"):].partition("-")
+    strategy = DataParallel(model, bucket_cap_mb=BUCKET_MB, shard_optimizer_state=int(stage),
+                            shared_memory=allreduce != "mpi")
+    assert strategy.allreduce_kind == LAYOUTS[layout], (layout, strategy.allreduce_kind)
     return strategy, strategy.optimizer(optimizer_class, groups(strategy), **hyperparameters)
 
 
@@ -121,7 +127,7 @@ def check(directory, layout, optimizer_name):
 
 
 def main(directory):
-    for layout in ("zero1", "zero2"):
+    for layout in LAYOUTS:
         for optimizer_name in OPTIMIZERS:
             check(Path(directory), layout, optimizer_name)
 
