@@ -15,7 +15,7 @@ from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.network.parameter import Parameter
 from mpi_launch import run_mpi
 
-CHECKS = ("equivalent", "zero-to-one", "one-to-zero")
+CHECKS = ("equivalent", "zero-to-one", "one-to-zero", "zero-to-dp", "nan-skipped")
 
 
 def parameters(*sizes: int) -> list[Parameter]:

@@ -6,7 +6,8 @@ Layouts: ZeRO-1, ZeRO-2 reduce-scattering in shared memory and with MPI. For SGD
 clipping (which needs the norm over every rank's share under ZeRO-2), in float64: the weights
 after training equal one process's within TOLERANCE; a checkpoint written under ZeRO and resumed
 by one process, and one written by one process and resumed under ZeRO, reach the same weights
-too; and each rank holds the optimizer state of its own parameters only. Rank 0 prints
+too, as does plain DataParallel resuming the ZeRO checkpoint; each rank holds the optimizer
+state of its own parameters only; and with a NaN sample every rank skips the same steps. Rank 0 prints
 "ZERO-OK <check> <layout> <optimizer> ranks=N max_abs_diff=D" per check that passed.
 """
 import sys
@@ -23,6 +24,7 @@ from mpiprop.network.synthetic import synthetic_classification
 
 TOLERANCE = 1e-6
 GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
+NAN_SAMPLE = 5  # one sample of the training data, met once per epoch by one rank
 BUCKET_MB = 600 / 2**20  # buckets of about 600 bytes: several buckets, several owners in some of them
 WORLD = MPI.COMM_WORLD
 LAYOUTS = {  # name -> how DataParallel sums the gradients
@@ -51,8 +53,8 @@ def groups(strategy):
 def make(layout, optimizer_name, seed):
     optimizer_class, hyperparameters = OPTIMIZERS[optimizer_name]
     model = build_model(seed)
-    if layout == "local":
-        strategy = nn.LocalStrategy(model)
+    if layout in ("local", "dp"):
+        strategy = nn.LocalStrategy(model) if layout == "local" else DataParallel(model, bucket_cap_mb=BUCKET_MB)
         return strategy, optimizer_class(groups(strategy), **hyperparameters)
     stage, _, allreduce = layout[len("zero"):].partition("-")
     strategy = DataParallel(model, bucket_cap_mb=BUCKET_MB, shard_optimizer_state=int(stage),
@@ -61,16 +63,21 @@ def make(layout, optimizer_name, seed):
     return strategy, strategy.optimizer(optimizer_class, groups(strategy), **hyperparameters)
 
 
-def run(layout, optimizer_name, *, seed=0, stop_step=None, checkpoint=None, resume=None):
-    """Train with the Trainer; returns (strategy, optimizer)."""
+def run(layout, optimizer_name, *, seed=0, stop_step=None, checkpoint=None, resume=None, nan_sample=None):
+    """Train with the Trainer (skipping steps with NaN gradients when `nan_sample` is set); returns (strategy, optimizer)."""
     strategy, optimizer = make(layout, optimizer_name, seed)
     x, y = synthetic_classification(64, 6, 4, seed=0, separation=1.5, dtype=numpy.float64)
+    if nan_sample is not None:
+        x[nan_sample] = numpy.nan
     shard, shards = strategy.data_shard
     train = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=True, seed=3, rank=shard, world_size=shards)
     callbacks = [StopAfterStep(-1 if stop_step is None else stop_step)]
     trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=CosineAnnealingLR(0.2, total=8),
-                         clip_grad_norm=0.5, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True)
-    trainer.fit(train, EPOCHS, resume_from=resume)
+                         clip_grad_norm=0.5, callbacks=callbacks, checkpoint_path=checkpoint, quiet=True,
+                         non_finite="raise" if nan_sample is None else "skip")
+    history = trainer.fit(train, EPOCHS, resume_from=resume)
+    if nan_sample is not None:
+        assert [record["skipped_steps"] for record in history] == [1] * EPOCHS, history
     return strategy, optimizer
 
 
@@ -124,6 +131,12 @@ def check(directory, layout, optimizer_name):
     resumed, optimizer = run(layout, optimizer_name, seed=99, resume=written_by_one)
     check_state_is_sharded(resumed, optimizer)
     report("one-to-zero", layout, optimizer_name, largest_difference(resumed, reference))
+    resumed, _ = run("dp", optimizer_name, seed=99, resume=written_by_zero)
+    report("zero-to-dp", layout, optimizer_name, largest_difference(resumed, reference))
+
+    skipping_reference, _ = run("local", optimizer_name, nan_sample=NAN_SAMPLE)
+    skipping, _ = run(layout, optimizer_name, nan_sample=NAN_SAMPLE)
+    report("nan-skipped", layout, optimizer_name, largest_difference(skipping, skipping_reference))
 
 
 def main(directory):
