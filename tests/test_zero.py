@@ -103,3 +103,18 @@ def test_optimizer_state_per_rank_is_one_nth_of_data_parallel(ranks):
     assert json.loads(reported["0"]) == [whole] * ranks
     assert json.loads(reported["1"]) == [whole // ranks] * ranks
     assert json.loads(reported["2"]) == [whole // ranks] * ranks
+
+
+def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allgather(monkeypatch):
+    import mpiprop.distributed.data_parallel.parameter_allgather_shared as shared
+    from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
+    from mpiprop.distributed.data_parallel.sharded_optimizer import _parameter_allgather
+
+    dp = DataParallel(nn.Sequential(nn.Linear(100, 100)))
+    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 2**20)  # 1 MiB; 100x100 float32 need 1.25 x 40 kB
+    assert shared.parameter_window_shortage(dp.parameters(), dp.owner_of, dp.comm) is None
+    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 20_000)
+    with pytest.warns(RuntimeWarning, match=r"/dev/shm on rank 0 has 0 MiB free, less than 1.25 x the 0 MiB .* "
+                                            r"shared_memory=False"):
+        allgather = _parameter_allgather([dp.parameters()], dp.owner_of, dp.comm, shared_memory=True)
+    assert isinstance(allgather, ParameterAllgather)

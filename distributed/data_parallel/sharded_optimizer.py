@@ -1,10 +1,13 @@
 """ShardedOptimizer: each data-parallel rank keeps the optimizer state of its own share of the parameters (ZeRO)."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
-from mpiprop.distributed.data_parallel.parameter_allgather_shared import SharedMemoryParameterAllgather
+from mpiprop.distributed.data_parallel.parameter_allgather_shared import (SharedMemoryParameterAllgather,
+                                                                           parameter_window_shortage)
+from mpiprop.distributed.reliability.watchdog import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
@@ -50,10 +53,7 @@ class ShardedOptimizer:
             raise ValueError(f"sharded optimizer state needs numpy parameters, got {on_gpu[0]!r} on a GPU; "
                              "use DataParallel without shard_optimizer_state there")
         self.owned = [owner_of[id(p)] == comm.rank for p in self.optimizer.params]
-        if shared_memory:
-            self._allgather = SharedMemoryParameterAllgather([p for bucket in buckets for p in bucket], owner_of, comm)
-        else:
-            self._allgather = ParameterAllgather(buckets, owner_of, comm)
+        self._allgather = _parameter_allgather(buckets, owner_of, comm, shared_memory)
 
     # --- what a training loop uses --------------------------------------------------------------
     @property
@@ -116,7 +116,8 @@ class ShardedOptimizer:
         """
         state = self.optimizer.state_dict()
         mine = {index: entry for index, (entry, owned) in enumerate(zip(state["state"], self.owned)) if owned}
-        shards = self.comm.mpi_comm.gather(mine, root=0)
+        with waiting_in("gather of the optimizer state's shards"):
+            shards = self.comm.mpi_comm.gather(mine, root=0)
         if shards is not None:
             for shard in shards:
                 for index, entry in shard.items():
@@ -138,3 +139,16 @@ class ShardedOptimizer:
         owned = sum(self.owned)
         return (f"ShardedOptimizer({type(self.optimizer).__name__}, rank {self.comm.rank} of {self.comm.size} "
                 f"owns {owned} of {len(self.owned)} parameters)")
+
+
+def _parameter_allgather(buckets: Sequence[Sequence[Parameter]], owner_of: dict[int, int], comm: Communicator,
+                         shared_memory: bool) -> "ParameterAllgather | SharedMemoryParameterAllgather":
+    """Through shared memory when asked for and /dev/shm has room (else rank 0 warns), else MPI's allgather."""
+    params = [p for bucket in buckets for p in bucket]
+    if shared_memory:
+        shortage = parameter_window_shortage(params, owner_of, comm)
+        if shortage is None:
+            return SharedMemoryParameterAllgather(params, owner_of, comm)
+        if comm.is_main:
+            warnings.warn(shortage, RuntimeWarning, stacklevel=4)
+    return ParameterAllgather(buckets, owner_of, comm)
