@@ -67,7 +67,8 @@ class DataParallel(LocalStrategy):
             rank keeps the state of its own 1/N of the parameters, whole parameters split in the
             buckets' order, see `shard_owners`; gradients averaged as above); 2 (ZeRO-2: as 1,
             and each bucket is reduce-scattered, so a rank receives the averaged gradients of its
-            own parameters only, the others' gradients are zero; MPI, numpy, no compression).
+            own parameters only, the others' gradients are zero; in shared memory on one node, else
+            with MPI; no compression). Both need numpy parameters.
             Build the optimizer with `dp.optimizer(nn.optim.Adam, lr=...)`.
 
     Raises:
