@@ -2,7 +2,8 @@
 
     mpiexec -n N python zero_equivalence.py DIRECTORY
 
-Layouts: ZeRO-1, ZeRO-2 reduce-scattering in shared memory and with MPI. For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
+Layouts: ZeRO-1, ZeRO-2 reduce-scattering in shared memory and with MPI (with MPIPROP_PRETEND_NODES,
+the ranks on several pretended nodes: the hierarchical allreduce and MPI's reduce-scatter). For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
 clipping (which needs the norm over every rank's share under ZeRO-2), in float64: the weights
 after training equal one process's within TOLERANCE; a checkpoint written under ZeRO and resumed
 by one process, and one written by one process and resumed under ZeRO, reach the same weights
@@ -10,6 +11,7 @@ too, as does plain DataParallel resuming the ZeRO checkpoint; each rank holds th
 state of its own parameters only; and with a NaN sample every rank skips the same steps. Rank 0 prints
 "ZERO-OK <check> <layout> <optimizer> ranks=N max_abs_diff=D" per check that passed.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -27,8 +29,10 @@ GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is in
 NAN_SAMPLE = 5  # one sample of the training data, met once per epoch by one rank
 BUCKET_MB = 600 / 2**20  # buckets of about 600 bytes: several buckets, several owners in some of them
 WORLD = MPI.COMM_WORLD
-LAYOUTS = {  # name -> how DataParallel sums the gradients
-    "zero1": "shared memory", "zero2": "shared memory reduce-scatter", "zero2-mpi": "mpi reduce-scatter",
+LAYOUTS = {  # name -> how DataParallel sums the gradients (ranks on pretended nodes: between them, no reduce-scatter)
+    "zero1": "hierarchical" if os.environ.get("MPIPROP_PRETEND_NODES") else "shared memory",
+    "zero2": "mpi reduce-scatter" if os.environ.get("MPIPROP_PRETEND_NODES") else "shared memory reduce-scatter",
+    "zero2-mpi": "mpi reduce-scatter",
 }
 OPTIMIZERS = {
     "SGD": (nn.optim.SGD, dict(lr=0.2, momentum=0.9, weight_decay=0.01)),
