@@ -2,6 +2,8 @@
 
     python examples/memory_report.py                                   # one process
     mpiexec -n 4 python examples/memory_report.py --layout data         # DataParallel: whole model per rank
+    mpiexec -n 4 python examples/memory_report.py --layout zero1        # and Adam's state sharded over the ranks
+    mpiexec -n 4 python examples/memory_report.py --layout zero2        # and gradients reduce-scattered too
     mpiexec -n 4 python examples/memory_report.py --layout tensor       # each block split over the 4 ranks
     mpiexec -n 4 python examples/memory_report.py --layout tensor --recompute   # and blocks recomputed
 
@@ -22,11 +24,14 @@ import mpiprop.network as nn
 from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
 from mpiprop.network.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
 
+SHARDING = {"data": 0, "zero1": 1, "zero2": 2}  # DataParallel's shard_optimizer_state per layout
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", choices=["data", "tensor"], default="data",
-                        help="data: DataParallel over all ranks; tensor: every block split over all ranks")
+    parser.add_argument("--layout", choices=["data", "zero1", "zero2", "tensor"], default="data",
+                        help="data: DataParallel over all ranks; zero1, zero2: DataParallel with sharded optimizer "
+                             "state (ZeRO stage 1 or 2); tensor: every block split over all ranks")
     parser.add_argument("--hidden", type=int, default=256, help="block width H (default 256)")
     parser.add_argument("--blocks", type=int, default=4, help="number of blocks (default 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch per step (default 64)")
@@ -53,14 +58,18 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
     """Run the example; returns every rank's report and the throughput in samples per second."""
     args = parse_args(argv)
     world_size = distributed.size()
-    if args.layout == "data" and args.batch_size % world_size:
+    data_parallel = args.layout != "tensor"
+    if data_parallel and args.batch_size % world_size:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
     model = build_model(args.hidden, args.blocks, args.layout, args.recompute)
-    if args.layout == "data" and world_size > 1:
-        model = distributed.DataParallel(model)
-    local_batch = args.batch_size // world_size if args.layout == "data" else args.batch_size
+    if data_parallel and world_size > 1:
+        model = distributed.DataParallel(model, shard_optimizer_state=SHARDING[args.layout])
+        optimizer = model.optimizer(nn.optim.Adam, lr=1e-3)
+    else:
+        optimizer = nn.optim.Adam(model.parameters(), lr=1e-3)
+    local_batch = args.batch_size // world_size if data_parallel else args.batch_size
     x = numpy.random.default_rng(distributed.rank()).standard_normal((local_batch, args.hidden)).astype(numpy.float32)
-    optimizer, loss_fn = nn.optim.Adam(model.parameters(), lr=1e-3), nn.MSELoss()
+    loss_fn = nn.MSELoss()
 
     def forward_backward() -> None:
         optimizer.zero_grad()

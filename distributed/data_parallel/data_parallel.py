@@ -7,6 +7,8 @@ from typing import Any, Iterator
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
+from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
@@ -14,6 +16,7 @@ from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as
 from mpiprop.network.backend import Array
 from mpiprop.network.layer import REMEMBERED, Layer
 from mpiprop.network.local_strategy import LocalStrategy
+from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.sequential import Sequential
 
@@ -60,19 +63,31 @@ class DataParallel(LocalStrategy):
             stays allocated until the process ends, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
+        shard_optimizer_state: 0 (every rank keeps the whole optimizer state); 1 (ZeRO-1: each
+            rank keeps the state of its own 1/N of the parameters, whole parameters split in the
+            buckets' order, see `shard_owners`; gradients averaged as above); 2 (ZeRO-2: as 1,
+            and each bucket is reduce-scattered, so a rank receives the averaged gradients of its
+            own parameters only, the others' gradients are zero; in shared memory on one node, else
+            with MPI; no compression). Both need numpy parameters.
+            Build the optimizer with `dp.optimizer(nn.optim.Adam, lr=...)`.
 
     Raises:
         TypeError: when `module` is not a network Layer.
         ValueError: on every rank, when ranks built models whose parameter or buffer names,
-            shapes or dtypes differ; for a non-positive bucket size or unknown compression.
+            shapes or dtypes differ; for a non-positive bucket size, an unknown compression or
+            an unknown `shard_optimizer_state`, or a compression with `shard_optimizer_state=2`.
     """
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
-                 broadcast_buffers: bool = True, shared_memory: bool = True):
+                 broadcast_buffers: bool = True, shared_memory: bool = True, shard_optimizer_state: int = 0):
         super().__init__(module)
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+        if shard_optimizer_state not in (0, 1, 2):
+            raise ValueError(f"shard_optimizer_state must be 0 (none), 1 (ZeRO-1: optimizer state) or 2 (ZeRO-2: "
+                             f"optimizer state and gradients), got {shard_optimizer_state!r}")
+        self.shard_optimizer_state = shard_optimizer_state
         self.comm = as_communicator(comm)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
@@ -83,8 +98,12 @@ class DataParallel(LocalStrategy):
             raise
         self._broadcast_state()
         self.compression = compression
-        self.gradient_sync = GradientSync(_parameters_in_final_order(module), self.comm, bucket_cap_mb=bucket_cap_mb,
-                                          compression=compression, shared_memory=shared_memory)
+        in_final_order = _parameters_in_final_order(module)
+        owners = shard_owners(in_final_order, self.comm.size)
+        self.owner_of = {id(p): owner for p, owner in zip(in_final_order, owners)}
+        self.gradient_sync = GradientSync(in_final_order, self.comm, bucket_cap_mb=bucket_cap_mb,
+                                          compression=compression, shared_memory=shared_memory,
+                                          owners=owners if shard_optimizer_state == 2 else None)
         self.buckets = self.gradient_sync.buckets
         self._sync_gradients = True
         self._shard_weight = ShardWeight(self.comm)
@@ -159,6 +178,33 @@ class DataParallel(LocalStrategy):
         if on_parameters_final is not None:
             on_parameters_final(_unique_parameters(self.module))
         return dx if input_grad else None
+
+    # --- the optimizer ---------------------------------------------------------------------
+    def optimizer(self, optimizer_class: type[Optimizer], params: ParamsOrGroups | None = None,
+                  **hyperparameters: Any) -> "Optimizer | ShardedOptimizer":
+        """The optimizer for this model: sharded with `shard_optimizer_state`, else the plain one.
+
+        Args:
+            optimizer_class: e.g. `nn.optim.Adam`.
+            params: parameters or parameter groups of this model; None for all of them.
+            hyperparameters: the class's keyword arguments, e.g. `lr=1e-3, weight_decay=0.01`.
+
+        Returns:
+            `optimizer_class(params, **hyperparameters)`, or a `ShardedOptimizer` of it (which
+            shares the updated parameters in shared memory where the gradients are summed there).
+        """
+        params = self.parameters() if params is None else params
+        if not self.shard_optimizer_state:
+            return optimizer_class(params, **hyperparameters)
+        return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
+                                [bucket.params for bucket in self.buckets],
+                                shared_memory=self.allreduce_kind.startswith("shared memory"), **hyperparameters)
+
+    def stage_allgather(self, value: Any) -> list[Any]:
+        """`value` from every holder of a part of the gradients: this rank alone, every rank with ZeRO-2."""
+        if self.shard_optimizer_state == 2:
+            return self.comm.allgather_object(value)
+        return [value]
 
     # --- state shared by all ranks -----------------------------------------------------------
     def sync_buffers(self) -> None:

@@ -11,9 +11,11 @@ from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import SharedMemoryBucketAllreduce, shared_memory_shortage
+from mpiprop.distributed.data_parallel.bucket_reduce_scatter import MpiBucketReduceScatter
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
+from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.parameter import Parameter
@@ -36,31 +38,62 @@ class GradientSync:
         shared_memory: sum in memory shared by the ranks of each node when possible (see
             bucket_allreduce_shared; ranks on several nodes sum within each node, then between one
             leader per node); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
+        owners: None to sum every gradient on every rank; else the rank that owns each of `params`
+            (from `shard_owners`): the buckets are reduce-scattered, each rank receives the sums
+            of its own parameters' gradients and the others' gradients are zero (ZeRO-2). Needs
+            numpy gradients and no compression; in shared memory on one node, else with MPI.
 
     Raises:
-        ValueError: for a non-positive bucket size.
+        ValueError: for a non-positive bucket size; with `owners`, for a compression, GPU
+            gradients or owners that are not one per parameter in rank order.
     """
 
     def __init__(self, params: Sequence[Parameter], comm: Communicator, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
-                 shared_memory: bool = True):
+                 shared_memory: bool = True, owners: Sequence[int] | None = None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         self.comm, self.compression = comm, compression
         groups = assign_buckets(list(params), int(bucket_cap_mb * 2**20)) if params else []
-        shared = self._shared_memory_allreduce(groups, shared_memory)
+        counts = None if owners is None else self._owned_counts(groups, list(params), owners)
+        shared = self._shared_memory_allreduce(groups, shared_memory, counts)
         self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index])
                         for index, group in enumerate(groups)]
-        allreduce = shared or MpiBucketAllreduce([bucket.buffer for bucket in self.buckets], comm, compression)
+        buffers = [bucket.buffer for bucket in self.buckets]
+        if shared is not None:
+            allreduce = shared
+        elif counts is not None:
+            allreduce = MpiBucketReduceScatter(buffers, comm, counts)
+        else:
+            allreduce = MpiBucketAllreduce(buffers, comm, compression)
         self._reducer = GradientReducer(self.buckets, allreduce)
 
-    def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool) -> BucketAllreduce | None:
+    def _owned_counts(self, groups: list[list[Parameter]], params: list[Parameter],
+                      owners: Sequence[int]) -> list[list[int]]:
+        """For each bucket, the gradient elements of each rank (checking that a reduce-scatter can serve)."""
+        if len(owners) != len(params):
+            raise ValueError(f"owners names {len(owners)} ranks for {len(params)} parameters; give one per parameter")
+        if any(later < earlier for earlier, later in zip(owners, owners[1:])):
+            raise ValueError(f"owners {list(owners)} decrease; a reduce-scatter needs them in rank order, "
+                             "as shard_owners gives them")
+        if self.compression is not None:
+            raise ValueError(f"reduce-scattered gradients cannot be compressed (compression={self.compression!r}); "
+                             "pass compression=None")
+        if not all(device_of(p.data) == "cpu" for p in params):
+            raise ValueError("reduce-scattered gradients must be numpy arrays; keep the model on the CPU, or "
+                             "shard only the optimizer state (ZeRO-1)")
+        owner_of = {id(p): owner for p, owner in zip(params, owners)}
+        return [rank_counts([p.size for p in group], [owner_of[id(p)] for p in group], self.comm.size)
+                for group in groups]
+
+    def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool,
+                                 counts: list[list[int]] | None) -> BucketAllreduce | None:
         """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
         if not (groups and shared_memory and self.compression is None):
             return None
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
         return shared_memory_bucket_allreduce([bucket_size(group) for group in groups],
-                                              [group[0].dtype for group in groups], self.comm, on_cpu)
+                                              [group[0].dtype for group in groups], self.comm, on_cpu, counts)
 
     def start(self) -> None:
         """Begin a synchronised backward. Raises RuntimeError when a gradient left its bucket."""
@@ -105,7 +138,7 @@ class GradientSync:
 
 
 def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
-                                   on_cpu: bool) -> BucketAllreduce | None:
+                                   on_cpu: bool, counts: Sequence[Sequence[int]] | None = None) -> BucketAllreduce | None:
     """Buckets in memory shared by the ranks of each node, summed there; None where that cannot serve.
 
     All ranks on one node: SharedMemoryBucketAllreduce. Several nodes (or pretend nodes, see
@@ -119,6 +152,8 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
         dtypes: dtype of each bucket.
         comm: the data-parallel ranks.
         on_cpu: whether the gradients are numpy arrays.
+        counts: None to sum whole buckets; else, for each bucket, the gradient elements each rank
+            receives the sums of (a reduce-scatter; one node only, else None).
 
     Raises:
         ValueError: on every rank, for a malformed MPIPROP_PRETEND_NODES.
@@ -128,12 +163,13 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
     groups = node_groups(comm)
     largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
     shortage = None if largest_node == 1 else shared_memory_shortage(comm, sizes, dtypes, largest_node)
-    if largest_node == 1 or shortage is not None or groups.nodes == 1:
+    scatter_over_nodes = counts is not None and groups.nodes > 1
+    if largest_node == 1 or shortage is not None or groups.nodes == 1 or scatter_over_nodes:
         groups.free()
     if shortage is not None and comm.is_main:
         warnings.warn(shortage, RuntimeWarning, stacklevel=4)
-    if largest_node == 1 or shortage is not None:
+    if largest_node == 1 or shortage is not None or scatter_over_nodes:
         return None
     if groups.nodes == 1:
-        return SharedMemoryBucketAllreduce(sizes, dtypes, comm)
+        return SharedMemoryBucketAllreduce(sizes, dtypes, comm, counts)
     return HierarchicalBucketAllreduce(sizes, dtypes, groups.node, groups.leaders)

@@ -1,0 +1,42 @@
+"""Parameter shards: which data-parallel rank keeps the optimizer state of each whole parameter."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from mpiprop.network.parameter import Parameter
+
+
+def shard_owners(params: Sequence[Parameter], ranks: int) -> list[int]:
+    """The rank that owns each of `params`: the one whose 1/`ranks` of all elements holds its middle.
+
+    Taken in the gradient buckets' order, the owners never decrease, so each rank owns one run of
+    consecutive parameters and, inside any bucket, the ranks' runs lie in rank order (what a
+    reduce-scatter and an allgather over a bucket need). Every rank owns about 1/`ranks` of the
+    elements, off by at most half of the largest parameter on each side.
+
+    Args:
+        params: in the order of the gradient buckets.
+        ranks: the number of data-parallel ranks.
+
+    Returns:
+        One rank per parameter, in `params` order.
+
+    Raises:
+        ValueError: for fewer than one rank.
+    """
+    if ranks < 1:
+        raise ValueError(f"parameters are sharded over at least 1 rank, got {ranks}")
+    total = sum(p.size for p in params)
+    owners, before = [], 0
+    for p in params:
+        owners.append(min(ranks - 1, ranks * (2 * before + p.size) // max(2 * total, 1)))
+        before += p.size
+    return owners
+
+
+def rank_counts(sizes: Sequence[int], owners: Sequence[int], ranks: int) -> list[int]:
+    """Elements each rank owns of a run of parameters of `sizes` whose owners are `owners` (rank order)."""
+    counts = [0] * ranks
+    for size, owner in zip(sizes, owners):
+        counts[owner] += size
+    return counts

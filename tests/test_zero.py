@@ -1,0 +1,120 @@
+"""Sharded optimizer state (ZeRO-1, ZeRO-2): shard assignment, errors, and real mpiexec runs against one process."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy
+import pytest
+
+import mpiprop.network as nn
+from mpiprop.distributed import DataParallel
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
+from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
+from mpiprop.network.parameter import Parameter
+from mpi_launch import run_mpi
+
+CHECKS = ("equivalent", "zero-to-one", "one-to-zero", "zero-to-dp", "nan-skipped")
+
+
+def parameters(*sizes: int) -> list[Parameter]:
+    return [Parameter(numpy.zeros(size)) for size in sizes]
+
+
+def test_each_rank_owns_the_parameters_whose_middle_lies_in_its_quarter():
+    # 1088 elements; middles at 128, 264, 400, 536, 672, 808, 944, 1080; quarters end at 272, 544, 816
+    assert shard_owners(parameters(*[256, 16] * 4), 4) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_owners_never_decrease_and_a_large_parameter_is_owned_whole():
+    assert shard_owners(parameters(10, 1000, 10, 10), 2) == [0, 0, 1, 1]
+    assert shard_owners(parameters(5, 5), 4) == [1, 3]
+    assert shard_owners(parameters(7), 3) == [1]
+
+
+def test_shard_owners_refuses_no_ranks():
+    with pytest.raises(ValueError, match="at least 1 rank, got 0"):
+        shard_owners(parameters(3), 0)
+
+
+def test_data_parallel_refuses_an_unknown_sharding():
+    with pytest.raises(ValueError, match=r"shard_optimizer_state must be 0 .* got 3"):
+        DataParallel(nn.Sequential(nn.Linear(2, 2)), shard_optimizer_state=3)
+
+
+def test_reduce_scattered_gradients_refuse_compression():
+    with pytest.raises(ValueError, match=r"cannot be compressed \(compression='float16'\)"):
+        DataParallel(nn.Sequential(nn.Linear(2, 2)), compression="float16", shard_optimizer_state=2)
+
+
+def test_reduce_scatter_refuses_owners_out_of_rank_order():
+    dp = DataParallel(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match=r"owners \[1, 0\] decrease"):
+        GradientSync(parameters(2, 2), dp.comm, owners=[1, 0])
+
+
+def test_optimizer_without_sharding_is_the_plain_class():
+    dp = DataParallel(nn.Sequential(nn.Linear(2, 2)))
+    assert type(dp.optimizer(nn.optim.SGD, lr=0.1)) is nn.optim.SGD
+
+
+def test_one_rank_sharded_training_equals_plain_training_and_refuses_foreign_parameters():
+    def train(shard):
+        nn.manual_seed(1)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(dtype=numpy.float64)
+        dp = DataParallel(model, shard_optimizer_state=shard)
+        optimizer = dp.optimizer(nn.optim.Adam, lr=0.1)
+        x = numpy.linspace(-1, 1, 15).reshape(5, 3)
+        loss_fn = nn.MSELoss()
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn(dp(x), x[:, :2])
+            dp.backward(loss_fn.backward())
+            optimizer.step()
+        return dp, optimizer
+
+    plain, _ = train(0)
+    for shard in (1, 2):
+        sharded, optimizer = train(shard)
+        assert isinstance(optimizer, ShardedOptimizer)
+        for p, q in zip(sharded.parameters(), plain.parameters()):
+            numpy.testing.assert_array_equal(p.data, q.data)
+    with pytest.raises(ValueError, match="not in the data-parallel model; build the optimizer from dp.parameters()"):
+        sharded.optimizer(nn.optim.SGD, parameters(2), lr=0.1)
+
+
+@pytest.mark.parametrize("ranks, nodes", [(2, None), (4, None), (4, "2")])
+def test_sharded_training_and_checkpoints_match_one_process(ranks, nodes, tmp_path):
+    result = run_mpi("zero_equivalence.py", ranks, str(tmp_path), timeout=300, env={"MPIPROP_PRETEND_NODES": nodes})
+    found = re.findall(r"ZERO-OK (\S+) (zero\S+) (\w+) ranks=(\d+) max_abs_diff=(\S+)", result.stdout)
+    expected = [(check, layout, optimizer) for layout in ("zero1", "zero2", "zero2-mpi") for optimizer in ("SGD", "Adam")
+                for check in CHECKS]
+    assert [(check, layout, optimizer) for check, layout, optimizer, _, _ in found] == expected, result.stdout
+    assert all(int(size) == ranks and float(difference) < 1e-6 for *_, size, difference in found)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_optimizer_state_per_rank_is_one_nth_of_data_parallel(ranks):
+    result = run_mpi("zero_memory.py", ranks)
+    reported = dict(re.findall(r"ZERO-MEMORY shard=(\d) optimizer_state=(\[[0-9, ]+\])", result.stdout))
+    # 4 x Linear(16, 16): 4 x (256 + 16) = 1088 float64 values; Adam keeps two arrays per value
+    whole = 1088 * 8 * 2
+    assert json.loads(reported["0"]) == [whole] * ranks
+    assert json.loads(reported["1"]) == [whole // ranks] * ranks
+    assert json.loads(reported["2"]) == [whole // ranks] * ranks
+
+
+def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allgather(monkeypatch):
+    import mpiprop.distributed.data_parallel.parameter_allgather_shared as shared
+    from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
+    from mpiprop.distributed.data_parallel.sharded_optimizer import _parameter_allgather
+
+    dp = DataParallel(nn.Sequential(nn.Linear(100, 100)))
+    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 2**20)  # 1 MiB; 100x100 float32 need 1.25 x 40 kB
+    assert shared.parameter_window_shortage(dp.parameters(), dp.owner_of, dp.comm) is None
+    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 20_000)
+    with pytest.warns(RuntimeWarning, match=r"/dev/shm on rank 0 has 0 MiB free, less than 1.25 x the 0 MiB .* "
+                                            r"shared_memory=False"):
+        allgather = _parameter_allgather([dp.parameters()], dp.owner_of, dp.comm, shared_memory=True)
+    assert isinstance(allgather, ParameterAllgather)
