@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
 from mpiprop.distributed.data_parallel.parameter_allgather_shared import (SharedMemoryParameterAllgather,
                                                                            parameter_window_shortage)
-from mpiprop.distributed.reliability.watchdog import waiting_in
+from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
