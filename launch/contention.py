@@ -1,0 +1,136 @@
+"""Ranks of one node slow each other's compute: predictions built on the workload run alone at each rank count."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from mpiprop.launch.modeling import global_batch_at, predict_sweep
+from mpiprop.launch.perfmodel import LinkCost, Prediction, ring_allreduce_seconds
+from mpiprop.launch.throughput import NO_COMMUNICATION_VARIABLE
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Predictions for a sweep and where each comes from.
+
+    Attributes:
+        predictions: per rank count, the prediction from the median of the runs alone.
+        spread: per rank count, the lowest and highest predicted samples/s over the repeated runs alone.
+        basis: per rank count, which parts of the prediction are measured and which extrapolated.
+        exposed_allreduce: the fraction of the modelled allreduce added to the step time.
+        overhead_s: seconds the data-parallel machinery adds to each step besides the allreduce.
+        note: a line saying what the whole forecast rests on.
+    """
+
+    predictions: dict[int, Prediction]
+    spread: dict[int, tuple[float, float]]
+    basis: dict[int, str]
+    exposed_allreduce: float
+    overhead_s: float
+    note: str
+
+
+def alone_rank_counts(rank_counts: Sequence[int], cores: int, across_nodes: bool) -> dict[int, int]:
+    """For each rank count, the count at which to run the workload alone to learn its compute time.
+
+    A count that fits this node's `cores` (or any count, when the runs span nodes through a hostfile) is run
+    as it is; a larger one on this node takes the full node's `cores` ranks, as if its further ranks ran on
+    further nodes loaded like this one.
+    """
+    return {ranks: ranks if across_nodes or ranks <= cores else cores for ranks in rank_counts}
+
+
+def fit_communication(step_s: dict[int, float], alone_step_s: dict[int, float],
+                      allreduce_s: dict[int, float]) -> tuple[float, float | None]:
+    """Split what data-parallel steps cost beyond the same steps alone into a fixed part and exposed allreduce.
+
+    The step's extra time at N ranks is modelled as `overhead + exposed * allreduce_s[N]`: the overhead (the
+    data-parallel machinery's own work each step) is the extra time on 1 rank, where nothing is reduced (0 when
+    1 rank was not measured); `exposed` is the median over counts of 2 ranks or more of
+    (extra - overhead) / allreduce, clipped to [0, 1].
+
+    Args:
+        step_s: measured step time of the data-parallel runs, per rank count.
+        alone_step_s: measured step time of the runs alone at the same counts.
+        allreduce_s: the modelled (whole) allreduce time at each count.
+
+    Returns:
+        (overhead in seconds, exposed fraction or None when no count of 2 ranks or more has all three).
+    """
+    extra = {ranks: step_s[ranks] - alone_step_s[ranks] for ranks in step_s if ranks in alone_step_s}
+    overhead = max(extra.get(1, 0.0), 0.0)
+    fractions = [min(max((extra[ranks] - overhead) / allreduce_s[ranks], 0.0), 1.0)
+                 for ranks in sorted(extra) if ranks >= 2 and allreduce_s.get(ranks)]
+    return overhead, statistics.median(fractions) if fractions else None
+
+
+def contention_forecast(base_ranks: int, base_values: dict[str, float], links: dict[str, LinkCost], mode: str,
+                        measured_samples_per_s: dict[int, float], alone_runs: dict[int, list[dict[str, float]]],
+                        sources: dict[int, int], cores: int, across_nodes: bool) -> Forecast:
+    """Predict each count of `sources` as its step alone, plus the data-parallel overhead and the exposed part
+    of the modelled allreduce (both from `fit_communication`).
+
+    Args:
+        base_ranks: the fewest measured ranks; `base_values` are that run's throughput values.
+        links: fitted link costs ("allreduce", "p2p").
+        mode: "strong" or "weak".
+        measured_samples_per_s: median samples/s of the data-parallel runs, per measured count.
+        alone_runs: the runs alone (no communication), per count they ran at, all with the same number of runs.
+        sources: per count to predict, the count whose runs alone give its compute time (`alone_rank_counts`).
+        cores: this node's cores; across_nodes: whether the runs span nodes through a hostfile.
+    """
+    batch = {ranks: global_batch_at(ranks, base_ranks, base_values["global_batch"], mode) for ranks in sources}
+    alone = {ranks: statistics.median(run["samples_per_s"] for run in runs) for ranks, runs in alone_runs.items()}
+    overhead, exposed = fit_communication(
+        {ranks: batch[ranks] / value for ranks, value in measured_samples_per_s.items() if ranks in batch},
+        {ranks: batch[ranks] / alone[ranks] for ranks in sources if sources[ranks] == ranks},
+        {ranks: ring_allreduce_seconds(base_values["parameter_bytes"], ranks, links["allreduce"]) for ranks in sources})
+
+    def predictions_from(samples_per_s_alone: dict[int, float]) -> dict[int, Prediction]:
+        compute = {ranks: source / samples_per_s_alone[source] + overhead * ranks / batch[ranks]
+                   for ranks, source in sources.items()}
+        return predict_sweep(base_ranks, base_values, links, mode, sorted(sources), compute,
+                             1.0 if exposed is None else exposed)
+
+    each_run = [predictions_from({ranks: runs[index]["samples_per_s"] for ranks, runs in alone_runs.items()})
+                for index in range(len(next(iter(alone_runs.values()))))]
+    spread = {ranks: (min(run[ranks].samples_per_s for run in each_run), max(run[ranks].samples_per_s for run in each_run))
+              for ranks in sources}
+    basis = {ranks: describe_basis(ranks, source, cores, across_nodes) for ranks, source in sources.items()}
+    fitted = [ranks for ranks in measured_samples_per_s if ranks >= 2 and sources.get(ranks) == ranks]
+    note = (f"predicted: each count's step measured alone (no communication), plus {overhead * 1e3:.3f} ms of "
+            "data-parallel overhead per step (measured on 1 rank), plus "
+            + (f"{exposed:.2f} of the modelled allreduce (the part not hidden behind backward, fitted on the "
+               f"measured {', '.join(map(str, fitted))} ranks)" if exposed is not None else
+               "the whole modelled allreduce (no measured count of 2 ranks or more to fit its hidden part on)"))
+    return Forecast(predictions_from(alone), spread, basis, 1.0 if exposed is None else exposed, overhead, note)
+
+
+def describe_basis(ranks: int, source: int, cores: int, across_nodes: bool) -> str:
+    """What the prediction at `ranks` rests on, when its compute time comes from the runs alone at `source` ranks."""
+    links = "communication modelled from links measured on this node"
+    if across_nodes:
+        return f"compute measured alone at {_ranks(ranks)} on the hostfile's nodes; {links}, not between nodes"
+    if source == ranks:
+        return f"compute measured alone at {_ranks(ranks)} on this node; {links}"
+    return (f"compute extrapolated: {ranks} ranks exceed this node's {cores} cores, so {source} ranks alone "
+            f"(a full node) give the compute per sample, as if the others ran on further nodes; {links}, "
+            "not between nodes")
+
+
+def _ranks(count: int) -> str:
+    return f"{count} rank" + ("s" if count != 1 else "")
+
+
+def uncontended_forecast(base_ranks: int, base_values: dict[str, float], links: dict[str, LinkCost], mode: str,
+                         rank_counts: Sequence[int]) -> Forecast:
+    """The alpha-beta model alone, for a workload without a no-communication variant: every count computes as
+    fast per sample as the base run, however many ranks share the node."""
+    predictions = predict_sweep(base_ranks, base_values, links, mode, rank_counts)
+    basis = f"compute from the {_ranks(base_ranks)} run, without contention; communication modelled"
+    note = (f"the workload has no no-communication variant (its MPIPROP_THROUGHPUT line lacks communication=0 "
+            f"under {NO_COMMUNICATION_VARIABLE}=1), so the predictions ignore how ranks on one node slow each "
+            f"other's compute and overestimate larger counts")
+    return Forecast(predictions, {ranks: (p.samples_per_s, p.samples_per_s) for ranks, p in predictions.items()},
+                    {ranks: basis for ranks in predictions}, 1.0, 0.0, note)
