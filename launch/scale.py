@@ -198,52 +198,59 @@ class ScaleConfig:
                           threads_per_rank=self.threads_per_rank, environment=environment)
 
 
+def alone_counts(config: ScaleConfig, launcher: Launcher) -> dict[int, int]:
+    """Per count to predict (measured or in `config.predict`), the count whose runs alone give its compute time;
+    empty without `config.predict`."""
+    if not config.predict:
+        return {}
+    targets = sorted(set(config.ranks) | set(config.predict))
+    return alone_rank_counts(targets, launcher.cores, config.hostfile is not None)
+
+
 def measure_points(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print,
-                   rank_counts: Sequence[int] | None = None, alone: bool = False) -> list[ScalePoint] | None:
+                   alone_at: Sequence[int] = ()) -> tuple[list[ScalePoint], list[ScalePoint] | None]:
     """Run the workload `config.repeat` times at each rank count, interleaving the counts between repeats.
 
     Args:
-        rank_counts: the counts to run (default `config.ranks`).
-        alone: run the no-communication variant; None comes back when the workload's first run shows it has none.
+        alone_at: counts at which to run the workload's no-communication variant too, each right after the
+            data-parallel run at that count (so both see the same load on the machine).
+
+    Returns:
+        The data-parallel points, and the points alone (None when the workload's first run alone shows
+        that it has no no-communication variant; it is not run again).
     """
-    rank_counts = list(config.ranks if rank_counts is None else rank_counts)
-    points = {ranks: ScalePoint(ranks) for ranks in rank_counts}
-    label = "alone" if alone else ""
+    jobs = sorted([(ranks, False) for ranks in config.ranks] + [(ranks, True) for ranks in set(alone_at)])
+    runs: dict[tuple[int, bool], list[dict[str, float]]] = {job: [] for job in jobs}
+    has_variant = True
     for repeat in range(config.repeat):
-        for ranks in rank_counts:
-            output = launcher.run_captured(config.run_options(ranks, alone), timeout=config.timeout)
-            values = parse_throughput_line(output)
-            if alone and not ran_without_communication(values):
-                return None
-            points[ranks].runs.append(values)
-            log(f"ranks {ranks:>3}{label:>6}  run {repeat + 1}/{config.repeat}  {values['samples_per_s']:.1f} "
-                "samples/s")
-    return [points[ranks] for ranks in rank_counts]
+        for ranks, alone in jobs:
+            if alone and not has_variant:
+                continue
+            values = parse_throughput_line(launcher.run_captured(config.run_options(ranks, alone),
+                                                                 timeout=config.timeout))
+            has_variant = has_variant and (not alone or ran_without_communication(values))
+            if alone and not has_variant:
+                continue
+            runs[ranks, alone].append(values)
+            log(f"ranks {ranks:>3}{'alone' if alone else '':>6}  run {repeat + 1}/{config.repeat}  "
+                f"{values['samples_per_s']:.1f} samples/s")
+    points = [ScalePoint(ranks, runs[ranks, alone]) for ranks, alone in jobs if not alone]
+    return points, [ScalePoint(ranks, runs[ranks, alone]) for ranks, alone in jobs if alone] if has_variant else None
 
 
-def forecast_sweep(config: ScaleConfig, launcher: Launcher, points: Sequence[ScalePoint], links: dict,
-                   log: Callable[[str], None] = print) -> tuple[Forecast, list[ScalePoint]]:
-    """Predict every measured and `config.predict` count; returns the forecast and the runs alone it used.
-
-    The workload's no-communication variant runs at each count that fits this node (see
-    `contention.alone_rank_counts`), so each prediction carries the slowdown of ranks sharing the node;
-    a workload without that variant gets the alpha-beta model from the fewest measured ranks.
-    """
+def forecast_sweep(config: ScaleConfig, points: Sequence[ScalePoint], alone: Sequence[ScalePoint] | None,
+                   sources: dict[int, int], links: dict, cores: int) -> Forecast:
+    """Predict every count of `sources` (see `alone_counts`) from the runs alone at their source counts, so
+    each prediction carries the slowdown of ranks sharing the node; without runs alone (`alone` None), the
+    alpha-beta model from the fewest measured ranks."""
     base = points[0]
     base_values = {key: base.median(key) for key in base.runs[0] if base.median(key) is not None}
-    targets = sorted(set(config.ranks) | set(config.predict))
-    sources = alone_rank_counts(targets, launcher.cores, config.hostfile is not None)
-    alone = measure_points(config, launcher, log, sorted(set(sources.values())), alone=True)
     if alone is None:
-        forecast = uncontended_forecast(base.ranks, base_values, links, config.mode, targets)
-        log(f"warning: {forecast.note}")
-        return forecast, []
-    forecast = contention_forecast(base.ranks, base_values, links, config.mode,
-                                   {point.ranks: point.samples_per_s for point in points},
-                                   {point.ranks: point.runs for point in alone}, sources, launcher.cores,
-                                   config.hostfile is not None)
-    log(forecast.note)
-    return forecast, alone
+        return uncontended_forecast(base.ranks, base_values, links, config.mode, sorted(sources))
+    return contention_forecast(base.ranks, base_values, links, config.mode,
+                               {point.ranks: point.samples_per_s for point in points},
+                               {point.ranks: point.runs for point in alone}, sources, cores,
+                               config.hostfile is not None)
 
 
 def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -256,11 +263,14 @@ def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], No
         The content of scaling.json.
     """
     os.makedirs(config.out, exist_ok=True)
-    points = measure_points(config, launcher, log)
-    forecast, alone, links = None, [], None
+    sources = alone_counts(config, launcher)
+    points, alone = measure_points(config, launcher, log, sorted(set(sources.values())))
+    forecast, links = None, None
     if config.predict:
         links = measure_links_with(launcher, timeout=config.timeout)
-        forecast, alone = forecast_sweep(config, launcher, points, links, log)
+        forecast = forecast_sweep(config, points, alone, sources, links, launcher.cores)
+        log(("warning: " if alone is None else "") + forecast.note)
+    alone = alone or []
     rows = scaling_rows(points, forecast)
     runs = {"data parallel": {point.ranks: point.runs for point in points},
             "alone": {point.ranks: point.runs for point in alone}}
