@@ -41,33 +41,38 @@ def alone_rank_counts(rank_counts: Sequence[int], cores: int, across_nodes: bool
     return {ranks: ranks if across_nodes or ranks <= cores else cores for ranks in rank_counts}
 
 
-def fit_communication(step_s: dict[int, float], alone_step_s: dict[int, float],
-                      allreduce_s: dict[int, float]) -> tuple[float, float | None]:
+def fit_communication(extra_s: dict[int, float], allreduce_s: dict[int, float]) -> tuple[float, float | None]:
     """Split what data-parallel steps cost beyond the same steps alone into a fixed part and exposed allreduce.
 
-    The step's extra time at N ranks is modelled as `overhead + exposed * allreduce_s[N]`: the overhead (the
+    The extra time at N ranks is modelled as `overhead + exposed * allreduce_s[N]`: the overhead (the
     data-parallel machinery's own work each step) is the extra time on 1 rank, where nothing is reduced (0 when
     1 rank was not measured); `exposed` is the median over counts of 2 ranks or more of
     (extra - overhead) / allreduce, clipped to [0, 1].
 
     Args:
-        step_s: measured step time of the data-parallel runs, per rank count.
-        alone_step_s: measured step time of the runs alone at the same counts.
+        extra_s: per measured rank count, a data-parallel step's time minus the same step's time alone.
         allreduce_s: the modelled (whole) allreduce time at each count.
 
     Returns:
-        (overhead in seconds, exposed fraction or None when no count of 2 ranks or more has all three).
+        (overhead in seconds, exposed fraction or None when no count of 2 ranks or more has both).
     """
-    extra = {ranks: step_s[ranks] - alone_step_s[ranks] for ranks in step_s if ranks in alone_step_s}
-    overhead = max(extra.get(1, 0.0), 0.0)
-    fractions = [min(max((extra[ranks] - overhead) / allreduce_s[ranks], 0.0), 1.0)
-                 for ranks in sorted(extra) if ranks >= 2 and allreduce_s.get(ranks)]
+    overhead = max(extra_s.get(1, 0.0), 0.0)
+    fractions = [min(max((extra_s[ranks] - overhead) / allreduce_s[ranks], 0.0), 1.0)
+                 for ranks in sorted(extra_s) if ranks >= 2 and allreduce_s.get(ranks)]
     return overhead, statistics.median(fractions) if fractions else None
 
 
+def paired_extra_seconds(batch: int, runs: list[dict[str, float]], alone_runs: list[dict[str, float]]) -> float:
+    """The median over paired runs (the i-th data-parallel run with the i-th run alone, made one after the other)
+    of the step time the data-parallel run took beyond the run alone, for a global batch of `batch`."""
+    return statistics.median(batch / run["samples_per_s"] - batch / alone["samples_per_s"]
+                             for run, alone in zip(runs, alone_runs))
+
+
 def contention_forecast(base_ranks: int, base_values: dict[str, float], links: dict[str, LinkCost], mode: str,
-                        measured_samples_per_s: dict[int, float], alone_runs: dict[int, list[dict[str, float]]],
-                        sources: dict[int, int], cores: int, across_nodes: bool) -> Forecast:
+                        measured_runs: dict[int, list[dict[str, float]]],
+                        alone_runs: dict[int, list[dict[str, float]]], sources: dict[int, int], cores: int,
+                        across_nodes: bool) -> Forecast:
     """Predict each count of `sources` as its step alone, plus the data-parallel overhead and the exposed part
     of the modelled allreduce (both from `fit_communication`).
 
@@ -75,16 +80,17 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
         base_ranks: the fewest measured ranks; `base_values` are that run's throughput values.
         links: fitted link costs ("allreduce", "p2p").
         mode: "strong" or "weak".
-        measured_samples_per_s: median samples/s of the data-parallel runs, per measured count.
-        alone_runs: the runs alone (no communication), per count they ran at, all with the same number of runs.
+        measured_runs: the data-parallel runs, per measured count.
+        alone_runs: the runs alone (no communication), per count they ran at, paired in order with the
+            data-parallel runs at the same count and all with as many runs.
         sources: per count to predict, the count whose runs alone give its compute time (`alone_rank_counts`).
         cores: this node's cores; across_nodes: whether the runs span nodes through a hostfile.
     """
     batch = {ranks: global_batch_at(ranks, base_ranks, base_values["global_batch"], mode) for ranks in sources}
     alone = {ranks: statistics.median(run["samples_per_s"] for run in runs) for ranks, runs in alone_runs.items()}
     overhead, exposed = fit_communication(
-        {ranks: batch[ranks] / value for ranks, value in measured_samples_per_s.items() if ranks in batch},
-        {ranks: batch[ranks] / alone[ranks] for ranks in sources if sources[ranks] == ranks},
+        {ranks: paired_extra_seconds(batch[ranks], runs, alone_runs[ranks]) for ranks, runs in measured_runs.items()
+         if ranks in alone_runs and sources.get(ranks) == ranks},
         {ranks: ring_allreduce_seconds(base_values["parameter_bytes"], ranks, links["allreduce"]) for ranks in sources})
 
     def predictions_from(samples_per_s_alone: dict[int, float]) -> dict[int, Prediction]:
@@ -98,7 +104,7 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
     spread = {ranks: (min(run[ranks].samples_per_s for run in each_run), max(run[ranks].samples_per_s for run in each_run))
               for ranks in sources}
     basis = {ranks: describe_basis(ranks, source, cores, across_nodes) for ranks, source in sources.items()}
-    fitted = [ranks for ranks in measured_samples_per_s if ranks >= 2 and sources.get(ranks) == ranks]
+    fitted = [ranks for ranks in measured_runs if ranks >= 2 and sources.get(ranks) == ranks]
     note = (f"predicted: each count's step measured alone (no communication), plus {overhead * 1e3:.3f} ms of "
             "data-parallel overhead per step (measured on 1 rank), plus "
             + (f"{exposed:.2f} of the modelled allreduce (the part not hidden behind backward, fitted on the "

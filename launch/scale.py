@@ -248,7 +248,7 @@ def forecast_sweep(config: ScaleConfig, points: Sequence[ScalePoint], alone: Seq
     if alone is None:
         return uncontended_forecast(base.ranks, base_values, links, config.mode, sorted(sources))
     return contention_forecast(base.ranks, base_values, links, config.mode,
-                               {point.ranks: point.samples_per_s for point in points},
+                               {point.ranks: point.runs for point in points},
                                {point.ranks: point.runs for point in alone}, sources, cores,
                                config.hostfile is not None)
 

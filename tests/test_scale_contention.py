@@ -1,10 +1,12 @@
 """Predictions with compute contention against hand-computed step times: runs alone, overhead, exposed allreduce."""
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from mpiprop.launch.contention import (alone_rank_counts, contention_forecast, fit_communication,
-                                       uncontended_forecast)
+                                       paired_extra_seconds, uncontended_forecast)
 from mpiprop.launch.modeling import predict_sweep
 from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Workload, predict, ring_allreduce_seconds
 
@@ -19,29 +21,36 @@ def alone(*samples_per_s: float) -> list[dict[str, float]]:
     return [{"samples_per_s": value, "communication": 0.0} for value in samples_per_s]
 
 
+def data_parallel(*samples_per_s: float) -> list[dict[str, float]]:
+    return [{"samples_per_s": value} for value in samples_per_s]
+
+
 def test_counts_beyond_the_node_take_its_full_count_alone():
     assert alone_rank_counts([1, 2, 4, 8, 16], cores=4, across_nodes=False) == {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}
     assert alone_rank_counts([1, 8, 16], cores=4, across_nodes=True) == {1: 1, 8: 8, 16: 16}
 
 
 def test_extra_time_splits_into_overhead_on_one_rank_and_an_exposed_fraction():
-    step = {1: 0.011, 2: 0.0075, 4: 0.005}
-    step_alone = {1: 0.010, 2: 0.006, 4: 0.003}
-    allreduce = {2: 0.001, 4: 0.002}
-    overhead, exposed = fit_communication(step, step_alone, allreduce)
+    overhead, exposed = fit_communication({1: 0.001, 2: 0.0015, 4: 0.002}, {2: 0.001, 4: 0.002})
     # overhead 1 ms; 2 ranks: (1.5 - 1) / 1 = 0.5; 4 ranks: (2 - 1) / 2 = 0.5
     assert overhead == pytest.approx(0.001) and exposed == pytest.approx(0.5)
 
 
 def test_exposed_fraction_is_clipped_and_absent_without_two_ranks():
-    assert fit_communication({2: 0.020}, {2: 0.010}, {2: 0.001}) == (0.0, 1.0)  # 10x the model: clipped at 1
-    assert fit_communication({2: 0.009}, {2: 0.010}, {2: 0.001}) == (0.0, 0.0)  # faster than alone: 0
-    assert fit_communication({1: 0.009}, {1: 0.010}, {}) == (0.0, None)  # 1 rank only: no overhead below 0
+    assert fit_communication({2: 0.010}, {2: 0.001}) == (0.0, 1.0)  # 10x the model: clipped at 1
+    assert fit_communication({2: -0.001}, {2: 0.001}) == (0.0, 0.0)  # faster than alone: 0
+    assert fit_communication({1: -0.001}, {}) == (0.0, None)  # 1 rank only: no overhead below 0
+
+
+def test_extra_time_pairs_each_run_with_the_run_alone_made_beside_it():
+    # the machine's load changed between the pairs: 1,000 vs 1,250 samples/s, then 500 vs 550, then 800 vs 1,000
+    extra = paired_extra_seconds(100, data_parallel(1000.0, 500.0, 800.0), alone(1250.0, 550.0, 1000.0))
+    assert extra == pytest.approx(statistics.median([0.1 - 0.08, 0.2 - 100 / 550, 0.125 - 0.1]))
 
 
 def test_prediction_is_the_step_alone_plus_overhead_plus_exposed_allreduce():
     # measured: 1 rank 10,000/s (alone 10,240/s), 2 ranks 18,000/s (alone 19,500/s); alone at 4: 34,000 and 36,000
-    measured = {1: 10_000.0, 2: 18_000.0}
+    measured = {1: data_parallel(10_000.0, 10_000.0), 2: data_parallel(18_000.0, 18_000.0)}
     runs = {1: alone(10_240.0, 10_240.0), 2: alone(19_500.0, 19_500.0), 4: alone(34_000.0, 36_000.0)}
     forecast = contention_forecast(1, BASE_VALUES, LINKS, "strong", measured, runs, {1: 1, 2: 2, 4: 4, 8: 4},
                                    cores=4, across_nodes=False)
@@ -65,7 +74,7 @@ def test_prediction_is_the_step_alone_plus_overhead_plus_exposed_allreduce():
 
 def test_ranks_sharing_a_node_cap_the_prediction_at_their_throughput_alone():
     # On a 16-core node 8 ranks alone reached 51,308 samples/s; the model without contention promised 69,176.
-    measured = {1: 10_000.0, 2: 19_000.0}
+    measured = {1: data_parallel(10_000.0), 2: data_parallel(19_000.0)}
     runs = {1: alone(10_000.0), 2: alone(19_500.0), 4: alone(35_000.0), 8: alone(51_308.0)}
     sources = {1: 1, 2: 2, 4: 4, 8: 8}
     shared_memory = {"allreduce": LinkCost(2e-6, 1e10), "p2p": LinkCost(2e-6, 1e10)}
@@ -78,7 +87,7 @@ def test_ranks_sharing_a_node_cap_the_prediction_at_their_throughput_alone():
 
 
 def test_weak_scaling_keeps_the_batch_per_rank():
-    measured = {1: 10_000.0}
+    measured = {1: data_parallel(10_000.0)}
     runs = {1: alone(10_000.0), 2: alone(16_000.0)}
     forecast = contention_forecast(1, BASE_VALUES, LINKS, "weak", measured, runs, {1: 1, 2: 2}, cores=2,
                                    across_nodes=False)
