@@ -44,22 +44,23 @@ def alone_rank_counts(rank_counts: Sequence[int], cores: int, across_nodes: bool
 def fit_communication(extra_s: dict[int, float], allreduce_s: dict[int, float]) -> tuple[float, float | None]:
     """Split what data-parallel steps cost beyond the same steps alone into a fixed part and exposed allreduce.
 
-    The extra time at N ranks is modelled as `overhead + exposed * allreduce_s[N]`: the overhead (the
+    The extra time at N ranks is modelled as `overhead + ratio * allreduce_s[N]`: the overhead (the
     data-parallel machinery's own work each step) is the extra time on 1 rank, where nothing is reduced (0 when
-    1 rank was not measured); `exposed` is the median over counts of 2 ranks or more of
-    (extra - overhead) / allreduce, clipped to [0, 1].
+    1 rank was not measured, never below 0); `ratio` is the median over counts of 2 ranks or more of
+    (extra - overhead) / allreduce. Between 0 and 1 it is the fraction of the allreduce not hidden behind
+    backward; outside, the measured extra time disagrees with the modelled links.
 
     Args:
         extra_s: per measured rank count, a data-parallel step's time minus the same step's time alone.
         allreduce_s: the modelled (whole) allreduce time at each count.
 
     Returns:
-        (overhead in seconds, exposed fraction or None when no count of 2 ranks or more has both).
+        (overhead in seconds, ratio or None when no count of 2 ranks or more has both).
     """
     overhead = max(extra_s.get(1, 0.0), 0.0)
-    fractions = [min(max((extra_s[ranks] - overhead) / allreduce_s[ranks], 0.0), 1.0)
-                 for ranks in sorted(extra_s) if ranks >= 2 and allreduce_s.get(ranks)]
-    return overhead, statistics.median(fractions) if fractions else None
+    ratios = [(extra_s[ranks] - overhead) / allreduce_s[ranks]
+              for ranks in sorted(extra_s) if ranks >= 2 and allreduce_s.get(ranks)]
+    return overhead, statistics.median(ratios) if ratios else None
 
 
 def paired_extra_seconds(batch: int, runs: list[dict[str, float]], alone_runs: list[dict[str, float]]) -> float:
@@ -88,16 +89,16 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
     """
     batch = {ranks: global_batch_at(ranks, base_ranks, base_values["global_batch"], mode) for ranks in sources}
     alone = {ranks: statistics.median(run["samples_per_s"] for run in runs) for ranks, runs in alone_runs.items()}
-    overhead, exposed = fit_communication(
+    overhead, ratio = fit_communication(
         {ranks: paired_extra_seconds(batch[ranks], runs, alone_runs[ranks]) for ranks, runs in measured_runs.items()
          if ranks in alone_runs and sources.get(ranks) == ranks},
         {ranks: ring_allreduce_seconds(base_values["parameter_bytes"], ranks, links["allreduce"]) for ranks in sources})
+    exposed = 1.0 if ratio is None else min(max(ratio, 0.0), 1.0)
 
     def predictions_from(samples_per_s_alone: dict[int, float]) -> dict[int, Prediction]:
         compute = {ranks: source / samples_per_s_alone[source] + overhead * ranks / batch[ranks]
                    for ranks, source in sources.items()}
-        return predict_sweep(base_ranks, base_values, links, mode, sorted(sources), compute,
-                             1.0 if exposed is None else exposed)
+        return predict_sweep(base_ranks, base_values, links, mode, sorted(sources), compute, exposed)
 
     each_run = [predictions_from({ranks: runs[index]["samples_per_s"] for ranks, runs in alone_runs.items()})
                 for index in range(len(next(iter(alone_runs.values()))))]
@@ -106,11 +107,20 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
     basis = {ranks: describe_basis(ranks, source, cores, across_nodes) for ranks, source in sources.items()}
     fitted = [ranks for ranks in measured_runs if ranks >= 2 and sources.get(ranks) == ranks]
     note = (f"predicted: each count's step measured alone (no communication), plus {overhead * 1e3:.3f} ms of "
-            "data-parallel overhead per step (measured on 1 rank), plus "
-            + (f"{exposed:.2f} of the modelled allreduce (the part not hidden behind backward, fitted on the "
-               f"measured {', '.join(map(str, fitted))} ranks)" if exposed is not None else
-               "the whole modelled allreduce (no measured count of 2 ranks or more to fit its hidden part on)"))
-    return Forecast(predictions_from(alone), spread, basis, 1.0 if exposed is None else exposed, overhead, note)
+            f"data-parallel overhead per step (measured on 1 rank), plus {_describe_exposed(ratio, exposed, fitted)}")
+    return Forecast(predictions_from(alone), spread, basis, exposed, overhead, note)
+
+
+def _describe_exposed(ratio: float | None, exposed: float, fitted: list[int]) -> str:
+    if ratio is None:
+        return "the whole modelled allreduce (no measured count of 2 ranks or more to fit its hidden part on)"
+    counts = ", ".join(map(str, fitted))
+    if ratio > 1:
+        return (f"the whole modelled allreduce; the measured {counts} ranks spent {ratio:.1f} times it beyond "
+                "their steps alone, more than the links measured alone explain (as when other work keeps ranks "
+                "off their cores), so the predictions may be too high")
+    return f"{exposed:.2f} of the modelled allreduce (the part not hidden behind backward, fitted on the measured " \
+           f"{counts} ranks)"
 
 
 def describe_basis(ranks: int, source: int, cores: int, across_nodes: bool) -> str:

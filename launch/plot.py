@@ -41,10 +41,12 @@ def plot_scaling(rows: Sequence[dict], mode: str, path: str, title: str | None =
 
 
 MEASURED = {"value": "samples_per_s", "low": "samples_per_s_min", "high": "samples_per_s_max",
-            "efficiency": "efficiency", "style": "o-", "color": "tab:blue", "label": "measured", "shift": 0.97}
+            "efficiency": "efficiency", "style": "o-", "color": "tab:blue", "label": "measured (median, runs min-max)",
+            "shift": 0.97}
 PREDICTED = {"value": "predicted_samples_per_s", "low": "predicted_samples_per_s_min",
              "high": "predicted_samples_per_s_max", "efficiency": "predicted_efficiency", "style": "x:",
-             "color": "tab:orange", "label": "predicted", "shift": 1.03}
+             "color": "tab:orange", "label": "predicted (median, runs min-max)",
+             "shift": 1.03}
 
 
 def _plot_series(axes, rows: list[dict], series: dict, key: str) -> None:

@@ -36,10 +36,18 @@ def test_extra_time_splits_into_overhead_on_one_rank_and_an_exposed_fraction():
     assert overhead == pytest.approx(0.001) and exposed == pytest.approx(0.5)
 
 
-def test_exposed_fraction_is_clipped_and_absent_without_two_ranks():
-    assert fit_communication({2: 0.010}, {2: 0.001}) == (0.0, 1.0)  # 10x the model: clipped at 1
-    assert fit_communication({2: -0.001}, {2: 0.001}) == (0.0, 0.0)  # faster than alone: 0
+def test_ratio_is_absent_without_two_ranks_and_clipped_to_a_fraction_in_predictions():
+    assert fit_communication({2: 0.010}, {2: 0.001}) == (0.0, pytest.approx(10.0))
+    assert fit_communication({2: -0.001}, {2: 0.001}) == (0.0, pytest.approx(-1.0))  # faster than alone
     assert fit_communication({1: -0.001}, {}) == (0.0, None)  # 1 rank only: no overhead below 0
+    runs = {1: alone(10_000.0), 2: alone(19_500.0)}
+    slow = contention_forecast(1, BASE_VALUES, LINKS, "strong", {1: data_parallel(10_000.0), 2: data_parallel(500.0)},
+                               runs, {1: 1, 2: 2}, cores=2, across_nodes=False)
+    assert slow.exposed_allreduce == 1.0 and "may be too high" in slow.note
+    fast = contention_forecast(1, BASE_VALUES, LINKS, "strong", {1: data_parallel(10_000.0), 2: data_parallel(19_600.0)},
+                               runs, {1: 1, 2: 2}, cores=2, across_nodes=False)
+    assert fast.exposed_allreduce == 0.0
+    assert fast.predictions[2].samples_per_s == pytest.approx(19_500.0)
 
 
 def test_extra_time_pairs_each_run_with_the_run_alone_made_beside_it():
