@@ -141,9 +141,12 @@ def test_real_sweep_writes_csv_json_and_a_plot(tmp_path, capsys):
     measured_blue = (abs(pixels[..., 0] - 0.12) < 0.05) & (abs(pixels[..., 1] - 0.47) < 0.05) & \
                     (abs(pixels[..., 2] - 0.71) < 0.05)
     assert measured_blue.sum() > 50  # the measured curves are drawn
+    predicted_orange = (abs(pixels[..., 0] - 1.0) < 0.05) & (abs(pixels[..., 1] - 0.5) < 0.05) & \
+                       (abs(pixels[..., 2] - 0.05) < 0.05)
+    assert predicted_orange.sum() > 50  # and the predicted ones
 
     assert "samples/s" in completed.stdout and "predicted" in completed.stdout
-    assert "predicted at 4: compute" in completed.stdout
+    assert "predicted at 4: compute" in completed.stdout and "predicted: each count's step" in completed.stderr
 
     assert cli.main(["model", "--from", str(out / "scaling.json"), "--layouts", "2,8,2x2"]) == 0
     report = capsys.readouterr().out.splitlines()
