@@ -35,10 +35,13 @@ def alone_rank_counts(rank_counts: Sequence[int], cores: int, across_nodes: bool
     """For each rank count, the count at which to run the workload alone to learn its compute time.
 
     A count that fits this node's `cores` (or any count, when the runs span nodes through a hostfile) is run
-    as it is; a larger one on this node takes the full node's `cores` ranks, as if its further ranks ran on
-    further nodes loaded like this one.
+    as it is; a larger one on this node takes the most ranks among `rank_counts` that fit the node (the
+    workload is known to accept them: a strong-scaling batch may not split over `cores` ranks), or `cores`
+    when none does, as if its further ranks ran on further nodes loaded like this one.
     """
-    return {ranks: ranks if across_nodes or ranks <= cores else cores for ranks in rank_counts}
+    fitting = [ranks for ranks in rank_counts if ranks <= cores]
+    fullest = max(fitting) if fitting else cores
+    return {ranks: ranks if across_nodes or ranks <= cores else fullest for ranks in rank_counts}
 
 
 def fit_communication(extra_s: dict[int, float], allreduce_s: dict[int, float]) -> tuple[float, float | None]:
@@ -130,8 +133,8 @@ def describe_basis(ranks: int, source: int, cores: int, across_nodes: bool) -> s
         return f"compute measured alone at {_ranks(ranks)} on the hostfile's nodes; {links}, not between nodes"
     if source == ranks:
         return f"compute measured alone at {_ranks(ranks)} on this node; {links}"
-    return (f"compute extrapolated: {ranks} ranks exceed this node's {cores} cores, so {source} ranks alone "
-            f"(a full node) give the compute per sample, as if the others ran on further nodes; {links}, "
+    return (f"compute extrapolated: {ranks} ranks exceed this node's {cores} cores, so {_ranks(source)} alone on "
+            f"this node give the compute per sample, as if the others ran on further nodes loaded alike; {links}, "
             "not between nodes")
 
 

@@ -25,8 +25,10 @@ def data_parallel(*samples_per_s: float) -> list[dict[str, float]]:
     return [{"samples_per_s": value} for value in samples_per_s]
 
 
-def test_counts_beyond_the_node_take_its_full_count_alone():
+def test_counts_beyond_the_node_take_the_most_asked_ranks_that_fit_it_alone():
     assert alone_rank_counts([1, 2, 4, 8, 16], cores=4, across_nodes=False) == {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}
+    assert alone_rank_counts([1, 2, 8, 16], cores=6, across_nodes=False) == {1: 1, 2: 2, 8: 2, 16: 2}
+    assert alone_rank_counts([8, 16], cores=6, across_nodes=False) == {8: 6, 16: 6}
     assert alone_rank_counts([1, 8, 16], cores=4, across_nodes=True) == {1: 1, 8: 8, 16: 16}
 
 
