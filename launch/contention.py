@@ -78,7 +78,7 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
                         alone_runs: dict[int, list[dict[str, float]]], sources: dict[int, int], cores: int,
                         across_nodes: bool) -> Forecast:
     """Predict each count of `sources` as its step alone, plus the data-parallel overhead and the exposed part
-    of the modelled allreduce (both from `fit_communication`).
+    of the modelled allreduce (both from `fit_communication`; the predictions' `compute_s` includes the overhead).
 
     Args:
         base_ranks: the fewest measured ranks; `base_values` are that run's throughput values.
@@ -99,19 +99,27 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
     exposed = 1.0 if ratio is None else min(max(ratio, 0.0), 1.0)
 
     def predictions_from(samples_per_s_alone: dict[int, float]) -> dict[int, Prediction]:
+        # the overhead per step, spread over the samples each rank computes, joins the compute time per sample
         compute = {ranks: source / samples_per_s_alone[source] + overhead * ranks / batch[ranks]
                    for ranks, source in sources.items()}
         return predict_sweep(base_ranks, base_values, links, mode, sorted(sources), compute, exposed)
 
+    repeats = min(len(runs) for runs in alone_runs.values())
     each_run = [predictions_from({ranks: runs[index]["samples_per_s"] for ranks, runs in alone_runs.items()})
-                for index in range(len(next(iter(alone_runs.values()))))]
-    spread = {ranks: (min(run[ranks].samples_per_s for run in each_run), max(run[ranks].samples_per_s for run in each_run))
-              for ranks in sources}
-    basis = {ranks: describe_basis(ranks, source, cores, across_nodes) for ranks, source in sources.items()}
+                for index in range(repeats)]
     fitted = [ranks for ranks in measured_runs if ranks >= 2 and sources.get(ranks) == ranks]
     note = (f"predicted: each count's step measured alone (no communication), plus {overhead * 1e3:.3f} ms of "
             f"data-parallel overhead per step (measured on 1 rank), plus {_describe_exposed(ratio, exposed, fitted)}")
-    return Forecast(predictions_from(alone), spread, basis, exposed, overhead, note)
+    return Forecast(predictions=predictions_from(alone), spread=_spread(each_run),
+                    basis={ranks: describe_basis(ranks, source, cores, across_nodes)
+                           for ranks, source in sources.items()},
+                    exposed_allreduce=exposed, overhead_s=overhead, note=note)
+
+
+def _spread(each_run: list[dict[int, Prediction]]) -> dict[int, tuple[float, float]]:
+    """Per rank count, the lowest and highest predicted samples/s over the runs."""
+    return {ranks: (min(run[ranks].samples_per_s for run in each_run),
+                    max(run[ranks].samples_per_s for run in each_run)) for ranks in each_run[0]}
 
 
 def _describe_exposed(ratio: float | None, exposed: float, fitted: list[int]) -> str:

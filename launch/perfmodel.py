@@ -95,7 +95,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one layout (seconds per optimizer step unless noted; `allreduce_s` is the exposed part)."""
+    """The model's answer for one layout (seconds per optimizer step unless noted; `allreduce_s`: its exposed part)."""
 
     layout: Layout
     step_s: float

@@ -283,7 +283,8 @@ def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], No
         "exposed_allreduce": forecast.exposed_allreduce if forecast else None,
         "overhead_s": forecast.overhead_s if forecast else None,
         "prediction_note": forecast.note if forecast else None,
-        "predictions": {str(ranks): _prediction_dict(p) for ranks, p in (forecast.predictions if forecast else {}).items()},
+        "predictions": {str(ranks): _prediction_dict(prediction)
+                        for ranks, prediction in (forecast.predictions if forecast else {}).items()},
         "environment": describe_environment(),
     }
     write_csv(rows, os.path.join(config.out, "scaling.csv"))

@@ -46,8 +46,9 @@ def test_ratio_is_absent_without_two_ranks_and_clipped_to_a_fraction_in_predicti
     slow = contention_forecast(1, BASE_VALUES, LINKS, "strong", {1: data_parallel(10_000.0), 2: data_parallel(500.0)},
                                runs, {1: 1, 2: 2}, cores=2, across_nodes=False)
     assert slow.exposed_allreduce == 1.0 and "may be too high" in slow.note
-    fast = contention_forecast(1, BASE_VALUES, LINKS, "strong", {1: data_parallel(10_000.0), 2: data_parallel(19_600.0)},
-                               runs, {1: 1, 2: 2}, cores=2, across_nodes=False)
+    fast = contention_forecast(1, BASE_VALUES, LINKS, "strong",
+                               {1: data_parallel(10_000.0), 2: data_parallel(19_600.0)}, runs, {1: 1, 2: 2}, cores=2,
+                               across_nodes=False)
     assert fast.exposed_allreduce == 0.0
     assert fast.predictions[2].samples_per_s == pytest.approx(19_500.0)
 
