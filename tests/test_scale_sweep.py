@@ -156,6 +156,26 @@ def test_real_sweep_writes_csv_json_and_a_plot(tmp_path, capsys):
     assert report[4].split()[-1] == "-" and report[5].split()[:3] == ["4", "2", "2"]
 
 
+@pytest.mark.mpi
+def test_weak_sweep_from_two_ranks_runs_four_oversubscribed_and_says_what_is_extrapolated(tmp_path):
+    out = tmp_path / "sweep"
+    completed = run_mpiprop("scale", "--ranks", "2,4", "--mode", "weak", "--out", str(out), "--predict", "8", "--",
+                            *TINY_BENCHMARK, cwd=str(tmp_path), timeout=SWEEP_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads((out / "scaling.json").read_text())
+    cores = Launcher.detect(MPIEXEC).cores
+    # counts beyond this node's cores take the most ranks asked for that fit it, run alone
+    expected_alone = ["2"] if cores < 4 else ["2", "4"] if cores < 8 else ["2", "4", "8"]
+    assert sorted(result["alone_runs"]) == expected_alone
+    for ranks in ("2", "4"):
+        assert result["runs"][ranks][0]["global_batch"] == 16 * int(ranks)  # weak scaling: fixed batch per rank
+    assert result["overhead_s"] == 0.0  # no 1-rank run to measure it on
+    rows = {row["ranks"]: row for row in result["rows"]}
+    assert rows[8]["samples_per_s"] is None and rows[8]["predicted_samples_per_s"] > 0
+    assert ("extrapolated" in rows[8]["prediction_basis"]) == (cores < 8)
+    assert rows[2]["efficiency"] == pytest.approx(1.0)
+
+
 USER_WORKLOAD = """
 from mpi4py import MPI
 from mpiprop.launch.throughput import format_throughput_line
