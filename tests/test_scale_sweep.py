@@ -12,7 +12,8 @@ from mpiprop.launch.runner import Launcher
 from mpiprop.distributed.data_parallel import data_parallel
 from mpiprop.launch import mlp_benchmark
 from mpiprop.launch.mlp_benchmark import local_batch_size
-from mpiprop.launch.scale import ScalePoint, format_table, parse_rank_list, scaling_rows, write_csv
+from mpiprop.launch.scale import (ScaleConfig, ScalePoint, format_table, measure_points, parse_rank_list,
+                                  scaling_rows, write_csv)
 from mpiprop.launch.throughput import format_throughput_line, parse_throughput_line
 from test_launch_run import run_mpiprop
 
@@ -76,6 +77,37 @@ def test_benchmark_batch_per_rank():
     assert local_batch_size("weak", 64, 4) == 64
     with pytest.raises(ValueError, match="does not divide"):
         local_batch_size("strong", 10, 4)
+
+
+class RecordingLauncher:
+    """Answers each run with a throughput line, recording (ranks, alone) in order; honours the variant or not."""
+
+    def __init__(self, has_variant: bool):
+        self.has_variant, self.jobs = has_variant, []
+
+    def run_captured(self, options, timeout=None) -> str:
+        alone = ("MPIPROP_SCALE_NO_COMMUNICATION", "1") in options.environment
+        self.jobs.append((options.ranks, alone))
+        extra = {"communication": 0} if alone and self.has_variant else {}
+        return format_throughput_line(100.0 * options.ranks, **extra)
+
+
+def test_each_run_alone_follows_the_data_parallel_run_at_its_count():
+    launcher = RecordingLauncher(has_variant=True)
+    points, alone = measure_points(ScaleConfig(ranks=(1, 2), repeat=2), launcher, log=lambda line: None,
+                                   alone_at=[1, 2, 4])
+    one_round = [(1, False), (1, True), (2, False), (2, True), (4, True)]
+    assert launcher.jobs == one_round * 2
+    assert [point.ranks for point in points] == [1, 2] and [point.ranks for point in alone] == [1, 2, 4]
+    assert all(len(point.runs) == 2 for point in points + alone)
+
+
+def test_a_workload_without_the_variant_is_run_alone_once_only():
+    launcher = RecordingLauncher(has_variant=False)
+    points, alone = measure_points(ScaleConfig(ranks=(1, 2), repeat=2), launcher, log=lambda line: None,
+                                   alone_at=[1, 2])
+    assert alone is None and launcher.jobs == [(1, False), (1, True), (2, False), (1, False), (2, False)]
+    assert all(len(point.runs) == 2 for point in points)
 
 
 def test_benchmark_without_communication_never_builds_data_parallel(monkeypatch, capsys):
