@@ -9,7 +9,7 @@ import time
 import numpy
 
 import mpiprop.network as nn
-from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, format_throughput_line
+from mpiprop.launch.throughput import NO_COMMUNICATION_VARIABLE, SCALE_MODE_VARIABLE, format_throughput_line
 
 MODES = ("strong", "weak")
 
@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--no-communication", action="store_true",
+                        default=os.environ.get(NO_COMMUNICATION_VARIABLE) == "1",
+                        help="every rank trains alone, without averaging gradients: the throughput ranks reach "
+                             "when they only share the node (default: on when "
+                             f"${NO_COMMUNICATION_VARIABLE}=1, set by `mpiprop scale --predict`)")
     return parser
 
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train for the asked steps and print (on rank 0) the `MPIPROP_THROUGHPUT` line; returns its values.
 
     Local steps (no communication) are timed first for `compute_s_per_sample`, then DataParallel
-    steps for the throughput.
+    steps for the throughput; with `--no-communication` the timed steps stay local (`communication=0`).
     """
     args = build_parser().parse_args(argv)
     from mpiprop.distributed.transport.communicator import Communicator
@@ -96,16 +101,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     time_steps(local_step, max(args.warmup, 1))
     compute_s = statistics.median(time_steps(local_step, max(args.steps // 4, 2)))
-    parallel = DataParallel(model, comm=comm)  # after the local steps: it re-synchronises the replicas
+    timed_step = local_step
+    if not args.no_communication:
+        parallel = DataParallel(model, comm=comm)  # after the local steps: it re-synchronises the replicas
 
-    def parallel_step() -> None:
-        training_step(parallel, optimizer, loss_fn, x, y)
+        def timed_step() -> None:
+            training_step(parallel, optimizer, loss_fn, x, y)
 
-    time_steps(parallel_step, args.warmup)
-    comm.barrier()
-    start = time.perf_counter()
-    time_steps(parallel_step, args.steps)
-    elapsed = max(comm.allgather_object(time.perf_counter() - start))
+        time_steps(timed_step, args.warmup)
+    elapsed = slowest_rank_seconds(comm, timed_step, args.steps)
     values = {
         "samples_per_s": batch * comm.size * args.steps / elapsed,
         "step_s": elapsed / args.steps,
@@ -115,9 +119,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "parameter_bytes": sum(p.data.nbytes for p in model.parameters()),
         "activation_bytes_per_sample": args.hidden * numpy.dtype(numpy.float32).itemsize,
     }
+    if args.no_communication:
+        values["communication"] = 0
     if comm.rank == 0:
         print(format_throughput_line(**values), flush=True)
     return values
+
+
+def slowest_rank_seconds(comm, step, count: int) -> float:
+    """Seconds the slowest rank takes for `count` calls of `step()`, all ranks starting together."""
+    comm.barrier()
+    start = time.perf_counter()
+    time_steps(step, count)
+    return max(comm.allgather_object(time.perf_counter() - start))
 
 
 if __name__ == "__main__":

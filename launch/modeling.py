@@ -70,20 +70,31 @@ def workload_from_values(values: dict[str, float]) -> Workload:
 
 
 def predict_sweep(base_ranks: int, base_values: dict[str, float], links: dict[str, LinkCost], mode: str,
-                  rank_counts: Iterable[int]) -> dict[int, Prediction]:
+                  rank_counts: Iterable[int], compute_s_per_sample: dict[int, float] | None = None,
+                  exposed_allreduce: float = 1.0) -> dict[int, Prediction]:
     """Predict data-parallel runs at `rank_counts` from the run at `base_ranks` (its compute time and workload).
 
     Strong scaling keeps the base run's global batch; weak scaling keeps its per-rank batch.
+
+    Args:
+        compute_s_per_sample: per rank count, the compute time per sample of one rank while that many ranks
+            compute (contention included); counts it lacks take the base run's `compute_s_per_sample`.
+        exposed_allreduce: the fraction of the allreduce that does not overlap backward.
     """
     workload = workload_from_values(base_values)
-    measurements = Measurements(base_values["compute_s_per_sample"], links["allreduce"], links["p2p"])
-    per_rank = workload.global_batch / base_ranks
     predictions = {}
     for ranks in rank_counts:
-        batch = workload.global_batch if mode == "strong" else round(per_rank * ranks)
+        compute = (compute_s_per_sample or {}).get(ranks, base_values["compute_s_per_sample"])
+        measurements = Measurements(compute, links["allreduce"], links["p2p"], exposed_allreduce)
+        batch = global_batch_at(ranks, base_ranks, workload.global_batch, mode)
         scaled = Workload(batch, workload.parameter_bytes, workload.activation_bytes_per_sample)
         predictions[ranks] = predict(measurements, scaled, Layout(data=ranks))
     return predictions
+
+
+def global_batch_at(ranks: int, base_ranks: int, base_batch: float, mode: str) -> int:
+    """The global batch at `ranks`: the base run's in strong scaling, its per-rank batch times `ranks` in weak."""
+    return int(base_batch) if mode == "strong" else round(base_batch / base_ranks * ranks)
 
 
 def predict_layouts(measurements: Measurements, workload: Workload, layouts: Sequence[Layout]) -> list[Prediction]:

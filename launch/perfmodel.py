@@ -32,11 +32,19 @@ class Measurements:
         compute_s_per_sample: forward plus backward time of the whole model for one sample on one rank.
         allreduce: per-step latency and per-link bandwidth of the ring allreduce (see `ring_allreduce_seconds`).
         p2p: latency and bandwidth of one point-to-point message.
+        exposed_allreduce: the fraction of the allreduce that does not overlap the backward pass
+            (1: none of it is hidden, an upper bound on the step time).
     """
 
     compute_s_per_sample: float
     allreduce: LinkCost
     p2p: LinkCost
+    exposed_allreduce: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.exposed_allreduce <= 1:
+            raise ValueError(f"exposed_allreduce is a fraction of the allreduce time, between 0 and 1; "
+                             f"got {self.exposed_allreduce}")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inverse of `from_dict`)."""
@@ -45,7 +53,8 @@ class Measurements:
     @classmethod
     def from_dict(cls, values: dict) -> Measurements:
         """Rebuild from `to_dict` output."""
-        return cls(float(values["compute_s_per_sample"]), LinkCost(**values["allreduce"]), LinkCost(**values["p2p"]))
+        return cls(float(values["compute_s_per_sample"]), LinkCost(**values["allreduce"]), LinkCost(**values["p2p"]),
+                   float(values.get("exposed_allreduce", 1.0)))
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one layout (seconds per optimizer step unless noted)."""
+    """The model's answer for one layout (seconds per optimizer step unless noted; `allreduce_s`: its exposed part)."""
 
     layout: Layout
     step_s: float
@@ -116,8 +125,8 @@ def predict(measurements: Measurements, workload: Workload, layout: Layout) -> P
     Each data group takes `global_batch / data` samples in `micro_batches` micro-batches; a stage does
     `1/stages` of the compute of each; a pipeline step lasts `(m + p - 1)` slots of one micro-batch's stage
     compute plus its activation send and gradient send. Gradients (`parameter_bytes / stages` per stage) are
-    then ring-allreduced over the data groups, not overlapped with compute (so this is an upper bound where
-    the implementation overlaps them).
+    then ring-allreduced over the data groups; the step pays the `exposed_allreduce` fraction of that time
+    (all of it by default: an upper bound where the implementation overlaps the allreduce with backward).
     """
     samples_per_group = workload.global_batch / layout.data
     micro_batch = samples_per_group / layout.micro_batches
@@ -126,7 +135,8 @@ def predict(measurements: Measurements, workload: Workload, layout: Layout) -> P
         if layout.stages > 1 else 0.0
     slots = layout.micro_batches + layout.stages - 1
     compute = layout.micro_batches * slot_compute
-    allreduce = ring_allreduce_seconds(workload.parameter_bytes / layout.stages, layout.data, measurements.allreduce)
+    allreduce = measurements.exposed_allreduce * ring_allreduce_seconds(workload.parameter_bytes / layout.stages,
+                                                                         layout.data, measurements.allreduce)
     step = slots * (slot_compute + slot_p2p) + allreduce
     ideal = measurements.compute_s_per_sample * workload.global_batch / layout.ranks
     bubble = (slots - layout.micro_batches) * slot_compute

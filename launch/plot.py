@@ -1,4 +1,4 @@
-"""The scaling plot: throughput and parallel efficiency against ranks, with the ideal line and any predictions."""
+"""The scaling plot: throughput and parallel efficiency against ranks, with the ideal line, predictions and spreads."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +8,9 @@ def plot_scaling(rows: Sequence[dict], mode: str, path: str, title: str | None =
     """Save a two-panel PNG of `rows` (from `scale.scaling_rows`) to `path`.
 
     Left: samples/s against ranks (measured, ideal linear scaling from the fewest measured ranks,
-    and predicted where present). Right: parallel efficiency (ideal = 1).
+    and predicted where present). Right: parallel efficiency (ideal = 1). Lines join the medians;
+    error bars span the lowest to the highest of the repeated runs, measured just left of each rank
+    count and predicted just right of it.
 
     Raises:
         ImportError: when matplotlib is not installed (`pip install mpiprop[examples]`).
@@ -38,16 +40,35 @@ def plot_scaling(rows: Sequence[dict], mode: str, path: str, title: str | None =
     plt.close(figure)
 
 
+MEASURED = {"value": "samples_per_s", "low": "samples_per_s_min", "high": "samples_per_s_max",
+            "efficiency": "efficiency", "style": "o-", "color": "tab:blue", "label": "measured (median, runs min-max)",
+            "shift": 0.97}
+PREDICTED = {"value": "predicted_samples_per_s", "low": "predicted_samples_per_s_min",
+             "high": "predicted_samples_per_s_max", "efficiency": "predicted_efficiency", "style": "x:",
+             "color": "tab:orange", "label": "predicted (median, runs min-max)",
+             "shift": 1.03}
+
+
+def _plot_series(axes, rows: list[dict], series: dict, key: str) -> None:
+    """Medians of `key` joined by a line, with error bars from each row's low to high run (scaled alike)."""
+    if not rows:
+        return
+    x = [row["ranks"] * series["shift"] for row in rows]
+    medians = [row[key] for row in rows]
+    scales = [row[key] / row[series["value"]] if row[series["value"]] else 0.0 for row in rows]
+    below = [median - row[series["low"]] * scale for median, row, scale in zip(medians, rows, scales)]
+    above = [row[series["high"]] * scale - median for median, row, scale in zip(medians, rows, scales)]
+    axes.errorbar(x, medians, yerr=[[max(gap, 0.0) for gap in below], [max(gap, 0.0) for gap in above]],
+                  fmt=series["style"], color=series["color"], capsize=3, label=series["label"])
+
+
 def _plot_throughput(axes, measured: list[dict], predicted: list[dict], mode: str) -> None:
     if measured:
         base = measured[0]
         ranks = sorted({row["ranks"] for row in measured + predicted})
         axes.plot(ranks, [base["samples_per_s"] * r / base["ranks"] for r in ranks], "k--", label="ideal")
-        axes.plot([row["ranks"] for row in measured], [row["samples_per_s"] for row in measured], "o-",
-                  color="tab:blue", label="measured")
-    if predicted:
-        axes.plot([row["ranks"] for row in predicted], [row["predicted_samples_per_s"] for row in predicted], "x:",
-                  color="tab:orange", label="predicted")
+    _plot_series(axes, measured, MEASURED, MEASURED["value"])
+    _plot_series(axes, predicted, PREDICTED, PREDICTED["value"])
     axes.set_ylabel("samples / s")
     axes.set_title("throughput (" + ("fixed global batch" if mode == "strong" else "fixed batch per rank") + ")")
 
@@ -55,13 +76,11 @@ def _plot_throughput(axes, measured: list[dict], predicted: list[dict], mode: st
 def _plot_efficiency(axes, measured: list[dict], predicted: list[dict]) -> None:
     ranks = sorted({row["ranks"] for row in measured + predicted})
     axes.plot(ranks, [1.0] * len(ranks), "k--", label="ideal")
-    if measured:
-        axes.plot([row["ranks"] for row in measured], [row["efficiency"] for row in measured], "o-",
-                  color="tab:blue", label="measured")
-    if predicted:
-        axes.plot([row["ranks"] for row in predicted], [row["predicted_efficiency"] for row in predicted], "x:",
-                  color="tab:orange", label="predicted")
-    efficiencies = [row["efficiency"] for row in measured] + [row["predicted_efficiency"] for row in predicted]
-    axes.set_ylim(0, max([1.1, *[value * 1.05 for value in efficiencies]]))
+    _plot_series(axes, measured, MEASURED, MEASURED["efficiency"])
+    _plot_series(axes, predicted, PREDICTED, PREDICTED["efficiency"])
+    highest = [row["efficiency"] * row["samples_per_s_max"] / row["samples_per_s"] for row in measured] + \
+        [row["predicted_efficiency"] * row["predicted_samples_per_s_max"] / row["predicted_samples_per_s"]
+         for row in predicted]
+    axes.set_ylim(0, max([1.1, *[value * 1.05 for value in highest]]))
     axes.set_ylabel("parallel efficiency")
     axes.set_title("efficiency = speedup / (ranks / base ranks)")

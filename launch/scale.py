@@ -10,16 +10,20 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from mpiprop.launch.modeling import measure_links_with, predict_sweep
+from mpiprop.launch.contention import Forecast, alone_rank_counts, contention_forecast, uncontended_forecast
+from mpiprop.launch.modeling import measure_links_with
 from mpiprop.launch.mpiexec import RunOptions
 from mpiprop.launch.perfmodel import Prediction
 from mpiprop.launch.runner import Launcher
-from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
+from mpiprop.launch.throughput import (NO_COMMUNICATION_VARIABLE, SCALE_MODE_VARIABLE, parse_throughput_line,
+                                       ran_without_communication)
 
 MODES = ("strong", "weak")
 BUILTIN_WORKLOAD = ["-m", "mpiprop.launch.mlp_benchmark"]
 CSV_COLUMNS = ("ranks", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "speedup", "efficiency",
-               "step_s", "predicted_samples_per_s", "predicted_efficiency", "predicted_step_s")
+               "step_s", "predicted_samples_per_s", "predicted_samples_per_s_min", "predicted_samples_per_s_max",
+               "predicted_efficiency", "predicted_step_s", "prediction_basis")
+RUN_COLUMNS = ("ranks", "variant", "run", "samples_per_s", "step_s")
 
 
 def parse_rank_list(text: str) -> list[int]:
@@ -67,15 +71,15 @@ class ScalePoint:
         return self.median("samples_per_s")
 
 
-def scaling_rows(points: Sequence[ScalePoint], predictions: dict[int, Prediction] | None = None) -> list[dict]:
+def scaling_rows(points: Sequence[ScalePoint], forecast: Forecast | None = None) -> list[dict]:
     """One row per rank count (measured, predicted, or both), with speedup and parallel efficiency.
 
     Speedup and efficiency are relative to the fewest measured ranks r0 with throughput T0:
     speedup = T / T0, efficiency = speedup / (r / r0). This is the usual definition for both
     strong scaling (fixed global batch) and weak scaling (fixed per-rank batch), since both
-    compare samples per second.
+    compare samples per second. Predicted efficiency is measured against the same T0.
     """
-    predictions = predictions or {}
+    predictions = forecast.predictions if forecast else {}
     measured = {point.ranks: point for point in points}
     base = min(points, key=lambda point: point.ranks) if points else None
     rows = []
@@ -91,8 +95,12 @@ def scaling_rows(points: Sequence[ScalePoint], predictions: dict[int, Prediction
                        efficiency=speedup / (ranks / base.ranks), step_s=point.median("step_s"))
         if ranks in predictions:
             prediction = predictions[ranks]
-            row.update(predicted_samples_per_s=prediction.samples_per_s, predicted_efficiency=prediction.efficiency,
-                       predicted_step_s=prediction.step_s)
+            ideal = base.samples_per_s * ranks / base.ranks if base else None
+            row.update(predicted_samples_per_s=prediction.samples_per_s,
+                       predicted_samples_per_s_min=forecast.spread[ranks][0],
+                       predicted_samples_per_s_max=forecast.spread[ranks][1],
+                       predicted_efficiency=prediction.samples_per_s / ideal if ideal else prediction.efficiency,
+                       predicted_step_s=prediction.step_s, prediction_basis=forecast.basis[ranks])
         rows.append(row)
     return rows
 
@@ -110,6 +118,7 @@ def format_table(rows: Sequence[dict]) -> str:
         if with_predictions:
             line += f" {_number(row['predicted_samples_per_s'], 20, 1)} {_number(row['predicted_efficiency'], 13, 2)}"
         lines.append(line)
+    lines += [f"predicted at {row['ranks']}: {row['prediction_basis']}" for row in rows if row["prediction_basis"]]
     return "\n".join(lines)
 
 
@@ -117,12 +126,19 @@ def _number(value: float | None, width: int, decimals: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{decimals}f}"
 
 
-def write_csv(rows: Sequence[dict], path: str) -> None:
-    """Write the rows to `path` with the columns of `CSV_COLUMNS` (empty cells where a value is missing)."""
+def write_csv(rows: Sequence[dict], path: str, columns: Sequence[str] = CSV_COLUMNS) -> None:
+    """Write the rows to `path` with `columns` (empty cells where a value is missing)."""
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+        writer.writerows({key: "" if row.get(key) is None else row[key] for key in columns} for row in rows)
+
+
+def run_rows(runs: dict[str, dict[int, list[dict[str, float]]]]) -> list[dict]:
+    """Every run as one row of `RUN_COLUMNS`, from {variant: {ranks: [throughput values of each run]}}."""
+    return [{**values, "ranks": ranks, "variant": variant, "run": index + 1}
+            for variant, by_ranks in runs.items() for ranks, values_list in sorted(by_ranks.items())
+            for index, values in enumerate(values_list)]
 
 
 def describe_environment(timeout: float = 120) -> dict[str, Any]:
@@ -143,10 +159,12 @@ class ScaleConfig:
         mode: "strong" or "weak" (given to the workload as $MPIPROP_SCALE_MODE).
         out: directory for scaling.csv, scaling.json and scaling.png.
         program: the workload (script and arguments, or ["-m", module, ...]); the built-in MLP benchmark if empty.
-        repeat: runs per rank count (the median is reported).
+        repeat: runs per rank count (the median is reported; every run is kept in scaling.json and
+            scaling_runs.csv).
         threads_per_rank: BLAS threads per rank (1 by default, so ranks, not threads, do the scaling).
         hostfile: hosts for runs across nodes.
-        predict: further rank counts to predict with the performance model (links measured on 2 ranks);
+        predict: further rank counts to predict with the performance model (links measured on 2 ranks, the
+            workload's no-communication variant run `repeat` times at each count this node holds);
             predictions are also made for the measured counts.
         timeout: seconds allowed for each run.
     """
@@ -173,26 +191,71 @@ class ScaleConfig:
         """The program each run executes."""
         return list(self.program) if self.program else list(BUILTIN_WORKLOAD)
 
-    def run_options(self, ranks: int) -> RunOptions:
-        """How to launch the workload on `ranks` ranks."""
+    def run_options(self, ranks: int, alone: bool = False) -> RunOptions:
+        """How to launch the workload on `ranks` ranks (`alone`: its no-communication variant)."""
+        environment = ((SCALE_MODE_VARIABLE, self.mode),) + (((NO_COMMUNICATION_VARIABLE, "1"),) if alone else ())
         return RunOptions(ranks=ranks, program=self.workload, hostfile=self.hostfile,
-                          threads_per_rank=self.threads_per_rank, environment=((SCALE_MODE_VARIABLE, self.mode),))
+                          threads_per_rank=self.threads_per_rank, environment=environment)
 
 
-def measure_points(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print) -> list[ScalePoint]:
-    """Run the workload `config.repeat` times at each rank count, interleaving the counts between repeats."""
-    points = {ranks: ScalePoint(ranks) for ranks in config.ranks}
+def alone_counts(config: ScaleConfig, launcher: Launcher) -> dict[int, int]:
+    """Per count to predict (measured or in `config.predict`), the count whose runs alone give its compute time;
+    empty without `config.predict`."""
+    if not config.predict:
+        return {}
+    targets = sorted(set(config.ranks) | set(config.predict))
+    return alone_rank_counts(targets, launcher.cores, config.hostfile is not None)
+
+
+def measure_points(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print,
+                   alone_at: Sequence[int] = ()) -> tuple[list[ScalePoint], list[ScalePoint] | None]:
+    """Run the workload `config.repeat` times at each rank count, interleaving the counts between repeats.
+
+    Args:
+        alone_at: counts at which to run the workload's no-communication variant too, each right after the
+            data-parallel run at that count (so both see the same load on the machine).
+
+    Returns:
+        The data-parallel points, and the points alone (None when the workload's first run alone shows
+        that it has no no-communication variant; it is not run again).
+    """
+    jobs = sorted([(ranks, False) for ranks in config.ranks] + [(ranks, True) for ranks in set(alone_at)])
+    runs: dict[tuple[int, bool], list[dict[str, float]]] = {job: [] for job in jobs}
+    has_variant = True
     for repeat in range(config.repeat):
-        for ranks in config.ranks:
-            output = launcher.run_captured(config.run_options(ranks), timeout=config.timeout)
-            values = parse_throughput_line(output)
-            points[ranks].runs.append(values)
-            log(f"ranks {ranks:>3}  run {repeat + 1}/{config.repeat}  {values['samples_per_s']:.1f} samples/s")
-    return [points[ranks] for ranks in config.ranks]
+        for ranks, alone in jobs:
+            if alone and not has_variant:
+                continue
+            values = parse_throughput_line(launcher.run_captured(config.run_options(ranks, alone),
+                                                                 timeout=config.timeout))
+            has_variant = has_variant and (not alone or ran_without_communication(values))
+            if alone and not has_variant:
+                continue
+            runs[ranks, alone].append(values)
+            log(f"ranks {ranks:>3}{'alone' if alone else '':>6}  run {repeat + 1}/{config.repeat}  "
+                f"{values['samples_per_s']:.1f} samples/s")
+    points = [ScalePoint(ranks, runs[ranks, alone]) for ranks, alone in jobs if not alone]
+    return points, [ScalePoint(ranks, runs[ranks, alone]) for ranks, alone in jobs if alone] if has_variant else None
+
+
+def forecast_sweep(config: ScaleConfig, points: Sequence[ScalePoint], alone: Sequence[ScalePoint] | None,
+                   sources: dict[int, int], links: dict, cores: int) -> Forecast:
+    """Predict every count of `sources` (see `alone_counts`) from the runs alone at their source counts, so
+    each prediction carries the slowdown of ranks sharing the node; without runs alone (`alone` None), the
+    alpha-beta model from the fewest measured ranks."""
+    base = points[0]
+    base_values = {key: base.median(key) for key in base.runs[0] if base.median(key) is not None}
+    if alone is None:
+        return uncontended_forecast(base.ranks, base_values, links, config.mode, sorted(sources))
+    return contention_forecast(base.ranks, base_values, links, config.mode,
+                               {point.ranks: point.runs for point in points},
+                               {point.ranks: point.runs for point in alone}, sources, cores,
+                               config.hostfile is not None)
 
 
 def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure, predict (when asked), and write scaling.csv, scaling.json and scaling.png under `config.out`.
+    """Measure, predict (when asked), and write scaling.csv, scaling_runs.csv, scaling.json and scaling.png
+    under `config.out`.
 
     The plot is skipped, with a warning through `log`, when matplotlib is not installed.
 
@@ -200,24 +263,33 @@ def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], No
         The content of scaling.json.
     """
     os.makedirs(config.out, exist_ok=True)
-    points = measure_points(config, launcher, log)
-    predictions, links = {}, None
+    sources = alone_counts(config, launcher)
+    points, alone = measure_points(config, launcher, log, sorted(set(sources.values())))
+    forecast, links = None, None
     if config.predict:
         links = measure_links_with(launcher, timeout=config.timeout)
-        base = points[0]
-        base_values = {key: base.median(key) for key in base.runs[0] if base.median(key) is not None}
-        predictions = predict_sweep(base.ranks, base_values, links, config.mode,
-                                    sorted(set(config.ranks) | set(config.predict)))
-    rows = scaling_rows(points, predictions)
+        forecast = forecast_sweep(config, points, alone, sources, links, launcher.cores)
+        log(("warning: " if alone is None else "") + forecast.note)
+    alone = alone or []
+    rows = scaling_rows(points, forecast)
+    runs = {"data parallel": {point.ranks: point.runs for point in points},
+            "alone": {point.ranks: point.runs for point in alone}}
     result = {
         "mode": config.mode, "workload": config.workload, "repeat": config.repeat,
         "threads_per_rank": config.threads_per_rank, "rows": rows,
         "runs": {str(point.ranks): point.runs for point in points},
+        "alone_runs": {str(point.ranks): point.runs for point in alone},
         "links": {name: asdict(link) for name, link in links.items()} if links else None,
-        "predictions": {str(ranks): _prediction_dict(p) for ranks, p in predictions.items()},
+        "exposed_allreduce": forecast.exposed_allreduce if forecast else None,
+        "overhead_s": forecast.overhead_s if forecast else None,
+        "prediction_note": forecast.note if forecast else None,
+        "predictions": {str(ranks): _prediction_dict(prediction)
+                        for ranks, prediction in (forecast.predictions if forecast else {}).items()},
         "environment": describe_environment(),
     }
     write_csv(rows, os.path.join(config.out, "scaling.csv"))
+    write_csv(run_rows(runs), os.path.join(config.out, "scaling_runs.csv"), RUN_COLUMNS)
+    log(f"every run: {os.path.join(config.out, 'scaling_runs.csv')}")
     with open(os.path.join(config.out, "scaling.json"), "w") as handle:
         json.dump(result, handle, indent=2)
     from mpiprop.launch.plot import plot_scaling

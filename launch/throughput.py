@@ -3,6 +3,9 @@ from __future__ import annotations
 
 THROUGHPUT_TAG = "MPIPROP_THROUGHPUT"
 SCALE_MODE_VARIABLE = "MPIPROP_SCALE_MODE"  # "strong" or "weak", set by `mpiprop scale` for the workload to read
+# "1" when `mpiprop scale` asks for the workload's no-communication variant: every rank trains alone, no gradient
+# allreduce; a workload that honours it puts `communication=0` on its line
+NO_COMMUNICATION_VARIABLE = "MPIPROP_SCALE_NO_COMMUNICATION"
 
 
 def format_throughput_line(samples_per_s: float, **values: float) -> str:
@@ -11,7 +14,8 @@ def format_throughput_line(samples_per_s: float, **values: float) -> str:
     Args:
         samples_per_s: training samples processed per second over all ranks.
         values: optional extras (e.g. step_s, global_batch, compute_s_per_sample, parameter_bytes,
-            activation_bytes_per_sample: the last three let `--predict` model this workload).
+            activation_bytes_per_sample: the last three let `--predict` model this workload;
+            communication=0 says the run honoured $MPIPROP_SCALE_NO_COMMUNICATION).
     """
     fields = {"samples_per_s": samples_per_s, **values}
     return THROUGHPUT_TAG + " " + " ".join(f"{key}={value:.10g}" for key, value in fields.items())
@@ -37,3 +41,8 @@ def parse_throughput_line(output: str) -> dict[str, float]:
     if "samples_per_s" not in values:
         raise ValueError(f"the {THROUGHPUT_TAG} line {lines[-1]!r} has no samples_per_s=<number>")
     return values
+
+
+def ran_without_communication(values: dict[str, float]) -> bool:
+    """Whether a run's throughput values say it was the workload's no-communication variant (`communication=0`)."""
+    return values.get("communication") == 0
