@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -104,10 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     timed_step = local_step
     if not args.no_communication:
         parallel = DataParallel(model, comm=comm)  # after the local steps: it re-synchronises the replicas
-
-        def timed_step() -> None:
-            training_step(parallel, optimizer, loss_fn, x, y)
-
+        timed_step = functools.partial(training_step, parallel, optimizer, loss_fn, x, y)
         time_steps(timed_step, args.warmup)
     elapsed = slowest_rank_seconds(comm, timed_step, args.steps)
     values = {
