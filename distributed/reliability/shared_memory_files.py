@@ -29,16 +29,17 @@ def openmp_registration_file(pid: int) -> str:
 
 
 def remove_job_files() -> None:
-    """Remove this process's mapped /dev/shm files and the OpenMP registrations of it and its node's ranks.
+    """Remove the /dev/shm files this process and its node's ranks have mapped, and their OpenMP registrations.
 
-    MPICH keeps the segment its ranks share on a node in /dev/shm/mpich_shm_* until
-    MPI_Finalize, and Intel's OpenMP runtime (under MKL) registers each process in
+    MPICH keeps the segment its ranks share on a node in /dev/shm/mpich_shm_* (Open MPI one
+    per rank, /dev/shm/sm_segment.*) until MPI_Finalize, and Intel's OpenMP runtime (under MKL) registers each process in
     /dev/shm/__KMP_REGISTERED_LIB_<pid>_<uid>; a job that is aborted or killed leaves both.
     For a process about to abort the job: the mappings themselves stay valid until each process
     ends, so ranks still running are not disturbed. Errors are ignored.
     """
-    pids = {os.getpid(), *_local_peer_pids}
-    for path in mapped_shared_memory_files() + [openmp_registration_file(pid) for pid in sorted(pids)]:
+    pids = sorted({os.getpid(), *_local_peer_pids})
+    mapped = {path for pid in pids for path in mapped_shared_memory_files(pid)}
+    for path in sorted(mapped) + [openmp_registration_file(pid) for pid in pids]:
         try:
             os.unlink(path)
         except OSError:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-RANK = int(os.environ.get("PMI_RANK", "0"))
+RANK = int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)  # MPICH or Open MPI
 
 
 def crash() -> None:
