@@ -106,14 +106,15 @@ def test_optimizer_state_per_rank_is_one_nth_of_data_parallel(ranks):
 
 
 def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allgather(monkeypatch):
+    import mpiprop.distributed.data_parallel.bucket_allreduce_shared as windows
     import mpiprop.distributed.data_parallel.parameter_allgather_shared as shared
     from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
     from mpiprop.distributed.data_parallel.sharded_optimizer import _parameter_allgather
 
     dp = DataParallel(nn.Sequential(nn.Linear(100, 100)))
-    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 2**20)  # 1 MiB; 100x100 float32 need 1.25 x 40 kB
+    monkeypatch.setattr(windows, "free_shared_memory_bytes", lambda: 2**20)  # 1 MiB; 100x100 float32 need 1.25 x 40 kB
     assert shared.parameter_window_shortage(dp.parameters(), dp.owner_of, dp.comm) is None
-    monkeypatch.setattr(shared, "free_shared_memory_bytes", lambda: 20_000)
+    monkeypatch.setattr(windows, "free_shared_memory_bytes", lambda: 20_000)
     with pytest.warns(RuntimeWarning, match=r"/dev/shm on rank 0 has 0 MiB free, less than 1.25 x the 0 MiB .* "
                                             r"shared_memory=False"):
         allgather = _parameter_allgather([dp.parameters()], dp.owner_of, dp.comm, shared_memory=True)

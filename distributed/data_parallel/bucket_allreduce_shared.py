@@ -37,10 +37,11 @@ OPEN_MPI_ONE_SIDED_VARIABLE = "OMPI_MCA_osc"  # Open MPI's choice of one-sided c
 
 
 def shared_memory_possible(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool) -> bool:
-    """Whether every rank of `comm` is on this node, the buffers are numpy arrays of plain floats,
-    and making a window prints no error (see `window_prints_errors`)."""
-    return (comm.size > 1 and comm.local_size == comm.size and on_cpu
-            and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes) and not window_prints_errors())
+    """Whether the ranks of `comm` can sum buffers in windows shared by the ranks of each node: there are
+    several ranks, the buffers are numpy arrays of plain floats, and making a window prints no error
+    (see `window_prints_errors`). Which ranks share a node is `node_groups`' business."""
+    return (comm.size > 1 and on_cpu and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes)
+            and not window_prints_errors())
 
 
 def window_prints_errors() -> bool:
@@ -78,16 +79,22 @@ def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Seq
     """
     ranks_per_window = comm.size if ranks_per_window is None else ranks_per_window
     needed = ranks_per_window * _aligned_offsets(sizes, [numpy.dtype(dtype) for dtype in dtypes])[1]
+    short = rank_short_of_room(comm, needed)
+    if short is None:
+        return None
+    rank, free = short
+    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
+            f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of {ranks_per_window} ranks "
+            "need; summing gradients with MPI's allreduce instead. Give it more room (e.g. docker run "
+            "--shm-size=2g) or pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
+
+
+def rank_short_of_room(comm: Communicator, needed: int) -> tuple[int, int] | None:
+    """(rank, its free bytes) of the first rank of `comm` whose /dev/shm lacks ROOM_MARGIN x `needed` bytes,
+    or None when every rank has room. Collective."""
     free = free_shared_memory_bytes()
     short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
-    for rank, free in enumerate(short_on):
-        if free is not None:
-            return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of "
-                    f"{ranks_per_window} ranks "
-                    "need; summing gradients with MPI's allreduce instead. Give it more room (e.g. docker run "
-                    "--shm-size=2g) or pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
-    return None
+    return next(((rank, free) for rank, free in enumerate(short_on) if free is not None), None)
 
 
 class SharedMemoryBucketAllreduce(BucketAllreduce):
@@ -95,7 +102,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
 
     `buffers` are this rank's arrays (the gradient buckets are made over them); `launch`,
     `progress` and `finish` sum them over the ranks, in place. Construction is collective.
-    Only for ranks on one node (see `shared_memory_possible`).
+    Only for ranks on one node (see `node_groups`).
 
     With `counts` (for each buffer, the leading elements each rank owns, in rank order) it is a
     reduce-scatter instead: a rank sums its own elements into its own buffer only, its other

@@ -10,8 +10,8 @@ from mpi4py import MPI
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce, shared_memory_shortage,
-                                                                       window_prints_errors)
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce,
+                                                                       shared_memory_possible, shared_memory_shortage)
 from mpiprop.distributed.data_parallel.bucket_reduce_scatter import MpiBucketReduceScatter
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
@@ -160,8 +160,7 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
     Raises:
         ValueError: on every rank, for a malformed MPIPROP_PRETEND_NODES.
     """
-    if not (comm.size > 1 and on_cpu and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes)
-            and not window_prints_errors()):
+    if not shared_memory_possible(comm, dtypes, on_cpu):
         return None
     groups = node_groups(comm)
     largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)

@@ -7,7 +7,7 @@ import numpy
 from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (ALIGNMENT, ROOM_MARGIN, SHARED_MEMORY_DIRECTORY,
-                                                                        free_shared_memory_bytes)
+                                                                        rank_short_of_room)
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.parameter import Parameter
@@ -20,7 +20,7 @@ class SharedMemoryParameterAllgather:
     waits until every rank has read the previous values, writes this rank's parameters into its
     part, waits until every rank has written, and copies the peers' parameters out of theirs:
     two barriers and no message, where MPI's allgather would copy everything twice. Construction
-    is collective; only for ranks on one node (see `shared_memory_possible`).
+    is collective; only for ranks on one node (see `node_groups`).
 
     Args:
         params: every parameter of the model.
@@ -60,15 +60,14 @@ class SharedMemoryParameterAllgather:
 def parameter_window_shortage(params: Sequence[Parameter], owner_of: dict[int, int], comm: Communicator) -> str | None:
     """Why the window for the parameters would not fit on some rank's node, or None when it fits. Collective."""
     needed = sum(_segments(params, owner_of, comm.size)[1])
-    free = free_shared_memory_bytes()
-    short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
-    for rank, free in enumerate(short_on):
-        if free is not None:
-            return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-                    f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared copy of the parameters needs; "
-                    "giving the updated parameters to the ranks with MPI's allgather instead. Give it more room "
-                    "(e.g. docker run --shm-size=2g) or pass DataParallel(..., shared_memory=False)")
-    return None
+    short = rank_short_of_room(comm, needed)
+    if short is None:
+        return None
+    rank, free = short
+    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
+            f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared copy of the parameters needs; "
+            "giving the updated parameters to the ranks with MPI's allgather instead. Give it more room "
+            "(e.g. docker run --shm-size=2g) or pass DataParallel(..., shared_memory=False)")
 
 
 def _segments(params: Sequence[Parameter], owner_of: dict[int, int], ranks: int) -> tuple[dict[int, int], list[int]]:
