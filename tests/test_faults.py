@@ -345,7 +345,8 @@ def metrics_records(path):
 
 
 def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, uninterrupted_digits):
-    """Rank 0, the one that writes checkpoints, is killed right after its first checkpoint, maybe mid-write.
+    """Rank 0, the one that writes checkpoints, is killed while its last checkpoint is one written inside
+    an epoch, maybe in the middle of writing the next one.
 
     The resumed run ends with the same weights and records the same metrics, those of the
     interrupted epoch included (every rank's running sums are in the checkpoint).
@@ -354,7 +355,9 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
     job, job_marker = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
     try:
         wait_for_file(path, job, timeout=120)
-        os.kill(rank_pid(job, 0, marker=str(path)), signal.SIGKILL)
+        rank_0 = rank_pid(job, 0, marker=str(path))
+        pause_when_mid_epoch_checkpoint(rank_0, path, job, timeout=120)
+        os.kill(rank_0, signal.SIGKILL)
         killed_at = time.time()
         _, stderr = job.communicate(timeout=ENDS_WITHIN_S)
     finally:
@@ -376,6 +379,23 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
     for name, expected in expected_checkpoint["model"].items():
         numpy.testing.assert_array_equal(resumed["model"][name], expected, err_msg=name)
     assert metrics_records(metrics) == expected_metrics
+
+
+def pause_when_mid_epoch_checkpoint(pid, path, job, timeout):
+    """Stop process `pid` (SIGSTOP) at a moment when the checkpoint at `path` was written inside an epoch.
+
+    The process writes the checkpoints, so none changes while it is stopped: however fast training runs,
+    the checkpoint read here is the one a kill leaves.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        assert job.poll() is None, f"the job ended (status {job.returncode}) before a checkpoint inside an epoch"
+        assert time.monotonic() < deadline, f"no checkpoint inside an epoch at {path} after {timeout} s"
+        os.kill(pid, signal.SIGSTOP)
+        if read_checkpoint(path)["meta"]["trainer"]["batch"] > 0:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
 
 
 def wait_for_file(path, job, timeout):
@@ -414,7 +434,10 @@ def preempt_then_resume(tmp_path, ranks, signum, only_rank, expected):
     job, marker = start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
     with stopped_at_the_end(job, marker):
         wait_for_file(path, job, timeout=120)
+        rank_0 = rank_pid(job, 0, marker=str(path))
+        pause_when_mid_epoch_checkpoint(rank_0, path, job, timeout=120)  # so the signal comes before the end
         os.kill(job.pid if only_rank is None else rank_pid(job, only_rank, marker=str(path)), signum)
+        os.kill(rank_0, signal.SIGCONT)
         since = time.monotonic()
         _, stderr = job.communicate(timeout=ENDS_WITHIN_S)
         took = seconds_until_the_job_ends(job, marker, since)
