@@ -242,9 +242,14 @@ def _memory_budget(path: str, model: Any) -> int:
 
 
 def _model_shape_check(path: str, model: Any) -> Callable[[str, tuple, Any], None]:
-    """A check of each array header against the model's parameter of that name (none without a model)."""
-    expected = {} if model is None else {f"model/{name}": tuple(array.shape)
-                                         for name, array in model.state_dict().items()}
+    """A check of each array header against the model's parameter of that name (none without a model).
+
+    A training strategy gives the whole model's shapes (`state_shapes`), which a tensor-parallel
+    rank's own shares are not.
+    """
+    shapes = {} if model is None else model.state_shapes() if hasattr(model, "state_shapes") else \
+        {name: tuple(array.shape) for name, array in model.state_dict().items()}
+    expected = {f"model/{name}": tuple(shape) for name, shape in shapes.items()}
 
     def check(name: str, shape: tuple, dtype: Any) -> None:
         if name in expected and shape != expected[name]:

@@ -26,8 +26,10 @@ class LocalStrategy:
     plus what a trainer needs to combine results over processes: `comm` (None here),
     `data_shard` (which shard of the data this process reads), `is_main` (who prints and
     writes files), `position` (where this process sits, for messages), `stage_allgather`
-    (one value from every stage of the model), `merge_over_stages` (whole-model dicts from
-    the stages' parts) and `locate_non_finite`.
+    (one value from every process holding a part of this copy of the model), `merge_over_stages`
+    (whole-model dicts from those parts), `local_part` (the inverse: this process's part of a
+    whole-model dict), `parameters_counted_once` (for sums over the whole model, such as the
+    gradient norm) and `locate_non_finite`.
 
     Args:
         module: the model, usually a Sequential.
@@ -121,6 +123,16 @@ class LocalStrategy:
         """Name -> shape of every entry of the whole model's state dict."""
         return {name: tuple(array.shape) for name, array in self.module.state_dict().items()}
 
+    def local_part(self, named: dict[str, Any]) -> dict[str, Any]:
+        """This process's part of `named`, whole-model values keyed by parameter name (e.g. a checkpoint's
+        optimizer state): here all of it; tensor-parallel ranks cut their shares."""
+        return named
+
+    def parameters_counted_once(self) -> list[Parameter]:
+        """The parameters whose gradients this process adds to sums over the whole model, such as the
+        gradient norm: here all of them; processes that hold a parameter alike count it on one of them."""
+        return self.parameters()
+
     # --- what a trainer combines over processes -----------------------------------------------
     @property
     def data_shard(self) -> tuple[int, int]:
@@ -138,7 +150,7 @@ class LocalStrategy:
         return "rank 0"
 
     def stage_allgather(self, value: Any) -> list[Any]:
-        """`value` from every stage of this process's copy of the model, in stage order (here: one)."""
+        """`value` from every process holding a part of this copy of the model, in stage order (here: one)."""
         return [value]
 
     def merge_over_stages(self, part: dict[str, Any]) -> dict[str, Any] | None:

@@ -325,8 +325,8 @@ class Trainer:
 
         One exchange over the stages gives every rank the same answer, so all of them skip or clip alike.
         """
-        params = self.model.parameters()
-        mine = (grads_finite(params), grad_power_sum(params) if self.clip_grad_norm is not None else 0.0)
+        params, counted = self.model.parameters(), self.model.parameters_counted_once()
+        mine = (grads_finite(params), grad_power_sum(counted) if self.clip_grad_norm is not None else 0.0)
         stages = self.model.stage_allgather(mine)
         return all(finite for finite, _ in stages), sum(power for _, power in stages)
 
@@ -438,7 +438,7 @@ class Trainer:
         if self.checkpoint_path is None:
             return
         mine = (rng.get_rng_state(), self._train_totals.state_dict(), [c.state_dict() for c in self.callbacks],
-                self._parameter_names())
+                self._held_parameters())
         everyone = [mine] if self.comm is None else self.comm.allgather_object(mine)
         model_state = self.model.merge_over_stages({name: to_numpy(array)
                                                     for name, array in self.model.state_dict().items()})
@@ -447,6 +447,12 @@ class Trainer:
                                                  self.model.merge_over_stages)
         if self.is_main:
             write_checkpoint(self.checkpoint_path, model_state, optimizer_state, trainer=self._state(everyone))
+
+    def _local_optimizer_state(self, saved: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A checkpoint's optimizer state with its entries by name cut to this process's parts."""
+        if saved is None or not isinstance(saved.get("state"), dict):
+            return saved
+        return {**saved, "state": self.model.local_part(saved["state"])}
 
     def _optimizer_names(self) -> list[str]:
         """The full name of each of the optimizer's parameters.
@@ -495,7 +501,8 @@ class Trainer:
                                   f"but this loader has {self._loader_settings}; use the same loader settings "
                                   "(the same batch over all ranks)")
         check_model_state(path, saved["model"], self.model.state_shapes())
-        load_optimizer_state(path, saved["optimizer"], self.optimizer, self._optimizer_names())
+        load_optimizer_state(path, self._local_optimizer_state(saved["optimizer"]), self.optimizer,
+                             self._optimizer_names())
         self.model.load_state_dict(saved["model"])
         rng.set_rng_state(saved["rng"])
         rank_rng = state.get("rank_rng")
@@ -513,19 +520,21 @@ class Trainer:
         return state
 
     def _own_callback_states(self, state: dict[str, Any]) -> list[dict[str, Any]]:
-        """Each callback's state for this rank: its own when it holds the parameters it held when saving; else
+        """Each callback's state for this rank: its own when it holds the parameters (and shares) it held when saving; else
         rank 0's, with every mapping in it (such as EarlyStopping's best weights, split over pipeline
         stages) joined over ranks."""
         rank_callbacks = state.get("rank_callbacks")
         if rank_callbacks is None:
             return [entry["state"] for entry in state["callbacks"]]
-        if len(rank_callbacks) == self.world_size and state["rank_parameters"][self.rank] == self._parameter_names():
+        if len(rank_callbacks) == self.world_size and state["rank_parameters"][self.rank] == self._held_parameters():
             return rank_callbacks[self.rank]
-        return [_joined_over_ranks([states[index] for states in rank_callbacks])
+        whole_shapes = self.model.state_shapes()
+        return [_joined_over_ranks([states[index] for states in rank_callbacks], whole_shapes)
                 for index in range(len(self.callbacks))]
 
-    def _parameter_names(self) -> list[str]:
-        return [name for name, _ in self.model.named_parameters()]
+    def _held_parameters(self) -> list[list]:
+        """[name, shape] of each parameter this rank holds (a tensor-parallel share has a shape of its own)."""
+        return [[name, list(p.data.shape)] for name, p in self.model.named_parameters()]
 
     def _own_train_sums(self, rank_sums: list[MetricSums]) -> MetricSums:
         """This rank's share of the epoch's metric sums: its own in the same layout, else the main rank holds
@@ -607,13 +616,30 @@ def as_strategy(model: Any) -> Any:
     return model
 
 
-def _joined_over_ranks(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rank 0's state, each of whose dict values is the union of that dict on every rank."""
+def _joined_over_ranks(states: list[dict[str, Any]], whole_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Rank 0's state, each of whose dict values is the union of that dict on every rank (in rank order).
+
+    An array that the ranks hold as tensor-parallel shares (its shape is not the whole model's, in
+    `whole_shapes`) is joined from the first ranks holding it, which are one stage's tensor ranks in order.
+    """
     joined = dict(states[0])
     for key, value in joined.items():
         if isinstance(value, dict):
-            joined[key] = {name: item for state in states for name, item in (state[key] or {}).items()}
+            held: dict[str, list[Any]] = {}
+            for state in states:
+                for name, item in (state[key] or {}).items():
+                    held.setdefault(name, []).append(item)
+            joined[key] = {name: _whole(items, whole_shapes.get(name)) for name, items in held.items()}
     return joined
+
+
+def _whole(items: list[Any], whole_shape: tuple[int, ...] | None) -> Any:
+    """The value the ranks hold alike, or their shares joined along the axis where a share is shorter."""
+    first = items[0]
+    if whole_shape is None or not hasattr(first, "shape") or tuple(first.shape) == tuple(whole_shape):
+        return first
+    axis = next(axis for axis, (share, whole) in enumerate(zip(first.shape, whole_shape)) if share != whole)
+    return numpy.concatenate([to_numpy(item) for item in items[:whole_shape[axis] // first.shape[axis]]], axis=axis)
 
 
 def _uneven_shards(loader: Any) -> bool:

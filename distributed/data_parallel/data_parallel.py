@@ -12,6 +12,7 @@ from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
+from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.network.backend import Array
 from mpiprop.network.layer import REMEMBERED, Layer
@@ -87,6 +88,10 @@ class DataParallel(LocalStrategy):
         if shard_optimizer_state not in (0, 1, 2):
             raise ValueError(f"shard_optimizer_state must be 0 (none), 1 (ZeRO-1: optimizer state) or 2 (ZeRO-2: "
                              f"optimizer state and gradients), got {shard_optimizer_state!r}")
+        if tensor_group_of(module) is not None:
+            raise ValueError("DataParallel keeps a whole model per rank, but this one holds tensor-parallel layers; "
+                             "train data x tensor-parallel layouts with Pipeline(model, micro_batches, stages=1), "
+                             "which places the groups and joins their shares in checkpoints")
         self.shard_optimizer_state = shard_optimizer_state
         self.comm = as_communicator(comm)
         self.broadcast_buffers = bool(broadcast_buffers)

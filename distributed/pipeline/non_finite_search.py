@@ -49,6 +49,6 @@ def _search_chunk(pipe: Any, chunk_index: int, activation: Array | None,
     start = pipe.chunk_ranges[chunk_index][0]
     for offset, layer in enumerate(pipe.chunks[chunk_index]):
         activation, _ = layer.forward(activation)
-        if not is_finite(activation):
+        if not pipe.all_tensor_ranks(is_finite(activation)):
             return None, f"layer {start + offset} ({layer!r}) on {pipe.position}"
     return activation, None

@@ -11,7 +11,8 @@ from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm
+from mpiprop.distributed.tensor_parallel.named_shares import join_shares, named_splits, share_of, tensor_group_of
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
@@ -47,6 +48,13 @@ class Pipeline:
     `GradientSync` as DataParallel (in shared memory on one node): a bucket's reduction starts
     during the chunk's last backward of the batch, once its gradients are final.
 
+    When `model` holds tensor-parallel layers (`ColumnParallelLinear`, `RowParallelLinear`)
+    split over groups of T consecutive ranks (`tensor_parallel_group(T)`), each stage is
+    held by such a group: the ranks form replicas x stages x T (a 3-D layout, see
+    `make_grid`). Every tensor rank runs its own line of the pipeline; the split layers
+    exchange within the group. Checkpoints and `state_shapes` hold the whole model's arrays,
+    joined from the shares; `load_state_dict` cuts each rank's share from whole arrays.
+
     Usage (the same on every rank)::
 
         pipe = Pipeline(model, micro_batches=8, schedule="1f1b")
@@ -72,14 +80,16 @@ class Pipeline:
             `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
         virtual_stages: model chunks per rank; default: the schedule's (2 for "interleaved", else 1).
         sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
-        stages: ranks per pipeline; must divide the number of ranks; None: all of them.
+        stages: stages per pipeline; stages x T must divide the number of ranks; None: all of
+            them (divided by T with tensor-parallel layers).
         bucket_cap_mb, shared_memory: of the replicas' gradient buckets, as for DataParallel.
 
     Raises:
         TypeError: when `model` is not a Sequential.
         ValueError: on every rank, for an unknown schedule or balance rule, a balance that
             does not fit the model, fewer layers than stages, micro-batch counts the schedule
-            cannot use, `stages` that does not divide the ranks, or ranks that built different models.
+            cannot use, `stages` that does not divide the ranks, ranks that built different models,
+            or tensor-parallel layers whose group is not T consecutive ranks of `comm`.
     """
 
     def __init__(self, model: Sequential, micro_batches: int, schedule: str = "1f1b",
@@ -94,7 +104,8 @@ class Pipeline:
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
-        self._join_ranks(comm, stages)
+        self.splits = named_splits(model)
+        self._join_ranks(comm, stages, tensor_group_of(model))
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
         self.schedule = spec.build(self.num_stages, self.micro_batches, self.virtual_stages)
         check_same_model(model, self.comm, owner="Pipeline")
@@ -104,7 +115,9 @@ class Pipeline:
         self.chunks = [model[start:stop] for start, stop in self.chunk_ranges]
         self._state_shapes = {name: tuple(array.shape) for name, array in
                               [*model.named_parameters(), *model.named_buffers()]}
+        self._state_shapes.update({name: split.whole for name, split in self.splits.items()})
         self._receive_parameters_from_rank_zero(model, all_ranges)
+        self._agree_within_tensor_group()
         check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
         simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
         self.steps: list[Step] = self.schedule[self.stage_index]
@@ -112,16 +125,46 @@ class Pipeline:
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
 
-    def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None) -> None:
+    def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
+                    tensor_comm: Communicator | None) -> None:
         """`pipeline_comm`: this pipeline's stages; `data_comm`: this stage's replicas (None for one);
-        `comm`: every rank of the strategy."""
-        if stages is None:
-            self.pipeline_comm = self.comm = Communicator(comm)
+        `model_comm`: the ranks holding this copy of the model; `tensor_comm`: this stage's tensor-parallel
+        ranks (None without split layers); `comm`: every rank of the strategy."""
+        self.tensor_comm, self.tensor_rank, self.tensor_size = tensor_comm, 0, 1
+        if stages is None and tensor_comm is None:
+            self.pipeline_comm = self.model_comm = self.comm = Communicator(comm)
             self.data_comm, self.replica, self.replicas = None, 0, 1
             return
-        grid = make_grid(stages, comm)
-        self.comm, self.pipeline_comm = grid.comm, grid.pipeline_comm
+        tensor = 1 if tensor_comm is None else tensor_comm.size
+        if stages is None:
+            stages = max(1, as_communicator(comm).size // tensor)
+        grid = make_grid(stages, comm, tensor)
+        self.comm, self.pipeline_comm, self.model_comm = grid.comm, grid.pipeline_comm, grid.model_comm
         self.data_comm, self.replica, self.replicas = grid.data_comm, grid.replica, grid.replicas
+        if grid.replicas == 1:
+            self.data_comm = None
+        if tensor_comm is not None:
+            self._check_tensor_group(grid.tensor_rank)
+            self.tensor_rank, self.tensor_size = grid.tensor_rank, tensor
+
+    def _check_tensor_group(self, tensor_rank: int) -> None:
+        """Raise on every rank unless the split layers' group is the grid's: T consecutive ranks of `comm`."""
+        first = self.comm.rank - tensor_rank
+        members = self.tensor_comm.allgather_object(self.comm.rank)
+        fits = self.tensor_comm.rank == tensor_rank and members == list(range(first, first + self.tensor_comm.size))
+        if not all(self.comm.allgather_object(fits)):
+            raise ValueError(f"Pipeline: the model's tensor-parallel layers are split over groups that are not "
+                             f"{self.tensor_comm.size} consecutive ranks of the pipeline's communicator; build "
+                             "them with tensor_parallel_group(T, comm) over the communicator given to Pipeline")
+
+    def _agree_within_tensor_group(self) -> None:
+        """The state that every tensor rank of a stage holds whole (unsplit layers, row-parallel biases)
+        takes the group's first rank's values, so each line of the pipeline trains the same model."""
+        if self.tensor_comm is None:
+            return
+        for name, array in [*self.named_parameters(), *self.named_buffers()]:
+            if name not in self.splits:
+                self.tensor_comm.bcast(array.data if isinstance(array, Parameter) else array, root=0)
 
     def _broadcast_buffers_over_replicas(self) -> None:
         """Replica 0's buffers (BatchNorm running statistics) on every replica after each step, so every
@@ -157,7 +200,8 @@ class Pipeline:
         Gradients are added to each local parameter's `.grad` (zero them first, as before a
         plain backward); afterwards they equal the whole model's gradients for the batch
         (with replicas: averaged over the replicas, each of which passes its share of the batch).
-        On the last stage `last_output` holds the batch's output.
+        On the last stage `last_output` holds the batch's output (on its first tensor rank only, so
+        that each output is counted once).
         Layers see one micro-batch at a time, as in torch's pipelining: dropout draws each
         micro-batch's rows of the whole batch's masks (numpy arrays), but BatchNorm normalises each
         micro-batch with its own statistics and updates its running statistics once per
@@ -179,7 +223,7 @@ class Pipeline:
         sync = self.gradient_sync
         if sync is not None:
             sync.start()
-        result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self.is_last,
+        result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self._reports_outputs,
                                     on_parameters_final=None if sync is None else sync.mark_final)
         loss = self._finish(result)
         if sync is not None:
@@ -206,13 +250,17 @@ class Pipeline:
             x: the input batch on the first stage (None elsewhere).
 
         Returns:
-            the output on the last stage, None on the other ranks.
+            the output on the last stage (its first tensor rank), None on the other ranks.
         """
         plan = self._agree_on_batch(x, None, needs_targets=False, forward_only_run=True)
         schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
-        result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=True)
+        result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=self._reports_outputs)
         self._finish(result)
         return self._joined(result.outputs)
+
+    @property
+    def _reports_outputs(self) -> bool:
+        return self.is_last and self.tensor_rank == 0
 
     @staticmethod
     def _joined(outputs: list[Array] | None) -> Array | None:
@@ -242,7 +290,7 @@ class Pipeline:
                 yield from layer.named_buffers(f"{prefix}{start + offset}.")
 
     def state_dict(self) -> dict[str, Array]:
-        """Copies of this rank's parameters and buffers, keyed by whole-model name."""
+        """Copies of this rank's parameters and buffers (its shares of split ones), keyed by whole-model name."""
         state = {name: p.data.copy() for name, p in self.named_parameters()}
         state.update({name: b.copy() for name, b in self.named_buffers()})
         return state
@@ -268,11 +316,24 @@ class Pipeline:
             KeyError: when an entry of a local layer is missing or unexpected.
             ValueError: when a shape differs.
         """
+        state = self.local_part(state)
         for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
             for offset, layer in enumerate(chunk):
                 prefix = f"{start + offset}."
                 layer.load_state_dict({name[len(prefix):]: value for name, value in state.items()
                                        if name.startswith(prefix)})
+
+    def local_part(self, named: dict[str, Any]) -> dict[str, Any]:
+        """`named` (whole-model values keyed by parameter name) with split entries cut to this rank's shares."""
+        if self.tensor_comm is None:
+            return named
+        return share_of(named, self.splits, self.tensor_rank)
+
+    def parameters_counted_once(self) -> list[Parameter]:
+        """This rank's parameters, less those that its stage's first tensor rank holds alike (unsplit ones)."""
+        if self.tensor_rank == 0:
+            return self.parameters()
+        return [p for name, p in self.named_parameters() if name in self.splits]
 
     def zero_grad(self) -> None:
         """Reset this rank's gradients to zero."""
@@ -305,21 +366,32 @@ class Pipeline:
 
     @property
     def position(self) -> str:
+        tensor = f", tensor rank {self.tensor_rank} of {self.tensor_size}" if self.tensor_comm is not None else ""
         replica = f", replica {self.replica}" if self.replicas > 1 else ""
-        return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{replica})"
+        return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{tensor}{replica})"
 
     def stage_allgather(self, value: Any) -> list[Any]:
-        """`value` from every stage of this rank's pipeline, in stage order; collective over the pipeline."""
+        """`value` from every rank holding this copy of the model, in stage order (tensor ranks within);
+        collective over those ranks."""
         with waiting_in("allgather over the pipeline's stages"):
-            return self.pipeline_comm.allgather_object(value)
+            return self.model_comm.allgather_object(value)
 
     def merge_over_stages(self, part: dict[str, Any]) -> dict[str, Any] | None:
-        """The union of the stages' dicts on rank 0 (stage 0 of replica 0), None elsewhere; collective."""
+        """The union of the stages' dicts on rank 0 (stage 0 of replica 0), None elsewhere; collective.
+
+        Entries of split parameters are joined from the tensor ranks' shares into whole arrays.
+        """
         with waiting_in("gather of the stages' state on stage 0"):
-            parts = self.pipeline_comm.mpi_comm.gather(part, root=0)
+            parts = self.model_comm.mpi_comm.gather(part, root=0)
         if parts is None or not self.is_main:
             return None
-        return {name: value for stage_part in parts for name, value in stage_part.items()}
+        return join_shares(parts, self.splits)
+
+    def all_tensor_ranks(self, flag: bool) -> bool:
+        """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""
+        if self.tensor_comm is None:
+            return flag
+        return bool(self.tensor_comm.allreduce(numpy.array([int(flag)]), "min")[0])
 
     def locate_non_finite(self, x: Array | None) -> str:
         """Where a forward pass of `x` (read on the first stage) first yields NaN or Inf; collective.
@@ -344,13 +416,17 @@ class Pipeline:
         return check_balance(balance, len(model), parts)
 
     def _layer_times_from_rank_zero(self, model: Sequential, sample_input: Array | None) -> list[float]:
+        """Every pipeline of the grid takes rank 0's measurement, so all of them cut the model alike."""
+        if self.tensor_comm is not None:
+            raise ValueError("balance='time' times the layers on one rank, which tensor-parallel layers cannot run "
+                             "alone; give balance as layer counts per stage or 'parameters'")
         times: Any = None
-        if self.pipeline_comm.rank == 0:
+        if self.comm.rank == 0:
             if is_array(sample_input):
                 times = measure_layer_times(model, sample_input)
             else:
                 times = "balance='time' needs sample_input (one micro-batch of input) on rank 0"
-        times = self.pipeline_comm.bcast_object(times, root=0)
+        times = self.comm.bcast_object(times, root=0)
         if isinstance(times, str):
             raise ValueError(times)
         return times

@@ -16,7 +16,7 @@ import numpy
 from mpi4py import MPI
 
 import mpiprop.network as nn
-from mpiprop.distributed import Communicator, DataParallel
+from mpiprop.distributed import Communicator, DataParallel, Pipeline
 from mpiprop.distributed.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, full_state_dict, load_full_state_dict, named_split_layers,
     tensor_parallel_group,
@@ -95,29 +95,36 @@ def check_training(world, group, recompute: bool) -> None:
 
 
 def check_data_parallel_replicas(world, group) -> None:
-    """Groups side by side as DataParallel replicas, each on its share of a global batch, equal one
-    process on the global batch."""
-    replicas = world.split(color=group.rank)
-    model = DataParallel(tensor_parallel_model(seed=30 + world.rank, group=group), comm=replicas)
-    reference = whole_model(seed=30)  # the first group's weights, broadcast by DataParallel
-    assert_close(full_state_dict(model.module), reference.state_dict(), "weights broadcast to the replicas")
-    mine = slice(replicas.rank * BATCH, (replicas.rank + 1) * BATCH)
+    """Groups side by side as data-parallel replicas (a one-stage Pipeline over the grid), each on its
+    share of a global batch, equal one process on the global batch; DataParallel refuses split layers."""
+    try:
+        DataParallel(tensor_parallel_model(seed=30, group=group))
+    except ValueError as error:
+        assert "Pipeline(model, micro_batches, stages=1)" in str(error), error
+    else:
+        raise AssertionError("DataParallel accepted tensor-parallel layers")
+    model = Pipeline(tensor_parallel_model(seed=30 + world.rank, group=group), micro_batches=2, stages=1)
+    assert (model.replicas, model.tensor_size) == (world.size // group.size, group.size), model.position
+    reference = whole_model(seed=30)  # rank 0's weights, taken by every replica
+    mine = slice(model.replica * BATCH, (model.replica + 1) * BATCH)
     optimizer = nn.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     expected = nn.optim.SGD(reference.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = nn.MSELoss()
     rng = numpy.random.default_rng(99)
     for _ in range(STEPS):
-        x, y = rng.standard_normal((replicas.size * BATCH, IN)), rng.standard_normal((replicas.size * BATCH, OUT))
+        x = rng.standard_normal((model.replicas * BATCH, IN))
+        y = rng.standard_normal((model.replicas * BATCH, OUT))
         optimizer.zero_grad(), expected.zero_grad()
-        loss_fn(model(x[mine]), y[mine])
-        model.backward(loss_fn.backward())
+        model.train_step(x[mine], y[mine], loss_fn)
         loss_fn(reference(x), y)
         reference.backward(loss_fn.backward())
         optimizer.step(), expected.step()
-    worst = assert_close(full_state_dict(model.module), reference.state_dict(), "weights trained by the replicas")
-    assert not numpy.allclose(reference[0].weight.data, whole_model(seed=30)[0].weight.data), "training did not move"
+    whole = model.consolidated_state_dict()
+    worst = 0.0
     if world.rank == 0:
-        print(f"ranks={world.size} T={group.size} replicas={replicas.size} max_abs_diff={worst:.3e}", flush=True)
+        worst = assert_close(whole, reference.state_dict(), "weights trained by the replicas")
+        assert not numpy.allclose(reference[0].weight.data, whole_model(seed=30)[0].weight.data), "training did not move"
+        print(f"ranks={world.size} T={group.size} replicas={model.replicas} max_abs_diff={worst:.3e}", flush=True)
 
 
 def check_gradients_by_finite_differences(world, group, eps: float = 1e-6, per_array: int = 6) -> None:

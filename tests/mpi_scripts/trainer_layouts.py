@@ -1,14 +1,18 @@
 """The Trainer in every layout against LocalStrategy on the global batch, checkpoints across layouts, and resume.
 
-    mpiexec -n N python trainer_layouts.py DIRECTORY
+    mpiexec -n N python trainer_layouts.py DIRECTORY [LAYOUT ...]
 
 Layouts: "local" (one process, the reference), "dp" (DataParallel over all ranks), "pipeN"
-(Pipeline with N stages; N below the rank count makes a grid with replicas). Float64, no
+(Pipeline with N stages; N below the rank count makes a grid with replicas), "tpT" (each
+block's matrices split over T ranks, the groups data-parallel replicas) and "pipeN-tpT" (N
+stages of T ranks, replicas x N x T: a 3-D layout). Without LAYOUTs: local, dp, pipe2, pipe4
+as the ranks allow. Float64, no
 dropout in the equivalence checks: weights, metrics and predictions must match the
 reference within TOLERANCE, with gradients clipped by a norm small enough to act at every
 step (a norm taken over one stage only would give other weights). Each rank prints
 "LAYOUT-OK rank=R <check> <layout...>" per check that passed.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from mpi4py import MPI
 
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel, Pipeline
+from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
 from mpiprop.network.callbacks import Callback, EarlyStopping
 from mpiprop.network.data import ArrayDataset, DataLoader
 from mpiprop.network.non_finite import NonFiniteError
@@ -39,16 +44,31 @@ class StopAfterStep(Callback):
 
 
 def layouts():
+    if len(sys.argv) > 2:
+        return sys.argv[2:]
     size = WORLD.size
     return ["local", "dp"] + [f"pipe{stages}" for stages in (2, 4) if stages <= size and size % stages == 0]
 
 
-def build_model(seed, dropout=0.0):
+def stages_and_tensor(layout):
+    """(stages, tensor-parallel size) of a "pipeN", "tpT" or "pipeN-tpT" layout."""
+    found = dict(re.findall(r"(pipe|tp)(\d+)", layout))
+    return int(found.get("pipe", 1)), int(found.get("tp", 1))
+
+
+def build_model(seed, dropout=0.0, tensor=1):
+    """Two blocks, Linear -> activation -> Linear; with `tensor` > 1 each block is split column -> row."""
     nn.manual_seed(seed)
     extra = [nn.Dropout(dropout)] if dropout else []
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), *extra, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12),
-                          nn.Tanh(), nn.Linear(12, 4))
-    return model.to(dtype=numpy.float64)
+    layers = [nn.Linear(6, 16), nn.Tanh(), *extra, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(),
+              nn.Linear(12, 4)]
+    layers = [layer.to(dtype=numpy.float64) for layer in layers]
+    if tensor > 1:
+        group = tensor_parallel_group(tensor)
+        column, row = (0, 4 + len(extra)), (2 + len(extra), 6 + len(extra))
+        layers = [RowParallelLinear(layer, group) if index in row else
+                  ColumnParallelLinear(layer, group) if index in column else layer for index, layer in enumerate(layers)]
+    return nn.Sequential(*layers)
 
 
 def make_strategy(layout, model):
@@ -56,7 +76,11 @@ def make_strategy(layout, model):
         return nn.LocalStrategy(model)
     if layout == "dp":
         return DataParallel(model)
-    return Pipeline(model, MICRO_BATCHES, "1f1b", stages=int(layout[len("pipe"):]))
+    return Pipeline(model, MICRO_BATCHES, "1f1b", stages=stages_and_tensor(layout)[0])
+
+
+def model_for(layout, seed, dropout=0.0):
+    return build_model(seed, dropout, tensor=stages_and_tensor(layout)[1] if layout.startswith(("pipe", "tp")) else 1)
 
 
 def data(nan_sample=None):
@@ -81,7 +105,7 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
     keep_first_epoch: early stopping that restores the weights of epoch 1 at the end (it
     monitors the epoch number, which never improves after that).
     """
-    strategy = make_strategy(layout, build_model(seed, dropout))
+    strategy = make_strategy(layout, model_for(layout, seed, dropout))
     if dropout:
         nn.manual_seed(100 + WORLD.rank)
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
@@ -96,8 +120,9 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
 
 
 def largest_difference(strategy, reference):
-    expected = dict(reference.named_parameters())
-    return max(float(numpy.abs(p.data - expected[name].data).max()) for name, p in strategy.named_parameters())
+    """Over this rank's parameters (its shares of split ones) against the reference model's."""
+    expected = strategy.local_part({name: p.data for name, p in reference.named_parameters()})
+    return max(float(numpy.abs(p.data - expected[name]).max()) for name, p in strategy.named_parameters())
 
 
 def assert_close_histories(history, expected, tolerance):
@@ -187,8 +212,11 @@ def check_a_nan_sample_is_skipped_by_every_rank_alike():
 
 
 def check_non_finite_is_located():
-    for layout in layouts()[2:]:
-        model = build_model(0)
+    for layout in [layout for layout in layouts() if layout.startswith(("pipe", "tp"))]:
+        stages, tensor = stages_and_tensor(layout)
+        if stages == 1:
+            continue
+        model = model_for(layout, 0)
         model[6].weight.data[0, 0] = numpy.nan
         strategy = make_strategy(layout, model)
         trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), nn.optim.SGD(strategy.parameters(), lr=0.1), quiet=True)
@@ -196,8 +224,9 @@ def check_non_finite_is_located():
             trainer.fit(loaders(strategy)[0], 1)
         except NonFiniteError as error:
             holder = strategy.stage_allgather(any(name.startswith("6.") for name, _ in strategy.named_parameters()))
-            stage = holder.index(True)
-            expected = "first in layer 6 (Linear(12, 4, bias=True)) on rank "
+            stage = holder.index(True) // tensor
+            kind = "RowParallelLinear" if tensor > 1 else "Linear"
+            expected = f"first in layer 6 ({kind}(12, 4, bias=True"
             assert expected in str(error) and f"(stage {stage} of {strategy.num_stages}" in str(error), str(error)
             assert "step 1 (epoch 1, batch 1) on rank 0 (stage 0 of" in str(error), str(error)
             assert len(set(WORLD.allgather(str(error)))) == 1, "the ranks raised different messages"
