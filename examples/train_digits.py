@@ -6,6 +6,8 @@
     mpiexec -n 2 python examples/train_digits.py          # data parallel: same global batch, same accuracy
     mpiexec -n 2 python examples/train_digits.py --pipeline-stages 2                  # a 2-stage pipeline
     mpiexec -n 4 python examples/train_digits.py --pipeline-stages 2                  # 2 stages x 2 replicas
+    mpiexec -n 4 python examples/train_digits.py --tensor-parallel 2                  # 2 replicas x 2 tensor ranks
+    mpiexec -n 8 python examples/train_digits.py --pipeline-stages 2 --tensor-parallel 2   # 2 x 2 x 2 (3-D)
 
 Every layout prints the same metrics lines and writes the same checkpoint (the whole model
 under its full parameter names), so `--resume` continues a run in any other layout.
@@ -56,17 +58,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline-stages", type=int, default=1,
                         help="ranks per pipeline; the remaining factor of the ranks are data-parallel replicas "
                              "(default 1: data parallel over all ranks)")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="ranks that split the first two Linear layers (column- then row-parallel); "
+                             "replicas x stages x T ranks in all (default 1)")
     parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch in a pipeline (default 4)")
     parser.add_argument("--schedule", default="1f1b", choices=["gpipe", "1f1b", "interleaved", "zb-h1"],
                         help="pipeline schedule (default 1f1b)")
     return parser.parse_args(argv)
 
 
-def build_model(hidden: int) -> nn.Sequential:
-    """64 pixels -> hidden -> hidden -> 10 classes, ReLU and dropout between."""
+def build_model(hidden: int, tensor_parallel: int = 1) -> nn.Sequential:
+    """64 pixels -> hidden -> hidden -> 10 classes, ReLU and dropout between; with `tensor_parallel` > 1 the
+    first two Linear layers are split over groups of that many ranks (column-, then row-parallel)."""
+    first, second = nn.Linear(64, hidden), nn.Linear(hidden, hidden)
+    if tensor_parallel > 1:
+        group = distributed.tensor_parallel_group(tensor_parallel)
+        first, second = distributed.ColumnParallelLinear(first, group), distributed.RowParallelLinear(second, group)
     return nn.Sequential(
-        nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.2),
+        first, nn.ReLU(), nn.Dropout(0.2),
+        second, nn.ReLU(), nn.Dropout(0.2),
         nn.Linear(hidden, 10),
     )
 
@@ -89,8 +99,9 @@ def load_splits(seed: int) -> dict[str, tuple]:
 
 
 def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: int):
-    """The model itself on one rank, DataParallel over all ranks, or pipelines of --pipeline-stages ranks."""
-    if args.pipeline_stages > 1:
+    """The model itself on one rank, DataParallel over all ranks, or pipelines of --pipeline-stages stages
+    (of --tensor-parallel ranks each)."""
+    if args.pipeline_stages > 1 or args.tensor_parallel > 1:
         return distributed.Pipeline(model, args.micro_batches, args.schedule, stages=args.pipeline_stages)
     if world_size > 1:
         return distributed.DataParallel(model)  # rank 0's initial weights on every rank
@@ -100,22 +111,26 @@ def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: in
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy."""
     args = parse_args(argv)
-    rank, world_size = distributed.rank(), distributed.size()
-    if args.pipeline_stages < 1 or world_size % args.pipeline_stages:
-        raise SystemExit(f"--pipeline-stages {args.pipeline_stages} must divide the {world_size} ranks")
-    replicas = world_size // args.pipeline_stages
+    world_size = distributed.size()
+    model_ranks = args.pipeline_stages * args.tensor_parallel
+    if args.pipeline_stages < 1 or args.tensor_parallel < 1 or world_size % model_ranks:
+        raise SystemExit(f"--pipeline-stages {args.pipeline_stages} x --tensor-parallel {args.tensor_parallel} must "
+                         f"divide the {world_size} ranks")
+    if args.hidden % args.tensor_parallel:
+        raise SystemExit(f"--hidden {args.hidden} must be a multiple of --tensor-parallel {args.tensor_parallel}")
+    replicas = world_size // model_ranks
     if args.batch_size % replicas:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {replicas} data-parallel replicas")
     nn.manual_seed(args.seed)
     splits = load_splits(args.seed)
-    model = build_model(args.hidden)
+    model = build_model(args.hidden, args.tensor_parallel)
     if args.device == "cuda":
         distributed.bind_gpu()
         model.to("cuda")
     strategy = make_strategy(model, args, world_size)
-    if world_size > 1:
-        nn.manual_seed(args.seed + rank)  # independent dropout masks per rank
     shard, shards = (0, 1) if strategy is model else strategy.data_shard
+    if shards > 1:
+        nn.manual_seed(args.seed + shard)  # independent dropout masks per replica
     shards_of = {"rank": shard, "world_size": shards}
     train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // shards, shuffle=True,
                               drop_last=True, seed=args.seed, **shards_of)  # whole batches cut into micro-batches

@@ -1,5 +1,5 @@
 """examples/train_digits.py in every layout under mpiexec: the same outputs (metrics lines and file, plot,
-checkpoint, last line), and one run resumed across layouts."""
+checkpoint, last line), and one run resumed across layouts, tensor-parallel and 3-D ones included."""
 import json
 import re
 from pathlib import Path
@@ -21,12 +21,13 @@ def records(stdout):
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_one_run_goes_on_through_pipeline_data_parallel_and_grid_layouts(tmp_path):
+def test_one_run_goes_on_through_pipeline_data_parallel_grid_and_tensor_parallel_layouts(tmp_path):
     require("sklearn")
     pytest.importorskip("matplotlib")
     checkpoint, metrics = tmp_path / "digits.ckpt", tmp_path / "digits.jsonl"
     files = ["--checkpoint", str(checkpoint), "--metrics-out", str(metrics)]
-    legs = [(2, ["--pipeline-stages", "2"], 1), (2, [], 2), (4, ["--pipeline-stages", "2"], 3), (1, [], 4)]
+    legs = [(2, ["--pipeline-stages", "2"], 1), (2, [], 2), (4, ["--pipeline-stages", "2"], 3),
+            (2, ["--tensor-parallel", "2"], 4), (4, ["--pipeline-stages", "2", "--tensor-parallel", "2"], 5), (1, [], 6)]
     for ranks, layout, epochs in legs:
         resume = ["--resume", str(checkpoint)] if epochs > 1 else []
         plot = tmp_path / f"curves{epochs}.png"
@@ -41,7 +42,7 @@ def test_one_run_goes_on_through_pipeline_data_parallel_and_grid_layouts(tmp_pat
         assert result.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
     accuracy = float(re.findall(r"^test_accuracy=([0-9.]+)$", result.stdout, flags=re.MULTILINE)[-1])
     assert accuracy > 0.85
-    again = run_mpi(EXAMPLE, 1, "--epochs", "4", *files, "--resume", str(checkpoint), timeout=TIMEOUT_S)
+    again = run_mpi(EXAMPLE, 1, "--epochs", "6", *files, "--resume", str(checkpoint), timeout=TIMEOUT_S)
     assert "nothing to train" in again.stderr, again.stderr
     assert again.stdout.strip().splitlines()[-1] == f"test_accuracy={accuracy:.4f}"  # the best epoch's weights again
     written = [json.loads(line) for line in metrics.read_text().splitlines()]

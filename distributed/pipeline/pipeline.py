@@ -25,7 +25,9 @@ from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
+from mpiprop.network import rng
 from mpiprop.network.checks import positive_int
+from mpiprop.network.layer import Layer
 from mpiprop.network.losses import Loss
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.sequential import Sequential
@@ -124,6 +126,7 @@ class Pipeline:
         self._executor = StageExecutor(self.chunks, self.pipeline_comm)
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
+        self._tensor_draws_checked = self.tensor_comm is None
 
     def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
                     tensor_comm: Communicator | None) -> None:
@@ -156,6 +159,17 @@ class Pipeline:
             raise ValueError(f"Pipeline: the model's tensor-parallel layers are split over groups that are not "
                              f"{self.tensor_comm.size} consecutive ranks of the pipeline's communicator; build "
                              "them with tensor_parallel_group(T, comm) over the communicator given to Pipeline")
+
+    def _check_tensor_ranks_draw_alike(self) -> None:
+        """Raise on the stage's tensor ranks when they would draw different dropout masks for the activations
+        they hold alike, so that their copies of the unsplit layers would part ways."""
+        self._tensor_draws_checked = True
+        draws = any(_draws_random_numbers(chunk) for chunk in self.chunks)
+        seeds = self.tensor_comm.allgather_object(rng.get_rng_state()["seed"] if draws else None)
+        if len(set(seeds)) > 1:
+            raise ValueError(f"the tensor ranks of stage {self.stage_index} draw dropout masks from different seeds "
+                             f"({seeds}), so they would drop different units of the activations they hold alike; "
+                             "seed them alike, e.g. nn.manual_seed(seed + pipe.replica) instead of seed + rank")
 
     def _agree_within_tensor_group(self) -> None:
         """The state that every tensor rank of a stage holds whole (unsplit layers, row-parallel biases)
@@ -220,6 +234,8 @@ class Pipeline:
             ValueError: on every rank, when x or y is missing or their sizes do not fit.
         """
         plan = self._agree_on_batch(x, y, needs_targets=True)
+        if not self._tensor_draws_checked:
+            self._check_tensor_ranks_draw_alike()
         sync = self.gradient_sync
         if sync is not None:
             sync.start()
@@ -471,6 +487,11 @@ class Pipeline:
 def _state_arrays(layers: Sequential) -> list[Array]:
     arrays = [p.data for p in layers.parameters()]
     return arrays + [buffer for _, buffer in layers.named_buffers()]
+
+
+def _draws_random_numbers(layer: Layer) -> bool:
+    """Whether `layer` or a layer inside it draws from a random stream in training (Dropout)."""
+    return hasattr(layer, "stream") or any(_draws_random_numbers(child) for _, child in layer.children())
 
 
 def _layer_index(name: str) -> int:

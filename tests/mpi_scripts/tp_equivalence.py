@@ -127,6 +127,28 @@ def check_data_parallel_replicas(world, group) -> None:
         print(f"ranks={world.size} T={group.size} replicas={model.replicas} max_abs_diff={worst:.3e}", flush=True)
 
 
+def check_tensor_ranks_must_draw_alike(world, group) -> None:
+    """Dropout on the activations a group holds alike needs one seed over the group: else the first step raises."""
+    def dropout_pipeline():
+        whole = whole_model(seed=40)
+        return Pipeline(nn.Sequential(ColumnParallelLinear(whole[0], group), whole[1],
+                                      RowParallelLinear(whole[2], group), nn.Dropout(0.5), whole[3], whole[4]),
+                        micro_batches=1, stages=1)
+
+    x, y = numpy.ones((4, IN)), numpy.ones((4, HIDDEN))
+    alike = dropout_pipeline()
+    nn.manual_seed(7 + alike.replica)
+    alike.train_step(x, y, nn.MSELoss())
+    apart = dropout_pipeline()
+    nn.manual_seed(7 + world.rank)
+    try:
+        apart.train_step(x, y, nn.MSELoss())
+    except ValueError as error:
+        assert "draw dropout masks from different seeds" in str(error) and "seed + pipe.replica" in str(error), error
+    else:
+        raise AssertionError("tensor ranks seeded apart were accepted")
+
+
 def check_gradients_by_finite_differences(world, group, eps: float = 1e-6, per_array: int = 6) -> None:
     """Perturb one element of one rank's share at a time; that rank's loss must move by its gradient."""
     block = tensor_parallel_model(seed=5, group=group)[:3]
@@ -215,6 +237,7 @@ def main() -> None:
         check_training(world, group, recompute)
     if world.size > group.size:
         check_data_parallel_replicas(world, group)
+    check_tensor_ranks_must_draw_alike(world, group)
     check_gradients_by_finite_differences(world, group)
     check_checkpoint_round_trip(world, group)
     check_errors(world, group)

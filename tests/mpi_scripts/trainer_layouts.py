@@ -107,7 +107,7 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
     """
     strategy = make_strategy(layout, model_for(layout, seed, dropout))
     if dropout:
-        nn.manual_seed(100 + WORLD.rank)
+        nn.manual_seed(100 + strategy.data_shard[0])  # tensor ranks of one replica draw alike
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
     stopping = EarlyStopping("epoch", patience=10) if keep_first_epoch else EarlyStopping(patience=10)
     callbacks = [stopping, StopAfterStep(-1 if stop_step is None else stop_step)]
