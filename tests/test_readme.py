@@ -50,7 +50,8 @@ def python_snippets() -> list:
     snippets = []
     for number, match in enumerate(PYTHON_BLOCK.finditer(readme_text()), start=1):
         code = match.group(1)
-        ranks = 2 if MPI_SNIPPET in code else 1
+        stated = re.search(r"mpiexec -n (\d+)", code)
+        ranks = int(stated.group(1)) if stated else 2 if MPI_SNIPPET in code else 1
         snippets.append(pytest.param(code, ranks, id=f"snippet{number}-{ranks}rank"))
     return snippets
 
