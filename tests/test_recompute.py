@@ -1,6 +1,7 @@
 """Recompute: bit-identical results to the plain layers, unchanged names, and less activation memory."""
 from __future__ import annotations
 
+import re
 import tracemalloc
 
 import numpy
@@ -8,6 +9,7 @@ import pytest
 
 import mpiprop.network as nn
 from mpiprop.network import rng
+from mpi_launch import run_mpi
 
 
 def batch(shape, seed=0) -> numpy.ndarray:
@@ -290,3 +292,9 @@ def test_dropout_from_a_gpu_generator_is_refused_with_the_fix(xp, device):
     model = nn.Recompute(nn.Dropout(0.5))
     with pytest.raises(NotImplementedError, match="keep Dropout layers outside the recomputed range"):
         model.forward(xp.ones((2, 2), dtype=xp.float32))
+
+
+@pytest.mark.mpi
+def test_recompute_inside_a_pipeline_keeps_the_single_process_names_and_results():
+    output = run_mpi("pipe_recompute.py", 2).stdout
+    assert sorted(re.findall(r"RECOMPUTE-OK rank=(\d)", output)) == ["0", "1"], output

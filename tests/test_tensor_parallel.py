@@ -14,6 +14,7 @@ from mpiprop.distributed.tensor_parallel import (
 from mpi_launch import run_mpi
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks, size", [(2, 2), (4, 4), (4, 2)])
 def test_training_gradients_and_checkpoints_equal_one_process(ranks, size):
     output = run_mpi("tp_equivalence.py", ranks, str(size)).stdout

@@ -31,6 +31,7 @@ def expected_reports(ranks, layouts):
     return sorted((str(rank), check, what) for rank in range(ranks) for check, what in checks)
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks, layouts", [(2, ["local", "dp", "pipe2"]),
                                             (4, ["local", "dp", "pipe2", "pipe4"]),
                                             (4, ["local", "tp2", "tp4", "pipe2-tp2"]),

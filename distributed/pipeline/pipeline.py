@@ -115,6 +115,7 @@ class Pipeline:
         all_ranges = layer_ranges(self.balance)
         self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
         self.chunks = [model[start:stop] for start, stop in self.chunk_ranges]
+        self.chunk_first_layers = [len(list(model[:start].children())) for start, _ in self.chunk_ranges]
         self._state_shapes = {name: tuple(array.shape) for name, array in
                               [*model.named_parameters(), *model.named_buffers()]}
         self._state_shapes.update({name: split.whole for name, split in self.splits.items()})
@@ -291,9 +292,9 @@ class Pipeline:
     # --- parameters and state ---------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """This rank's parameters under their names in the whole model, e.g. ("4.weight", p)."""
-        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
-            for offset, layer in enumerate(chunk):
-                yield from layer.named_parameters(f"{prefix}{start + offset}.")
+        for first, chunk in zip(self.chunk_first_layers, self.chunks):
+            for name, p in chunk.named_parameters():
+                yield prefix + _renumbered(name, first), p
 
     def parameters(self) -> list[Parameter]:
         """This rank's parameters (give them to the optimizer)."""
@@ -301,9 +302,9 @@ class Pipeline:
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
-        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
-            for offset, layer in enumerate(chunk):
-                yield from layer.named_buffers(f"{prefix}{start + offset}.")
+        for first, chunk in zip(self.chunk_first_layers, self.chunks):
+            for name, buffer in chunk.named_buffers():
+                yield prefix + _renumbered(name, first), buffer
 
     def state_dict(self) -> dict[str, Array]:
         """Copies of this rank's parameters and buffers (its shares of split ones), keyed by whole-model name."""
@@ -333,11 +334,10 @@ class Pipeline:
             ValueError: when a shape differs.
         """
         state = self.local_part(state)
-        for (start, _), chunk in zip(self.chunk_ranges, self.chunks):
-            for offset, layer in enumerate(chunk):
-                prefix = f"{start + offset}."
-                layer.load_state_dict({name[len(prefix):]: value for name, value in state.items()
-                                       if name.startswith(prefix)})
+        for first, chunk in zip(self.chunk_first_layers, self.chunks):
+            layers = len(list(chunk.children()))
+            chunk.load_state_dict({_renumbered(name, -first): value for name, value in state.items()
+                                   if first <= _layer_index(name) < first + layers})
 
     def local_part(self, named: dict[str, Any]) -> dict[str, Any]:
         """`named` (whole-model values keyed by parameter name) with split entries cut to this rank's shares."""
@@ -492,6 +492,12 @@ def _state_arrays(layers: Sequential) -> list[Array]:
 def _draws_random_numbers(layer: Layer) -> bool:
     """Whether `layer` or a layer inside it draws from a random stream in training (Dropout)."""
     return hasattr(layer, "stream") or any(_draws_random_numbers(child) for _, child in layer.children())
+
+
+def _renumbered(name: str, shift: int) -> str:
+    """"2.weight" shifted by 3 is "5.weight": a chunk's names in the whole model's numbering and back."""
+    number, rest = name.split(".", 1)
+    return f"{int(number) + shift}.{rest}"
 
 
 def _layer_index(name: str) -> int:
