@@ -546,17 +546,20 @@ class Trainer:
         return {key: sum(float(sums[key]) for sums in rank_sums) for key in rank_sums[0]}
 
     def _check_hyperparameters(self, path: str, saved_optimizer: dict[str, Any] | None) -> None:
-        """A resumed run goes on with the hyperparameters it stopped with; a changed one is an error."""
+        """A resumed run goes on with the hyperparameters it stopped with, in every parameter group; a changed
+        one is an error (a scheduled learning rate excepted)."""
         if saved_optimizer is None:
             return
-        ours = self.optimizer.state_dict()["hyperparameters"]
-        theirs = saved_optimizer.get("hyperparameters", {})
-        scheduled = {"lr"} if self.lr_schedule is not None else set()
-        changed = {name: (_plain(theirs.get(name)), _plain(value)) for name, value in ours.items()
-                   if name not in scheduled and _plain(theirs.get(name)) != _plain(value)}
+        ours = self.optimizer.state_dict()["param_groups"]
+        theirs = saved_optimizer.get("param_groups") or [saved_optimizer.get("hyperparameters", {})]
+        ignored = {"params", "lr"} if self.lr_schedule is not None else {"params"}
+        changed = [(index, name, _plain(saved.get(name)), _plain(value))
+                   for index, (group, saved) in enumerate(zip(ours, theirs)) for name, value in group.items()
+                   if name not in ignored and _plain(saved.get(name)) != _plain(value)]
         if changed:
-            described = ", ".join(f"{name}={saved!r} in the checkpoint but {now!r} now"
-                                  for name, (saved, now) in changed.items())
+            where = (lambda index: f" in group {index}") if len(ours) > 1 else (lambda index: "")
+            described = ", ".join(f"{name}={saved!r}{where(index)} in the checkpoint but {now!r} now"
+                                  for index, name, saved, now in changed)
             raise CheckpointError(f"checkpoint {path} was trained with other hyperparameters: {described}; "
                                   "resume with the same ones, or start a new run from its weights with "
                                   "mpiprop.network.load_checkpoint(path, model)")

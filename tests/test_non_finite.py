@@ -114,3 +114,23 @@ def test_resume_with_changed_hyperparameters_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"momentum=0.9 in the checkpoint but 0.5 now"):
         changed.fit(loader, 2, resume_from=path)
     assert all(numpy.array_equal(p.data, b) for p, b in zip(model.parameters(), before))  # nothing was loaded
+
+
+def test_resume_with_a_changed_hyperparameter_in_a_later_group_is_refused(tmp_path):
+    def grouped(model, second_decay):
+        weights, biases = model[0].parameters()[:1] + model[2].parameters()[:1], \
+            model[0].parameters()[1:] + model[2].parameters()[1:]
+        return nn.optim.SGD([{"params": weights, "weight_decay": 1e-4},
+                             {"params": biases, "weight_decay": second_decay}], lr=0.1, momentum=0.9)
+
+    path = tmp_path / "run.npz"
+    loader = DataLoader(ArrayDataset(*data()), BATCH)
+    model = make_model()
+    nn.Trainer(model, nn.CrossEntropyLoss(), grouped(model, 0.0), checkpoint_path=path, quiet=True).fit(loader, 1)
+    model = make_model()
+    changed = nn.Trainer(model, nn.CrossEntropyLoss(), grouped(model, 1e-3), quiet=True)
+    with pytest.raises(CheckpointError, match=r"weight_decay=0.0 in group 1 in the checkpoint but 0.001 now"):
+        changed.fit(loader, 2, resume_from=path)
+    model = make_model()
+    same = nn.Trainer(model, nn.CrossEntropyLoss(), grouped(model, 0.0), quiet=True)
+    assert len(same.fit(loader, 2, resume_from=path)) == 2
