@@ -1,4 +1,4 @@
-"""Memory per rank of an MLP under a layout: parameters, gradients, optimizer state and peak activations, by arithmetic."""
+"""Memory per rank of an MLP under a layout, by arithmetic: parameters, gradients, optimizer state, activations."""
 from __future__ import annotations
 
 import re
@@ -7,6 +7,7 @@ from typing import Sequence
 
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts, shard_owners
 from mpiprop.distributed.pipeline.partition import balance_costs
+from mpiprop.distributed.pipeline.stage import RECEIVE_AHEAD
 from mpiprop.network.memory_report import MemoryReport
 
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -273,9 +274,9 @@ def kept_activation_bytes(model: ModelDescription, linears: Sequence[int], layou
 
 
 def in_transit_bytes(model: ModelDescription, linears: Sequence[int], tensor: int, stage: int) -> int:
-    """Bytes per row a later pipeline stage holds for messages of one more micro-batch: the next input,
-    received ahead, and the input gradient still being sent."""
-    return 0 if stage == 0 else 2 * local_input_width(model, linears[0], tensor) * model.itemsize
+    """Bytes per row a later pipeline stage holds for messages beyond its micro-batches in flight: the
+    inputs it receives ahead (`RECEIVE_AHEAD`) and the input gradient it is still sending."""
+    return 0 if stage == 0 else (RECEIVE_AHEAD + 1) * local_input_width(model, linears[0], tensor) * model.itemsize
 
 
 def backward_working_bytes(model: ModelDescription, linears: Sequence[int], tensor: int, first_stage: bool) -> int:
