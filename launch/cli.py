@@ -252,7 +252,7 @@ def _add_model(commands) -> None:
     model.add_argument("--timeout", type=positive_seconds, default=600, help="seconds allowed per measuring run")
     fit = model.add_argument_group("whether a model fits", "an MLP of Linear layers with ReLU between them, "
                                    "trained with cross-entropy; with tensor parallelism each pair of Linear layers "
-                                   "is split column -> row")
+                                   "is split column -> row (the step-time table stays the measured workload's)")
     fit.add_argument("--memory-per-rank", type=memory_amount, metavar="BYTES",
                      help="memory of one rank, e.g. 2GiB, 512MiB or 1000000 (units B, KiB, MiB, GiB)")
     fit.add_argument("--widths", type=width_list,
