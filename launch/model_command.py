@@ -5,8 +5,8 @@ import json
 import statistics
 from dataclasses import dataclass
 
-from mpiprop.launch.memory_model import (ModelDescription, ParallelLayout, busiest_rank, format_bytes,
-                                         parse_parallel_layouts, rank_memory, shortfall, total_bytes)
+from mpiprop.launch.memory_model import (ModelDescription, ParallelLayout, busiest_rank, check_fits_layout,
+                                         format_bytes, parse_parallel_layouts, rank_memory, shortfall, total_bytes)
 from mpiprop.launch.modeling import (default_micro_batches, format_predictions, measure_links_with,
                                     performance_layout, predict_layouts, with_micro_batches, workload_from_values)
 from mpiprop.launch.mlp_benchmark import build_parser
@@ -73,6 +73,8 @@ def run_model(layouts_text: str, micro_batches: int | None, source: str | None, 
     if uncovered and fit is None:
         raise ValueError(f"layouts {', '.join(uncovered)} have no performance prediction (it covers D and DxS "
                          "layouts); add --memory-per-rank to see whether the model fits them")
+    for layout in layouts if fit is not None else []:
+        check_fits_layout(fit.model, layout)  # before any measuring run
     sections = []
     covered = [with_micro_batches(performance_layout(layout), micro_batches) for layout in layouts
                if performance_layout(layout) is not None]

@@ -1,6 +1,8 @@
 """The memory model of `mpiprop model`: parsing, per-rank bytes against hand-computed ones, and the printed table."""
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -8,7 +10,7 @@ from mpiprop.launch import cli
 from mpiprop.launch.memory_model import (DTYPE_BYTES, OPTIMIZER_STATE_COPIES, ModelDescription, ParallelLayout,
                                          format_bytes, parse_bytes, parse_parallel_layouts, parse_widths,
                                          rank_memory, shortfall)
-from mpiprop.launch.model_command import FitQuestion, builtin_widths, format_memory_fit
+from mpiprop.launch.model_command import FitQuestion, builtin_widths, format_memory_fit, run_model
 from mpiprop.launch.modeling import parse_layouts
 from mpiprop.launch.perfmodel import Layout
 from mpiprop.network.memory_report import MemoryReport
@@ -184,3 +186,23 @@ def test_bad_memory_arguments_exit_with_a_clear_error(arguments, message, capsys
         cli.main(["model", *layouts, *arguments])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_installed_command_answers_through_a_pipe_without_measuring():
+    command = [sys.executable, "-m", "mpiprop.launch", "model", "--layouts", "4x1:zero1,1x1x4",
+               "--memory-per-rank", "300MiB", "--widths", "784,4096,4096,10", "--batch", "512"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # (784*4096 + 4096) + (4096*4096 + 4096) + (4096*10 + 10) = 20037642 float32 values = 76.438 MiB; ZeRO-1's
+    # busiest rank owns the 4096 x 4096 weight, whose Adam state is 2 * 4 * 4096**2 B = 128 MiB
+    assert result.stdout.splitlines()[2:] == [
+        "4x1:zero1        4     1      76.438     76.438    128.000         8.520    289.395  fits",
+        "1x1x4            4     1      19.238     19.238     38.477        28.078    105.031  fits"]
+
+
+def test_a_layout_that_cannot_hold_the_model_is_refused_before_anything_is_measured(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("measured before checking the layouts")
+    monkeypatch.setattr("mpiprop.launch.model_command.measure_now", never)
+    with pytest.raises(ValueError, match="not multiples of 3"):
+        run_model("2,1x1x3", None, None, None, fit=FitQuestion(ModelDescription((8, 10, 8)), 1 << 30))
