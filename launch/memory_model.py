@@ -79,10 +79,11 @@ def parse_bytes(text: str) -> int:
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
-    if not match or (unit and unit not in BYTE_UNITS) or float(match.group(1)) <= 0:
+    count = int(float(match.group(1)) * BYTE_UNITS[unit or "b"]) if match and unit in ("", *BYTE_UNITS) else 0
+    if count < 1:
         raise ValueError(f"cannot read memory {text!r}; write a positive number of bytes, optionally with a unit "
                          "B, KiB, MiB or GiB, e.g. 2GiB, 512MiB or 1000000")
-    return int(float(match.group(1)) * BYTE_UNITS[unit or "b"])
+    return count
 
 
 def format_bytes(count: int) -> str:

@@ -25,7 +25,7 @@ def test_memory_amounts_read_with_binary_units(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2GB", "-1GiB", "0", "", "GiB", "2 GiB extra"])
+@pytest.mark.parametrize("text", ["2GB", "-1GiB", "0", "0.4B", "", "GiB", "2 GiB extra"])
 def test_unreadable_memory_amounts_are_named_with_the_units_to_use(text):
     with pytest.raises(ValueError, match=rf"cannot read memory {text!r}.*B, KiB, MiB or GiB"):
         parse_bytes(text)
