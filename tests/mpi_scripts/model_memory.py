@@ -3,9 +3,9 @@
     mpiexec -n 2 python model_memory.py --layout 2x1:zero1 --widths 64,256,256,10 --batch 32 --optimizer adam
 
 Layouts: Dx1 (DataParallel, with :zero1 or :zero2 its sharded optimizer state), 1x1xT (every pair of
-Linear layers split column -> row over T ranks), 1xP (a P-stage 1F1B pipeline). Two untraced steps
-come first, then one whose forward and backward PeakMemory traces. Rank 0 prints
-"MODEL-MEMORY " and a JSON list of every rank's report.
+Linear layers split column -> row over T ranks), DxP (D replicas of a P-stage 1F1B pipeline). Two
+untraced steps come first, then one whose forward and backward PeakMemory traces. Rank 0 prints
+"MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
 """
 import argparse
 import json
@@ -54,14 +54,13 @@ def main() -> None:
     description = ModelDescription(parse_widths(args.widths), args.optimizer, args.dtype, args.recompute)
     model = build_mlp(description, layout.tensor)
     optimizer_class, hyperparameters = OPTIMIZERS[args.optimizer]
-    rows = args.batch
+    rows = args.batch // layout.data
     if layout.stages > 1:
-        strategy = Pipeline(model, micro_batches=args.micro_batches, schedule="1f1b")
+        strategy = Pipeline(model, micro_batches=args.micro_batches, schedule="1f1b", stages=layout.stages)
         optimizer = optimizer_class(strategy.parameters(), **hyperparameters)
     elif layout.data > 1:
         strategy = DataParallel(model, shard_optimizer_state=layout.zero)
         optimizer = strategy.optimizer(optimizer_class, **hyperparameters)
-        rows //= layout.data
     else:
         strategy = nn.LocalStrategy(model)
         optimizer = optimizer_class(model.parameters(), **hyperparameters)
@@ -79,8 +78,10 @@ def main() -> None:
         optimizer.step()
     report = nn.memory_report(strategy.parameters(), optimizer, peak.bytes)
     reports = distributed.gather_memory_reports(report)
+    stages = distributed.Communicator().allgather_object(getattr(strategy, "stage_index", 0))
     if distributed.is_main_rank():
-        print("MODEL-MEMORY " + json.dumps([vars(each) for each in reports]), flush=True)
+        print("MODEL-MEMORY " + json.dumps([dict(vars(each), stage=stage) for each, stage in zip(reports, stages)]),
+              flush=True)
 
 
 if __name__ == "__main__":
