@@ -14,6 +14,8 @@ from mpiprop.launch.runner import JobFailed
 
 DESCRIPTION = "Launch and measure mpiprop training jobs under MPI. Plain `mpiexec -n N python script.py` works too."
 MAX_COUNT = 2**31 - 1  # MPI counts are C ints
+MODEL_OPTIMIZERS = ("sgd", "momentum", "adam")  # memory_model.OPTIMIZER_STATE_COPIES, named without importing it
+MODEL_DTYPES = ("float32", "float64")  # memory_model.DTYPE_BYTES
 
 
 def positive_int(text: str) -> int:
@@ -54,18 +56,37 @@ def rank_list(text: str) -> list[int]:
 
 
 def layout_list(text: str) -> str:
-    """argparse type: data x pipeline layouts such as "8,4x2", checked here and returned as given."""
-    from mpiprop.launch.modeling import parse_layouts
+    """argparse type: layouts such as "8,4x2,4x1:zero1,1x1x4", checked here and returned as given."""
+    from mpiprop.launch.memory_model import parse_parallel_layouts
 
     try:
-        layouts = parse_layouts(text)
+        layouts = parse_parallel_layouts(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     too_big = [layout for layout in layouts if layout.ranks > MAX_COUNT]
     if too_big:
-        raise argparse.ArgumentTypeError(f"layout {too_big[0].data}x{too_big[0].stages} in {text!r} needs more "
-                                         f"than {MAX_COUNT} ranks")
+        raise argparse.ArgumentTypeError(f"layout {too_big[0].name} in {text!r} needs more than {MAX_COUNT} ranks")
     return text
+
+
+def memory_amount(text: str) -> int:
+    """argparse type: bytes such as "2GiB", "512MiB" or "1000000"."""
+    from mpiprop.launch.memory_model import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def width_list(text: str) -> tuple[int, ...]:
+    """argparse type: an MLP's layer widths such as "784,4096,4096,10"."""
+    from mpiprop.launch.memory_model import parse_widths
+
+    try:
+        return parse_widths(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def hostfile(path: str) -> str:
@@ -212,17 +233,35 @@ def _add_scale(commands) -> None:
 
 
 def _add_model(commands) -> None:
-    model = commands.add_parser("model", help="predict step time and efficiency of data x pipeline layouts",
+    model = commands.add_parser("model", help="predict step time of layouts, and whether a model fits their memory",
                                 description="Predict layouts from measured compute time per sample and measured "
                                             "allreduce and point-to-point costs (read from a scaling.json made by "
-                                            "`scale --predict`, or measured now on 1 and 2 ranks).")
+                                            "`scale --predict`, or measured now on 1 and 2 ranks). With "
+                                            "--memory-per-rank, also the bytes each layout's busiest rank holds "
+                                            "for an MLP (parameters, gradients, optimizer state, peak "
+                                            "activations) and whether they fit.")
     model.add_argument("--layouts", type=layout_list, required=True,
-                       help="D or DxS (data x pipeline stages), e.g. 8,16,4x2,2x8")
+                       help="comma-separated D, DxS or DxSxT (data x pipeline stages x tensor-parallel ranks), "
+                            "optionally with :zero1 or :zero2 (DataParallel's sharded optimizer state), e.g. "
+                            "8,4x2,4x1:zero1,1x1x4; tensor parallel and :zero layouts need --memory-per-rank")
     model.add_argument("--micro-batches", type=positive_int, help="micro-batches per step (default 4 per stage)")
     model.add_argument("--from", dest="source", type=scaling_json, metavar="JSON",
                        help="scaling.json from `mpiprop scale --predict`")
-    model.add_argument("--batch", type=positive_int, help="global batch (default: the measured workload's)")
+    model.add_argument("--batch", type=positive_int,
+                       help="global batch (default: the measured workload's, else the built-in workload's)")
     model.add_argument("--timeout", type=positive_seconds, default=600, help="seconds allowed per measuring run")
+    fit = model.add_argument_group("whether a model fits", "an MLP of Linear layers with ReLU between them, "
+                                   "trained with cross-entropy; with tensor parallelism each pair of Linear layers "
+                                   "is split column -> row (the step-time table stays the measured workload's)")
+    fit.add_argument("--memory-per-rank", type=memory_amount, metavar="BYTES",
+                     help="memory of one rank, e.g. 2GiB, 512MiB or 1000000 (units B, KiB, MiB, GiB)")
+    fit.add_argument("--widths", type=width_list,
+                     help="layer widths, input first, e.g. 784,4096,4096,10 (default: the built-in workload's)")
+    fit.add_argument("--optimizer", choices=MODEL_OPTIMIZERS, default="adam",
+                     help="sgd, momentum or adam: 0, 1 or 2 state values per parameter (default adam)")
+    fit.add_argument("--dtype", choices=MODEL_DTYPES, default="float32", help="default float32")
+    fit.add_argument("--recompute", action="store_true",
+                     help="recompute each pair of Linear layers in backward, keeping only its input")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,9 +346,14 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from mpiprop.launch.model_command import run_model
+    from mpiprop.launch.memory_model import ModelDescription
+    from mpiprop.launch.model_command import FitQuestion, builtin_widths, run_model
 
-    print(run_model(args.layouts, args.micro_batches, args.source, args.batch, args.timeout))
+    fit = None
+    if args.memory_per_rank is not None:
+        description = ModelDescription(args.widths or builtin_widths(), args.optimizer, args.dtype, args.recompute)
+        fit = FitQuestion(description, args.memory_per_rank)
+    print(run_model(args.layouts, args.micro_batches, args.source, args.batch, args.timeout, fit))
     return 0
 
 

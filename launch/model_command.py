@@ -1,16 +1,21 @@
-"""`mpiprop model`: predictions for data x pipeline layouts from stored or freshly measured costs."""
+"""`mpiprop model`: step time of data x pipeline layouts from measured costs, and whether a model fits each layout."""
 from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 
-from mpiprop.launch.modeling import (format_predictions, measure_links_with, parse_layouts, predict_layouts,
-                             with_micro_batches, workload_from_values)
+from mpiprop.launch.memory_model import (ModelDescription, ParallelLayout, busiest_rank, check_fits_layout,
+                                         format_bytes, parse_parallel_layouts, rank_memory, shortfall, total_bytes)
+from mpiprop.launch.modeling import (default_micro_batches, format_predictions, measure_links_with,
+                                    performance_layout, predict_layouts, with_micro_batches, workload_from_values)
+from mpiprop.launch.mlp_benchmark import build_parser
 from mpiprop.launch.mpiexec import RunOptions
-from mpiprop.launch.perfmodel import LinkCost, Measurements, Workload
+from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Workload
 from mpiprop.launch.runner import Launcher
 from mpiprop.launch.scale import BUILTIN_WORKLOAD
 from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
+from mpiprop.network.memory_report import MIB
 
 
 def load_scaling_json(path: str) -> tuple[Measurements, Workload, dict[int, float]]:
@@ -42,13 +47,61 @@ def measure_now(launcher: Launcher, timeout: float) -> tuple[Measurements, Workl
     return measurements, workload_from_values(values)
 
 
+@dataclass(frozen=True)
+class FitQuestion:
+    """Whether `model` fits in `memory_per_rank` bytes on every rank of each layout."""
+
+    model: ModelDescription
+    memory_per_rank: int
+
+
 def run_model(layouts_text: str, micro_batches: int | None, source: str | None, batch: int | None,
-              timeout: float = 600) -> str:
-    """The report `mpiprop model` prints: the inputs, then one predicted row per layout.
+              timeout: float = 600, fit: FitQuestion | None = None) -> str:
+    """The report `mpiprop model` prints: the inputs, then one predicted row per layout; with `fit`, then
+    each layout's memory per rank and whether it fits.
 
     Rows of pure data-parallel layouts also show the measured samples/s where `source` has that rank count.
+    Nothing is measured when every layout is one the performance model does not cover (tensor parallel,
+    sharded optimizer state).
+
+    Raises:
+        ValueError: for a layout that only the memory model covers, asked without `fit`; as
+            `rank_memory` for a layout that cannot hold the model.
     """
-    layouts = [with_micro_batches(layout, micro_batches) for layout in parse_layouts(layouts_text)]
+    layouts = parse_parallel_layouts(layouts_text)
+    uncovered = [layout.name for layout in layouts if performance_layout(layout) is None]
+    if uncovered and fit is None:
+        raise ValueError(f"layouts {', '.join(uncovered)} have no performance prediction (it covers D and DxS "
+                         "layouts); add --memory-per-rank to see whether the model fits them")
+    for layout in layouts if fit is not None else []:
+        check_fits_layout(fit.model, layout)  # before any measuring run
+    sections = []
+    covered = [with_micro_batches(performance_layout(layout), micro_batches) for layout in layouts
+               if performance_layout(layout) is not None]
+    if covered:
+        performance, workload = _performance_report(covered, source, batch, timeout)
+        sections.append(performance)
+        batch = workload.global_batch if batch is None else batch
+    if fit is not None:
+        if uncovered and covered:
+            sections.append(f"(no performance prediction for {', '.join(uncovered)})")
+        sections.append(format_memory_fit(fit, layouts, batch or builtin_batch(), micro_batches))
+    return "\n".join(sections)
+
+
+def builtin_widths() -> tuple[int, ...]:
+    """Layer widths of the built-in workload's MLP at its default sizes (`mpiprop.launch.mlp_benchmark`)."""
+    defaults = build_parser().parse_args([])
+    return (defaults.features, *[defaults.hidden] * defaults.layers, defaults.classes)
+
+
+def builtin_batch() -> int:
+    """The built-in workload's default global batch."""
+    return build_parser().parse_args([]).batch
+
+
+def _performance_report(layouts: list[Layout], source: str | None, batch: int | None,
+                        timeout: float) -> tuple[str, Workload]:
     if source:
         measurements, workload, measured = load_scaling_json(source)
     else:
@@ -61,7 +114,31 @@ def run_model(layouts_text: str, micro_batches: int | None, source: str | None, 
     for index, prediction in enumerate(predictions, start=1):
         found = measured.get(prediction.layout.data) if prediction.layout.stages == 1 else None
         table[index] += f" {found:>11.1f}" if found is not None else f" {'-':>11}"
-    return "\n".join([_describe_inputs(measurements, workload), *table])
+    return "\n".join([_describe_inputs(measurements, workload), *table]), workload
+
+
+def format_memory_fit(fit: FitQuestion, layouts: list[ParallelLayout], global_batch: int,
+                      micro_batches: int | None) -> str:
+    """A line describing the model, then per layout the busiest rank's memory in MiB and whether it fits.
+
+    Raises:
+        ValueError: as `rank_memory`.
+    """
+    model = fit.model
+    lines = [f"memory per rank: MLP {','.join(map(str, model.widths))}, {model.optimizer}, {model.dtype}, "
+             f"global batch {global_batch}{', recompute' if model.recompute else ''}; "
+             f"{format_bytes(fit.memory_per_rank)} per rank",
+             f"{'layout':<12} {'ranks':>5} {'micro':>5} {'params MiB':>11} {'grads MiB':>10} {'optim MiB':>10} "
+             f"{'peak act MiB':>13} {'total MiB':>10}  fits"]
+    for layout in layouts:
+        micro = default_micro_batches(layout.stages, micro_batches) if layout.stages > 1 else 1
+        report = busiest_rank(rank_memory(model, layout, global_batch, micro))
+        missing = shortfall(report, fit.memory_per_rank)
+        verdict = "fits" if not missing else f"does not fit (needs {format_bytes(missing)} more)"
+        lines.append(f"{layout.name:<12} {layout.ranks:>5} {micro:>5} {report.parameters / MIB:>11.3f} "
+                     f"{report.gradients / MIB:>10.3f} {report.optimizer_state / MIB:>10.3f} "
+                     f"{report.peak_activations / MIB:>13.3f} {total_bytes(report) / MIB:>10.3f}  {verdict}")
+    return "\n".join(lines)
 
 
 def _describe_inputs(measurements: Measurements, workload: Workload) -> str:

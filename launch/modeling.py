@@ -5,6 +5,7 @@ import json
 from typing import Iterable, Sequence
 
 from mpiprop.launch.measure import MEASURE_TAG
+from mpiprop.launch.memory_model import ParallelLayout, parse_parallel_layouts
 from mpiprop.launch.mpiexec import RunOptions
 from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Prediction, Workload, predict
 from mpiprop.launch.runner import Launcher
@@ -13,27 +14,41 @@ WORKLOAD_KEYS = ("compute_s_per_sample", "parameter_bytes", "global_batch")
 
 
 def parse_layouts(text: str) -> list[Layout]:
-    """Parse "8,4x2,2x4" into layouts: "D" is D data-parallel ranks, "DxS" D data groups of S pipeline stages.
+    """Parse "8,4x2,2x4" into layouts the performance model covers: "D" is D data-parallel ranks, "DxS" D
+    data groups of S pipeline stages.
 
     Raises:
-        ValueError: naming the entry that is not "D" or "DxS" with positive integers.
+        ValueError: naming the entry that is not "D" or "DxS" with positive integers, or that names
+            tensor parallelism or sharded optimizer state (which only the memory model covers).
     """
     layouts = []
-    for entry in (part.strip() for part in text.split(",")):
-        pieces = entry.lower().split("x")
-        if not entry or len(pieces) > 2 or not all(piece.strip().isdigit() for piece in pieces):
-            raise ValueError(f"cannot read layout {entry!r} in {text!r}; write D (data ranks) or DxS (data x "
-                             "pipeline stages), comma-separated, e.g. 8,4x2,2x4")
-        data, stages = int(pieces[0]), int(pieces[1]) if len(pieces) == 2 else 1
-        layouts.append(Layout(data=data, stages=stages))
+    for layout in parse_parallel_layouts(text):
+        covered = performance_layout(layout)
+        if covered is None:
+            raise ValueError(f"cannot read layout {layout.name!r} in {text!r} as data x pipeline stages: the "
+                             "performance model covers D and DxS layouts; tensor parallelism and :zero1/:zero2 "
+                             "have a memory prediction only (--memory-per-rank)")
+        layouts.append(covered)
     return layouts
+
+
+def performance_layout(layout: ParallelLayout) -> Layout | None:
+    """`layout` as the performance model's Layout, or None where it is not data x pipeline alone."""
+    if layout.tensor > 1 or layout.zero:
+        return None
+    return Layout(data=layout.data, stages=layout.stages)
+
+
+def default_micro_batches(stages: int, micro_batches: int | None) -> int:
+    """`micro_batches`, or by default 1 without a pipeline and 4 per stage with one."""
+    if micro_batches is not None:
+        return micro_batches
+    return 1 if stages == 1 else 4 * stages
 
 
 def with_micro_batches(layout: Layout, micro_batches: int | None) -> Layout:
     """`layout` with `micro_batches` (default: 1 without a pipeline, 4 per stage with one)."""
-    if micro_batches is None:
-        micro_batches = 1 if layout.stages == 1 else 4 * layout.stages
-    return Layout(layout.data, layout.stages, micro_batches)
+    return Layout(layout.data, layout.stages, default_micro_batches(layout.stages, micro_batches))
 
 
 def parse_link_line(output: str) -> dict[str, LinkCost]:
