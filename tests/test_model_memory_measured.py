@@ -33,8 +33,10 @@ def measured_reports(layout: str, ranks: int, batch: int, *options: str) -> list
     ("4x1:zero1", 1024, []),
     ("1x4", 1024, ["--micro-batches", "8"]),
     ("2x2", 1024, ["--micro-batches", "4"]),
+    ("2x1x2", 1024, ["--micro-batches", "2"]),
+    ("1x2x2", 1024, ["--micro-batches", "4"]),
 ], ids=["data", "zero1", "zero2-momentum", "tensor", "pipeline", "data-recompute-float64-sgd", "zero1-4-ranks",
-        "pipeline-4-stages", "pipeline-grid"])
+        "pipeline-4-stages", "pipeline-grid", "data-x-tensor", "pipeline-x-tensor"])
 def test_predicted_bytes_are_the_measured_ones(layout, batch, options):
     parsed = parse_parallel_layouts(layout)[0]
     measured = measured_reports(layout, parsed.ranks, batch, *options)

@@ -3,7 +3,8 @@
     mpiexec -n 2 python model_memory.py --layout 2x1:zero1 --widths 64,256,256,10 --batch 32 --optimizer adam
 
 Layouts: Dx1 (DataParallel, with :zero1 or :zero2 its sharded optimizer state), 1x1xT (every pair of
-Linear layers split column -> row over T ranks), DxP (D replicas of a P-stage 1F1B pipeline). Two
+Linear layers split column -> row over T ranks), DxP (D replicas of a P-stage 1F1B pipeline), DxPxT
+(the same pipeline with each stage split over T ranks). Two
 untraced steps come first, then one whose forward and backward PeakMemory traces. Rank 0 prints
 "MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
 """
@@ -55,7 +56,7 @@ def main() -> None:
     model = build_mlp(description, layout.tensor)
     optimizer_class, hyperparameters = OPTIMIZERS[args.optimizer]
     rows = args.batch // layout.data
-    if layout.stages > 1:
+    if layout.stages > 1 or (layout.tensor > 1 and layout.data > 1):
         strategy = Pipeline(model, micro_batches=args.micro_batches, schedule="1f1b", stages=layout.stages)
         optimizer = optimizer_class(strategy.parameters(), **hyperparameters)
     elif layout.data > 1:
