@@ -107,7 +107,7 @@ def scaling_json(path: str) -> str:
 
     remake = "make it with `mpiprop scale ... --predict R`"
     try:
-        measurements, workload, measured = load_scaling_json(path)
+        measurements, workload, measured, contention = load_scaling_json(path)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"{path!r} cannot be read ({error.strerror})") from None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
@@ -120,9 +120,17 @@ def scaling_json(path: str) -> str:
                                                             ("p2p", measurements.p2p))
                  for field, value in vars(link).items()},
               **{f"samples_per_s at {ranks} ranks": value for ranks, value in measured.items()}}
+    if contention is not None:
+        values.update({"overhead_s": contention.overhead_s, "exposed_allreduce": contention.exposed_allreduce,
+                       **{f"alone samples_per_s at {ranks} ranks": value
+                          for ranks, value in contention.alone_samples_per_s.items()}})
     unusable = [f"{name}={value!r}" for name, value in values.items() if not _is_finite_non_negative(value)]
     if workload.global_batch < 1:
         unusable.append(f"global_batch={workload.global_batch!r}")
+    if contention is not None:
+        unusable += [f"exposed_allreduce={contention.exposed_allreduce!r}"] if contention.exposed_allreduce > 1 else []
+        unusable += [f"alone run at {ranks} ranks: {value!r} samples/s"
+                     for ranks, value in contention.alone_samples_per_s.items() if ranks < 1 or value <= 0]
     if unusable:
         raise argparse.ArgumentTypeError(f"{path!r} holds unusable values ({', '.join(unusable)}); {remake}")
     return path

@@ -99,8 +99,7 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
     exposed = 1.0 if ratio is None else min(max(ratio, 0.0), 1.0)
 
     def predictions_from(samples_per_s_alone: dict[int, float]) -> dict[int, Prediction]:
-        # the overhead per step, spread over the samples each rank computes, joins the compute time per sample
-        compute = {ranks: source / samples_per_s_alone[source] + overhead * ranks / batch[ranks]
+        compute = {ranks: compute_with_contention(ranks, samples_per_s_alone[source] / source, overhead, batch[ranks])
                    for ranks, source in sources.items()}
         return predict_sweep(base_ranks, base_values, links, mode, sorted(sources), compute, exposed)
 
@@ -114,6 +113,21 @@ def contention_forecast(base_ranks: int, base_values: dict[str, float], links: d
                     basis={ranks: describe_basis(ranks, source, cores, across_nodes)
                            for ranks, source in sources.items()},
                     exposed_allreduce=exposed, overhead_s=overhead, note=note)
+
+
+def compute_with_contention(ranks: int, samples_per_s_per_rank_alone: float, overhead_s: float,
+                            global_batch: int) -> float:
+    """One rank's compute seconds per sample while `ranks` ranks run: the rank's pace in a run alone (no
+    communication) with as many ranks on its node, plus the data-parallel overhead per step spread over
+    the samples each rank computes."""
+    return 1.0 / samples_per_s_per_rank_alone + overhead_s * ranks / global_batch
+
+
+def alone_source(ranks: int, alone_counts: Sequence[int]) -> int:
+    """The count of runs alone that stands for `ranks`: itself when measured, else the most ranks measured below
+    it (as if its further ranks ran on further nodes loaded alike), else the fewest measured."""
+    below = [count for count in alone_counts if count <= ranks]
+    return max(below) if below else min(alone_counts)
 
 
 def _spread(each_run: list[dict[int, Prediction]]) -> dict[int, tuple[float, float]]:

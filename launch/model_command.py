@@ -3,23 +3,55 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from mpiprop.launch.contention import alone_source, compute_with_contention
 from mpiprop.launch.memory_model import (ModelDescription, ParallelLayout, busiest_rank, check_fits_layout,
                                          format_bytes, parse_parallel_layouts, rank_memory, shortfall, total_bytes)
 from mpiprop.launch.modeling import (default_micro_batches, format_predictions, measure_links_with,
-                                    performance_layout, predict_layouts, with_micro_batches, workload_from_values)
+                                    performance_layout, with_micro_batches, workload_from_values)
 from mpiprop.launch.mlp_benchmark import build_parser
 from mpiprop.launch.mpiexec import RunOptions
-from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Workload
+from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Workload, predict
 from mpiprop.launch.runner import Launcher
 from mpiprop.launch.scale import BUILTIN_WORKLOAD
 from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
 from mpiprop.network.memory_report import MIB
 
 
-def load_scaling_json(path: str) -> tuple[Measurements, Workload, dict[int, float]]:
-    """Measurements, workload and measured throughput per rank count stored by `mpiprop scale --predict`.
+@dataclass(frozen=True)
+class Contention:
+    """What `mpiprop scale --predict` measured of ranks slowing each other on a node.
+
+    Attributes:
+        alone_samples_per_s: per rank count, the median samples/s of the workload run with no communication.
+        overhead_s: seconds the data-parallel machinery adds to each step besides the allreduce.
+        exposed_allreduce: the fraction of the allreduce not hidden behind backward.
+    """
+
+    alone_samples_per_s: dict[int, float]
+    overhead_s: float
+    exposed_allreduce: float
+
+    def measurements_at(self, measurements: Measurements, ranks: int, global_batch: int) -> Measurements:
+        """`measurements` with the compute time of a rank among `ranks` (see `alone_source`) and the exposed part
+        of the allreduce measured by the sweep."""
+        source = alone_source(ranks, list(self.alone_samples_per_s))
+        compute = compute_with_contention(ranks, self.alone_samples_per_s[source] / source, self.overhead_s,
+                                          global_batch)
+        return replace(measurements, compute_s_per_sample=compute, exposed_allreduce=self.exposed_allreduce)
+
+    def describe(self) -> str:
+        paces = ", ".join(f"{ranks} ranks {ranks / samples_per_s * 1e6:.2f} us/sample"
+                          for ranks, samples_per_s in sorted(self.alone_samples_per_s.items()))
+        return (f"contention: compute per rank measured alone (no communication) at {paces}, plus "
+                f"{self.overhead_s * 1e3:.3f} ms of data-parallel overhead per step; {self.exposed_allreduce:.2f} "
+                "of the allreduce exposed; larger counts take the most ranks measured below them")
+
+
+def load_scaling_json(path: str) -> tuple[Measurements, Workload, dict[int, float], Contention | None]:
+    """Measurements, workload, measured throughput per rank count, and the contention measured (None when the
+    sweep had no runs alone) stored by `mpiprop scale --predict`.
 
     Raises:
         ValueError: when the file holds no link measurements (it was made without --predict).
@@ -34,7 +66,12 @@ def load_scaling_json(path: str) -> tuple[Measurements, Workload, dict[int, floa
     measurements = Measurements(base_values["compute_s_per_sample"], links["allreduce"], links["p2p"])
     measured = {} if result["mode"] != "strong" else \
         {row["ranks"]: row["samples_per_s"] for row in result["rows"] if row["samples_per_s"] is not None}
-    return measurements, workload_from_values(base_values), measured
+    alone = {int(ranks): statistics.median(float(run["samples_per_s"]) for run in runs)
+             for ranks, runs in (result.get("alone_runs") or {}).items() if runs}
+    overhead, exposed = result.get("overhead_s"), result.get("exposed_allreduce")
+    contention = Contention(alone, 0.0 if overhead is None else float(overhead),
+                            1.0 if exposed is None else float(exposed)) if alone else None
+    return measurements, workload_from_values(base_values), measured, contention
 
 
 def measure_now(launcher: Launcher, timeout: float) -> tuple[Measurements, Workload]:
@@ -102,19 +139,28 @@ def builtin_batch() -> int:
 
 def _performance_report(layouts: list[Layout], source: str | None, batch: int | None,
                         timeout: float) -> tuple[str, Workload]:
+    contention = None
     if source:
-        measurements, workload, measured = load_scaling_json(source)
+        measurements, workload, measured, contention = load_scaling_json(source)
     else:
         (measurements, workload), measured = measure_now(Launcher.detect(), timeout), {}
     if batch is not None:
         workload, measured = Workload(batch, workload.parameter_bytes, workload.activation_bytes_per_sample), {}
-    predictions = predict_layouts(measurements, workload, layouts)
+    predictions = [predict(measurements if contention is None else
+                           contention.measurements_at(measurements, layout.ranks, workload.global_batch),
+                           workload, layout) for layout in layouts]
     table = format_predictions(predictions).splitlines()
     table[0] += f" {'measured':>11}"
     for index, prediction in enumerate(predictions, start=1):
         found = measured.get(prediction.layout.data) if prediction.layout.stages == 1 else None
         table[index] += f" {found:>11.1f}" if found is not None else f" {'-':>11}"
-    return "\n".join([_describe_inputs(measurements, workload), *table]), workload
+    described = _describe_inputs(measurements, workload)
+    if source:
+        described += "\n" + (contention.describe() if contention is not None else
+                             f"no runs alone in {source}: compute as on the fewest ranks, whatever the count "
+                             "(ranks that share a node slow each other; make it with a workload that has a "
+                             "no-communication variant)")
+    return "\n".join([described, *table]), workload
 
 
 def format_memory_fit(fit: FitQuestion, layouts: list[ParallelLayout], global_batch: int,

@@ -112,11 +112,6 @@ def global_batch_at(ranks: int, base_ranks: int, base_batch: float, mode: str) -
     return int(base_batch) if mode == "strong" else round(base_batch / base_ranks * ranks)
 
 
-def predict_layouts(measurements: Measurements, workload: Workload, layouts: Sequence[Layout]) -> list[Prediction]:
-    """The model's prediction for each layout, in order."""
-    return [predict(measurements, workload, layout) for layout in layouts]
-
-
 def format_predictions(predictions: Sequence[Prediction]) -> str:
     """A table of predicted step time, its parts, throughput and efficiency per layout."""
     header = (f"{'ranks':>5} {'data':>5} {'stages':>6} {'micro':>5} {'step ms':>9} {'compute':>9} {'bubble':>9} "

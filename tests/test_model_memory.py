@@ -165,11 +165,12 @@ def test_the_command_prints_the_performance_table_then_the_memory_table(tmp_path
                                   "rows": [{"ranks": 1, "samples_per_s": 1000.0}]}))
     assert cli.main(["model", "--from", str(source), "--layouts", "2,1x1x2", "--memory-per-rank", "1GiB"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2].split()[:4] == ["ranks", "data", "stages", "micro"] and lines[3].split()[:4] == ["2", "2", "1", "1"]
-    assert lines[4] == "(no performance prediction for 1x1x2)"
-    assert lines[5].startswith(f"memory per rank: MLP {','.join(map(str, builtin_widths()))}, adam, float32, "
+    assert lines[2].startswith(f"no runs alone in {source}")
+    assert lines[3].split()[:4] == ["ranks", "data", "stages", "micro"] and lines[4].split()[:4] == ["2", "2", "1", "1"]
+    assert lines[5] == "(no performance prediction for 1x1x2)"
+    assert lines[6].startswith(f"memory per rank: MLP {','.join(map(str, builtin_widths()))}, adam, float32, "
                                "global batch 64; 1.00 GiB per rank")
-    assert lines[7].startswith("2x1 ") and lines[8].startswith("1x1x2 ") and lines[8].endswith("  fits")
+    assert lines[8].startswith("2x1 ") and lines[9].startswith("1x1x2 ") and lines[9].endswith("  fits")
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -206,3 +207,36 @@ def test_a_layout_that_cannot_hold_the_model_is_refused_before_anything_is_measu
     monkeypatch.setattr("mpiprop.launch.model_command.measure_now", never)
     with pytest.raises(ValueError, match="not multiples of 3"):
         run_model("2,1x1x3", None, None, None, fit=FitQuestion(ModelDescription((8, 10, 8)), 1 << 30))
+
+
+def test_model_from_a_sweep_prices_each_count_with_its_ranks_measured_alone(tmp_path, capsys):
+    """Compute per sample at N ranks: N / the runs alone's samples/s at N (or the most ranks measured below N),
+    plus the data-parallel overhead per step spread over each rank's samples; the sweep's exposed allreduce."""
+    source = tmp_path / "scaling.json"
+    links = {"allreduce": {"latency_s": 2e-5, "bandwidth_bytes_per_s": 1e9},
+             "p2p": {"latency_s": 1e-5, "bandwidth_bytes_per_s": 2e9}}
+    run = {"samples_per_s": 1000.0, "step_s": 0.064, "global_batch": 64, "compute_s_per_sample": 1e-3,
+           "parameter_bytes": 400000}
+    alone = {"1": [{"samples_per_s": 1000.0}], "2": [{"samples_per_s": 1400.0}, {"samples_per_s": 1500.0},
+                                                     {"samples_per_s": 1600.0}]}
+    document = {"mode": "strong", "links": links, "runs": {"1": [run]}, "rows": [{"ranks": 1, "samples_per_s": 1000.0}],
+                "alone_runs": alone, "overhead_s": 0.001, "exposed_allreduce": 0.5}
+    source.write_text(json.dumps(document))
+    assert cli.main(["model", "--from", str(source), "--layouts", "2,4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("contention: compute per rank measured alone (no communication) at 1 ranks "
+                               "1000.00 us/sample, 2 ranks 1333.33 us/sample, plus 1.000 ms of data-parallel overhead "
+                               "per step; 0.50 of the allreduce exposed"), lines
+    two, four = lines[4].split(), lines[5].split()
+    assert float(two[5]) == pytest.approx((1 / 750 + 0.001 * 2 / 64) * 32 * 1e3, abs=1e-3)  # 43.667 ms
+    assert float(four[5]) == pytest.approx((1 / 750 + 0.001 * 4 / 64) * 16 * 1e3, abs=1e-3)  # 2 ranks stand for 4
+    allreduce_two = float(two[8])
+    source.write_text(json.dumps({**document, "exposed_allreduce": 1.0}))
+    assert cli.main(["model", "--from", str(source), "--layouts", "2"]) == 0
+    assert float(capsys.readouterr().out.splitlines()[4].split()[8]) == pytest.approx(2 * allreduce_two, rel=1e-3)
+    del document["alone_runs"]
+    source.write_text(json.dumps(document))
+    assert cli.main(["model", "--from", str(source), "--layouts", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith(f"no runs alone in {source}: compute as on the fewest ranks")
+    assert float(lines[4].split()[5]) == pytest.approx(1e-3 * 32 * 1e3, abs=1e-3)

@@ -182,10 +182,11 @@ def test_real_sweep_writes_csv_json_and_a_plot(tmp_path, capsys):
 
     assert cli.main(["model", "--from", str(out / "scaling.json"), "--layouts", "2,8,2x2"]) == 0
     report = capsys.readouterr().out.splitlines()
-    two_ranks = report[3].split()
+    assert report[2].startswith("contention: compute per rank measured alone (no communication) at 1 ranks")
+    two_ranks = report[4].split()
     assert two_ranks[:4] == ["2", "2", "1", "1"]
     assert float(two_ranks[-1]) == pytest.approx(float(rows[1]["samples_per_s"]), abs=0.06)
-    assert report[4].split()[-1] == "-" and report[5].split()[:3] == ["4", "2", "2"]
+    assert report[5].split()[-1] == "-" and report[6].split()[:3] == ["4", "2", "2"]
 
 
 @pytest.mark.mpi
