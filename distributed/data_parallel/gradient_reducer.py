@@ -20,12 +20,14 @@ class SyncStats:
         wait_seconds: time spent finishing the allreduces after that (communication not hidden).
         buckets: number of buckets reduced.
         bytes: bytes handed to the allreduces (after compression).
+        launched_during_backward: buckets whose reduction had started when backward ended.
     """
 
     backward_seconds: float = 0.0
     wait_seconds: float = 0.0
     buckets: int = 0
     bytes: int = 0
+    launched_during_backward: int = 0
 
 
 class GradientReducer:
@@ -83,6 +85,7 @@ class GradientReducer:
         """Launch what is left, wait for every sum, and leave each gradient summed over ranks (and each
         parameter's `has_grad` set when any rank had a gradient for it)."""
         backward_done = time.perf_counter()
+        launched_early = sum(self.allreduce.launched(index) for index in range(len(self.buckets)))
         for index in range(len(self.buckets)):
             if not self.allreduce.launched(index):
                 self._launch(index)
@@ -92,6 +95,6 @@ class GradientReducer:
             bucket.read_flags()
         self.last_stats = SyncStats(backward_seconds=backward_done - self._backward_started,
                                     wait_seconds=time.perf_counter() - backward_done, buckets=len(self.buckets),
-                                    bytes=sent)
+                                    bytes=sent, launched_during_backward=launched_early)
         return self.last_stats
 
