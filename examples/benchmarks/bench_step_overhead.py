@@ -1,0 +1,208 @@
+"""Per-step overhead of DataParallel on a tiny MLP, against a hand-written numpy + mpi4py loop doing the same math.
+
+    python examples/benchmarks/bench_step_overhead.py                 # 2 ranks, 5 rounds
+    python examples/benchmarks/bench_step_overhead.py --ranks 4 --rounds 3 --json overhead.json
+
+A tiny model (32-32-10, 16 samples per rank) makes the math cheap, so what a step costs beyond
+it shows. Each job, under `mpiexec` with one BLAS thread per rank, times four loops in
+interleaved rounds within the same processes:
+  - by hand: forward, cross-entropy, backward and SGD with momentum written in numpy;
+  - by hand with allreduce: the same, plus one in-place MPI Allreduce of all the gradients
+    (in one flat buffer) and their division by the number of ranks;
+  - mpiprop local: the same model, loss and optimizer of mpiprop.network, no DataParallel;
+  - mpiprop DataParallel: the same wrapped in DataParallel (shared-memory sums on one node).
+It reports the median microseconds per step of each, and the overhead of data parallelism:
+DataParallel minus mpiprop local, against by hand with allreduce minus by hand (the price of
+one MPI Allreduce done by hand).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy
+
+if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` (and the packages) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
+
+LAYER_WIDTHS = (32, 32, 10)
+LOOPS = ("by_hand", "by_hand_allreduce", "mpiprop_local", "mpiprop_data_parallel")
+LEARNING_RATE, MOMENTUM = 0.01, 0.9
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=2, help="ranks of each job (default 2)")
+    parser.add_argument("--batch", type=int, default=16, help="samples per rank per step (default 16)")
+    parser.add_argument("--steps", type=int, default=500, help="timed steps per loop and round (default 500)")
+    parser.add_argument("--rounds", type=int, default=5, help="jobs, each timing every loop once; medians "
+                        "are reported (default 5)")
+    parser.add_argument("--json", help="also write all measurements to this JSON file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --- the worker: run under mpiexec, prints one RESULT line on rank 0 ----------------------------------
+def synthetic_batch(rank: int, batch: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    rng = numpy.random.default_rng(rank)
+    x = rng.standard_normal((batch, LAYER_WIDTHS[0])).astype(numpy.float32)
+    return x, rng.integers(0, LAYER_WIDTHS[-1], batch)
+
+
+def hand_written_step(x: numpy.ndarray, y: numpy.ndarray, world: Any, synchronised: bool,
+                      params: list[numpy.ndarray] | None = None) -> Callable[[], None]:
+    """One SGD-with-momentum step of a ReLU MLP in numpy, with one MPI Allreduce of every gradient when `synchronised`.
+
+    Args:
+        params: weight and bias of each layer (updated in place); None for random ones.
+    """
+    from mpi4py import MPI
+
+    shapes = list(zip(LAYER_WIDTHS[:-1], LAYER_WIDTHS[1:]))
+    parameter_shapes = [shape for fan_in, fan_out in shapes for shape in ((fan_in, fan_out), (fan_out,))]
+    sizes = [int(numpy.prod(shape)) for shape in parameter_shapes]
+    flat_grads = numpy.zeros(sum(sizes), dtype=numpy.float32)  # the gradients are views of one buffer
+    views = numpy.split(flat_grads, numpy.cumsum(sizes)[:-1])
+    grads = [view.reshape(shape) for view, shape in zip(views, parameter_shapes)]
+    if params is None:
+        rng = numpy.random.default_rng(0)
+        params = [rng.standard_normal(g.shape).astype(numpy.float32) * numpy.float32(0.1) for g in grads]
+    velocities = [numpy.zeros_like(p) for p in params]
+    one_hot = numpy.eye(LAYER_WIDTHS[-1], dtype=numpy.float32)[y]
+    scale = numpy.float32(1.0 / len(x))
+
+    def step() -> None:
+        activations, h = [x], x
+        for layer in range(len(shapes)):
+            h = h @ params[2 * layer] + params[2 * layer + 1]
+            if layer < len(shapes) - 1:
+                h = numpy.maximum(h, 0)
+            activations.append(h)
+        logits = activations[-1]
+        exp = numpy.exp(logits - logits.max(axis=1, keepdims=True))
+        dh = (exp / exp.sum(axis=1, keepdims=True) - one_hot) * scale
+        for layer in range(len(shapes) - 1, -1, -1):
+            numpy.matmul(activations[layer].T, dh, out=grads[2 * layer])
+            dh.sum(axis=0, out=grads[2 * layer + 1])
+            if layer > 0:
+                dh = (dh @ params[2 * layer].T) * (activations[layer] > 0)
+        if synchronised:
+            world.Allreduce(MPI.IN_PLACE, flat_grads, op=MPI.SUM)
+            numpy.multiply(flat_grads, numpy.float32(1.0 / world.size), out=flat_grads)
+        for p, g, v in zip(params, grads, velocities):
+            v *= numpy.float32(MOMENTUM)
+            v += g
+            p -= numpy.float32(LEARNING_RATE) * v
+
+    return step
+
+
+def mpiprop_step(x: numpy.ndarray, y: numpy.ndarray, data_parallel: bool) -> Callable[[], None]:
+    """One step of the same model, loss and optimizer in mpiprop, wrapped in DataParallel when `data_parallel`."""
+    import mpiprop.network as nn
+    from mpiprop.distributed import DataParallel
+
+    nn.manual_seed(0)
+    model: Any = nn.Sequential(nn.Linear(LAYER_WIDTHS[0], LAYER_WIDTHS[1]), nn.ReLU(),
+                               nn.Linear(LAYER_WIDTHS[1], LAYER_WIDTHS[2]))
+    if data_parallel:
+        model = DataParallel(model)
+    optimizer = nn.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward(), **({} if data_parallel else {"input_grad": False}))
+        optimizer.step()
+
+    return step
+
+
+def worker(args: argparse.Namespace) -> None:
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    x, y = synthetic_batch(world.rank, args.batch)
+    steps = {"by_hand": hand_written_step(x, y, world, synchronised=False),
+             "by_hand_allreduce": hand_written_step(x, y, world, synchronised=True),
+             "mpiprop_local": mpiprop_step(x, y, data_parallel=False),
+             "mpiprop_data_parallel": mpiprop_step(x, y, data_parallel=True)}
+    for step in steps.values():  # warm up
+        for _ in range(max(1, args.steps // 10)):
+            step()
+    microseconds = {name: _microseconds_per_step(step, args.steps, world) for name, step in steps.items()}
+    if world.rank == 0:
+        print_result(microseconds)
+
+
+def _microseconds_per_step(step: Callable[[], None], steps: int, world) -> float:
+    """The slowest rank's mean microseconds per step over `steps` steps."""
+    from mpi4py import MPI
+
+    world.Barrier()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = numpy.array([time.perf_counter() - started])
+    world.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
+    return 1e6 * float(elapsed[0]) / steps
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+def summarise(args: argparse.Namespace, rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians per loop, and the overheads taken round by round, then their median and range."""
+    overheads = [r["mpiprop_data_parallel"] - r["mpiprop_local"] for r in rounds]
+    allreduces = [r["by_hand_allreduce"] - r["by_hand"] for r in rounds]
+    summary: dict[str, Any] = {"ranks": args.ranks, "batch_per_rank": args.batch, "rounds": len(rounds),
+                               "steps": args.steps}
+    for loop in LOOPS:
+        summary[f"{loop}_us"] = statistics.median(r[loop] for r in rounds)
+    summary.update({"data_parallel_overhead_us": statistics.median(overheads),
+                    "data_parallel_overhead_range_us": [min(overheads), max(overheads)],
+                    "hand_allreduce_us": statistics.median(allreduces),
+                    "hand_allreduce_range_us": [min(allreduces), max(allreduces)]})
+    return summary
+
+
+def report(summary: dict[str, Any]) -> None:
+    print(f"MLP {'-'.join(map(str, LAYER_WIDTHS))}, {summary['batch_per_rank']} samples per rank, "
+          f"{summary['ranks']} ranks, one BLAS thread per rank, median of {summary['rounds']} rounds "
+          f"of {summary['steps']} steps (microseconds per step)")
+    for loop in LOOPS:
+        print(f"  {loop.replace('_', ' '):24s} {summary[f'{loop}_us']:8.1f}")
+    low, high = summary["data_parallel_overhead_range_us"]
+    print(f"  data-parallel overhead (DataParallel - local): {summary['data_parallel_overhead_us']:7.1f} "
+          f"(range {low:.1f} to {high:.1f})")
+    low, high = summary["hand_allreduce_range_us"]
+    print(f"  one Allreduce by hand (with - without):        {summary['hand_allreduce_us']:7.1f} "
+          f"(range {low:.1f} to {high:.1f})")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark (or, with --worker, one job's measurements under mpiexec); returns the summary."""
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    rounds = []
+    for round_number in range(args.rounds):
+        rounds.append(run_worker(__file__, args.ranks, ["--worker", "--batch", str(args.batch),
+                                                        "--steps", str(args.steps)], timeout=600))
+        print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
+            f"{loop} {rounds[-1][loop]:.1f} us" for loop in LOOPS), flush=True)
+    summary = summarise(args, rounds)
+    report(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "rounds": rounds}, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
