@@ -6,6 +6,8 @@ import sys
 import threading
 from typing import Any
 
+import numpy
+
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the work is saved, start it again to go on
 
@@ -58,16 +60,23 @@ class PreemptionWatch:
     def agreed(self, comm: Any = None) -> bool:
         """True, on every rank alike, when any rank has got a preemption signal.
 
+        With several ranks, one allreduce of one integer (the signal's number, 0 for none): a rank
+        without a signal of its own takes the largest number another rank got.
+
         Args:
-            comm: with several ranks, a communicator with `allgather_object` (all ranks call this together).
+            comm: with several ranks, a communicator whose `allreduce(array, "max")` reduces a numpy
+                array in place (all ranks call this together).
         """
         if not self.enabled:
             return False
         if comm is None:
             return self.signal_name is not None
-        names = [name for name in comm.allgather_object(self.signal_name) if name is not None]
-        self.signal_name = self.signal_name or (names[0] if names else None)
-        return bool(names)
+        noted = numpy.array([0 if self.signal_name is None else signal.Signals[self.signal_name].value],
+                            dtype=numpy.int64)
+        largest = int(comm.allreduce(noted, "max")[0])
+        if largest and self.signal_name is None:
+            self.signal_name = signal.Signals(largest).name
+        return largest != 0
 
     def stop(self, rank: int, where: str, checkpoint: str) -> Preempted:
         """The exception that ends training; rank 0 also says why on stderr."""
