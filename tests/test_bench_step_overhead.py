@@ -19,12 +19,13 @@ def bench(monkeypatch):
 
 @pytest.mark.mpi
 def test_reports_every_loop_and_the_overheads(bench, capsys):
-    summary = bench.main(["--steps", "3", "--rounds", "1"])
+    summary = bench.main(["--steps", "3", "--blocks", "2", "--rounds", "1"])
     for loop in bench.LOOPS:
-        assert summary[f"{loop}_us"] > 0
+        assert summary[f"{loop}_us"] >= summary[f"{loop}_fastest_us"] > 0
     assert summary["rounds"] == 1 and summary["ranks"] == 2
-    low, high = summary["data_parallel_overhead_range_us"]
-    assert low == high == summary["data_parallel_overhead_us"]
+    for key in ("data_parallel_overhead", "data_parallel_overhead_fastest", "hand_allreduce"):
+        low, high = summary[f"{key}_range_us"]
+        assert low == high == summary[f"{key}_us"]
     out = capsys.readouterr().out
     assert "data-parallel overhead (DataParallel - local)" in out and "one Allreduce by hand" in out
 

@@ -5,7 +5,9 @@
 
 A tiny model (32-32-10, 16 samples per rank) makes the math cheap, so what a step costs beyond
 it shows. Each job, under `mpiexec` with one BLAS thread per rank, times four loops in
-interleaved rounds within the same processes:
+interleaved blocks of steps within the same processes (the median block per loop, so that a
+burst of load from elsewhere on the machine moves one block, not the figure; and the fastest
+block, what a step costs when nothing else runs):
   - by hand: forward, cross-entropy, backward and SGD with momentum written in numpy;
   - by hand with allreduce: the same, plus one in-place MPI Allreduce of all the gradients
     (in one flat buffer) and their division by the number of ranks;
@@ -13,7 +15,7 @@ interleaved rounds within the same processes:
   - mpiprop DataParallel: the same wrapped in DataParallel (shared-memory sums on one node).
 It reports the median microseconds per step of each, and the overhead of data parallelism:
 DataParallel minus mpiprop local, against by hand with allreduce minus by hand (the price of
-one MPI Allreduce done by hand).
+one MPI Allreduce done by hand), from the median blocks and from the fastest ones.
 """
 from __future__ import annotations
 
@@ -41,9 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2, help="ranks of each job (default 2)")
     parser.add_argument("--batch", type=int, default=16, help="samples per rank per step (default 16)")
-    parser.add_argument("--steps", type=int, default=500, help="timed steps per loop and round (default 500)")
-    parser.add_argument("--rounds", type=int, default=5, help="jobs, each timing every loop once; medians "
-                        "are reported (default 5)")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per loop and block (default 200)")
+    parser.add_argument("--blocks", type=int, default=15, help="interleaved blocks per job (default 15)")
+    parser.add_argument("--rounds", type=int, default=5, help="jobs; medians over them are reported (default 5)")
     parser.add_argument("--json", help="also write all measurements to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -138,9 +140,13 @@ def worker(args: argparse.Namespace) -> None:
     for step in steps.values():  # warm up
         for _ in range(max(1, args.steps // 10)):
             step()
-    microseconds = {name: _microseconds_per_step(step, args.steps, world) for name, step in steps.items()}
+    blocks: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.blocks):
+        for name, step in steps.items():
+            blocks[name].append(_microseconds_per_step(step, args.steps, world))
     if world.rank == 0:
-        print_result(microseconds)
+        print_result({**{name: statistics.median(times) for name, times in blocks.items()},
+                      **{f"{name}_fastest": min(times) for name, times in blocks.items()}})
 
 
 def _microseconds_per_step(step: Callable[[], None], steps: int, world) -> float:
@@ -159,31 +165,32 @@ def _microseconds_per_step(step: Callable[[], None], steps: int, world) -> float
 # --- the driver -----------------------------------------------------------------------------------------
 def summarise(args: argparse.Namespace, rounds: list[dict[str, float]]) -> dict[str, Any]:
     """Medians per loop, and the overheads taken round by round, then their median and range."""
-    overheads = [r["mpiprop_data_parallel"] - r["mpiprop_local"] for r in rounds]
-    allreduces = [r["by_hand_allreduce"] - r["by_hand"] for r in rounds]
     summary: dict[str, Any] = {"ranks": args.ranks, "batch_per_rank": args.batch, "rounds": len(rounds),
-                               "steps": args.steps}
-    for loop in LOOPS:
-        summary[f"{loop}_us"] = statistics.median(r[loop] for r in rounds)
-    summary.update({"data_parallel_overhead_us": statistics.median(overheads),
-                    "data_parallel_overhead_range_us": [min(overheads), max(overheads)],
-                    "hand_allreduce_us": statistics.median(allreduces),
-                    "hand_allreduce_range_us": [min(allreduces), max(allreduces)]})
+                               "steps": args.steps, "blocks": args.blocks}
+    for blocks, suffix in (("median", ""), ("fastest", "_fastest")):
+        overheads = [r[f"mpiprop_data_parallel{suffix}"] - r[f"mpiprop_local{suffix}"] for r in rounds]
+        allreduces = [r[f"by_hand_allreduce{suffix}"] - r[f"by_hand{suffix}"] for r in rounds]
+        for loop in LOOPS:
+            summary[f"{loop}{suffix}_us"] = statistics.median(r[f"{loop}{suffix}"] for r in rounds)
+        summary.update({f"data_parallel_overhead{suffix}_us": statistics.median(overheads),
+                        f"data_parallel_overhead{suffix}_range_us": [min(overheads), max(overheads)],
+                        f"hand_allreduce{suffix}_us": statistics.median(allreduces),
+                        f"hand_allreduce{suffix}_range_us": [min(allreduces), max(allreduces)]})
     return summary
 
 
 def report(summary: dict[str, Any]) -> None:
     print(f"MLP {'-'.join(map(str, LAYER_WIDTHS))}, {summary['batch_per_rank']} samples per rank, "
-          f"{summary['ranks']} ranks, one BLAS thread per rank, median of {summary['rounds']} rounds "
-          f"of {summary['steps']} steps (microseconds per step)")
+          f"{summary['ranks']} ranks, one BLAS thread per rank, median of {summary['rounds']} jobs' median "
+          f"blocks of {summary['steps']} steps (microseconds per step)")
+    print(f"  {'':24s} {'median':>8s} {'fastest':>8s}")
     for loop in LOOPS:
-        print(f"  {loop.replace('_', ' '):24s} {summary[f'{loop}_us']:8.1f}")
-    low, high = summary["data_parallel_overhead_range_us"]
-    print(f"  data-parallel overhead (DataParallel - local): {summary['data_parallel_overhead_us']:7.1f} "
-          f"(range {low:.1f} to {high:.1f})")
-    low, high = summary["hand_allreduce_range_us"]
-    print(f"  one Allreduce by hand (with - without):        {summary['hand_allreduce_us']:7.1f} "
-          f"(range {low:.1f} to {high:.1f})")
+        print(f"  {loop.replace('_', ' '):24s} {summary[f'{loop}_us']:8.1f} {summary[f'{loop}_fastest_us']:8.1f}")
+    for key, label in (("data_parallel_overhead", "data-parallel overhead (DataParallel - local)"),
+                       ("hand_allreduce", "one Allreduce by hand (with - without)       ")):
+        ranges = [summary[f"{key}{suffix}_range_us"] for suffix in ("", "_fastest")]
+        print(f"  {label}: {summary[f'{key}_us']:7.1f} (rounds {ranges[0][0]:.1f} to {ranges[0][1]:.1f}), "
+              f"fastest blocks {summary[f'{key}_fastest_us']:.1f} (rounds {ranges[1][0]:.1f} to {ranges[1][1]:.1f})")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
@@ -193,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return worker(args)
     rounds = []
     for round_number in range(args.rounds):
-        rounds.append(run_worker(__file__, args.ranks, ["--worker", "--batch", str(args.batch),
-                                                        "--steps", str(args.steps)], timeout=600))
+        rounds.append(run_worker(__file__, args.ranks, ["--worker", "--batch", str(args.batch), "--steps",
+                                                        str(args.steps), "--blocks", str(args.blocks)], timeout=600))
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
             f"{loop} {rounds[-1][loop]:.1f} us" for loop in LOOPS), flush=True)
     summary = summarise(args, rounds)
