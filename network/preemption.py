@@ -42,6 +42,7 @@ class PreemptionWatch:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._in_flight: tuple[Any, numpy.ndarray] | None = None
 
     def __enter__(self) -> "PreemptionWatch":
         if self.enabled:
@@ -49,34 +50,47 @@ class PreemptionWatch:
                               if _ends_the_process(signal.getsignal(each))}
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         for each, handler in self._previous.items():
             signal.signal(each, handler)
         self._previous = {}
+        if exc_type is None and self._in_flight is not None:  # after an error it stays referenced, unread
+            self._in_flight[0].wait()
+            self._in_flight = None
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
 
     def agreed(self, comm: Any = None) -> bool:
-        """True, on every rank alike, when any rank has got a preemption signal.
+        """True, on every rank alike, when any rank had got a preemption signal by the previous call.
 
-        With several ranks, one allreduce of one integer (the signal's number, 0 for none): a rank
-        without a signal of its own takes the largest number another rank got.
+        With several ranks, each call starts one non-blocking allreduce of one integer (this
+        rank's signal number, 0 for none; the largest wins) and reads the one the previous call
+        started, long done by then: no call waits for the other ranks, and all of them stop one
+        step after the step in which the signal came. Leaving the `with` block finishes the last
+        reduction.
 
         Args:
-            comm: with several ranks, a communicator whose `allreduce(array, "max")` reduces a numpy
-                array in place (all ranks call this together).
+            comm: with several ranks, a communicator whose `iallreduce(array, "max")` reduces a numpy
+                array in place and returns a request with `wait()` (all ranks call this together).
         """
         if not self.enabled:
             return False
         if comm is None:
             return self.signal_name is not None
+        earlier, self._in_flight = self._in_flight, self._start_reduction(comm)
+        return earlier is not None and self._read(*earlier)
+
+    def _start_reduction(self, comm: Any) -> tuple[Any, numpy.ndarray]:
         noted = numpy.array([0 if self.signal_name is None else signal.Signals[self.signal_name].value],
                             dtype=numpy.int64)
-        largest = int(comm.allreduce(noted, "max")[0])
-        if largest and self.signal_name is None:
-            self.signal_name = signal.Signals(largest).name
-        return largest != 0
+        return comm.iallreduce(noted, "max"), noted
+
+    def _read(self, request: Any, largest: numpy.ndarray) -> bool:
+        request.wait()
+        if largest[0] and self.signal_name is None:
+            self.signal_name = signal.Signals(int(largest[0])).name
+        return bool(largest[0])
 
     def stop(self, rank: int, where: str, checkpoint: str) -> Preempted:
         """The exception that ends training; rank 0 also says why on stderr."""

@@ -1,4 +1,5 @@
-"""Ranks agree on a preemption signal that only the last rank got, with one allreduce of one integer per check.
+"""Ranks agree on a preemption signal that only the last rank got, with one non-blocking allreduce of one integer
+per check, read at the next check: the signal that came before the second check is agreed at the third.
 
 Prints "PREEMPTION-OK rank=R <signal name> <collectives per check>" once every rank has agreed.
 """
@@ -18,6 +19,10 @@ class CountedCommunicator(Communicator):
         self.calls.append(f"allreduce of {array.size}")
         return super().allreduce(array, op)
 
+    def iallreduce(self, array, op="sum"):
+        self.calls.append(f"iallreduce of {array.size}")
+        return super().iallreduce(array, op)
+
     def allgather_object(self, value):
         self.calls.append("allgather_object")
         return super().allgather_object(value)
@@ -29,9 +34,10 @@ def main() -> None:
         assert not watch.agreed(comm) and watch.signal_name is None, comm.rank
         if comm.rank == comm.size - 1:
             os.kill(os.getpid(), signal.SIGUSR1)
+        assert not watch.agreed(comm), comm.rank
         assert watch.agreed(comm), comm.rank
     assert watch.signal_name == "SIGUSR1", (comm.rank, watch.signal_name)
-    assert comm.calls == ["allreduce of 1", "allreduce of 1"], (comm.rank, comm.calls)
+    assert comm.calls == ["iallreduce of 1"] * 3, (comm.rank, comm.calls)
     print(f"PREEMPTION-OK rank={comm.rank} {watch.signal_name} {comm.calls[-1]}", flush=True)
 
 
