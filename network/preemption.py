@@ -67,8 +67,8 @@ class PreemptionWatch:
         With several ranks, each call starts one non-blocking allreduce of one integer (this
         rank's signal number, 0 for none; the largest wins) and reads the one the previous call
         started, long done by then: no call waits for the other ranks, and all of them stop one
-        step after the step in which the signal came. Leaving the `with` block finishes the last
-        reduction.
+        step after the step in which the signal came. Leaving the `with` block without an error
+        finishes the last reduction.
 
         Args:
             comm: with several ranks, a communicator whose `iallreduce(array, "max")` reduces a numpy
@@ -79,7 +79,11 @@ class PreemptionWatch:
         if comm is None:
             return self.signal_name is not None
         earlier, self._in_flight = self._in_flight, self._start_reduction(comm)
-        return earlier is not None and self._read(*earlier)
+        if earlier is None or not self._read(*earlier):
+            return False
+        self._in_flight[0].wait()  # every rank stops here: leave no reduction behind
+        self._in_flight = None
+        return True
 
     def _start_reduction(self, comm: Any) -> tuple[Any, numpy.ndarray]:
         noted = numpy.array([0 if self.signal_name is None else signal.Signals[self.signal_name].value],

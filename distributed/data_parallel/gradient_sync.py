@@ -45,7 +45,8 @@ class GradientSync:
             numpy gradients and no compression; in shared memory on one node, else with MPI.
         tally: also sum one number per backward along with the gradients (`start(tally=...)`, then
             `summed_tally`), in one more element of the last bucket, when the sum is exact: no
-            compression and a last bucket of float32 or wider (see `carries_tally`).
+            compression and a last bucket of float32 or wider (see `carries_tally`; sums below
+            `tally_limit` are exact).
 
     Raises:
         ValueError: for a non-positive bucket size; with `owners`, for a compression, GPU
@@ -62,6 +63,7 @@ class GradientSync:
         counts = None if owners is None else self._owned_counts(groups, list(params), owners)
         self.carries_tally = tally and compression is None and bool(groups) and _sums_integers_exactly(groups[-1])
         tallied = [self.carries_tally and index == len(groups) - 1 for index in range(len(groups))]
+        self.tally_limit = 2 ** (numpy.finfo(groups[-1][0].dtype).nmant + 1) if self.carries_tally else 0
         shared = self._shared_memory_allreduce(groups, shared_memory, counts, tallied)
         self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index], tally=tallied[index])
                         for index, group in enumerate(groups)]
@@ -143,11 +145,6 @@ class GradientSync:
     def summed_tally(self) -> int:
         """After `finish`: the sum over ranks of the `tally` each passed to `start` (with `carries_tally`)."""
         return int(self.buckets[-1].tally[0])
-
-    @property
-    def tally_limit(self) -> int:
-        """Sums of tallies below this are exact in the last bucket's dtype."""
-        return 2 ** (numpy.finfo(self.buckets[-1].buffer.dtype).nmant + 1)
 
     @property
     def last_stats(self) -> SyncStats:
