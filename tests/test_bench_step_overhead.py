@@ -30,15 +30,28 @@ def test_reports_every_loop_and_the_overheads(bench, capsys):
     assert "data-parallel overhead (DataParallel - local)" in out and "one Allreduce by hand" in out
 
 
+@pytest.mark.mpi
+def test_any_mlp_widths_run(bench, capsys):
+    summary = bench.main(["--widths", "8-6-5-3", "--batch", "4", "--steps", "2", "--blocks", "1", "--rounds", "1"])
+    assert summary["widths"] == [8, 6, 5, 3] and summary["data_parallel_of_local"] > 0
+    assert capsys.readouterr().out.startswith("round 1/1")
+
+
+def test_widths_must_be_positive_integers_joined_by_dashes(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--widths", "784"])
+
+
 def test_the_hand_written_step_trains_as_mpiprop_does(bench):
     """One rank, no allreduce: after two steps from the same weights, both loops hold the same parameters."""
     import mpiprop.network as nn
 
-    x, y = bench.synthetic_batch(0, 8)
+    widths = (32, 24, 16, 10)
+    x, y = bench.synthetic_batch(0, 8, widths)
     nn.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10))
     hand_params = [p.data.copy() for p in model.parameters()]
-    hand_step = bench.hand_written_step(x, y, None, synchronised=False, params=hand_params)
+    hand_step = bench.hand_written_step(x, y, None, synchronised=False, params=hand_params, widths=widths)
     optimizer = nn.optim.SGD(model.parameters(), lr=bench.LEARNING_RATE, momentum=bench.MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(2):
