@@ -6,6 +6,8 @@ import sys
 import threading
 from typing import Any
 
+import numpy
+
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the work is saved, start it again to go on
 
@@ -40,6 +42,7 @@ class PreemptionWatch:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._in_flight: tuple[Any, numpy.ndarray] | None = None
 
     def __enter__(self) -> "PreemptionWatch":
         if self.enabled:
@@ -47,27 +50,51 @@ class PreemptionWatch:
                               if _ends_the_process(signal.getsignal(each))}
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         for each, handler in self._previous.items():
             signal.signal(each, handler)
         self._previous = {}
+        if exc_type is None and self._in_flight is not None:  # after an error it stays referenced, unread
+            self._in_flight[0].wait()
+            self._in_flight = None
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
 
     def agreed(self, comm: Any = None) -> bool:
-        """True, on every rank alike, when any rank has got a preemption signal.
+        """True, on every rank alike, when any rank had got a preemption signal by the previous call.
+
+        With several ranks, each call starts one non-blocking allreduce of one integer (this
+        rank's signal number, 0 for none; the largest wins) and reads the one the previous call
+        started, long done by then: no call waits for the other ranks, and all of them stop one
+        step after the step in which the signal came. Leaving the `with` block without an error
+        finishes the last reduction.
 
         Args:
-            comm: with several ranks, a communicator with `allgather_object` (all ranks call this together).
+            comm: with several ranks, a communicator whose `iallreduce(array, "max")` reduces a numpy
+                array in place and returns a request with `wait()` (all ranks call this together).
         """
         if not self.enabled:
             return False
         if comm is None:
             return self.signal_name is not None
-        names = [name for name in comm.allgather_object(self.signal_name) if name is not None]
-        self.signal_name = self.signal_name or (names[0] if names else None)
-        return bool(names)
+        earlier, self._in_flight = self._in_flight, self._start_reduction(comm)
+        if earlier is None or not self._read(*earlier):
+            return False
+        self._in_flight[0].wait()  # every rank stops here: leave no reduction behind
+        self._in_flight = None
+        return True
+
+    def _start_reduction(self, comm: Any) -> tuple[Any, numpy.ndarray]:
+        noted = numpy.array([0 if self.signal_name is None else signal.Signals[self.signal_name].value],
+                            dtype=numpy.int64)
+        return comm.iallreduce(noted, "max"), noted
+
+    def _read(self, request: Any, largest: numpy.ndarray) -> bool:
+        request.wait()
+        if largest[0] and self.signal_name is None:
+            self.signal_name = signal.Signals(int(largest[0])).name
+        return bool(largest[0])
 
     def stop(self, rank: int, where: str, checkpoint: str) -> Preempted:
         """The exception that ends training; rank 0 also says why on stderr."""

@@ -69,7 +69,7 @@ class Trainer:
             (the same path on every rank; the main rank writes it, with every rank's random state).
         checkpoint_every: also write it every this many optimizer steps (None: only per epoch).
             With a checkpoint path (and `comm` on several ranks), SIGTERM or SIGUSR1 during `fit`
-            makes every rank finish its step, write the checkpoint and raise `Preempted`
+            makes every rank finish its step and the next, write the checkpoint and raise `Preempted`
             (a SystemExit with status 75); resuming from it continues exactly.
         non_finite: what a step with a NaN or Inf output, loss or gradient does: "raise" a
             NonFiniteError naming the step, rank, stage and layer, or "skip" the update (on every

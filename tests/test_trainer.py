@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy
@@ -245,6 +246,11 @@ class EchoingComm:
 
     def allgather_object(self, value):
         return [value, value]
+
+    def iallreduce(self, array, op):
+        """A maximum or sum of equal values: with "max", the array itself; the request is already done."""
+        assert op == "max", op
+        return types.SimpleNamespace(wait=lambda: None)
 
 
 class SecondOfTwoRanks(nn.LocalStrategy):

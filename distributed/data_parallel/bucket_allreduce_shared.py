@@ -128,6 +128,8 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
             self._slices = [_runs(bucket_counts) for bucket_counts in self.counts]
         self._summed: list[bool] = []
         self._flag_sums: list[numpy.ndarray | None] = []
+        self._announcements = [f"allreduce of {buffer.size} {buffer.dtype} (gradient bucket {index}, in shared memory)"
+                               for index, buffer in enumerate(self.buffers)]  # written once: formatting costs
 
     def start(self) -> None:
         super().start()
@@ -139,8 +141,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         buffer = self.buffers[index]
         self._trace(index, int(buffer.nbytes))
         self._window.Sync()
-        self._requests[index] = self.comm.ibarrier(
-            what=f"allreduce of {buffer.size} {buffer.dtype} (gradient bucket {index}, in shared memory)")
+        self._requests[index] = self.comm.ibarrier(what=self._announcements[index])
 
     def progress(self) -> None:
         """Sum this rank's slice of every buffer that all ranks have announced."""

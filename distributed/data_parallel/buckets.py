@@ -34,9 +34,10 @@ def assign_buckets(params: Sequence[Parameter], cap_bytes: int) -> list[list[Par
     return buckets
 
 
-def bucket_size(params: Sequence[Parameter]) -> int:
-    """Elements of the flat buffer that holds the gradients of `params` and a has-gradient flag for each."""
-    return sum(p.size for p in params) + len(params)
+def bucket_size(params: Sequence[Parameter], tally: bool = False) -> int:
+    """Elements of the flat buffer that holds the gradients of `params`, a has-gradient flag for each,
+    and, with `tally`, one number summed along with them."""
+    return sum(p.size for p in params) + len(params) + int(tally)
 
 
 def _compatible(a: Parameter, b: Parameter) -> bool:
@@ -53,15 +54,16 @@ class GradientBucket:
     lost. Backward passes keep adding into `p.grad` in place, which writes the buffer. The last
     `len(params)` elements, `flags`, carry each parameter's `has_grad` (1 or 0) through the
     same sum over ranks: a parameter has a gradient after the sum when it had one on any rank.
+    With `tally`, one more element, `tally`, carries a number through the sum (see GradientSync).
     """
 
-    def __init__(self, params: Sequence[Parameter], buffer: Array | None = None):
+    def __init__(self, params: Sequence[Parameter], buffer: Array | None = None, *, tally: bool = False):
         if not params:
             raise ValueError("a gradient bucket needs at least one parameter")
         first = params[0].data
         self.params = list(params)
         if buffer is None:
-            buffer = get_array_module(first).zeros(bucket_size(params), dtype=first.dtype)
+            buffer = get_array_module(first).zeros(bucket_size(params, tally), dtype=first.dtype)
         self.buffer: Array = buffer
         self.views: list[Array] = []
         offset = 0
@@ -72,9 +74,13 @@ class GradientBucket:
             self.views.append(view)
             offset += p.size
         self.flags: Array = self.buffer[offset:offset + len(self.params)]
+        self.tally: Array | None = self.buffer[offset + len(self.params):] if tally else None
 
     def write_flags(self) -> None:
         """Put each parameter's `has_grad` into `flags`, before the buffer is summed."""
+        if all(p.has_grad for p in self.params):
+            self.flags.fill(1)
+            return
         local = numpy.array([p.has_grad for p in self.params], dtype=self.flags.dtype)
         self.flags[...] = get_array_module(self.flags).asarray(local)
 

@@ -32,11 +32,16 @@ class DataParallel(LocalStrategy):
     bucket's non-blocking allreduce starts, so communication overlaps the rest of backward. When
     `backward` returns, every gradient is the gradient of the mean loss over the global batch
     when each rank's loss is the mean over its shard, even for shards of unequal sizes (4, 3
-    and 3 rows): each training-mode forward learns every rank's rows (one small allreduce), and
-    the next backward multiplies the output gradient by this rank's share of them, so the
-    allreduces' sums are the row-weighted means. Gradients added to `.grad` outside `backward`
-    are therefore summed over ranks, not averaged. Switching to evaluation (`eval()`) gives
-    every rank rank 0's buffers, so all ranks evaluate alike.
+    and 3 rows): backward multiplies the output gradient by this rank's share of the global
+    batch's rows, so the allreduces' sums are the row-weighted means. The ranks exchange their
+    rows once; after that each rank's rows are summed along with the gradients, and on a step
+    whose total differs from the last one (the short last batch of an epoch) the summed
+    gradients are multiplied by old total / new total (see ShardWeight). Under `no_sync()`,
+    with a compression, and for the first synchronised backward after `no_sync()`, the rows
+    are exchanged before that backward instead. Gradients added to `.grad` outside `backward`
+    are therefore summed over ranks, not averaged (and scaled with the others on such a step).
+    Switching to evaluation (`eval()`) gives every rank rank 0's buffers, so all ranks
+    evaluate alike.
 
     Usage::
 
@@ -108,16 +113,19 @@ class DataParallel(LocalStrategy):
         self.owner_of = {id(p): owner for p, owner in zip(in_final_order, owners)}
         self.gradient_sync = GradientSync(in_final_order, self.comm, bucket_cap_mb=bucket_cap_mb,
                                           compression=compression, shared_memory=shared_memory,
-                                          owners=owners if shard_optimizer_state == 2 else None)
+                                          owners=owners if shard_optimizer_state == 2 else None, tally=True)
         self.buckets = self.gradient_sync.buckets
         self._sync_gradients = True
+        self._accumulated_without_sync = False
         self._shard_weight = ShardWeight(self.comm)
+        self._has_buffers = any(True for _ in module.named_buffers())
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
         """The module's forward on this rank's shard: (output, cache for `backward`).
 
-        Collective in training mode: the ranks share their rows (and rank 0's buffers).
+        Collective in training mode: the ranks share rank 0's buffers, and their rows when those are not
+        summed with the gradients.
         """
         self._before_forward(x)
         with span("forward"):
@@ -129,10 +137,15 @@ class DataParallel(LocalStrategy):
             return self.module(x)
 
     def _before_forward(self, x: Array) -> None:
-        if self.module.training and self.broadcast_buffers:
+        if self.module.training and self.broadcast_buffers and self._has_buffers:
             self.sync_buffers()
         if self.module.training and self.comm.size > 1:
-            self._shard_weight.start(int(x.shape[0]))
+            self._shard_weight.start(int(x.shape[0]), exchange=not self._rows_summed_with_gradients())
+
+    def _rows_summed_with_gradients(self) -> bool:
+        """Whether the next backward sums every rank's rows with the gradients (else they are exchanged first):
+        when it sums gradients that can carry them, all of them from this backward."""
+        return self._sync_gradients and self.gradient_sync.carries_tally and not self._accumulated_without_sync
 
     def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
         """Backpropagate `dout` and return once every gradient is averaged over ranks.
@@ -147,19 +160,29 @@ class DataParallel(LocalStrategy):
         Returns:
             The input gradient when `input_grad`, else None.
         """
-        weight = self._shard_weight.take()
+        weight, rows = self._shard_weight.take(exchange=not self._rows_summed_with_gradients())
         dout = dout if self.comm.size == 1 else dout * weight  # backward is linear: sums become weighted means
         if not self._sync_gradients:
             with span("backward", synchronised=False):
                 input_gradient = self._run_backward(dout, cache, input_grad, on_parameters_final=None)
+            self._accumulated_without_sync = True
         else:
-            self.gradient_sync.start()
+            self.gradient_sync.start(tally=rows or 0)
             with span("backward"):
                 input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
             self.gradient_sync.finish()
+            self._accumulated_without_sync = False
+            if rows is not None and self.gradient_sync.carries_tally:
+                self._correct_for_the_rows_of_all_ranks(rows)
         if input_gradient is not None and self.comm.size > 1 and weight > 0:
             input_gradient *= input_gradient.dtype.type(1.0 / weight)
         return input_gradient
+
+    def _correct_for_the_rows_of_all_ranks(self, rows: int) -> None:
+        """Scale the summed gradients when the ranks' rows, summed with them, differ from the total assumed."""
+        factor = self._shard_weight.correction(rows, self.gradient_sync.summed_tally, self.gradient_sync.tally_limit)
+        if factor != 1.0:
+            self.gradient_sync.scale(factor)
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:

@@ -43,6 +43,10 @@ class GradientSync:
             (from `shard_owners`): the buckets are reduce-scattered, each rank receives the sums
             of its own parameters' gradients and the others' gradients are zero (ZeRO-2). Needs
             numpy gradients and no compression; in shared memory on one node, else with MPI.
+        tally: also sum one number per backward along with the gradients (`start(tally=...)`, then
+            `summed_tally`), in one more element of the last bucket, when the sum is exact: no
+            compression and a last bucket of float32 or wider (see `carries_tally`; sums below
+            `tally_limit` are exact).
 
     Raises:
         ValueError: for a non-positive bucket size; with `owners`, for a compression, GPU
@@ -51,14 +55,17 @@ class GradientSync:
 
     def __init__(self, params: Sequence[Parameter], comm: Communicator, *,
                  bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
-                 shared_memory: bool = True, owners: Sequence[int] | None = None):
+                 shared_memory: bool = True, owners: Sequence[int] | None = None, tally: bool = False):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         self.comm, self.compression = comm, compression
         groups = assign_buckets(list(params), int(bucket_cap_mb * 2**20)) if params else []
         counts = None if owners is None else self._owned_counts(groups, list(params), owners)
-        shared = self._shared_memory_allreduce(groups, shared_memory, counts)
-        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index])
+        self.carries_tally = tally and compression is None and bool(groups) and _sums_integers_exactly(groups[-1])
+        tallied = [self.carries_tally and index == len(groups) - 1 for index in range(len(groups))]
+        self.tally_limit = 2 ** (numpy.finfo(groups[-1][0].dtype).nmant + 1) if self.carries_tally else 0
+        shared = self._shared_memory_allreduce(groups, shared_memory, counts, tallied)
+        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index], tally=tallied[index])
                         for index, group in enumerate(groups)]
         buffers = [bucket.buffer for bucket in self.buckets]
         if shared is not None:
@@ -88,17 +95,23 @@ class GradientSync:
                 for group in groups]
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool,
-                                 counts: list[list[int]] | None) -> BucketAllreduce | None:
+                                 counts: list[list[int]] | None, tallied: list[bool]) -> BucketAllreduce | None:
         """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
         if not (groups and shared_memory and self.compression is None):
             return None
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
-        return shared_memory_bucket_allreduce([bucket_size(group) for group in groups],
+        return shared_memory_bucket_allreduce([bucket_size(group, tally) for group, tally in zip(groups, tallied)],
                                               [group[0].dtype for group in groups], self.comm, on_cpu, counts)
 
-    def start(self) -> None:
-        """Begin a synchronised backward. Raises RuntimeError when a gradient left its bucket."""
+    def start(self, tally: int = 0) -> None:
+        """Begin a synchronised backward; `tally` is this rank's number to sum along (with `carries_tally`).
+
+        Raises:
+            RuntimeError: when a gradient left its bucket.
+        """
         self._reducer.start()
+        if self.carries_tally:
+            self.buckets[-1].tally.fill(tally)
 
     def mark_final(self, params: list[Parameter]) -> None:
         """These parameters' gradients are complete: reduce each bucket they complete."""
@@ -129,6 +142,11 @@ class GradientSync:
         return sum(self._reducer.allreduce.launched(index) for index in range(len(self.buckets)))
 
     @property
+    def summed_tally(self) -> int:
+        """After `finish`: the sum over ranks of the `tally` each passed to `start` (with `carries_tally`)."""
+        return int(self.buckets[-1].tally[0])
+
+    @property
     def last_stats(self) -> SyncStats:
         return self._reducer.last_stats
 
@@ -136,6 +154,12 @@ class GradientSync:
     def allreduce_kind(self) -> str:
         """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
         return self._reducer.allreduce.kind
+
+
+def _sums_integers_exactly(group: list[Parameter]) -> bool:
+    """Whether a bucket of these parameters' dtype sums whole numbers of rows exactly (float32 or wider)."""
+    dtype = numpy.dtype(group[0].dtype)
+    return dtype.kind == "f" and numpy.finfo(dtype).nmant >= numpy.finfo(numpy.float32).nmant
 
 
 def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,

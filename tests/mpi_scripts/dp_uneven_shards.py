@@ -2,7 +2,9 @@
 
 Each rank's loss is the mean over its shard; after the steps every rank's parameters must
 equal those of one process training on the whole batch's mean loss; so must gradients
-accumulated under no_sync() over micro-batches cut unevenly across the ranks. Prints
+accumulated under no_sync() over micro-batches cut unevenly across the ranks, and parameters
+trained on shards whose sizes change from step to step on some ranks only (the others
+assuming the rows they last learnt), while the ranks exchange their rows once. Prints
 "UNEVEN-OK rank=R what" per check.
 """
 import numpy
@@ -76,10 +78,70 @@ def check_accumulated_uneven_micro_batches_give_the_global_batch_gradient(world)
     print(f"UNEVEN-OK rank={world.rank} no_sync max_abs_diff={error:.1e}", flush=True)
 
 
+def changing_shards(rank: int, ranks: int) -> list[numpy.ndarray]:
+    """Each step's rows of `rank`: its shards of 10, 10, 9, 10 and 8 rows, then rank 0 and the last rank trading a row
+    (the same total), then the first shards again: some ranks' sizes change while others' stay."""
+    cuts = [numpy.array_split(numpy.arange(rows), ranks) for rows in (10, 10, 9, 10, 8)]
+    traded = [shard.copy() for shard in cuts[0]]
+    traded[-1], traded[0] = numpy.append(traded[-1], traded[0][-1]), traded[0][:-1]
+    return [cut[rank] for cut in cuts + [traded, cuts[0]]]
+
+
+def check_shard_sizes_changing_on_some_ranks_give_the_global_batch_gradient(world, shared_memory: bool,
+                                                                           exact_sums_below: int | None = None) -> None:
+    """With `exact_sums_below`, row sums from that on count as inexact: each change of the total is exchanged."""
+    model, reference = build_model(), build_model()
+    dp = DataParallel(model, shared_memory=shared_memory)
+    if exact_sums_below is not None:
+        dp.gradient_sync.tally_limit = exact_sums_below
+    exchanges = count_row_exchanges(dp)
+    generator = numpy.random.default_rng(5)
+    steps = [changing_shards(rank, world.size) for rank in range(world.size)]
+    loss_fn = nn.CrossEntropyLoss()
+    optimizers = [nn.optim.SGD(m.parameters(), lr=0.5, momentum=0.9) for m in (model, reference)]
+    for step in range(len(steps[0])):
+        x = generator.standard_normal((GLOBAL_ROWS, 4)).astype(numpy.float32)
+        y = generator.integers(0, 3, GLOBAL_ROWS)
+        every_rank = numpy.concatenate([shards[step] for shards in steps])
+        mine = steps[world.rank][step]
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss_fn(dp(x[mine]), y[mine])
+        dp.backward(loss_fn.backward())
+        loss_fn(reference(x[every_rank]), y[every_rank])
+        reference.backward(loss_fn.backward(), input_grad=False)
+        error = max(float(numpy.abs(p.grad - q.grad).max()) for p, q in zip(model.parameters(), reference.parameters()))
+        assert error < TOLERANCE, (world.rank, step, len(mine), error)
+        for optimizer in optimizers:
+            optimizer.step()
+    totals = [sum(len(shards[step]) for shards in steps) for step in range(len(steps[0]))]
+    changes = sum(later != earlier for earlier, later in zip(totals, totals[1:]))
+    assert exchanges == [1 if exact_sums_below is None else 1 + changes], (world.rank, exchanges, totals)
+    if exact_sums_below is None:
+        print(f"UNEVEN-OK rank={world.rank} changing sizes over {dp.allreduce_kind}, rows exchanged once", flush=True)
+    else:
+        print(f"UNEVEN-OK rank={world.rank} changing sizes with inexact sums, exchanged at each change", flush=True)
+
+
+def count_row_exchanges(dp) -> list[int]:
+    """A list whose one element counts the DataParallel's allreduces of integers (rows; gradients are floats)."""
+    count, iallreduce = [0], dp.comm.iallreduce
+
+    def counted(array, op="sum"):
+        count[0] += array.dtype.kind == "i"
+        return iallreduce(array, op)
+
+    dp.comm.iallreduce = counted
+    return count
+
+
 def main() -> None:
     world = MPI.COMM_WORLD
     check_uneven_shards_give_the_global_batch_gradient(world)
     check_accumulated_uneven_micro_batches_give_the_global_batch_gradient(world)
+    for shared_memory in (True, False):
+        check_shard_sizes_changing_on_some_ranks_give_the_global_batch_gradient(world, shared_memory)
+    check_shard_sizes_changing_on_some_ranks_give_the_global_batch_gradient(world, True, exact_sums_below=8)
 
 
 if __name__ == "__main__":
