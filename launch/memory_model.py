@@ -227,20 +227,13 @@ def parameters_in_final_order(model: ModelDescription, linears: Sequence[int], t
     return sizes
 
 
-@dataclass(frozen=True)
-class _Sized:
-    """A parameter's size alone, what `shard_owners` reads of a parameter."""
-
-    size: int
-
-
 def optimizer_state_values(model: ModelDescription, sizes: Sequence[int], layout: ParallelLayout) -> list[int]:
     """Values of optimizer state each data-parallel rank keeps of parameters of `sizes`: all of them
     for every rank without ZeRO, else each rank's own whole parameters (DataParallel's `shard_owners`)."""
     copies = OPTIMIZER_STATE_COPIES[model.optimizer]
     if not layout.zero:
         return [copies * sum(sizes)]
-    owners = shard_owners([_Sized(size) for size in sizes], layout.data)
+    owners = shard_owners(sizes, layout.data)
     return [copies * count for count in rank_counts(sizes, owners, layout.data)]
 
 

@@ -18,24 +18,20 @@ from mpi_launch import run_mpi
 CHECKS = ("equivalent", "zero-to-one", "one-to-zero", "zero-to-dp", "nan-skipped")
 
 
-def parameters(*sizes: int) -> list[Parameter]:
-    return [Parameter(numpy.zeros(size)) for size in sizes]
-
-
 def test_each_rank_owns_the_parameters_whose_middle_lies_in_its_quarter():
     # 1088 elements; middles at 128, 264, 400, 536, 672, 808, 944, 1080; quarters end at 272, 544, 816
-    assert shard_owners(parameters(*[256, 16] * 4), 4) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert shard_owners([256, 16] * 4, 4) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_owners_never_decrease_and_a_large_parameter_is_owned_whole():
-    assert shard_owners(parameters(10, 1000, 10, 10), 2) == [0, 0, 1, 1]
-    assert shard_owners(parameters(5, 5), 4) == [1, 3]
-    assert shard_owners(parameters(7), 3) == [1]
+    assert shard_owners([10, 1000, 10, 10], 2) == [0, 0, 1, 1]
+    assert shard_owners([5, 5], 4) == [1, 3]
+    assert shard_owners([7], 3) == [1]
 
 
 def test_shard_owners_refuses_no_ranks():
     with pytest.raises(ValueError, match="at least 1 rank, got 0"):
-        shard_owners(parameters(3), 0)
+        shard_owners([3], 0)
 
 
 def test_data_parallel_refuses_an_unknown_sharding():
@@ -51,7 +47,7 @@ def test_reduce_scattered_gradients_refuse_compression():
 def test_reduce_scatter_refuses_owners_out_of_rank_order():
     dp = DataParallel(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match=r"owners \[1, 0\] decrease"):
-        GradientSync(parameters(2, 2), dp.comm, owners=[1, 0])
+        GradientSync([Parameter(numpy.zeros(2)), Parameter(numpy.zeros(2))], dp.comm, owners=[1, 0])
 
 
 def test_optimizer_without_sharding_is_the_plain_class():
@@ -81,7 +77,7 @@ def test_one_rank_sharded_training_equals_plain_training_and_refuses_foreign_par
         for p, q in zip(sharded.parameters(), plain.parameters()):
             numpy.testing.assert_array_equal(p.data, q.data)
     with pytest.raises(ValueError, match="not in the data-parallel model; build the optimizer from dp.parameters()"):
-        sharded.optimizer(nn.optim.SGD, parameters(2), lr=0.1)
+        sharded.optimizer(nn.optim.SGD, [Parameter(numpy.zeros(2))], lr=0.1)
 
 
 @pytest.mark.parametrize("ranks, nodes", [(2, None), (4, None), (4, "2")])

@@ -109,7 +109,7 @@ class DataParallel(LocalStrategy):
         self._broadcast_state()
         self.compression = compression
         in_final_order = _parameters_in_final_order(module)
-        owners = shard_owners(in_final_order, self.comm.size)
+        owners = shard_owners([p.size for p in in_final_order], self.comm.size)
         self.owner_of = {id(p): owner for p, owner in zip(in_final_order, owners)}
         self.gradient_sync = GradientSync(in_final_order, self.comm, bucket_cap_mb=bucket_cap_mb,
                                           compression=compression, shared_memory=shared_memory,

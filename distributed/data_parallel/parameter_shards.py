@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mpiprop.network.parameter import Parameter
 
-
-def shard_owners(params: Sequence[Parameter], ranks: int) -> list[int]:
-    """The rank that owns each of `params`: the one whose 1/`ranks` of all elements holds its middle.
+def shard_owners(sizes: Sequence[int], ranks: int) -> list[int]:
+    """The rank that owns each parameter of `sizes` (elements): the one whose 1/`ranks` of all elements
+    holds its middle.
 
     Taken in the gradient buckets' order, the owners never decrease, so each rank owns one run of
     consecutive parameters and, inside any bucket, the ranks' runs lie in rank order (what a
@@ -15,22 +14,22 @@ def shard_owners(params: Sequence[Parameter], ranks: int) -> list[int]:
     elements, off by at most half of the largest parameter on each side.
 
     Args:
-        params: in the order of the gradient buckets.
+        sizes: the parameters' element counts, in the order of the gradient buckets.
         ranks: the number of data-parallel ranks.
 
     Returns:
-        One rank per parameter, in `params` order.
+        One rank per parameter, in `sizes` order.
 
     Raises:
         ValueError: for fewer than one rank.
     """
     if ranks < 1:
         raise ValueError(f"parameters are sharded over at least 1 rank, got {ranks}")
-    total = sum(p.size for p in params)
+    total = sum(sizes)
     owners, before = [], 0
-    for p in params:
-        owners.append(min(ranks - 1, ranks * (2 * before + p.size) // max(2 * total, 1)))
-        before += p.size
+    for size in sizes:
+        owners.append(min(ranks - 1, ranks * (2 * before + size) // max(2 * total, 1)))
+        before += size
     return owners
 
 
