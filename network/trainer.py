@@ -31,10 +31,12 @@ from mpiprop.network.preemption import PreemptionWatch
 from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
 from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
 from mpiprop.network.schedules import set_lr
+from mpiprop.network.shares import join_parts
 
 _LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
 STRATEGY_METHODS = ("train_step", "predict", "parameters", "named_parameters", "train", "eval", "state_dict",
-                    "load_state_dict", "state_shapes", "stage_allgather", "merge_over_stages", "locate_non_finite")
+                    "load_state_dict", "state_shapes", "stage_allgather", "merge_over_stages", "local_part",
+                    "parameters_counted_once", "locate_non_finite")
 MAX_SKIPS_IN_A_ROW = 20
 NON_FINITE_FIX = ("lower the learning rate, set clip_grad_norm, check the data, "
                   "or pass non_finite='skip' to skip such steps")
@@ -620,29 +622,13 @@ def as_strategy(model: Any) -> Any:
 
 
 def _joined_over_ranks(states: list[dict[str, Any]], whole_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """Rank 0's state, each of whose dict values is the union of that dict on every rank (in rank order).
-
-    An array that the ranks hold as tensor-parallel shares (its shape is not the whole model's, in
-    `whole_shapes`) is joined from the first ranks holding it, which are one stage's tensor ranks in order.
-    """
+    """Rank 0's state, each of whose dict values is the union of that dict on every rank (in rank order),
+    tensor-parallel shares joined into whole arrays (see `join_parts`)."""
     joined = dict(states[0])
     for key, value in joined.items():
         if isinstance(value, dict):
-            held: dict[str, list[Any]] = {}
-            for state in states:
-                for name, item in (state[key] or {}).items():
-                    held.setdefault(name, []).append(item)
-            joined[key] = {name: _whole(items, whole_shapes.get(name)) for name, items in held.items()}
+            joined[key] = join_parts([state[key] or {} for state in states], whole_shapes)
     return joined
-
-
-def _whole(items: list[Any], whole_shape: tuple[int, ...] | None) -> Any:
-    """The value the ranks hold alike, or their shares joined along the axis where a share is shorter."""
-    first = items[0]
-    if whole_shape is None or not hasattr(first, "shape") or tuple(first.shape) == tuple(whole_shape):
-        return first
-    axis = next(axis for axis, (share, whole) in enumerate(zip(first.shape, whole_shape)) if share != whole)
-    return numpy.concatenate([to_numpy(item) for item in items[:whole_shape[axis] // first.shape[axis]]], axis=axis)
 
 
 def _uneven_shards(loader: Any) -> bool:

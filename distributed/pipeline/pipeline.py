@@ -11,7 +11,7 @@ from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.tensor_parallel.named_shares import join_shares, named_splits, share_of, tensor_group_of
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
@@ -31,6 +31,7 @@ from mpiprop.network.layer import Layer
 from mpiprop.network.losses import Loss
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.sequential import Sequential
+from mpiprop.network.shares import join_parts
 
 BALANCE_RULES = ("parameters", "time")
 
@@ -401,7 +402,7 @@ class Pipeline:
             parts = self.model_comm.mpi_comm.gather(part, root=0)
         if parts is None or not self.is_main:
             return None
-        return join_shares(parts, self.splits)
+        return join_parts(parts, self._state_shapes)
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""

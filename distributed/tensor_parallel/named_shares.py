@@ -1,14 +1,15 @@
-"""Named shares: which entries of a model's state are split over a tensor-parallel group, and how to join or cut them."""
+"""Named shares: which entries of a model's state are split over a tensor-parallel group, and each rank's cut of them.
+
+Joining shares back into whole arrays is `mpiprop.network.shares.join_parts`, which needs only the whole shapes.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import numpy
+from typing import Any
 
 from mpiprop.distributed.tensor_parallel.full_state import named_split_layers
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.network.backend import is_array, to_numpy
+from mpiprop.network.backend import is_array
 from mpiprop.network.layer import Layer
 
 
@@ -19,10 +20,6 @@ class Split:
     axis: int
     whole: tuple[int, ...]
     ranks: int
-
-    @property
-    def share(self) -> tuple[int, ...]:
-        return tuple(size // self.ranks if axis == self.axis else size for axis, size in enumerate(self.whole))
 
 
 def named_splits(model: Layer) -> dict[str, Split]:
@@ -50,33 +47,9 @@ def tensor_group_of(model: Layer) -> Communicator | None:
     return groups[0] if groups else None
 
 
-def join_shares(parts: Sequence[dict[str, Any]], splits: dict[str, Split]) -> dict[str, Any]:
-    """One dict from the dicts of the ranks of a model copy, in (stage, tensor rank) order.
-
-    Entries of split parameters (arrays, or optimizer-state dicts holding arrays of the share's
-    shape) are joined along their axis in tensor-rank order; any other entry, which every
-    tensor rank of a stage holds alike, is taken once.
-    """
-    collected: dict[str, list[Any]] = {}
-    for part in parts:
-        for name, value in part.items():
-            collected.setdefault(name, []).append(value)
-    return {name: _joined(values, splits.get(name)) for name, values in collected.items()}
-
-
 def share_of(named: dict[str, Any], splits: dict[str, Split], rank: int) -> dict[str, Any]:
     """`named` (a whole-model dict keyed by parameter name) with each split entry cut to tensor rank `rank`'s share."""
     return {name: _cut(value, splits[name], rank) if name in splits else value for name, value in named.items()}
-
-
-def _joined(values: list[Any], split: Split | None) -> Any:
-    if split is None or len(values) == 1:
-        return values[0]
-    if isinstance(values[0], dict):
-        return {key: _joined([value[key] for value in values], split) for key in values[0]}
-    if is_array(values[0]) and tuple(values[0].shape) == split.share:
-        return numpy.concatenate([to_numpy(value) for value in values], axis=split.axis)
-    return values[0]
 
 
 def _cut(value: Any, split: Split, rank: int) -> Any:
