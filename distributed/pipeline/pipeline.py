@@ -12,7 +12,7 @@ from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
@@ -140,17 +140,14 @@ class Pipeline:
             self.pipeline_comm = self.model_comm = self.comm = Communicator(comm)
             self.data_comm, self.replica, self.replicas = None, 0, 1
             return
-        tensor = 1 if tensor_comm is None else tensor_comm.size
-        if stages is None:
-            stages = max(1, as_communicator(comm).size // tensor)
-        grid = make_grid(stages, comm, tensor)
+        grid = make_grid(stages, comm, 1 if tensor_comm is None else tensor_comm.size)
         self.comm, self.pipeline_comm, self.model_comm = grid.comm, grid.pipeline_comm, grid.model_comm
         self.data_comm, self.replica, self.replicas = grid.data_comm, grid.replica, grid.replicas
         if grid.replicas == 1:
             self.data_comm = None
         if tensor_comm is not None:
             self._check_tensor_group(grid.tensor_rank)
-            self.tensor_rank, self.tensor_size = grid.tensor_rank, tensor
+            self.tensor_rank, self.tensor_size = grid.tensor_rank, grid.tensor
 
     def _check_tensor_group(self, tensor_rank: int) -> None:
         """Raise on every rank unless the split layers' group is the grid's: T consecutive ranks of `comm`."""

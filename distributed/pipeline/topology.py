@@ -32,11 +32,11 @@ class Grid:
     tensor: int
 
 
-def make_grid(stages: int, comm: "MpiComm | Communicator | None" = None, tensor: int = 1) -> Grid:
+def make_grid(stages: int | None, comm: "MpiComm | Communicator | None" = None, tensor: int = 1) -> Grid:
     """Split `comm` (default MPI.COMM_WORLD) into pipelines of `stages` stages of `tensor` ranks; collective.
 
     Args:
-        stages: stages per pipeline.
+        stages: stages per pipeline; None: as many as the ranks allow (ranks / `tensor`), one replica.
         comm: the ranks to arrange.
         tensor: ranks that split each stage's layers (the tensor-parallel size).
 
@@ -46,8 +46,10 @@ def make_grid(stages: int, comm: "MpiComm | Communicator | None" = None, tensor:
     Raises:
         ValueError: when `stages` x `tensor` does not divide the number of ranks.
     """
-    stages, tensor = positive_int(stages, "stages"), positive_int(tensor, "tensor")
+    tensor = positive_int(tensor, "tensor")
+    stages = None if stages is None else positive_int(stages, "stages")
     base = Communicator(comm)
+    stages = max(1, base.size // tensor) if stages is None else stages
     if base.size % (stages * tensor):
         size = base.size
         base.free()
