@@ -103,6 +103,12 @@ class Layer:
             if isinstance(value, Layer):
                 yield name, value
 
+    def descendants(self) -> Iterator["Layer"]:
+        """Every layer inside this one, depth first: each child, then the layers inside it."""
+        for _, child in self.children():
+            yield child
+            yield from child.descendants()
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(qualified name, parameter) pairs, e.g. ("0.weight", p) in a Sequential."""
         for name, value in vars(self).items():

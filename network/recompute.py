@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy
 
@@ -111,7 +111,7 @@ class Recompute(Sequential):
         return [layer.training for layer in self._all_layers()]
 
     def _all_layers(self) -> list[Layer]:
-        return list(_walk(self))
+        return list(self.descendants())
 
     def __repr__(self) -> str:
         return "Recompute(\n" + "\n".join(f"  {layer!r}" for layer in self.layers) + "\n)"
@@ -126,12 +126,6 @@ def _generator_of(source: Any) -> numpy.random.Generator:
             "(its state cannot be saved); keep Dropout layers outside the recomputed range on the GPU"
         )
     return generator
-
-
-def _walk(layer: Layer) -> Iterator[Layer]:
-    for _, child in layer.children():
-        yield child
-        yield from _walk(child)
 
 
 @contextmanager

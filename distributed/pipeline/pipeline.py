@@ -27,7 +27,7 @@ from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
 from mpiprop.network import rng
 from mpiprop.network.checks import positive_int
-from mpiprop.network.layer import Layer
+from mpiprop.network.dropout import Dropout
 from mpiprop.network.losses import Loss
 from mpiprop.network.parameter import Parameter
 from mpiprop.network.sequential import Sequential
@@ -163,7 +163,7 @@ class Pipeline:
         """Raise on the stage's tensor ranks when they would draw different dropout masks for the activations
         they hold alike, so that their copies of the unsplit layers would part ways."""
         self._tensor_draws_checked = True
-        draws = any(_draws_random_numbers(chunk) for chunk in self.chunks)
+        draws = any(isinstance(layer, Dropout) for chunk in self.chunks for layer in chunk.descendants())
         seeds = self.tensor_comm.allgather_object(rng.get_rng_state()["seed"] if draws else None)
         if len(set(seeds)) > 1:
             raise ValueError(f"the tensor ranks of stage {self.stage_index} draw dropout masks from different seeds "
@@ -485,11 +485,6 @@ class Pipeline:
 def _state_arrays(layers: Sequential) -> list[Array]:
     arrays = [p.data for p in layers.parameters()]
     return arrays + [buffer for _, buffer in layers.named_buffers()]
-
-
-def _draws_random_numbers(layer: Layer) -> bool:
-    """Whether `layer` or a layer inside it draws from a random stream in training (Dropout)."""
-    return hasattr(layer, "stream") or any(_draws_random_numbers(child) for _, child in layer.children())
 
 
 def _renumbered(name: str, shift: int) -> str:
