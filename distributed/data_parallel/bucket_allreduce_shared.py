@@ -79,22 +79,29 @@ def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Seq
     """
     ranks_per_window = comm.size if ranks_per_window is None else ranks_per_window
     needed = ranks_per_window * _aligned_offsets(sizes, [numpy.dtype(dtype) for dtype in dtypes])[1]
-    short = rank_short_of_room(comm, needed)
+    return room_shortage(comm, needed, f"the shared gradient buckets of {ranks_per_window} ranks need",
+                         "summing gradients with MPI's allreduce instead", " to choose MPI's allreduce")
+
+
+def room_shortage(comm: Communicator, needed: int, what_needs: str, instead: str, fix_suffix: str = "") -> str | None:
+    """Why a window of `needed` bytes would not fit: the first rank of `comm` whose /dev/shm lacks
+    ROOM_MARGIN x `needed` bytes, named with its free space, what needs them and what is done `instead`;
+    None when every rank has room. Collective.
+
+    Args:
+        what_needs: e.g. "the shared copy of the parameters needs".
+        instead: what the caller falls back to, e.g. "summing gradients with MPI's allreduce instead".
+        fix_suffix: words after the advice to pass `shared_memory=False`.
+    """
+    free = free_shared_memory_bytes()
+    short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
+    short = next(((rank, free) for rank, free in enumerate(short_on) if free is not None), None)
     if short is None:
         return None
     rank, free = short
-    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-            f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared gradient buckets of {ranks_per_window} ranks "
-            "need; summing gradients with MPI's allreduce instead. Give it more room (e.g. docker run "
-            "--shm-size=2g) or pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
-
-
-def rank_short_of_room(comm: Communicator, needed: int) -> tuple[int, int] | None:
-    """(rank, its free bytes) of the first rank of `comm` whose /dev/shm lacks ROOM_MARGIN x `needed` bytes,
-    or None when every rank has room. Collective."""
-    free = free_shared_memory_bytes()
-    short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
-    return next(((rank, free) for rank, free in enumerate(short_on) if free is not None), None)
+    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than {ROOM_MARGIN} x "
+            f"the {needed / 2**20:.0f} MiB {what_needs}; {instead}. Give it more room (e.g. docker run "
+            f"--shm-size=2g) or pass DataParallel(..., shared_memory=False){fix_suffix}")
 
 
 class SharedMemoryBucketAllreduce(BucketAllreduce):

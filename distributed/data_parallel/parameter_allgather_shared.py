@@ -6,8 +6,7 @@ from typing import Sequence
 import numpy
 from mpi4py import MPI
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (ALIGNMENT, ROOM_MARGIN, SHARED_MEMORY_DIRECTORY,
-                                                                        rank_short_of_room)
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.parameter import Parameter
@@ -60,14 +59,8 @@ class SharedMemoryParameterAllgather:
 def parameter_window_shortage(params: Sequence[Parameter], owner_of: dict[int, int], comm: Communicator) -> str | None:
     """Why the window for the parameters would not fit on some rank's node, or None when it fits. Collective."""
     needed = sum(_segments(params, owner_of, comm.size)[1])
-    short = rank_short_of_room(comm, needed)
-    if short is None:
-        return None
-    rank, free = short
-    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than "
-            f"{ROOM_MARGIN} x the {needed / 2**20:.0f} MiB the shared copy of the parameters needs; "
-            "giving the updated parameters to the ranks with MPI's allgather instead. Give it more room "
-            "(e.g. docker run --shm-size=2g) or pass DataParallel(..., shared_memory=False)")
+    return room_shortage(comm, needed, "the shared copy of the parameters needs",
+                         "giving the updated parameters to the ranks with MPI's allgather instead")
 
 
 def _segments(params: Sequence[Parameter], owner_of: dict[int, int], ranks: int) -> tuple[dict[int, int], list[int]]:
