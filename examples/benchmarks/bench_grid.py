@@ -31,9 +31,10 @@ import numpy
 if __package__ in (None, ""):  # run as a script: make `examples.benchmarks` (and the packages) importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from examples.benchmarks.bench_pipeline import CLASSES, HIDDEN_LAYERS, INPUTS, build_model, synthetic_batch  # noqa: E402
 from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
 
-HIDDEN_LAYERS, INPUTS, CLASSES, BATCH = 6, 784, 10, 256
+BATCH = 256
 LOSS_TOLERANCE = 1e-4
 CONTESTANTS = (("data", 4), ("pipeline", 2), ("grid", 4))
 
@@ -47,22 +48,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write all measurements to this JSON file")
     parser.add_argument("--worker", choices=[name for name, _ in CONTESTANTS], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def build_model(width: int):
-    import mpiprop.network as nn
-
-    nn.manual_seed(0)
-    widths = [INPUTS] + [width] * HIDDEN_LAYERS + [CLASSES]
-    layers: list = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def global_batch() -> tuple[numpy.ndarray, numpy.ndarray]:
-    rng = numpy.random.default_rng(0)
-    return rng.standard_normal((BATCH, INPUTS), dtype=numpy.float32), rng.integers(0, CLASSES, BATCH)
 
 
 # --- the worker: runs under mpiexec; rank 0 prints one RESULT line --------------------------------
@@ -80,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
         strategy = Pipeline(build_model(args.width), micro_batches, "1f1b", stages=2)
     shard, shards = strategy.data_shard
     rows = slice(shard * BATCH // shards, (shard + 1) * BATCH // shards)
-    x, y = (part[rows] for part in global_batch())
+    x, y = (part[rows] for part in synthetic_batch(BATCH))
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.01, momentum=0.9)
     sync = strategy.gradient_sync
     overlap: list[tuple[float, float]] = []

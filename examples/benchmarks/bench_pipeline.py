@@ -60,12 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # --- the shared model and data --------------------------------------------------------------------
-def build_model():
-    """Linear 784->1024, ReLU, 5 x (Linear 1024->1024, ReLU), Linear 1024->10: 13 layers."""
+def build_model(width: int = WIDTH):
+    """Linear 784->width, ReLU, 5 x (Linear width->width, ReLU), Linear width->10: 13 layers (width 1024)."""
     import mpiprop.network as nn
 
     nn.manual_seed(0)
-    widths = [INPUTS] + [WIDTH] * HIDDEN_LAYERS + [CLASSES]
+    widths = [INPUTS] + [width] * HIDDEN_LAYERS + [CLASSES]
     layers: list = []
     for fan_in, fan_out in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
