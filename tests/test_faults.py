@@ -330,11 +330,15 @@ def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
 # --- a rank killed with SIGKILL, then resumed ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uninterrupted_digits(tmp_path_factory):
-    """Final checkpoint and metrics records of the digits example trained on 2 ranks without interruption."""
+    return uninterrupted_run(tmp_path_factory, ranks=2, timeout=180)
+
+
+def uninterrupted_run(tmp_path_factory, ranks, timeout):
+    """Final checkpoint and metrics records of the digits example trained on `ranks` ranks without interruption."""
     require("sklearn")
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    run_mpi(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", folder / "digits.npz",
-            "--metrics-out", folder / "metrics.jsonl", timeout=180)
+    folder = tmp_path_factory.mktemp(f"uninterrupted{ranks}")
+    run_mpi(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", folder / "digits.npz",
+            "--metrics-out", folder / "metrics.jsonl", timeout=timeout)
     return read_checkpoint(folder / "digits.npz"), metrics_records(folder / "metrics.jsonl")
 
 
@@ -421,11 +425,7 @@ def rank_pid(job, rank, marker):
 # --- preemption ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uninterrupted_digits_on_4_ranks(tmp_path_factory):
-    require("sklearn")
-    folder = tmp_path_factory.mktemp("uninterrupted4")
-    run_mpi(TRAIN_DIGITS, 4, *DIGITS_ARGUMENTS, "--checkpoint", folder / "digits.npz",
-            "--metrics-out", folder / "metrics.jsonl", timeout=240)
-    return read_checkpoint(folder / "digits.npz"), metrics_records(folder / "metrics.jsonl")
+    return uninterrupted_run(tmp_path_factory, ranks=4, timeout=240)
 
 
 def preempt_then_resume(tmp_path, ranks, signum, only_rank, expected):
