@@ -6,6 +6,7 @@ can take many seconds on a loaded machine; each test prints "JOB-ENDED <case>: <
 (visible with `pytest -s`).
 """
 import contextlib
+import glob
 import json
 import os
 import re
@@ -80,11 +81,19 @@ def stopped_at_the_end(job, marker):
             stop_job(job, marker)
 
 
-def job_shared_memory_files(marker):
-    """The files in /dev/shm that the ranks of a running job have mapped or registered (OpenMP's)."""
+def openmp_registrations():
+    """Every OpenMP registration file in /dev/shm now (a killed process's stays, and its pid may come again)."""
+    return set(glob.glob(os.path.join(os.path.dirname(openmp_registration_file(0)), "__KMP_REGISTERED_LIB_*")))
+
+
+def job_shared_memory_files(marker, registered_before):
+    """The files in /dev/shm that the ranks of a running job have mapped or registered (OpenMP's), less the
+    registrations in `registered_before` (from `openmp_registrations` before the job started), which a rank
+    only inherited with its pid."""
     ranks = [pid for pid in processes_with(JOB_MARKER_VARIABLE, marker) if sys.executable in command_line(pid)]
     files = {path for pid in ranks for path in mapped_shared_memory_files(pid)}
-    files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))}
+    files |= {openmp_registration_file(pid) for pid in ranks if os.path.exists(openmp_registration_file(pid))} - \
+        registered_before
     assert any("mpich_shm" in path or "sm_segment" in path for path in files), files  # MPICH's, Open MPI's
     return files
 
@@ -192,9 +201,10 @@ def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_
         pytest.skip(f"kills MPICH's per-node proxy (hydra_pmi_proxy); {local_launcher().flavour}'s launcher "
                     "starts the ranks of one node itself")
     """The orphaned ranks exit by themselves, and remove the job's files in /dev/shm as they go."""
+    registered_before = openmp_registrations()
     job, marker, _ = start_leaving_job(2, "none")
     with stopped_at_the_end(job, marker):
-        files = job_shared_memory_files(marker)
+        files = job_shared_memory_files(marker, registered_before)
         os.kill(job_process(marker, "hydra_pmi_proxy"), signal.SIGKILL)
         took = seconds_until_the_job_ends(job, marker, time.monotonic())
         left = processes_with(JOB_MARKER_VARIABLE, marker)
@@ -225,9 +235,10 @@ def test_a_signal_to_mpiexec_ends_every_rank(signum):
 def test_a_job_that_cannot_finish_leaves_no_shared_memory_files(monkeypatch, ending):
     """The files the ranks had in /dev/shm (MPICH's segment, OpenMP's registrations) must be gone after the job."""
     monkeypatch.setenv("MPIPROP_STALL_TIMEOUT", "3")
+    registered_before = openmp_registrations()
     job, marker, _ = start_leaving_job(2, "sleep" if ending == "aborted by the watchdog" else "none")
     with stopped_at_the_end(job, marker):
-        files = job_shared_memory_files(marker)
+        files = job_shared_memory_files(marker, registered_before)
         if ending == "SIGTERM to mpiexec":
             job.send_signal(signal.SIGTERM)
         job.communicate(timeout=ENDS_WITHIN_S + 30)
