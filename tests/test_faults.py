@@ -166,6 +166,21 @@ def test_os_exit_0_on_one_rank_under_mpiprop_run_is_reported_and_fails():
     print(f"JOB-ENDED os._exit(0) on rank 1 under mpiprop run: {time.monotonic() - started:.1f} s from the start")
 
 
+def test_a_rank_whose_process_ends_unseen_by_the_launcher_is_noticed_by_the_others():
+    """Each rank runs under a shell that outlives it, so the launcher sees no process end when rank 1 calls
+    os._exit(0): rank 0, waiting for it in the gradient allreduce, notices the process gone (same node) and
+    ends the job within the grace period, naming rank 1."""
+    started = time.monotonic()
+    script = f'"{sys.executable}" "{MPI_SCRIPTS / "dp_leave.py"}" os-exit-0; sleep 60'
+    result = run_bounded(mpiexec_command(2, "sh", "-c", script), 60, env=mpi_env(), cwd=REPOSITORY_ROOT)
+    took = time.monotonic() - started
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert re.search(r"rank 0: rank 1 has left the job \(its process ended without finishing the program: os._exit, "
+                     r"or killed\) while rank 0 waits for it in", result.stderr), result.stderr
+    assert took < ENDS_WITHIN_10_S + 5, took
+    print(f"JOB-ENDED os._exit(0) on rank 1 unseen by the launcher: {took:.1f} s from the start")
+
+
 @pytest.mark.parametrize("stderr_read", [True, False], ids=["stderr read", "stderr pipe broken"])
 def test_a_rank_whose_launcher_is_gone_exits_by_itself(stderr_read):
     """The orphan guard: a process whose parent (for a rank, mpiexec's proxy) dies exits with status 4.

@@ -26,8 +26,10 @@ class PeerListener:
     """The daemon thread, and what it has heard, on a duplicate of COMM_WORLD that nothing else uses.
 
     A rank that ends its program (the script's end, `sys.exit` with any status) tells every
-    other rank before MPI finalizes (`announce_departure`, run at exit). A rank that, after
-    that, waits DEPARTURE_GRACE_S in a communication (the library's, or the user's inside
+    other rank before MPI finalizes (`announce_departure`, run at exit). A rank on the same
+    node whose process is gone without that notice (`os._exit`, killed) is noticed by its
+    process id (`local_pids`), as the launcher does not always end the job then. A rank that,
+    after either, waits DEPARTURE_GRACE_S in a communication (the library's, or the user's inside
     `waiting_in`) can never complete it, so it aborts the job naming the rank that left. The
     stall watchdog asks every rank where it is (`ask_where_everyone_is`), to name the rank that
     stopped arriving rather than one of those waiting for it.
@@ -38,7 +40,9 @@ class PeerListener:
 
     def __init__(self, comm: MPI.Comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
-        self.departed: dict[int, float] = {}  # rank -> monotonic time its notice arrived
+        self.departed: dict[int, float] = {}  # rank -> monotonic time its notice arrived, or its process was gone
+        self.vanished: set[int] = set()  # departed ranks whose process ended without a notice
+        self.local_pids: dict[int, int] = {}  # the other ranks on this node: rank -> process id
         self.answers: dict[int, str] = {}
         self._questions: list[MPI.Request] = []
         self._stopped = threading.Event()
@@ -53,6 +57,7 @@ class PeerListener:
         while not self._stopped.wait(LISTEN_EVERY_S) and not MPI.Is_finalized():
             while not self._stopped.is_set() and self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
                 self._handle(status.Get_source(), status.Get_tag())
+            self._notice_vanished_local_ranks()
             self._abort_if_waiting_for_departed()
 
     def _handle(self, source: int, tag: int) -> None:
@@ -64,6 +69,12 @@ class PeerListener:
         elif tag == ANSWER_TAG:
             self.answers[source] = message
 
+    def _notice_vanished_local_ranks(self) -> None:
+        for rank, pid in self.local_pids.items():
+            if rank not in self.departed and process_gone(pid):
+                self.departed[rank] = time.monotonic()
+                self.vanished.add(rank)
+
     def _abort_if_waiting_for_departed(self) -> None:
         waiting = current_wait()
         if not self.departed or waiting is None:
@@ -71,9 +82,11 @@ class PeerListener:
         operation, waited = waiting
         leaver, noticed = min(self.departed.items(), key=lambda item: item[1])
         if min(waited, time.monotonic() - noticed) >= DEPARTURE_GRACE_S:
-            abort_job(f"rank {self.rank}: rank {leaver} has left the job (its program ended or called sys.exit) "
-                      f"while rank {self.rank} waits for it in {operation} ({waited:.1f} s); aborting all "
-                      f"{self.size} ranks", exit_code=DEPARTED_EXIT_CODE)
+            how = ("its process ended without finishing the program: os._exit, or killed" if leaver in self.vanished
+                   else "its program ended or called sys.exit")
+            abort_job(f"rank {self.rank}: rank {leaver} has left the job ({how}) while rank {self.rank} waits for "
+                      f"it in {operation} ({waited:.1f} s); aborting all {self.size} ranks",
+                      exit_code=DEPARTED_EXIT_CODE)
 
     def ask_where_everyone_is(self, timeout_s: float) -> dict[int, str]:
         """Ask every other rank where it is.
@@ -105,6 +118,23 @@ class PeerListener:
             time.sleep(0.01)
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie not yet reaped by its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
 def where_this_rank_is() -> str:
     """"waits N s in OPERATION", or "is not communicating (at FILE:LINE in FUNCTION)" for the main thread."""
     waiting = current_wait()
@@ -119,7 +149,7 @@ def start_peer_listener() -> PeerListener | None:
     """Start this rank's listener (collective over COMM_WORLD: every rank calls it, as importing distributed does).
 
     It also learns the process ids of the ranks on this node, whose files in /dev/shm an
-    aborting rank removes.
+    aborting rank removes and whose end it watches.
 
     Nothing starts in a job of one rank, or where MPI was not initialised with MPI_THREAD_MULTIPLE
     (the listener talks while the main thread waits). Calling it again returns the running listener.
@@ -130,7 +160,10 @@ def start_peer_listener() -> PeerListener | None:
         return _listener
     _listener = PeerListener(world.Dup()).start()
     ranks = _listener.comm.allgather((MPI.Get_processor_name(), os.getpid()))
-    remember_local_peers([pid for node, pid in ranks if node == MPI.Get_processor_name()])
+    local = {rank: pid for rank, (node, pid) in enumerate(ranks) if node == MPI.Get_processor_name()}
+    remember_local_peers(list(local.values()))
+    _listener.local_pids = {rank: pid for rank, pid in local.items()  # those this process can see
+                            if rank != _listener.rank and not process_gone(pid)}
     atexit.register(_listener.announce_departure)  # runs before mpi4py's MPI_Finalize, registered earlier
     return _listener
 
