@@ -6,6 +6,7 @@
     mpiexec -n 4 python examples/memory_report.py --layout zero2        # and gradients reduce-scattered too
     mpiexec -n 4 python examples/memory_report.py --layout tensor       # each block split over the 4 ranks
     mpiexec -n 4 python examples/memory_report.py --layout tensor --recompute   # and blocks recomputed
+    mpiexec -n 2 python examples/memory_report.py --layout tensor --device cuda # on the GPU (cupy's pool)
 
 Each block is Linear(H, 4H) -> ReLU -> Linear(4H, H) -> Tanh; with `--layout tensor` its first
 Linear is column-parallel and its second row-parallel over all ranks. The last lines printed
@@ -22,6 +23,7 @@ import numpy
 from mpiprop import distributed
 import mpiprop.network as nn
 from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
+from mpiprop.network.backend import module_for_device
 from mpiprop.network.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
 
 SHARDING = {"data": 0, "zero1": 1, "zero2": 2}  # DataParallel's shard_optimizer_state per layout
@@ -38,6 +40,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5,
                         help="Adam steps; the first is traced for the peak, the others timed (default 5)")
     parser.add_argument("--recompute", action="store_true", help="recompute each block's activations in backward")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cpu (peak traced by tracemalloc) or cuda (cupy; peak read from its memory pool)")
     return parser.parse_args(argv)
 
 
@@ -61,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
     data_parallel = args.layout != "tensor"
     if data_parallel and args.batch_size % world_size:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
-    model = build_model(args.hidden, args.blocks, args.layout, args.recompute)
+    model = build_model(args.hidden, args.blocks, args.layout, args.recompute).to(args.device)
     if data_parallel and world_size > 1:
         model = distributed.DataParallel(model, shard_optimizer_state=SHARDING[args.layout])
         optimizer = model.optimizer(nn.optim.Adam, lr=1e-3)
@@ -69,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
         optimizer = nn.optim.Adam(model.parameters(), lr=1e-3)
     local_batch = args.batch_size // world_size if data_parallel else args.batch_size
     x = numpy.random.default_rng(distributed.rank()).standard_normal((local_batch, args.hidden)).astype(numpy.float32)
+    x = module_for_device(args.device).asarray(x)
     loss_fn = nn.MSELoss()
 
     def forward_backward() -> None:
@@ -76,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
         loss_fn(model(x), x)
         model.backward(loss_fn.backward())
 
-    with PeakMemory() as peak:  # the first step's activations, traced; the other steps timed untraced
+    with PeakMemory(args.device) as peak:  # the first step's activations, traced; the other steps timed untraced
         forward_backward()
     optimizer.step()
     started = time.perf_counter()
@@ -84,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
         forward_backward()
         optimizer.step()
     throughput = (args.steps - 1) * args.batch_size / (time.perf_counter() - started)
-    reports = distributed.gather_memory_reports(memory_report(model.parameters(), optimizer, peak.bytes))
     reports = distributed.gather_memory_reports(memory_report(model.parameters(), optimizer, peak.bytes))
     if distributed.is_main_rank():
         print(f"layout={args.layout} ranks={world_size} recompute={args.recompute}")

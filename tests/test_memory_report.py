@@ -129,6 +129,14 @@ def test_example_splits_parameter_memory_over_tensor_parallel_ranks():
     assert [row[:3] for row in tensor] == [[1.003, 1.003, 2.006]] * 2
 
 
+def test_example_on_each_device_reports_split_parameters_and_a_peak(device):
+    arguments = ["--hidden", "256", "--blocks", "1", "--steps", "2", "--batch-size", "8", "--device", device]
+    rows = table_rows(run_mpi(EXAMPLE, 2, *arguments, "--layout", "tensor").stdout)
+    assert [row[:3] for row in rows] == [[1.003, 1.003, 2.006]] * 2
+    # at least the first Linear's output, 8 x 512 float32 values, is held between forward and backward
+    assert all(row[3] >= 8 * 512 * 4 / 2**20 for row in rows)
+
+
 def test_peak_memory_on_each_device_sees_an_allocation(xp, device):
     with nn.PeakMemory(device) as peak:
         kept = xp.ones(100_000)
