@@ -15,6 +15,7 @@ import pytest
 
 from mpi_launch import REPOSITORY_ROOT, mpi_env, run_bounded
 from mpiprop.distributed.reliability.timeline import rank_file
+from mpiprop.launch.mpiexec import find_mpiexec
 
 pytestmark = pytest.mark.mpi
 SCRIPTS = REPOSITORY_ROOT / "examples" / "launch"
@@ -24,11 +25,18 @@ TIMEOUT_S = 180
 OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
+def script_path(*first: Path) -> str:
+    """PATH for a script: `first`, then the mpiexec the tests use (so its mpirun matches the MPI that mpi4py
+    loads, also where a system MPI's mpirun sits in /usr/bin) and this Python, then the system's folders."""
+    folders = [*first, Path(find_mpiexec()).parent, Path(sys.executable).parent, "/usr/bin", "/bin"]
+    return os.pathsep.join(str(folder) for folder in folders)
+
+
 def run_script(name: str, tmp_path: Path, variables: dict[str, str], *arguments: str, path: str | None = None):
     """`bash examples/launch/NAME arguments...` with `variables` set; returns the ranks that wrote a timeline."""
     trace = tmp_path / "trace.json"
     environment = mpi_env({**OPEN_MPI_AS_ROOT, **variables, "MPIPROP_TRACE": str(trace)})
-    environment["PATH"] = path or os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    environment["PATH"] = path or script_path()
     completed = run_bounded(["bash", str(SCRIPTS / name), *arguments, *TRAINING], TIMEOUT_S, env=environment,
                             cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -55,7 +63,7 @@ def test_slurm_script_starts_the_ranks_with_srun(tmp_path):
     bin_directory.mkdir()
     (bin_directory / "srun").write_text('#!/bin/sh\necho "$@" > "$SRUN_LOG"\nshift\nexec mpirun -n 2 "$@"\n')
     (bin_directory / "srun").chmod(0o755)
-    path = os.pathsep.join([str(bin_directory), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    path = script_path(bin_directory)
     log = tmp_path / "srun.log"
     ranks = run_script("slurm_job.sh", tmp_path, {**slurm_allocation(2), "SRUN_LOG": str(log)}, path=path)
     assert ranks == [0, 1]
