@@ -163,9 +163,11 @@ class Trainer:
     def request_stop(self, why: str, final: bool = False) -> None:
         """Stop after the current batch, and end the run's last line with `why`.
 
-        Callbacks call it, and so can a signal handler (`signal.signal(signal.SIGTERM, lambda
-        number, frame: trainer.request_stop("stopped by SIGTERM"))`); with several ranks every
-        rank must request the stop at the same batch.
+        Callbacks call it, and so can a signal handler in one process (`signal.signal(signal.SIGTERM,
+        lambda number, frame: trainer.request_stop("stopped by SIGTERM"))`). With several ranks every
+        rank must request the stop at the same batch, which a signal cannot promise: there, give the
+        Trainer a `checkpoint_path` and leave SIGTERM and SIGUSR1 to it (see `fit`: all ranks then
+        agree on the step after which they stop).
 
         Args:
             why: what stopped the run, e.g. "stopped by SIGTERM".
