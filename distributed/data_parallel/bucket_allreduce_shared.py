@@ -9,10 +9,9 @@ gradients of a 784-1024-1024-10 MLP on 2 ranks (examples/benchmarks/bench_data_p
 
 A rank announces that a buffer is final with a non-blocking barrier. Once every rank has,
 each owns one slice of it: it adds the other ranks' values of that slice into its own and
-writes the sum into theirs (in `progress` during backward, else in `finish`; or, where each
-rank of the node has a core to spare, on a thread of its own as soon as all have announced,
-beside the rest of backward). The slices
-are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
+writes the sum into theirs (in `progress` during backward, else in `finish`; where every rank
+of the node has a core to spare, on a thread of its own beside the rest of backward). The
+slices are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
 it every buffer holds the whole sum, and a rank may write its buffers again. Each slice is
 summed by one rank only, so every rank ends with bit-identical sums. `MPI.Win.Sync` around
 each barrier orders the loads and stores on processors that may reorder them.
