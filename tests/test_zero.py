@@ -115,3 +115,61 @@ def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allga
                                             r"shared_memory=False"):
         allgather = _parameter_allgather([dp.parameters()], dp.owner_of, dp.comm, shared_memory=True)
     assert isinstance(allgather, ParameterAllgather)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_backward(ranks):
+    result = run_mpi("zero2_gradients.py", ranks, timeout=180)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ZERO2-GRADIENTS "))
+    figures = json.loads(line[len("ZERO2-GRADIENTS "):])
+    layer_bytes = (128 + 128 * 128) * 8
+    assert len(figures) == ranks
+    for rank in figures:
+        assert rank["buckets"] == 12 and rank["own_bytes"] == 12 // ranks * layer_bytes, rank
+        assert rank["from_arrays"] == rank["own_bytes"] + rank["zero_elements_bytes"], rank
+        assert rank["memory_report"] == rank["own_bytes"], rank
+        assert rank["held"] == rank["held_expected"], rank
+        assert rank["peak_held"] <= rank["peak_allowed"], rank  # own share and 3 of the 12 buckets
+        assert rank["traced_peak_beyond_zero1"] <= rank["traced_allowed"], rank
+        assert rank["others_read_zero"], rank
+    difference = float(re.search(r"ZERO2-ACCUMULATION max_abs_diff=(\S+)", result.stdout).group(1))
+    assert difference < 1e-6
+
+
+def sharded_bucket_of_two():
+    """Rank 0 of 2 owns `mine` (3 values), rank 1 `theirs` (2 values); float64."""
+    from mpiprop.distributed.data_parallel.sharded_gradient_bucket import GradientBytes, ShardedGradientBucket
+
+    mine, theirs = Parameter(numpy.zeros(3)), Parameter(numpy.zeros((1, 2)))
+    held = GradientBytes()
+    return mine, theirs, held, ShardedGradientBucket([mine, theirs], [0, 1], rank=0, ranks=2, gradient_bytes=held)
+
+
+def test_a_sharded_bucket_is_whole_only_from_materialize_to_release():
+    mine, theirs, held, bucket = sharded_bucket_of_two()
+    assert held.now == (3 + 2 + 1) * 8  # own gradients, two flags, the zero element
+    assert theirs.grad.shape == (1, 2) and not theirs.grad.any()
+    mine.grad += 1.0  # kept: copied into the whole gradient space
+    bucket.materialize()
+    assert held.now == (3 + 2 + 1 + 5) * 8 and bucket.full.tolist() == [1, 1, 1, 0, 0]
+    theirs.grad += 2.0
+    assert bucket.full.tolist() == [1, 1, 1, 2, 2]
+    bucket.own[...] = [5, 6, 7]  # what the reduce-scatter writes
+    bucket.release()
+    assert held.now == (3 + 2 + 1) * 8 and held.peak == (3 + 2 + 1 + 5) * 8 and bucket.full is None
+    assert mine.grad.tolist() == [5, 6, 7] and not theirs.grad.any()
+    bucket.scale(2.0)
+    mine.zero_grad()
+    theirs.zero_grad()
+    assert not mine.grad.any() and not theirs.grad.any() and bucket.rebound_parameter() is None
+
+
+def test_a_value_written_into_a_gradient_the_rank_does_not_hold_is_refused_at_the_next_backward():
+    _, theirs, _, bucket = sharded_bucket_of_two()
+    theirs.grad += 1.5
+    with pytest.raises(RuntimeError, match=r"rank 0 does not own was written outside backward \(it reads 1.5\).*"
+                                           r"zero_grad\(\)"):
+        bucket.materialize()
+    theirs.zero_grad()
+    bucket.materialize()
+    assert bucket.full.tolist() == [0, 0, 0, 0, 0]
