@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy
 from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
+from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.request import Request, wait_all
 
@@ -17,12 +19,12 @@ class MpiBucketReduceScatter(BucketAllreduce):
     """Reduce-scatters each sharded bucket's gradients over the ranks of `comm`, launched one bucket at a time.
 
     `launch(index)` reduce-scatters bucket `index`'s whole gradient space (`full`, made now if
-    backward wrote none of it) into each rank's `own` run and sums its flags and tally on every
-    rank; as soon as the reduce-scatter completes (seen while progressing, waiting, or finishing)
+    backward wrote none of it) into each rank's `own` run; as soon as the reduce-scatter completes (seen while progressing, waiting, or finishing)
     the bucket is released, so its whole gradient space lives only from backward's first write
     into it until then. At most IN_FLIGHT buckets reduce-scatter at once: launching another
-    first waits for the oldest one. After `finish()` every rank's own gradients hold their sums
-    over the ranks and the others read as zero.
+    first waits for the oldest one. `finish()` waits for them all and sums every bucket's flags and
+    tally on every rank in one allreduce; then every rank's own gradients hold their sums over the
+    ranks and the others read as zero.
 
     Args:
         buckets: the sharded buckets, in the order their gradients become final.
@@ -34,12 +36,10 @@ class MpiBucketReduceScatter(BucketAllreduce):
     def __init__(self, buckets: Sequence[ShardedGradientBucket], comm: Communicator):
         super().__init__([bucket.tail for bucket in buckets], comm)
         self.buckets = list(buckets)
-        self._flag_requests: list[Request | None] = []
         self._in_flight: list[int] = []
 
     def start(self) -> None:
         super().start()
-        self._flag_requests = [None] * len(self.buckets)
         self._in_flight.clear()
 
     def launch(self, index: int) -> None:
@@ -50,21 +50,32 @@ class MpiBucketReduceScatter(BucketAllreduce):
         self._requests[index] = Request(mpi.Ireduce_scatter(bucket.full, bucket.own, bucket.counts, MPI.SUM),
                                         on_complete=bucket.release, keep_alive=bucket.full,
                                         what=f"reduce-scatter of gradient bucket {index}")
-        self._flag_requests[index] = Request(mpi.Iallreduce(MPI.IN_PLACE, bucket.tail, MPI.SUM),
-                                             keep_alive=bucket.tail, what=f"allreduce of bucket {index}'s flags")
         self._in_flight = [launched for launched in self._in_flight if not self._requests[launched].done] + [index]
         while len(self._in_flight) > IN_FLIGHT:
             self._requests[self._in_flight.pop(0)].wait()
 
     def progress(self) -> None:
         """Let MPI advance the reductions in flight (MPICH progresses only inside MPI calls); release finished ones."""
-        for request in self._requests + self._flag_requests:
+        for request in self._requests:
             if request is not None and not request.done:
                 request.test()
 
     def finish(self) -> int:
         """Wait for every launched reduction (own sums in place, the rest read as zero); returns bytes sent."""
-        wait_all([request for request in self._requests + self._flag_requests if request is not None])
+        wait_all([request for request in self._requests if request is not None])
         self._in_flight.clear()
+        self._sum_tails()
         self._end_traces()
         return sum(bucket.nbytes for bucket in self.buckets)
+
+    def _sum_tails(self) -> None:
+        """Sum every bucket's flags and tally over the ranks: one allreduce per dtype, not one per bucket."""
+        for dtype in dict.fromkeys(bucket.dtype for bucket in self.buckets):
+            tails = [bucket.tail for bucket in self.buckets if bucket.dtype == dtype]
+            joined = numpy.concatenate(tails)
+            with waiting_in(f"allreduce of the flags of {len(tails)} gradient buckets"):
+                self.comm.mpi_comm.Allreduce(MPI.IN_PLACE, joined, MPI.SUM)
+            start = 0
+            for tail in tails:
+                tail[...] = joined[start:start + tail.size]
+                start += tail.size
