@@ -173,3 +173,24 @@ def test_a_value_written_into_a_gradient_the_rank_does_not_hold_is_refused_at_th
     theirs.zero_grad()
     bucket.materialize()
     assert bucket.full.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
+    def train(shard):
+        nn.manual_seed(2)
+        dp = DataParallel(nn.Linear(3, 2).to(dtype=numpy.float64), shard_optimizer_state=shard)
+        optimizer = dp.optimizer(nn.optim.SGD, lr=0.1, momentum=0.9)
+        x = numpy.linspace(-1, 1, 12).reshape(4, 3)
+        loss_fn = nn.MSELoss()
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn(dp(x), x[:, :2])
+            dp.backward(loss_fn.backward())
+            optimizer.step()
+        return dp
+
+    sharded, plain = train(2), train(0)
+    for p, q in zip(sharded.parameters(), plain.parameters()):
+        numpy.testing.assert_array_equal(p.data, q.data)
+    # one rank owns all 8 gradient values; two flags, the tally and the zero element stay beside them
+    assert sharded.gradient_sync.held_bytes == (8 + 2 + 1 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8

@@ -71,6 +71,8 @@ class DataParallel(LocalStrategy):
             stays allocated until the process ends, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
+            Under ZeRO-2 the gradients are reduce-scattered with MPI whatever this says, and it
+            chooses how the sharded optimizer hands the updated parameters over.
         shard_optimizer_state: 0 (every rank keeps the whole optimizer state); 1 (ZeRO-1: each
             rank keeps the state of its own 1/N of the parameters, whole parameters split in the
             buckets' order, see `shard_owners`; gradients averaged as above); 2 (ZeRO-2: as 1,

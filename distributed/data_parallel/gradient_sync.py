@@ -28,8 +28,9 @@ class GradientSync:
     The gradients become views into flat buckets. Call `start()` before a backward, pass
     `mark_written` and `mark_final` to `Sequential.backward(..., on_parameters_written=...,
     on_parameters_final=...)` (a bucket's reduction starts once its last gradient is final,
-    overlapping the rest of backward) and `finish()` after it; `reduce_all()` does all three for gradients that are already final. The sums
-    are summed, not averaged: scale the output gradient (or the result) by 1 / `comm.size`.
+    overlapping the rest of backward) and `finish()` after it; `reduce_all()` starts and
+    finishes for gradients that are already final. The sums are summed, not averaged: scale
+    the output gradient (or the result) by 1 / `comm.size`.
 
     Args:
         params: in the order their gradients become final (last layer first).
