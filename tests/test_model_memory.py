@@ -206,14 +206,17 @@ def test_bad_memory_arguments_exit_with_a_clear_error(arguments, message, capsys
 
 
 def test_the_installed_command_answers_through_a_pipe_without_measuring():
-    command = [sys.executable, "-m", "mpiprop.launch", "model", "--layouts", "4x1:zero1,1x1x4",
+    command = [sys.executable, "-m", "mpiprop.launch", "model", "--layouts", "4x1:zero1,4x1:zero2,1x1x4",
                "--memory-per-rank", "300MiB", "--widths", "784,4096,4096,10", "--batch", "512"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     # (784*4096 + 4096) + (4096*4096 + 4096) + (4096*10 + 10) = 20037642 float32 values = 76.438 MiB; ZeRO-1's
-    # busiest rank owns the 4096 x 4096 weight, whose Adam state is 2 * 4 * 4096**2 B = 128 MiB
+    # busiest rank owns the 4096 x 4096 weight, whose Adam state is 2 * 4 * 4096**2 B = 128 MiB; under ZeRO-2 it
+    # keeps that weight's gradient (64 MiB) and, in backward, both buckets (76.438 MiB) whole beside 8.520 MiB
     assert result.stdout.splitlines()[2:] == [
         "4x1:zero1        4     1      76.438     76.438    128.000         8.520    289.395  fits",
+        "4x1:zero2        4     1      76.438     64.000    128.000        84.957    353.395  does not fit "
+        "(needs 53.39 MiB more)",
         "1x1x4            4     1      19.238     19.238     38.477        28.078    105.031  fits"]
 
 
