@@ -1,4 +1,4 @@
-"""Sequential.backward's hooks: every parameter once, before backward first writes its gradient and once it is complete."""
+"""Sequential.backward's hooks: every parameter once, before its gradient is first written and once it is complete."""
 import numpy
 import pytest
 

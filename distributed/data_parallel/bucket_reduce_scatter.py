@@ -19,12 +19,12 @@ class MpiBucketReduceScatter(BucketAllreduce):
     """Reduce-scatters each sharded bucket's gradients over the ranks of `comm`, launched one bucket at a time.
 
     `launch(index)` reduce-scatters bucket `index`'s whole gradient space (`full`, made now if
-    backward wrote none of it) into each rank's `own` run; as soon as the reduce-scatter completes (seen while progressing, waiting, or finishing)
-    the bucket is released, so its whole gradient space lives only from backward's first write
-    into it until then. At most IN_FLIGHT buckets reduce-scatter at once: launching another
-    first waits for the oldest one. `finish()` waits for them all and sums every bucket's flags and
-    tally on every rank in one allreduce; then every rank's own gradients hold their sums over the
-    ranks and the others read as zero.
+    backward wrote none of it) into each rank's `own` run. As soon as the reduce-scatter
+    completes (seen while progressing, waiting or finishing) the bucket is released, so its whole
+    gradient space lives only from backward's first write into it until then. At most IN_FLIGHT
+    buckets reduce-scatter at once: launching another first waits for the oldest one. `finish()`
+    waits for them all and sums every bucket's flags and tally on every rank in one allreduce;
+    then every rank's own gradients hold their sums over the ranks and the others read as zero.
 
     Args:
         buckets: the sharded buckets, in the order their gradients become final.

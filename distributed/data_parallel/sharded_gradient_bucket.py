@@ -112,7 +112,8 @@ class ShardedGradientBucket:
             raise RuntimeError(f"a gradient of a parameter that rank {self.rank} does not own was written outside "
                                f"backward (it reads {float(self._zero[0])}); with shard_optimizer_state=2 a rank holds "
                                "only its own parameters' gradients between steps (the others read as zero): write "
-                               "gradients only into owned parameters there, or call zero_grad() before the next backward")
+                               "gradients only into owned parameters there, or call zero_grad() before the next "
+                               "backward")
         self.full = numpy.zeros(self.gradient_size, dtype=self.dtype)
         self.full[self.own_slice] = self.own
         self.views = [self.full[start:stop].reshape(p.shape) for (start, stop), p in zip(self._spans(), self.params)]

@@ -33,7 +33,7 @@ from examples.benchmarks.workers import print_result, run_worker  # noqa: E402
 
 LAYOUTS = ("data", "zero1", "zero2", "tensor")
 PARAMETER_MEMORY_TARGET = 0.3  # tensor parallel / DataParallel, parameter bytes per rank
-SHARD_MARGIN = 1.05  # ZeRO / DataParallel, optimizer state (ZeRO-1) or gradient (ZeRO-2) bytes per rank, times the ranks
+SHARD_MARGIN = 1.05  # ZeRO / DataParallel, optimizer state (ZeRO-1) or gradients (ZeRO-2) per rank, times the ranks
 THROUGHPUT_TARGET = 0.7  # each layout / DataParallel
 
 

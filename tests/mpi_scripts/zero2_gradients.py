@@ -3,15 +3,15 @@
     mpiexec -n N python zero2_gradients.py
 
 Twelve Linear(128, 128) layers in float64, buckets of one layer each (bias 128 + weight 16384 values),
-shard_owners giving each rank whole layers. After a synchronised step each rank checks, from the
-gradient arrays themselves, that it holds its own parameters' gradients only (plus one zero element
-per bucket that stands in for the others'), that the sync object counts those bytes plus the flags,
-and that the memory report counts its own gradients. During backward it checks the most bytes of
-gradients held at once (the sync object's count, and tracemalloc's peak beside ZeRO-1's) against
-its own share plus three whole buckets (two reduce-scattering, one being written). Then it trains
-three steps of two accumulated micro-batches each (the first under no_sync) and compares the
-weights with one process doing the same on the global micro-batches. Rank 0 prints
-"ZERO2-GRADIENTS <json>" with every rank's figures and "ZERO2-ACCUMULATION max_abs_diff=D".
+shard_owners giving each rank whole layers. After a synchronised step each rank measures the bytes
+its gradient arrays span (its own parameters' gradients, plus one zero element per bucket that
+stands in for the others'), the bytes the sync object holds (those plus the flags and tally) and
+the memory report's gradients, beside hand counts; and, for the backward, the most bytes of
+gradients the sync object held at once and tracemalloc's peak beyond ZeRO-1's, beside its own share
+plus three whole buckets (two reduce-scattering, one being written). Then it trains three steps of
+two accumulated micro-batches each (the first under no_sync; gradients zeroed or set to none in
+turn) and checks that the weights equal one process's doing the same on the global micro-batches.
+Rank 0 prints "ZERO2-GRADIENTS <json>" with every rank's figures and "ZERO2-ACCUMULATION max_abs_diff=D".
 """
 import json
 
@@ -45,7 +45,8 @@ def build_model():
 
 def global_batch(step):
     rng = numpy.random.default_rng(step)
-    return rng.standard_normal((ROWS_PER_RANK * WORLD.size, WIDTH)), rng.standard_normal((ROWS_PER_RANK * WORLD.size, WIDTH))
+    rows = ROWS_PER_RANK * WORLD.size
+    return rng.standard_normal((rows, WIDTH)), rng.standard_normal((rows, WIDTH))
 
 
 def my_rows(array):
@@ -113,7 +114,7 @@ def accumulated_training(strategy_of, steps=3):
         model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.MSELoss()
     for step in range(steps):
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=step % 2 == 1)
         for micro in range(2):
             x, y = global_batch(10 * step + micro)
             if dp is None:
