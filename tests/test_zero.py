@@ -194,3 +194,10 @@ def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
         numpy.testing.assert_array_equal(p.data, q.data)
     # one rank owns all 8 gradient values; two flags, the tally and the zero element stay beside them
     assert sharded.gradient_sync.held_bytes == (8 + 2 + 1 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8
+
+
+def test_a_rank_writing_a_gradient_it_does_not_own_ends_the_job_with_the_fix():
+    result = run_mpi("zero2_foreign_gradient.py", 2, timeout=60, check=False)
+    assert result.returncode != 0
+    assert re.search(r"RuntimeError: a gradient of a parameter that rank 1 does not own was written outside backward "
+                     r"\(it reads 2\.0\).*call zero_grad\(\) before the next backward", result.stderr), result.stderr
