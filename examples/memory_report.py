@@ -3,14 +3,16 @@
     python examples/memory_report.py                                   # one process
     mpiexec -n 4 python examples/memory_report.py --layout data         # DataParallel: whole model per rank
     mpiexec -n 4 python examples/memory_report.py --layout zero1        # and Adam's state sharded over the ranks
-    mpiexec -n 4 python examples/memory_report.py --layout zero2        # and gradients reduce-scattered too
+    mpiexec -n 4 python examples/memory_report.py --layout zero2        # and each rank keeps its own gradients
     mpiexec -n 4 python examples/memory_report.py --layout tensor       # each block split over the 4 ranks
     mpiexec -n 4 python examples/memory_report.py --layout tensor --recompute   # and blocks recomputed
     mpiexec -n 2 python examples/memory_report.py --layout tensor --device cuda # on the GPU (cupy's pool)
 
 Each block is Linear(H, 4H) -> ReLU -> Linear(4H, H) -> Tanh; with `--layout tensor` its first
 Linear is column-parallel and its second row-parallel over all ranks. The last lines printed
-are the per-rank table and `throughput=<samples/s>`.
+are the per-rank table and `throughput=<samples/s>`. Under zero2 a rank's gradients are its own
+parameters' (about 1/N), and its peak also holds the whole gradient buckets of backward (at most two
+reduce-scattering and the one being written).
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy
+
+from mpiprop.distributed.data_parallel.bucket_reduce_scatter import IN_FLIGHT
+from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, bucket_lengths
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts, shard_owners
 from mpiprop.distributed.pipeline.partition import balance_costs
 from mpiprop.distributed.pipeline.stage import RECEIVE_AHEAD
@@ -237,6 +241,27 @@ def optimizer_state_values(model: ModelDescription, sizes: Sequence[int], layout
     return [copies * count for count in rank_counts(sizes, owners, layout.data)]
 
 
+def gradient_values(sizes: Sequence[int], layout: ParallelLayout) -> list[int]:
+    """Values of gradients each data-parallel rank keeps between steps: all of them, or under ZeRO-2 each
+    rank's own whole parameters' (DataParallel's `shard_owners`), one entry per rank as `optimizer_state_values`."""
+    if layout.zero != 2:
+        return [sum(sizes)] * (layout.data if layout.zero else 1)
+    return rank_counts(sizes, shard_owners(sizes, layout.data), layout.data)
+
+
+def reduce_scattering_bytes(model: ModelDescription, sizes: Sequence[int], layout: ParallelLayout) -> int:
+    """Bytes of whole gradient buckets a ZeRO-2 rank holds at once during backward (0 otherwise): the most
+    in IN_FLIGHT reduce-scattering buckets and the one backward writes, consecutive in backward order, with
+    DataParallel's default bucket size."""
+    if layout.zero != 2:
+        return 0
+    lengths = bucket_lengths([size * model.itemsize for size in sizes], int(DEFAULT_BUCKET_CAP_MB * 2**20))
+    ends = numpy.cumsum(lengths).tolist()
+    bucket_bytes = [sum(sizes[end - length:end]) * model.itemsize for length, end in zip(lengths, ends)]
+    window = IN_FLIGHT + 1
+    return max(sum(bucket_bytes[start:start + window]) for start in range(max(len(bucket_bytes) - window, 0) + 1))
+
+
 def micro_batch_rows(global_batch: int, layout: ParallelLayout, micro_batches: int) -> int:
     """Rows of the largest micro-batch on one rank: the global batch over the replicas and micro-batches."""
     return -(-global_batch // (layout.data * micro_batches))
@@ -328,7 +353,8 @@ def rank_memory(model: ModelDescription, layout: ParallelLayout, global_batch: i
 
     Returns:
         Reports in stage order, then data-parallel rank order, as `memory_report` would measure them after
-        the first optimizer step.
+        the first optimizer step; under ZeRO-2 the gradients are each rank's own, and the peak holds the
+        whole buckets of backward's reduce-scatters too (`reduce_scattering_bytes`).
 
     Raises:
         ValueError: as `check_fits_layout`.
@@ -338,9 +364,10 @@ def rank_memory(model: ModelDescription, layout: ParallelLayout, global_batch: i
     for stage, linears in enumerate(stage_linears(model, layout)):
         sizes = parameters_in_final_order(model, linears, layout.tensor)
         peak = peak_activation_bytes(model, layout, global_batch, micro_batches, stage, linears)
+        peak += reduce_scattering_bytes(model, sizes, layout)
         parameter_bytes = sum(sizes) * model.itemsize
-        for state in optimizer_state_values(model, sizes, layout):
-            reports.append(MemoryReport(parameter_bytes, parameter_bytes, state * model.itemsize, peak))
+        for state, gradients in zip(optimizer_state_values(model, sizes, layout), gradient_values(sizes, layout)):
+            reports.append(MemoryReport(parameter_bytes, gradients * model.itemsize, state * model.itemsize, peak))
     return reports
 
 

@@ -30,7 +30,9 @@ def memory_report(parameters: Iterable[Parameter], optimizer: Any = None,
                   peak_activations: int | None = None) -> MemoryReport:
     """Count the bytes of `parameters`, their gradients and `optimizer`'s per-parameter state.
 
-    A parameter or array reached twice (shared layers) counts once.
+    A parameter or array reached twice (shared layers) counts once. A gradient whose elements all
+    share one memory cell (strides of 0: ZeRO-2's stand-in for a gradient a rank does not hold,
+    reading as zeros) counts as holding no bytes.
 
     Args:
         parameters: e.g. `model.parameters()` (on a tensor-parallel rank, its shares).
@@ -49,7 +51,7 @@ def memory_report(parameters: Iterable[Parameter], optimizer: Any = None,
     parameters = list(parameters)
     state_arrays = [value for state in getattr(optimizer, "state", []) for value in state.values() if is_array(value)]
     return MemoryReport(parameters=_bytes(p.data for p in parameters),
-                        gradients=_bytes(p.grad for p in parameters),
+                        gradients=_bytes(p.grad for p in parameters if _holds_memory(p.grad)),
                         optimizer_state=_bytes(state_arrays), peak_activations=peak_activations)
 
 
@@ -113,6 +115,11 @@ class PeakMemory:
         self.bytes = max(tracemalloc.get_traced_memory()[1] - self._start, 0)
         if self._started_here:
             tracemalloc.stop()
+
+
+def _holds_memory(array: Any) -> bool:
+    """False for an array of several elements that all share one memory cell (every stride 0)."""
+    return array.ndim == 0 or any(array.strides)
 
 
 def _bytes(arrays: Iterable[Any]) -> int:

@@ -67,7 +67,8 @@ class Sequential(Layer):
         return x, SequentialCache(caches)
 
     def backward(self, dy: Array, cache: SequentialCache = REMEMBERED, *, input_grad: bool = True,
-                 on_parameters_final: ParametersFinal | None = None) -> Array | None:
+                 on_parameters_final: ParametersFinal | None = None,
+                 on_parameters_written: ParametersFinal | None = None) -> Array | None:
         """Backpropagate `dy` through all layers, accumulating parameter gradients.
 
         Args:
@@ -79,15 +80,22 @@ class Sequential(Layer):
                 gradients that layer completed (a parameter shared by several layers is final
                 after the last of them backward visits); every parameter is passed exactly once,
                 so gradient synchronisation can start while earlier layers still compute.
+            on_parameters_written: called before each layer's backward with the parameters whose
+                gradients that layer is the first to write (a parameter shared by several layers:
+                the last of them); every parameter is passed exactly once, so storage for
+                gradients can be made just before it is needed.
 
         Returns:
             The gradient with respect to the input, or None when `input_grad` is False.
         """
         cache = self._cache_or_last(cache)
         final = self.parameters_final_after_each_layer() if on_parameters_final is not None else None
+        written = self._parameters_first_written_by_each_layer() if on_parameters_written is not None else None
         stop = 0 if input_grad else self._first_layer_with_parameters()
         for index in range(len(self.layers) - 1, stop - 1, -1):
             layer, layer_cache = self.layers[index], cache.caches[index]
+            if written is not None and written[index]:
+                on_parameters_written(written[index])
             if index == stop and not input_grad:
                 layer.backward_weight(dy, layer_cache)
                 dy = None
@@ -141,6 +149,17 @@ class Sequential(Layer):
                     final[index].append(p)
                     del last_visit[id(p)]  # listed once even when the layer holds it twice
         return final
+
+    def _parameters_first_written_by_each_layer(self) -> list[list[Parameter]]:
+        """For each layer, the parameters whose gradient backward (visiting layers last to first) writes there first."""
+        seen: set[int] = set()
+        written: list[list[Parameter]] = [[] for _ in self.layers]
+        for index in range(len(self.layers) - 1, -1, -1):
+            for p in self.layers[index].parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    written[index].append(p)
+        return written
 
     def _first_layer_with_parameters(self) -> int:
         for index, layer in enumerate(self.layers):

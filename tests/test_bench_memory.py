@@ -29,8 +29,14 @@ def test_reports_per_rank_memory_and_the_targets(bench, capsys):
         assert [r["optimizer_state"] for r in summary[layout]["reports"]] == [2 * 264 * 4, 2 * 288 * 4]
     assert summary["parameter_memory_ratio"] == pytest.approx(280 / 552)
     assert summary["optimizer_state_ratio"] == pytest.approx(288 / 552)
+    # ZeRO-2: each rank keeps its own parameters' gradients only; one bucket (the whole model) is in flight
+    assert [r["gradients"] for r in summary["zero2"]["reports"]] == [264 * 4, 288 * 4]
+    assert [r["gradients"] for layout in ("data", "zero1") for r in summary[layout]["reports"]] == [552 * 4] * 4
+    assert summary["gradient_memory_ratio"] == pytest.approx(288 / 552) and summary["in_flight_ratio"] == 1.0
+    assert summary["backward_gradient_ratio"] >= 288 / 552
     assert summary["data"]["samples_per_s"] > 0 and all(ratio > 0 for ratio in summary["throughput_ratio"].values())
     out = capsys.readouterr().out
-    assert "targets: zero1 optimizer_state_ratio 0.522 <= 0.525: met; tensor parameter_memory_ratio 0.507 <= 0.3: MISSED; " \
-           "zero1 throughput_ratio " in out
+    assert "targets: zero1 optimizer_state_ratio 0.522 <= 0.525: met; " \
+           "zero2 gradient_memory_ratio 0.522 <= 0.525: met; zero2 backward_gradient_ratio " in out
+    assert "tensor parameter_memory_ratio 0.507 <= 0.3: MISSED; zero1 throughput_ratio " in out
     assert "zero2 throughput_ratio " in out and "tensor throughput_ratio " in out

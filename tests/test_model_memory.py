@@ -8,8 +8,8 @@ import pytest
 
 from mpiprop.launch import cli
 from mpiprop.launch.memory_model import (DTYPE_BYTES, OPTIMIZER_STATE_COPIES, ModelDescription, ParallelLayout,
-                                         format_bytes, parse_bytes, parse_parallel_layouts, parse_widths,
-                                         rank_memory, shortfall)
+                                         format_bytes, parameters_in_final_order, parse_bytes, parse_parallel_layouts,
+                                         parse_widths, rank_memory, reduce_scattering_bytes, shortfall)
 from mpiprop.launch.model_command import FitQuestion, builtin_widths, format_memory_fit, run_model
 from mpiprop.launch.modeling import parse_layouts
 from mpiprop.launch.perfmodel import Layout
@@ -88,10 +88,26 @@ def test_optimizers_hold_zero_one_or_two_copies_and_float64_doubles():
 
 
 def test_zero_shards_whole_parameters_in_backward_order():
-    # backward order: 2, 12, 6, 48 (rank 0, 68 values), then 8, 32 (rank 1, 40 values); gradients stay whole
-    for zero in (1, 2):
-        reports = rank_memory(SMALL, ParallelLayout(2, zero=zero), global_batch=16)
-        assert [(r.parameters, r.gradients, r.optimizer_state) for r in reports] == [(432, 432, 544), (432, 432, 320)]
+    # backward order: 2, 12, 6, 48 (rank 0, 68 values), then 8, 32 (rank 1, 40 values); ZeRO-1's gradients stay whole
+    reports = rank_memory(SMALL, ParallelLayout(2, zero=1), global_batch=16)
+    assert [(r.parameters, r.gradients, r.optimizer_state) for r in reports] == [(432, 432, 544), (432, 432, 320)]
+    assert [r.peak_activations for r in reports] == [8 * (88 + 72)] * 2
+
+
+def test_zero2_keeps_each_rank_s_own_gradients_and_peaks_with_the_buckets_in_backward():
+    # own gradients: 68 and 40 values = 272 and 160 B; the 108 values fit one bucket, whole during backward: 432 B
+    reports = rank_memory(SMALL, ParallelLayout(2, zero=2), global_batch=16)
+    assert [(r.gradients, r.optimizer_state, r.peak_activations) for r in reports] == \
+        [(272, 544, 8 * (88 + 72) + 432), (160, 320, 8 * (88 + 72) + 432)]
+
+
+def test_zero2_peaks_with_three_consecutive_buckets_at_most():
+    # six Linear(1024, 1024) in float32: each bias (1024) and weight (1048576, 4 MiB) close a bucket of 4 MiB + 4 KiB;
+    # two reduce-scattering and one being written: 3 of the 6 buckets
+    model = ModelDescription((1024,) * 7)
+    sizes = parameters_in_final_order(model, list(range(6)), 1)
+    assert reduce_scattering_bytes(model, sizes, ParallelLayout(4, zero=2)) == 3 * (1024 + 1024 * 1024) * 4
+    assert reduce_scattering_bytes(model, sizes, ParallelLayout(4, zero=1)) == 0
 
 
 def test_tensor_parallel_splits_each_pair_and_keeps_row_biases_and_a_lone_last_layer_whole():
@@ -190,14 +206,17 @@ def test_bad_memory_arguments_exit_with_a_clear_error(arguments, message, capsys
 
 
 def test_the_installed_command_answers_through_a_pipe_without_measuring():
-    command = [sys.executable, "-m", "mpiprop.launch", "model", "--layouts", "4x1:zero1,1x1x4",
+    command = [sys.executable, "-m", "mpiprop.launch", "model", "--layouts", "4x1:zero1,4x1:zero2,1x1x4",
                "--memory-per-rank", "300MiB", "--widths", "784,4096,4096,10", "--batch", "512"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     # (784*4096 + 4096) + (4096*4096 + 4096) + (4096*10 + 10) = 20037642 float32 values = 76.438 MiB; ZeRO-1's
-    # busiest rank owns the 4096 x 4096 weight, whose Adam state is 2 * 4 * 4096**2 B = 128 MiB
+    # busiest rank owns the 4096 x 4096 weight, whose Adam state is 2 * 4 * 4096**2 B = 128 MiB; under ZeRO-2 it
+    # keeps that weight's gradient (64 MiB) and, in backward, both buckets (76.438 MiB) whole beside 8.520 MiB
     assert result.stdout.splitlines()[2:] == [
         "4x1:zero1        4     1      76.438     76.438    128.000         8.520    289.395  fits",
+        "4x1:zero2        4     1      76.438     64.000    128.000        84.957    353.395  does not fit "
+        "(needs 53.39 MiB more)",
         "1x1x4            4     1      19.238     19.238     38.477        28.078    105.031  fits"]
 
 

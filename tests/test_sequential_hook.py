@@ -1,4 +1,4 @@
-"""Sequential.backward's on_parameters_final hook: every parameter once, as soon as its gradient is complete."""
+"""Sequential.backward's hooks: every parameter once, before its gradient is first written and once it is complete."""
 import numpy
 import pytest
 
@@ -64,3 +64,27 @@ def test_backward_weight_reports_every_parameter_once():
     model.backward_weight(dy, cache, on_parameters_final=snapshots)
     reported = [pid for ids, _ in snapshots.calls for pid in ids]
     assert sorted(reported) == sorted(id(p) for p in model.parameters()) and len(set(reported)) == len(reported)
+
+
+def test_each_parameter_is_announced_once_before_its_gradient_is_first_written():
+    x, dy = data()
+    model = make_model()
+    for p in model.parameters():
+        p.grad.fill(0)
+    snapshots = GradientSnapshots(model)
+    model.backward(dy, model.forward(x)[1], on_parameters_written=snapshots)
+    assert [ids for ids, _ in snapshots.calls] == [[id(model[4].weight), id(model[4].bias)],
+                                                    [id(model[2].weight), id(model[2].bias)],
+                                                    [id(model[0].weight), id(model[0].bias)]]
+    for ids, grads in snapshots.calls:
+        assert all(not grads[pid].any() for pid in ids)  # nothing written yet when announced
+
+
+def test_a_shared_parameter_is_announced_before_the_first_layer_backward_visits():
+    nn.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    snapshots = GradientSnapshots(model)
+    x, _ = data()
+    model.backward(numpy.ones((5, 4), dtype=numpy.float32), model.forward(x)[1], on_parameters_written=snapshots)
+    assert [ids for ids, _ in snapshots.calls] == [[id(shared.weight), id(shared.bias)]]

@@ -115,3 +115,89 @@ def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allga
                                             r"shared_memory=False"):
         allgather = _parameter_allgather([dp.parameters()], dp.owner_of, dp.comm, shared_memory=True)
     assert isinstance(allgather, ParameterAllgather)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_backward(ranks):
+    result = run_mpi("zero2_gradients.py", ranks, timeout=180)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ZERO2-GRADIENTS "))
+    figures = json.loads(line[len("ZERO2-GRADIENTS "):])
+    layer_bytes = (128 + 128 * 128) * 8
+    assert len(figures) == ranks
+    for rank in figures:
+        assert rank["buckets"] == 12 and rank["own_bytes"] == 12 // ranks * layer_bytes, rank
+        assert rank["from_arrays"] == rank["own_bytes"] + rank["zero_elements_bytes"], rank
+        assert rank["memory_report"] == rank["own_bytes"], rank
+        assert rank["held"] == rank["held_expected"], rank
+        assert rank["peak_held"] <= rank["peak_allowed"], rank  # own share and 3 of the 12 buckets
+        assert rank["traced_peak_beyond_zero1"] <= rank["traced_allowed"], rank
+        assert rank["others_read_zero"], rank
+    difference = float(re.search(r"ZERO2-ACCUMULATION max_abs_diff=(\S+)", result.stdout).group(1))
+    assert difference < 1e-6
+
+
+def sharded_bucket_of_two():
+    """Rank 0 of 2 owns `mine` (3 values), rank 1 `theirs` (2 values); float64."""
+    from mpiprop.distributed.data_parallel.sharded_gradient_bucket import GradientBytes, ShardedGradientBucket
+
+    mine, theirs = Parameter(numpy.zeros(3)), Parameter(numpy.zeros((1, 2)))
+    held = GradientBytes()
+    return mine, theirs, held, ShardedGradientBucket([mine, theirs], [0, 1], rank=0, ranks=2, gradient_bytes=held)
+
+
+def test_a_sharded_bucket_is_whole_only_from_materialize_to_release():
+    mine, theirs, held, bucket = sharded_bucket_of_two()
+    assert held.now == (3 + 2 + 1) * 8  # own gradients, two flags, the zero element
+    assert theirs.grad.shape == (1, 2) and not theirs.grad.any()
+    mine.grad += 1.0  # kept: copied into the whole gradient space
+    bucket.materialize()
+    assert held.now == (3 + 2 + 1 + 5) * 8 and bucket.full.tolist() == [1, 1, 1, 0, 0]
+    theirs.grad += 2.0
+    assert bucket.full.tolist() == [1, 1, 1, 2, 2]
+    bucket.own[...] = [5, 6, 7]  # what the reduce-scatter writes
+    bucket.release()
+    assert held.now == (3 + 2 + 1) * 8 and held.peak == (3 + 2 + 1 + 5) * 8 and bucket.full is None
+    assert mine.grad.tolist() == [5, 6, 7] and not theirs.grad.any()
+    bucket.scale(2.0)
+    mine.zero_grad()
+    theirs.zero_grad()
+    assert not mine.grad.any() and not theirs.grad.any() and bucket.rebound_parameter() is None
+
+
+def test_a_value_written_into_a_gradient_the_rank_does_not_hold_is_refused_at_the_next_backward():
+    _, theirs, _, bucket = sharded_bucket_of_two()
+    theirs.grad += 1.5
+    with pytest.raises(RuntimeError, match=r"rank 0 does not own was written outside backward \(it reads 1.5\).*"
+                                           r"zero_grad\(\)"):
+        bucket.materialize()
+    theirs.zero_grad()
+    bucket.materialize()
+    assert bucket.full.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
+    def train(shard):
+        nn.manual_seed(2)
+        dp = DataParallel(nn.Linear(3, 2).to(dtype=numpy.float64), shard_optimizer_state=shard)
+        optimizer = dp.optimizer(nn.optim.SGD, lr=0.1, momentum=0.9)
+        x = numpy.linspace(-1, 1, 12).reshape(4, 3)
+        loss_fn = nn.MSELoss()
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn(dp(x), x[:, :2])
+            dp.backward(loss_fn.backward())
+            optimizer.step()
+        return dp
+
+    sharded, plain = train(2), train(0)
+    for p, q in zip(sharded.parameters(), plain.parameters()):
+        numpy.testing.assert_array_equal(p.data, q.data)
+    # one rank owns all 8 gradient values; two flags, the tally and the zero element stay beside them
+    assert sharded.gradient_sync.held_bytes == (8 + 2 + 1 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8
+
+
+def test_a_rank_writing_a_gradient_it_does_not_own_ends_the_job_with_the_fix():
+    result = run_mpi("zero2_foreign_gradient.py", 2, timeout=60, check=False)
+    assert result.returncode != 0
+    assert re.search(r"RuntimeError: a gradient of a parameter that rank 1 does not own was written outside backward "
+                     r"\(it reads 2\.0\).*call zero_grad\(\) before the next backward", result.stderr), result.stderr

@@ -113,11 +113,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     `progress` and `finish` sum them over the ranks, in place. Construction is collective.
     Only for ranks on one node (see `node_groups`).
 
-    With `counts` (for each buffer, the leading elements each rank owns, in rank order) it is a
-    reduce-scatter instead: a rank sums its own elements into its own buffer only, its other
-    owned-by-someone elements end as zero, and the elements after the owned ones (the
-    has-gradient flags) are summed on every rank.
-
     With `background`, this rank's slices are summed on a thread of its own (see
     `background_sums_possible`), each as soon as every rank has announced its buffer.
     """
@@ -125,21 +120,15 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     kind = "shared memory"
 
     def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
-                 counts: Sequence[Sequence[int]] | None = None, background: bool = False):
+                 background: bool = False):
         self.sizes, self.dtypes = list(sizes), [numpy.dtype(dtype) for dtype in dtypes]
         offsets, total = _aligned_offsets(self.sizes, self.dtypes)
         self._window = MPI.Win.Allocate_shared(total, 1, comm=comm.mpi_comm)
         self._window.Lock_all(MPI.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
         self._all_buffers = [self._buffers_of(rank, offsets) for rank in range(comm.size)]
         super().__init__(self._all_buffers[comm.rank], comm)
-        self.counts = None if counts is None else [list(bucket_counts) for bucket_counts in counts]
-        if self.counts is None:
-            self._slices = [[_slice_of(size, rank, comm.size) for rank in range(comm.size)] for size in self.sizes]
-        else:
-            self.kind = "shared memory reduce-scatter"
-            self._slices = [_runs(bucket_counts) for bucket_counts in self.counts]
+        self._slices = [[_slice_of(size, rank, comm.size) for rank in range(comm.size)] for size in self.sizes]
         self._summed: list[bool] = []
-        self._flag_sums: list[numpy.ndarray | None] = []
         self._announcements = [f"allreduce of {buffer.size} {buffer.dtype} (gradient bucket {index}, in shared memory)"
                                for index, buffer in enumerate(self.buffers)]  # written once: formatting costs
         self._background = BackgroundSums(self._sum_once_announced, "gradient sums") if background else None
@@ -149,7 +138,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     def start(self) -> None:
         super().start()
         self._summed = [False] * len(self.buffers)
-        self._flag_sums = [None] * len(self.buffers)
 
     def launch(self, index: int) -> None:
         """Announce, with a non-blocking barrier, that this rank's buffer `index` is final."""
@@ -180,8 +168,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
             self._window.Sync()
             self.comm.barrier()
             self._window.Sync()
-            if self.counts is not None:
-                self._keep_own_sums()
         self._end_traces()
         return sum(int(buffer.nbytes) for buffer in self.buffers)
 
@@ -193,8 +179,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         self._sum_my_slice(index)
 
     def _sum_my_slice(self, index: int) -> None:
-        """Add the other ranks' values of this rank's slice into it and write the sum into their buffers
-        (a reduce-scatter writes nothing into theirs, and sums the flags into `_flag_sums`).
+        """Add the other ranks' values of this rank's slice into it and write the sum into their buffers.
 
         In pieces of CHUNK_BYTES, so that each piece of the sum is still in cache when it is copied.
         """
@@ -208,20 +193,9 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
             total = buffer[piece]
             for other in others:
                 total += other[piece]
-            for other in others if self.counts is None else ():
+            for other in others:
                 other[piece] = total
-        if self.counts is not None:
-            flags = slice(sum(self.counts[index]), buffer.size)
-            self._flag_sums[index] = sum(buffers[index][flags] for buffers in self._all_buffers)
         self._summed[index] = True
-
-    def _keep_own_sums(self) -> None:
-        """After the last barrier: zero the gradients others own in this rank's buffers, and write the summed flags."""
-        for index, buffer in enumerate(self.buffers):
-            mine = self._slices[index][self.comm.rank]
-            buffer[:mine.start] = 0
-            buffer[mine.stop:sum(self.counts[index])] = 0
-            buffer[sum(self.counts[index]):] = self._flag_sums[index]
 
     def _buffers_of(self, rank: int, offsets: list[int]) -> list[numpy.ndarray]:
         memory, _ = self._window.Shared_query(rank)
@@ -236,12 +210,6 @@ def _aligned_offsets(sizes: Sequence[int], dtypes: Sequence[numpy.dtype]) -> tup
         offsets.append(position)
         position += -(-size * dtype.itemsize // ALIGNMENT) * ALIGNMENT
     return offsets, max(position, ALIGNMENT)
-
-
-def _runs(counts: Sequence[int]) -> list[slice]:
-    """Consecutive slices of the given lengths, from element 0."""
-    ends = numpy.cumsum(counts).tolist()
-    return [slice(end - count, end) for count, end in zip(counts, ends)]
 
 
 def _slice_of(size: int, rank: int, ranks: int) -> slice:

@@ -7,67 +7,75 @@ import numpy
 from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
+from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
+from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.request import Request, wait_all
-from mpiprop.network.backend import Array
+
+IN_FLIGHT = 2  # buckets reduce-scattering at once; launching one more first waits for the oldest
 
 
 class MpiBucketReduceScatter(BucketAllreduce):
-    """Reduce-scatters each bucket's gradients over the ranks of `comm`, launched one bucket at a time.
+    """Reduce-scatters each sharded bucket's gradients over the ranks of `comm`, launched one bucket at a time.
 
-    A bucket's buffer holds gradients, then one has-gradient flag per parameter. Rank r owns
-    `counts[b][r]` consecutive gradient elements of bucket b, in rank order. After `finish()`
-    each rank's own elements hold their sums over the ranks, the other gradient elements are
-    zero (this rank holds no sum for them) and the flags are summed on every rank.
+    `launch(index)` reduce-scatters bucket `index`'s whole gradient space (`full`, made now if
+    backward wrote none of it) into each rank's `own` run. As soon as the reduce-scatter
+    completes (seen while progressing, waiting or finishing) the bucket is released, so its whole
+    gradient space lives only from backward's first write into it until then. At most IN_FLIGHT
+    buckets reduce-scatter at once: launching another first waits for the oldest one. `finish()`
+    waits for them all and sums every bucket's flags and tally on every rank in one allreduce;
+    then every rank's own gradients hold their sums over the ranks and the others read as zero.
 
     Args:
-        buffers: the buckets' flat buffers (numpy).
+        buckets: the sharded buckets, in the order their gradients become final.
         comm: the data-parallel ranks.
-        counts: for each bucket, the gradient elements of each rank.
-
-    Raises:
-        ValueError: when a bucket's counts do not fit its buffer.
     """
 
     kind = "mpi reduce-scatter"
 
-    def __init__(self, buffers: Sequence[Array], comm: Communicator, counts: Sequence[Sequence[int]]):
-        super().__init__(buffers, comm)
-        self.counts = [list(bucket_counts) for bucket_counts in counts]
-        for index, (buffer, bucket_counts) in enumerate(zip(self.buffers, self.counts)):
-            if len(bucket_counts) != comm.size or sum(bucket_counts) > buffer.size:
-                raise ValueError(f"bucket {index} has {buffer.size} elements but the counts {bucket_counts} "
-                                 f"are not one per rank of {comm.size} fitting it")
-        self.offsets = [int(numpy.cumsum([0] + bucket_counts)[comm.rank]) for bucket_counts in self.counts]
-        mine = [bucket_counts[comm.rank] for bucket_counts in self.counts]
-        self._received = [numpy.empty(count, dtype=buffer.dtype) for count, buffer in zip(mine, self.buffers)]
-        self._flag_requests: list[Request | None] = []
+    def __init__(self, buckets: Sequence[ShardedGradientBucket], comm: Communicator):
+        super().__init__([bucket.tail for bucket in buckets], comm)
+        self.buckets = list(buckets)
+        self._in_flight: list[int] = []
 
     def start(self) -> None:
         super().start()
-        self._flag_requests = [None] * len(self.buffers)
+        self._in_flight.clear()
 
     def launch(self, index: int) -> None:
-        buffer, counts = self.buffers[index], self.counts[index]
-        gradients = sum(counts)
-        self._trace(index, int(buffer[:gradients].nbytes))
+        bucket = self.buckets[index]
+        bucket.materialize()
+        self._trace(index, int(bucket.full.nbytes))
         mpi = self.comm.mpi_comm
-        self._requests[index] = Request(mpi.Ireduce_scatter(buffer[:gradients], self._received[index], counts, MPI.SUM),
-                                        keep_alive=buffer, what=f"reduce-scatter of gradient bucket {index}")
-        self._flag_requests[index] = Request(mpi.Iallreduce(MPI.IN_PLACE, buffer[gradients:], MPI.SUM),
-                                             keep_alive=buffer, what=f"allreduce of bucket {index}'s flags")
+        self._requests[index] = Request(mpi.Ireduce_scatter(bucket.full, bucket.own, bucket.counts, MPI.SUM),
+                                        on_complete=bucket.release, keep_alive=bucket.full,
+                                        what=f"reduce-scatter of gradient bucket {index}")
+        self._in_flight = [launched for launched in self._in_flight if not self._requests[launched].done] + [index]
+        while len(self._in_flight) > IN_FLIGHT:
+            self._requests[self._in_flight.pop(0)].wait()
 
     def progress(self) -> None:
-        """Let MPI advance the reductions in flight (MPICH progresses only inside MPI calls)."""
-        for request in self._requests + self._flag_requests:
+        """Let MPI advance the reductions in flight (MPICH progresses only inside MPI calls); release finished ones."""
+        for request in self._requests:
             if request is not None and not request.done:
                 request.test()
 
     def finish(self) -> int:
-        """Wait for every launched reduction; own sums in place, the rest of the gradients zero; returns bytes sent."""
-        wait_all([request for request in self._requests + self._flag_requests if request is not None])
+        """Wait for every launched reduction (own sums in place, the rest read as zero); returns bytes sent."""
+        wait_all([request for request in self._requests if request is not None])
+        self._in_flight.clear()
+        self._sum_tails()
         self._end_traces()
-        for buffer, counts, offset, received in zip(self.buffers, self.counts, self.offsets, self._received):
-            buffer[:sum(counts)] = 0
-            buffer[offset:offset + received.size] = received
-        return sum(int(buffer.nbytes) for buffer in self.buffers)
+        return sum(bucket.nbytes for bucket in self.buckets)
+
+    def _sum_tails(self) -> None:
+        """Sum every bucket's flags and tally over the ranks: one allreduce per dtype, not one per bucket."""
+        for dtype in dict.fromkeys(bucket.dtype for bucket in self.buckets):
+            tails = [bucket.tail for bucket in self.buckets if bucket.dtype == dtype]
+            joined = numpy.concatenate(tails)
+            with waiting_in(f"allreduce of the flags of {len(tails)} gradient buckets"):
+                self.comm.mpi_comm.Allreduce(MPI.IN_PLACE, joined, MPI.SUM)
+            start = 0
+            for tail in tails:
+                tail[...] = joined[start:start + tail.size]
+                start += tail.size

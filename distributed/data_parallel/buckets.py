@@ -14,24 +14,50 @@ DEFAULT_BUCKET_CAP_MB = 4.0
 def assign_buckets(params: Sequence[Parameter], cap_bytes: int) -> list[list[Parameter]]:
     """Group `params`, in the given order, into consecutive buckets of about `cap_bytes` each.
 
-    A bucket is closed once it holds `cap_bytes` or more, so a parameter larger than the cap
-    gets a bucket of its own; a change of dtype or device also starts a new bucket (one flat
-    buffer holds one dtype on one device).
+    A bucket is closed once it holds `cap_bytes` or more (see `bucket_lengths`), so a parameter
+    larger than the cap gets a bucket of its own; a change of dtype or device also starts a new
+    bucket (one flat buffer holds one dtype on one device).
+
+    Raises:
+        ValueError: for a cap below one byte.
+    """
+    buckets: list[list[Parameter]] = []
+    for run in _compatible_runs(params):
+        start = 0
+        for length in bucket_lengths([p.size * p.dtype.itemsize for p in run], cap_bytes):
+            buckets.append(run[start:start + length])
+            start += length
+    return buckets
+
+
+def bucket_lengths(byte_sizes: Sequence[int], cap_bytes: int) -> list[int]:
+    """How many consecutive items of `byte_sizes` bytes each bucket takes: a bucket is closed once it
+    holds `cap_bytes` or more.
 
     Raises:
         ValueError: for a cap below one byte.
     """
     if cap_bytes < 1:
         raise ValueError(f"bucket cap must be at least 1 byte, got {cap_bytes}; pass e.g. bucket_cap_mb=4")
-    buckets: list[list[Parameter]] = []
-    filled = 0
-    for p in params:
-        if not buckets or filled >= cap_bytes or not _compatible(buckets[-1][0], p):
-            buckets.append([])
+    lengths: list[int] = []
+    filled = cap_bytes
+    for size in byte_sizes:
+        if filled >= cap_bytes:
+            lengths.append(0)
             filled = 0
-        buckets[-1].append(p)
-        filled += p.size * p.dtype.itemsize
-    return buckets
+        lengths[-1] += 1
+        filled += size
+    return lengths
+
+
+def _compatible_runs(params: Sequence[Parameter]) -> list[list[Parameter]]:
+    """`params` cut wherever the dtype or device changes."""
+    runs: list[list[Parameter]] = []
+    for p in params:
+        if not runs or not _compatible(runs[-1][-1], p):
+            runs.append([])
+        runs[-1].append(p)
+    return runs
 
 
 def bucket_size(params: Sequence[Parameter], tally: bool = False) -> int:
@@ -78,21 +104,30 @@ class GradientBucket:
 
     def write_flags(self) -> None:
         """Put each parameter's `has_grad` into `flags`, before the buffer is summed."""
-        if all(p.has_grad for p in self.params):
-            self.flags.fill(1)
-            return
-        local = numpy.array([p.has_grad for p in self.params], dtype=self.flags.dtype)
-        self.flags[...] = get_array_module(self.flags).asarray(local)
+        write_has_grad_flags(self.params, self.flags)
 
     def read_flags(self) -> None:
-        """After the sum: a parameter has a gradient when any rank's flag was set (no read when this rank's all were)."""
-        if all(p.has_grad for p in self.params):
-            return
-        for p, summed in zip(self.params, to_numpy(self.flags)):
-            p.has_grad = bool(summed > 0)
+        """After the sum: a parameter has a gradient when any rank's flag was set."""
+        read_has_grad_flags(self.params, self.flags)
+
+    def materialize(self) -> None:
+        """Nothing to do: the buffer always exists (see ShardedGradientBucket for one that does not)."""
+
+    def scale(self, factor: float) -> None:
+        """Multiply the buffer by `factor`."""
+        self.buffer *= self.buffer.dtype.type(factor)
+
+    def zero(self) -> None:
+        """Reset the gradients, flags and tally to zero."""
+        self.buffer.fill(0)
 
     @property
     def nbytes(self) -> int:
+        return int(self.buffer.nbytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of gradient storage this bucket holds now: its whole buffer."""
         return int(self.buffer.nbytes)
 
     def rebound_parameter(self) -> Parameter | None:
@@ -101,3 +136,20 @@ class GradientBucket:
             if p.grad is not view:
                 return p
         return None
+
+
+def write_has_grad_flags(params: Sequence[Parameter], flags: Array) -> None:
+    """Put each parameter's `has_grad` (1 or 0) into `flags`, before they are summed over ranks."""
+    if all(p.has_grad for p in params):
+        flags.fill(1)
+        return
+    local = numpy.array([p.has_grad for p in params], dtype=flags.dtype)
+    flags[...] = get_array_module(flags).asarray(local)
+
+
+def read_has_grad_flags(params: Sequence[Parameter], flags: Array) -> None:
+    """After the sum: a parameter has a gradient when any rank's flag was set (no read when this rank's all were)."""
+    if all(p.has_grad for p in params):
+        return
+    for p, summed in zip(params, to_numpy(flags)):
+        p.has_grad = bool(summed > 0)

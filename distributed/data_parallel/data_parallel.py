@@ -4,9 +4,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_possible
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
@@ -14,7 +16,7 @@ from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
-from mpiprop.network.backend import Array
+from mpiprop.network.backend import Array, device_of
 from mpiprop.network.layer import REMEMBERED, Layer
 from mpiprop.network.local_strategy import LocalStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
@@ -69,12 +71,17 @@ class DataParallel(LocalStrategy):
             stays allocated until the process ends, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
+            Under ZeRO-2 the gradients are reduce-scattered with MPI whatever this says, and it
+            chooses how the sharded optimizer hands the updated parameters over.
         shard_optimizer_state: 0 (every rank keeps the whole optimizer state); 1 (ZeRO-1: each
             rank keeps the state of its own 1/N of the parameters, whole parameters split in the
             buckets' order, see `shard_owners`; gradients averaged as above); 2 (ZeRO-2: as 1,
-            and each bucket is reduce-scattered, so a rank receives the averaged gradients of its
-            own parameters only, the others' gradients are zero; in shared memory on one node, else
-            with MPI; no compression). Both need numpy parameters.
+            and each bucket is reduce-scattered with MPI, so a rank receives the averaged gradients
+            of its own parameters only and keeps only those between steps, about 1/N of the
+            gradient memory; the others' gradients read as zero and hold no memory. A bucket is
+            whole only from backward's first write into it until its reduce-scatter completes, at
+            most two reduce-scattering at once; under `no_sync()` the buckets backward writes stay
+            whole until the synchronised backward. No compression). Both need numpy parameters.
             Build the optimizer with `dp.optimizer(nn.optim.Adam, lr=...)`.
 
     Raises:
@@ -115,6 +122,9 @@ class DataParallel(LocalStrategy):
                                           compression=compression, shared_memory=shared_memory,
                                           owners=owners if shard_optimizer_state == 2 else None, tally=True)
         self.buckets = self.gradient_sync.buckets
+        self._parameters_in_shared_memory = (self.allreduce_kind.startswith("shared memory") or
+                                             (shard_optimizer_state == 2 and shared_memory and
+                                              _on_one_node_in_shared_memory(in_final_order, self.comm)))
         self._sync_gradients = True
         self._accumulated_without_sync = False
         self._shard_weight = ShardWeight(self.comm)
@@ -200,8 +210,11 @@ class DataParallel(LocalStrategy):
         return self.gradient_sync.last_stats
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
+        written = self.gradient_sync.mark_written
         if isinstance(self.module, Sequential):
-            return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final)
+            return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final,
+                                        on_parameters_written=written)
+        written(_unique_parameters(self.module))
         dx = self.module.backward(dout, self.module._cache_or_last(cache))
         if on_parameters_final is not None:
             on_parameters_final(_unique_parameters(self.module))
@@ -219,14 +232,15 @@ class DataParallel(LocalStrategy):
 
         Returns:
             `optimizer_class(params, **hyperparameters)`, or a `ShardedOptimizer` of it (which
-            shares the updated parameters in shared memory where the gradients are summed there).
+            shares the updated parameters in shared memory where the gradients are summed there, or,
+            under ZeRO-2, where every rank is on one node and `shared_memory` is True).
         """
         params = self.parameters() if params is None else params
         if not self.shard_optimizer_state:
             return optimizer_class(params, **hyperparameters)
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
                                 [bucket.params for bucket in self.buckets],
-                                shared_memory=self.allreduce_kind.startswith("shared memory"), **hyperparameters)
+                                shared_memory=self._parameters_in_shared_memory, **hyperparameters)
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every holder of a part of the gradients: this rank alone, every rank with ZeRO-2."""
@@ -299,6 +313,15 @@ class DataParallel(LocalStrategy):
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
                 f"allreduce={self.allreduce_kind!r}, compression={self.compression!r},\n  module={self.module!r})")
+
+
+def _on_one_node_in_shared_memory(params: list[Parameter], comm: Communicator) -> bool:
+    """Whether every rank of `comm` is on one node and could share memory for these parameters. Collective."""
+    if not shared_memory_possible(comm, [p.dtype for p in params], all(device_of(p.data) == "cpu" for p in params)):
+        return False
+    groups = node_groups(comm)
+    groups.free()
+    return groups.nodes == 1
 
 
 def _unique_parameters(module: Layer) -> list[Parameter]:

@@ -7,6 +7,7 @@ from typing import Iterable
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.buckets import GradientBucket
+from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.parameter import Parameter
 
@@ -44,7 +45,7 @@ class GradientReducer:
             shared-memory one.
     """
 
-    def __init__(self, buckets: Iterable[GradientBucket], allreduce: BucketAllreduce):
+    def __init__(self, buckets: Iterable[GradientBucket | ShardedGradientBucket], allreduce: BucketAllreduce):
         self.buckets = list(buckets)
         self.allreduce = allreduce
         self._bucket_of = {id(p): index for index, bucket in enumerate(self.buckets) for p in bucket.params}
@@ -67,6 +68,11 @@ class GradientReducer:
         self._remaining = [len(bucket.params) for bucket in self.buckets]
         self.allreduce.start()
         self._backward_started = time.perf_counter()
+
+    def mark_written(self, params: Iterable[Parameter]) -> None:
+        """Backward is about to write these parameters' gradients: make each one's bucket whole."""
+        for p in params:
+            self.buckets[self._bucket_of[id(p)]].materialize()
 
     def mark_ready(self, params: Iterable[Parameter]) -> None:
         """Record that these parameters' gradients are final; launch every bucket that became complete."""

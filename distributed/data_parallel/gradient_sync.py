@@ -17,7 +17,7 @@ from mpiprop.distributed.data_parallel.bucket_reduce_scatter import MpiBucketRed
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
-from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
+from mpiprop.distributed.data_parallel.sharded_gradient_bucket import GradientBytes, ShardedGradientBucket
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.world import world_node
 from mpiprop.network.backend import device_of
@@ -28,10 +28,11 @@ class GradientSync:
     """Sums the gradients of `params` over the ranks of `comm`, bucket by bucket, as backward completes them.
 
     The gradients become views into flat buckets. Call `start()` before a backward, pass
-    `mark_final` to `Sequential.backward(..., on_parameters_final=...)` (a bucket's reduction
-    starts once its last gradient is final, overlapping the rest of backward) and `finish()`
-    after it; `reduce_all()` does all three for gradients that are already final. The sums
-    are summed, not averaged: scale the output gradient (or the result) by 1 / `comm.size`.
+    `mark_written` and `mark_final` to `Sequential.backward(..., on_parameters_written=...,
+    on_parameters_final=...)` (a bucket's reduction starts once its last gradient is final,
+    overlapping the rest of backward) and `finish()` after it; `reduce_all()` starts and
+    finishes for gradients that are already final. The sums are summed, not averaged: scale
+    the output gradient (or the result) by 1 / `comm.size`.
 
     Args:
         params: in the order their gradients become final (last layer first).
@@ -42,9 +43,12 @@ class GradientSync:
             bucket_allreduce_shared; ranks on several nodes sum within each node, then between one
             leader per node); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
         owners: None to sum every gradient on every rank; else the rank that owns each of `params`
-            (from `shard_owners`): the buckets are reduce-scattered, each rank receives the sums
-            of its own parameters' gradients and the others' gradients are zero (ZeRO-2). Needs
-            numpy gradients and no compression; in shared memory on one node, else with MPI.
+            (from `shard_owners`): the buckets are sharded (ZeRO-2, see ShardedGradientBucket) and
+            reduce-scattered with MPI. Between synchronised backwards each rank holds its own
+            parameters' gradients (their sums over the ranks after `finish`; the others read as
+            zero); a bucket is whole only from backward's first write into it (`mark_written`)
+            until its reduce-scatter completes, at most two of them reduce-scattering at once (see
+            MpiBucketReduceScatter). Needs numpy gradients and no compression.
         tally: also sum one number per backward along with the gradients (`start(tally=...)`, then
             `summed_tally`), in one more element of the last bucket, when the sum is exact: no
             compression and a last bucket of float32 or wider (see `carries_tally`; sums below
@@ -62,25 +66,29 @@ class GradientSync:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         self.comm, self.compression = comm, compression
         groups = assign_buckets(list(params), int(bucket_cap_mb * 2**20)) if params else []
-        counts = None if owners is None else self._owned_counts(groups, list(params), owners)
         self.carries_tally = tally and compression is None and bool(groups) and _sums_integers_exactly(groups[-1])
         tallied = [self.carries_tally and index == len(groups) - 1 for index in range(len(groups))]
         self.tally_limit = 2 ** (numpy.finfo(groups[-1][0].dtype).nmant + 1) if self.carries_tally else 0
-        shared = self._shared_memory_allreduce(groups, shared_memory, counts, tallied)
-        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index], tally=tallied[index])
-                        for index, group in enumerate(groups)]
-        buffers = [bucket.buffer for bucket in self.buckets]
-        if shared is not None:
-            allreduce = shared
-        elif counts is not None:
-            allreduce = MpiBucketReduceScatter(buffers, comm, counts)
+        self._gradient_bytes = GradientBytes()
+        if owners is None:
+            allreduce = self._whole_buckets(groups, shared_memory, tallied)
         else:
-            allreduce = MpiBucketAllreduce(buffers, comm, compression)
+            allreduce = self._sharded_buckets(groups, list(params), owners, tallied)
         self._reducer = GradientReducer(self.buckets, allreduce)
 
-    def _owned_counts(self, groups: list[list[Parameter]], params: list[Parameter],
-                      owners: Sequence[int]) -> list[list[int]]:
-        """For each bucket, the gradient elements of each rank (checking that a reduce-scatter can serve)."""
+    def _whole_buckets(self, groups: list[list[Parameter]], shared_memory: bool,
+                       tallied: list[bool]) -> BucketAllreduce:
+        """Every rank holds every bucket whole; returns what sums them (in shared memory where possible)."""
+        shared = self._shared_memory_allreduce(groups, shared_memory, tallied)
+        self.buckets = [GradientBucket(group, None if shared is None else shared.buffers[index], tally=tallied[index])
+                        for index, group in enumerate(groups)]
+        self._gradient_bytes.add(sum(bucket.held_bytes for bucket in self.buckets))
+        return shared if shared is not None else MpiBucketAllreduce([bucket.buffer for bucket in self.buckets],
+                                                                    self.comm, self.compression)
+
+    def _sharded_buckets(self, groups: list[list[Parameter]], params: list[Parameter], owners: Sequence[int],
+                         tallied: list[bool]) -> BucketAllreduce:
+        """Each rank holds its own gradients, and each bucket whole only while backward writes and reduces it."""
         if len(owners) != len(params):
             raise ValueError(f"owners names {len(owners)} ranks for {len(params)} parameters; give one per parameter")
         if any(later < earlier for earlier, later in zip(owners, owners[1:])):
@@ -93,17 +101,19 @@ class GradientSync:
             raise ValueError("reduce-scattered gradients must be numpy arrays; keep the model on the CPU, or "
                              "shard only the optimizer state (ZeRO-1)")
         owner_of = {id(p): owner for p, owner in zip(params, owners)}
-        return [rank_counts([p.size for p in group], [owner_of[id(p)] for p in group], self.comm.size)
-                for group in groups]
+        self.buckets = [ShardedGradientBucket(group, [owner_of[id(p)] for p in group], self.comm.rank, self.comm.size,
+                                              self._gradient_bytes, tally=tallied[index])
+                        for index, group in enumerate(groups)]
+        return MpiBucketReduceScatter(self.buckets, self.comm)
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool,
-                                 counts: list[list[int]] | None, tallied: list[bool]) -> BucketAllreduce | None:
+                                 tallied: list[bool]) -> BucketAllreduce | None:
         """Buckets in memory shared by each node's ranks, when asked for, uncompressed and possible."""
         if not (groups and shared_memory and self.compression is None):
             return None
         on_cpu = all(device_of(group[0].data) == "cpu" for group in groups)
         return shared_memory_bucket_allreduce([bucket_size(group, tally) for group, tally in zip(groups, tallied)],
-                                              [group[0].dtype for group in groups], self.comm, on_cpu, counts)
+                                              [group[0].dtype for group in groups], self.comm, on_cpu)
 
     def start(self, tally: int = 0) -> None:
         """Begin a synchronised backward; `tally` is this rank's number to sum along (with `carries_tally`).
@@ -112,8 +122,14 @@ class GradientSync:
             RuntimeError: when a gradient left its bucket.
         """
         self._reducer.start()
+        self._gradient_bytes.reset_peak()
         if self.carries_tally:
             self.buckets[-1].tally.fill(tally)
+
+    def mark_written(self, params: list[Parameter]) -> None:
+        """Backward is about to write these parameters' gradients: make their buckets whole where they are not
+        (pass to `Sequential.backward(..., on_parameters_written=...)`; only sharded buckets need it)."""
+        self._reducer.mark_written(params)
 
     def mark_final(self, params: list[Parameter]) -> None:
         """These parameters' gradients are complete: reduce each bucket they complete."""
@@ -131,17 +147,27 @@ class GradientSync:
     def scale(self, factor: float) -> None:
         """Multiply every gradient by `factor` (one pass per bucket)."""
         for bucket in self.buckets:
-            bucket.buffer *= bucket.buffer.dtype.type(factor)
+            bucket.scale(factor)
 
     def zero_grad(self) -> None:
         """Reset every gradient to zero (one fill per bucket)."""
         for bucket in self.buckets:
-            bucket.buffer.fill(0)
+            bucket.zero()
 
     @property
     def launched_buckets(self) -> int:
         """How many buckets' reductions have started in the current synchronised backward."""
         return sum(self._reducer.allreduce.launched(index) for index in range(len(self.buckets)))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of gradient storage this rank holds now (flags, tally and a sharded bucket's zero element included)."""
+        return self._gradient_bytes.now
+
+    @property
+    def peak_held_bytes(self) -> int:
+        """The most bytes of gradient storage this rank held at once since the last `start()`."""
+        return self._gradient_bytes.peak
 
     @property
     def summed_tally(self) -> int:
@@ -165,12 +191,12 @@ def _sums_integers_exactly(group: list[Parameter]) -> bool:
 
 
 def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
-                                   on_cpu: bool, counts: Sequence[Sequence[int]] | None = None) -> BucketAllreduce | None:
+                                   on_cpu: bool) -> BucketAllreduce | None:
     """Buckets in memory shared by the ranks of each node, summed there; None where that cannot serve.
 
     All ranks on one node: SharedMemoryBucketAllreduce, summing on a thread of each rank where
-    every rank of the node has a core to spare (`background_sums_possible`). Several nodes (or pretend nodes, see
-    MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
+    every rank of the node has a core to spare (`background_sums_possible`). Several nodes (or
+    pretend nodes, see MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
     leader per node. None (use MPI's allreduce) for one rank, GPU arrays, dtypes other than
     floats, Open MPI with its UCX one-sided component (see `window_prints_errors`), one rank
     per node, or a node whose /dev/shm lacks room for its ranks' buckets (rank 0 then warns
@@ -181,8 +207,6 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
         dtypes: dtype of each bucket.
         comm: the data-parallel ranks.
         on_cpu: whether the gradients are numpy arrays.
-        counts: None to sum whole buckets; else, for each bucket, the gradient elements each rank
-            receives the sums of (a reduce-scatter; one node only, else None).
 
     Raises:
         ValueError: on every rank, for a malformed MPIPROP_PRETEND_NODES.
@@ -192,13 +216,12 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
     groups = node_groups(comm)
     largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
     shortage = None if largest_node == 1 else shared_memory_shortage(comm, sizes, dtypes, largest_node)
-    scatter_over_nodes = counts is not None and groups.nodes > 1
-    if largest_node == 1 or shortage is not None or groups.nodes == 1 or scatter_over_nodes:
+    if largest_node == 1 or shortage is not None or groups.nodes == 1:
         groups.free()
     if shortage is not None and comm.is_main:
         warnings.warn(shortage, RuntimeWarning, stacklevel=4)
-    if largest_node == 1 or shortage is not None or scatter_over_nodes:
+    if largest_node == 1 or shortage is not None:
         return None
     if groups.nodes == 1:
-        return SharedMemoryBucketAllreduce(sizes, dtypes, comm, counts, background_sums_possible(world_node()))
+        return SharedMemoryBucketAllreduce(sizes, dtypes, comm, background_sums_possible(world_node()))
     return HierarchicalBucketAllreduce(sizes, dtypes, groups.node, groups.leaders)

@@ -2,7 +2,7 @@
 
     mpiexec -n N python zero_equivalence.py DIRECTORY
 
-Layouts: ZeRO-1, ZeRO-2 reduce-scattering in shared memory and with MPI (with MPIPROP_PRETEND_NODES,
+Layouts: ZeRO-1, ZeRO-2 handing the updated parameters over in shared memory and with MPI (with MPIPROP_PRETEND_NODES,
 the ranks on several pretended nodes: the hierarchical allreduce and MPI's reduce-scatter). For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
 clipping (which needs the norm over every rank's share under ZeRO-2), in float64: the weights
 after training equal one process's within TOLERANCE; a checkpoint written under ZeRO and resumed
@@ -31,8 +31,8 @@ BUCKET_MB = 600 / 2**20  # buckets of about 600 bytes: several buckets, several 
 WORLD = MPI.COMM_WORLD
 LAYOUTS = {  # name -> how DataParallel sums the gradients (ranks on pretended nodes: between them, no reduce-scatter)
     "zero1": "hierarchical" if os.environ.get("MPIPROP_PRETEND_NODES") else "shared memory",
-    "zero2": "mpi reduce-scatter" if os.environ.get("MPIPROP_PRETEND_NODES") else "shared memory reduce-scatter",
-    "zero2-mpi": "mpi reduce-scatter",
+    "zero2": "mpi reduce-scatter",  # the updated parameters shared in memory on one node
+    "zero2-mpi": "mpi reduce-scatter",  # and with MPI
 }
 OPTIMIZERS = {
     "SGD": (nn.optim.SGD, dict(lr=0.2, momentum=0.9, weight_decay=0.01)),
