@@ -44,25 +44,3 @@ def test_figures_reported_before_a_peer_crashes_on_shutdown_are_kept(monkeypatch
     assert "after reporting its result, which is kept" in note and "its last words" in note
     with pytest.raises(RuntimeError, match="before reporting a result"):
         workers.run_worker(script, 2, ["--crash-first"], timeout=60)
-
-
-def test_where_the_sums_run_on_a_thread_the_main_thread_variant_runs_beside_them(bench, monkeypatch, capsys):
-    """The driver alone, its workers replaced by records: a threaded default brings the main-thread contestant."""
-    launched = []
-
-    def fake_launch(args, worker, ranks, timeout=600, variant=None):
-        launched.append(variant)
-        record = {"ranks": ranks, "samples_per_s": 100.0 * ranks, "step_s": 0.01}
-        if ranks > 1 and variant != "independent":
-            kind = {None: "shared memory threaded", "main-thread-sums": "shared memory", "mpi-allreduce": "mpi"}
-            record.update(allreduce=kind[variant], buckets=2, gradient_allreduce_gb_s=1.0, raw_allreduce_gb_s=1.0,
-                          exposed_fraction=0.5, wait_after_backward_s=0.001, gradient_allreduce_s=0.002)
-        return record
-
-    monkeypatch.setattr(bench, "launch", fake_launch)
-    summary = bench.main(TINY)
-    assert launched == [None, "independent", None, "main-thread-sums", "mpi-allreduce"]
-    assert summary["data_parallel_main_thread"]["allreduce"] == "shared memory"
-    out = capsys.readouterr().out
-    assert "DataParallel, shared memory threaded allreduce, 2 buckets" in out
-    assert "DataParallel, shared memory allreduce (sums in the main thread), 2 buckets" in out

@@ -198,12 +198,12 @@ def test_data_parallel_equals_single_process_training(ranks):
     result = run_mpi("dp_equivalence.py", ranks)
     lines = re.findall(r"ranks=(\d+) micro_batches=(\d+) buckets=(\d+) allreduce=(\w+) compression=(\w+) "
                        r"max_abs_diff=([0-9.eE+-]+)", result.stdout)
-    assert len(lines) == 6, result.stdout + result.stderr
+    assert len(lines) == 5, result.stdout + result.stderr
     for _, micro_batches, buckets, allreduce, compression, difference in lines:
         assert float(difference) < (1e-3 if compression == "float16" else 1e-5)
     configurations = {(m, b, kind) for _, m, b, kind, c, _ in lines if c == "None"}
     assert configurations == {("1", "1", "shared_memory"), ("1", "3", "shared_memory"), ("3", "3", "shared_memory"),
-                              ("3", "3", "mpi"), ("3", "3", "shared_memory_threaded")}
+                              ("3", "3", "mpi")}
     assert [kind for *_, kind, c, _ in lines if c == "float16"] == ["mpi"]
     for rank in range(ranks):
         assert f"rank {rank} ok" in result.stdout

@@ -9,9 +9,8 @@ gradients of a 784-1024-1024-10 MLP on 2 ranks (examples/benchmarks/bench_data_p
 
 A rank announces that a buffer is final with a non-blocking barrier. Once every rank has,
 each owns one slice of it: it adds the other ranks' values of that slice into its own and
-writes the sum into theirs (in `progress` during backward, else in `finish`; where every rank
-of the node has a core to spare, on a thread of its own beside the rest of backward). The
-slices are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
+writes the sum into theirs (in `progress` during backward, else in `finish`). The slices
+are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
 it every buffer holds the whole sum, and a rank may write its buffers again. Each slice is
 summed by one rank only, so every rank ends with bit-identical sums. `MPI.Win.Sync` around
 each barrier orders the loads and stores on processors that may reorder them.
@@ -24,7 +23,6 @@ from typing import Sequence
 import numpy
 from mpi4py import MPI
 
-from mpiprop.distributed.data_parallel.background_sums import BackgroundSums
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.mpi_library import is_open_mpi
@@ -112,15 +110,11 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     `buffers` are this rank's arrays (the gradient buckets are made over them); `launch`,
     `progress` and `finish` sum them over the ranks, in place. Construction is collective.
     Only for ranks on one node (see `node_groups`).
-
-    With `background`, this rank's slices are summed on a thread of its own (see
-    `background_sums_possible`), each as soon as every rank has announced its buffer.
     """
 
     kind = "shared memory"
 
-    def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator,
-                 background: bool = False):
+    def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator):
         self.sizes, self.dtypes = list(sizes), [numpy.dtype(dtype) for dtype in dtypes]
         offsets, total = _aligned_offsets(self.sizes, self.dtypes)
         self._window = MPI.Win.Allocate_shared(total, 1, comm=comm.mpi_comm)
@@ -131,9 +125,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         self._summed: list[bool] = []
         self._announcements = [f"allreduce of {buffer.size} {buffer.dtype} (gradient bucket {index}, in shared memory)"
                                for index, buffer in enumerate(self.buffers)]  # written once: formatting costs
-        self._background = BackgroundSums(self._sum_once_announced, "gradient sums") if background else None
-        if background:
-            self.kind += " threaded"
 
     def start(self) -> None:
         super().start()
@@ -145,13 +136,9 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         self._trace(index, int(buffer.nbytes))
         self._window.Sync()
         self._requests[index] = self.comm.ibarrier(what=self._announcements[index])
-        if self._background is not None:
-            self._background.submit(index)
 
     def progress(self) -> None:
-        """Sum this rank's slice of every buffer that all ranks have announced (the thread does, if there is one)."""
-        if self._background is not None:
-            return
+        """Sum this rank's slice of every buffer that all ranks have announced."""
         for index, ready in enumerate(self._requests):
             if ready is not None and not self._summed[index] and ready.test():
                 self._sum_my_slice(index)
@@ -159,8 +146,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     def finish(self) -> int:
         """Sum what is left and wait until every rank has written its slices; returns the bytes of the buffers."""
         with span("shared-memory allreduce"):
-            if self._background is not None:
-                self._background.wait("the sums of the gradient buckets, in shared memory")
             wait_all([ready for ready in self._requests if ready is not None])
             for index in range(len(self.buffers)):
                 if not self._summed[index]:
@@ -170,13 +155,6 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
             self._window.Sync()
         self._end_traces()
         return sum(int(buffer.nbytes) for buffer in self.buffers)
-
-    def _sum_once_announced(self, index: int) -> None:
-        """On the summing thread: wait, yielding the processor, until every rank announced buffer `index`; sum."""
-        announced = self._requests[index]
-        while not announced.test():
-            os.sched_yield()
-        self._sum_my_slice(index)
 
     def _sum_my_slice(self, index: int) -> None:
         """Add the other ranks' values of this rank's slice into it and write the sum into their buffers.

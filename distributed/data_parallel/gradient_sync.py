@@ -7,7 +7,6 @@ from typing import Sequence
 import numpy
 from mpi4py import MPI
 
-from mpiprop.distributed.data_parallel.background_sums import background_sums_possible
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllreduce
@@ -19,7 +18,6 @@ from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, Gra
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import GradientBytes, ShardedGradientBucket
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.distributed.transport.world import world_node
 from mpiprop.network.backend import device_of
 from mpiprop.network.parameter import Parameter
 
@@ -194,9 +192,8 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
                                    on_cpu: bool) -> BucketAllreduce | None:
     """Buckets in memory shared by the ranks of each node, summed there; None where that cannot serve.
 
-    All ranks on one node: SharedMemoryBucketAllreduce, summing on a thread of each rank where
-    every rank of the node has a core to spare (`background_sums_possible`). Several nodes (or
-    pretend nodes, see MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
+    All ranks on one node: SharedMemoryBucketAllreduce. Several nodes (or pretend nodes, see
+    MPIPROP_PRETEND_NODES): HierarchicalBucketAllreduce, within each node and then between one
     leader per node. None (use MPI's allreduce) for one rank, GPU arrays, dtypes other than
     floats, Open MPI with its UCX one-sided component (see `window_prints_errors`), one rank
     per node, or a node whose /dev/shm lacks room for its ranks' buckets (rank 0 then warns
@@ -223,5 +220,5 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
     if largest_node == 1 or shortage is not None:
         return None
     if groups.nodes == 1:
-        return SharedMemoryBucketAllreduce(sizes, dtypes, comm, background_sums_possible(world_node()))
+        return SharedMemoryBucketAllreduce(sizes, dtypes, comm)
     return HierarchicalBucketAllreduce(sizes, dtypes, groups.node, groups.leaders)

@@ -9,8 +9,7 @@ without DataParallel and with no communication: the ceiling, since N ranks on on
 share its memory bandwidth and caches), N ranks with DataParallel summing in shared memory
 (its default on one node), N ranks with DataParallel on MPI's allreduce
 (`shared_memory=False`), N ranks of PyTorch DistributedDataParallel over gloo (when torch is
-installed). Where DataParallel sums on a thread of each rank (every rank of the node has a core
-to spare), N ranks with the sums in the main thread run as well, for comparison. It reports medians, for both DataParallel variants:
+installed). It reports medians, for both DataParallel variants:
   - weak-scaling efficiency: N-rank global samples/s over N times the 1-rank samples/s;
   - efficiency against the ceiling: N-rank global samples/s over the N independent ranks';
   - the ratio of our global throughput to DDP's on the same MLP and batch;
@@ -57,7 +56,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--mpi-allreduce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--independent", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--main-thread-sums", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--init-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -82,9 +80,6 @@ def numpy_worker(args: argparse.Namespace) -> None:
         layers += [nn.Linear(fan_in, fan_out)] + ([nn.ReLU()] if index < len(LAYER_WIDTHS) - 2 else [])
     model = nn.Sequential(*layers)
     synchronised = world.size > 1 and not args.independent
-    if args.main_thread_sums:
-        from mpiprop.distributed.data_parallel import gradient_sync
-        gradient_sync.background_sums_possible = lambda node: False
     if synchronised:
         options = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
         model = DataParallel(model, compression=args.compression, shared_memory=not args.mpi_allreduce, **options)
@@ -199,7 +194,7 @@ def launch(args: argparse.Namespace, worker: str, ranks: int, timeout: float = 6
            variant: str | None = None) -> dict[str, Any]:
     """Run this file as `worker` under `mpiexec -n ranks` and return its RESULT record.
 
-    `variant` is "mpi-allreduce", "independent" or "main-thread-sums" for those numpy runs.
+    `variant` is "mpi-allreduce" or "independent" for those numpy runs.
     """
     arguments = ["--worker", worker, "--batch", str(args.batch), "--steps", str(args.steps),
                  "--warmup", str(args.warmup)] + ([f"--{variant}"] if variant else [])
@@ -217,9 +212,6 @@ def run_rounds(args: argparse.Namespace, with_torch: bool) -> dict[str, list[dic
         runs["single"].append(launch(args, "numpy", 1))
         runs["independent"].append(launch(args, "numpy", args.ranks, variant="independent"))
         runs["data_parallel"].append(launch(args, "numpy", args.ranks))
-        if runs["data_parallel"][0]["allreduce"].endswith("threaded"):
-            runs.setdefault("data_parallel_main_thread", []).append(
-                launch(args, "numpy", args.ranks, variant="main-thread-sums"))
         runs["data_parallel_mpi"].append(launch(args, "numpy", args.ranks, variant="mpi-allreduce"))
         if with_torch:
             runs["torch_ddp"].append(launch(args, "torch", args.ranks))
@@ -234,16 +226,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                                "single_samples_per_s": statistics.median(r["samples_per_s"] for r in runs["single"]),
                                "independent_samples_per_s": statistics.median(
                                    r["samples_per_s"] for r in runs["independent"])}
-    for name in data_parallel_variants(runs):
+    for name in ("data_parallel", "data_parallel_mpi"):
         summary[name] = summarise_data_parallel(args, runs, name)
     if runs["torch_ddp"]:
         summary["torch_ddp_samples_per_s"] = statistics.median(r["samples_per_s"] for r in runs["torch_ddp"])
     return summary
-
-
-def data_parallel_variants(runs: dict[str, Any]) -> list[str]:
-    """The DataParallel contestants that ran (or were summarised), default first."""
-    return [name for name in ("data_parallel", "data_parallel_main_thread", "data_parallel_mpi") if name in runs]
 
 
 def summarise_data_parallel(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]],
@@ -284,10 +271,9 @@ def report(summary: dict[str, Any]) -> None:
           "no communication: the ceiling)")
     if "torch_ddp_samples_per_s" in summary:
         print(f"  {n} ranks torch DDP gloo:   {summary['torch_ddp_samples_per_s']:9.0f} samples/s (global)")
-    for name in data_parallel_variants(summary):
+    for name in ("data_parallel", "data_parallel_mpi"):
         variant = summary[name]
-        sums = " (sums in the main thread)" if name == "data_parallel_main_thread" else ""
-        print(f"  {n} ranks DataParallel, {variant['allreduce']} allreduce{sums}, {variant['buckets']} buckets:")
+        print(f"  {n} ranks DataParallel, {variant['allreduce']} allreduce, {variant['buckets']} buckets:")
         print(f"    samples/s (global):      {variant['samples_per_s']:9.0f}")
         print(f"    weak-scaling efficiency: {variant['weak_scaling_efficiency']:9.3f}")
         print(f"    of the ceiling:          {variant['efficiency_against_independent']:9.3f}")

@@ -157,19 +157,6 @@ def check_short_shared_memory_falls_back_to_mpi(world) -> None:
         assert messages == [], messages
 
 
-def check_sums_on_a_thread(world) -> None:
-    """As check_configuration, with each rank summing its slices on a thread of its own (chosen where
-    every rank of a node has a core to spare, here forced)."""
-    from mpiprop.distributed.data_parallel import gradient_sync
-
-    possible = gradient_sync.background_sums_possible
-    gradient_sync.background_sums_possible = lambda node: True
-    try:
-        check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
-    finally:
-        gradient_sync.background_sums_possible = possible
-
-
 def main() -> None:
     world = MPI.COMM_WORLD
     check_buffers_broadcast(world)
@@ -181,7 +168,6 @@ def main() -> None:
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None)
     check_configuration(world, micro_batches=3, bucket_cap_mb=0.0001, compression=None, shared_memory=False)
     check_configuration(world, micro_batches=1, bucket_cap_mb=0.0001, compression="float16")
-    check_sums_on_a_thread(world)
     print(f"rank {world.rank} ok", flush=True)
 
 

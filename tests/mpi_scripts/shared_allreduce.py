@@ -3,12 +3,8 @@
 Buffers of awkward sizes and two dtypes; every rank announces them in its own order and
 rewrites them right after each round, so a rank that read or wrote a peer's memory at the
 wrong time would show up as a wrong or unequal sum. Small pieces (CHUNK_BYTES patched)
-exercise the piece-by-piece loop. Each round runs with the sums in the main thread and on
-a thread of their own (`background`). Prints "rank R ok" on every rank.
+exercise the piece-by-piece loop. Prints "rank R ok" on every rank.
 """
-import gc
-import threading
-
 import numpy
 from mpi4py import MPI
 
@@ -46,39 +42,18 @@ def check_round(shared: SharedMemoryBucketAllreduce, comm: Communicator, round_n
         assert numpy.array_equal(buffer, on_rank_0), f"rank {comm.rank}: buffer {index} differs from rank 0's"
 
 
-def record_summing_threads(shared: SharedMemoryBucketAllreduce) -> set[str]:
-    """The names of the threads that sum `shared`'s slices from now on."""
-    names, sum_my_slice = set(), shared._sum_my_slice
-
-    def recorded(index: int) -> None:
-        names.add(threading.current_thread().name)
-        sum_my_slice(index)
-
-    shared._sum_my_slice = recorded
-    return names
-
-
 def main() -> None:
     comm = Communicator(MPI.COMM_WORLD)
     assert shared_memory_possible(comm, DTYPES, on_cpu=True)
     assert not shared_memory_possible(comm, DTYPES, on_cpu=False)
     assert not shared_memory_possible(comm, [numpy.int64], on_cpu=True)
-    chunk_bytes = bucket_allreduce_shared.CHUNK_BYTES
-    for background in (False, True):
-        shared = SharedMemoryBucketAllreduce(SIZES, DTYPES, comm, background=background)
-        assert [buffer.dtype for buffer in shared.buffers] == [numpy.dtype(d) for d in DTYPES]
-        assert all(buffer.ctypes.data % bucket_allreduce_shared.ALIGNMENT == 0 for buffer in shared.buffers)
-        summed_on = record_summing_threads(shared)
-        bucket_allreduce_shared.CHUNK_BYTES = chunk_bytes
-        for round_number in range(ROUNDS):
-            if round_number == ROUNDS // 2:
-                bucket_allreduce_shared.CHUNK_BYTES = 64
-            check_round(shared, comm, round_number)
-        assert summed_on == {"gradient sums" if background else "MainThread"}, summed_on
-        del shared
-        gc.collect()
-        assert not [thread for thread in threading.enumerate() if thread.name == "gradient sums" and
-                    (thread.join(timeout=10) or thread.is_alive())], "the summing thread outlived its allreduce"
+    shared = SharedMemoryBucketAllreduce(SIZES, DTYPES, comm)
+    assert [buffer.dtype for buffer in shared.buffers] == [numpy.dtype(d) for d in DTYPES]
+    assert all(buffer.ctypes.data % bucket_allreduce_shared.ALIGNMENT == 0 for buffer in shared.buffers)
+    for round_number in range(ROUNDS):
+        if round_number == ROUNDS // 2:
+            bucket_allreduce_shared.CHUNK_BYTES = 64
+        check_round(shared, comm, round_number)
     print(f"rank {comm.rank} ok", flush=True)
 
 
