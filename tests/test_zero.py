@@ -80,6 +80,7 @@ def test_one_rank_sharded_training_equals_plain_training_and_refuses_foreign_par
         sharded.optimizer(nn.optim.SGD, [Parameter(numpy.zeros(2))], lr=0.1)
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks, nodes", [(2, None), (4, None), (4, "2")])
 def test_sharded_training_and_checkpoints_match_one_process(ranks, nodes, tmp_path):
     result = run_mpi("zero_equivalence.py", ranks, str(tmp_path), timeout=300, env={"MPIPROP_PRETEND_NODES": nodes})
@@ -90,6 +91,7 @@ def test_sharded_training_and_checkpoints_match_one_process(ranks, nodes, tmp_pa
     assert all(int(size) == ranks and float(difference) < 1e-6 for *_, size, difference in found)
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_optimizer_state_per_rank_is_one_nth_of_data_parallel(ranks):
     result = run_mpi("zero_memory.py", ranks)
@@ -117,6 +119,7 @@ def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allga
     assert isinstance(allgather, ParameterAllgather)
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_backward(ranks):
     result = run_mpi("zero2_gradients.py", ranks, timeout=180)
@@ -196,6 +199,7 @@ def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
     assert sharded.gradient_sync.held_bytes == (8 + 2 + 1 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8
 
 
+@pytest.mark.mpi
 def test_a_rank_writing_a_gradient_it_does_not_own_ends_the_job_with_the_fix():
     result = run_mpi("zero2_foreign_gradient.py", 2, timeout=60, check=False)
     assert result.returncode != 0
