@@ -55,20 +55,25 @@ def test_optimizer_without_sharding_is_the_plain_class():
     assert type(dp.optimizer(nn.optim.SGD, lr=0.1)) is nn.optim.SGD
 
 
+def train_one_rank(build, shard: int, optimizer_class, **hyperparameters):
+    """Three steps of `build()` (float64) as a one-rank DataParallel with `shard_optimizer_state=shard`."""
+    dp = DataParallel(build().to(dtype=numpy.float64), shard_optimizer_state=shard)
+    optimizer = dp.optimizer(optimizer_class, **hyperparameters)
+    x = numpy.linspace(-1, 1, 15).reshape(5, 3)
+    loss_fn = nn.MSELoss()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss_fn(dp(x), x[:, :2])
+        dp.backward(loss_fn.backward())
+        optimizer.step()
+    return dp, optimizer
+
+
 def test_one_rank_sharded_training_equals_plain_training_and_refuses_foreign_parameters():
     def train(shard):
         nn.manual_seed(1)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(dtype=numpy.float64)
-        dp = DataParallel(model, shard_optimizer_state=shard)
-        optimizer = dp.optimizer(nn.optim.Adam, lr=0.1)
-        x = numpy.linspace(-1, 1, 15).reshape(5, 3)
-        loss_fn = nn.MSELoss()
-        for _ in range(3):
-            optimizer.zero_grad()
-            loss_fn(dp(x), x[:, :2])
-            dp.backward(loss_fn.backward())
-            optimizer.step()
-        return dp, optimizer
+        return train_one_rank(lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), shard,
+                              nn.optim.Adam, lr=0.1)
 
     plain, _ = train(0)
     for shard in (1, 2):
@@ -181,16 +186,7 @@ def test_a_value_written_into_a_gradient_the_rank_does_not_hold_is_refused_at_th
 def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
     def train(shard):
         nn.manual_seed(2)
-        dp = DataParallel(nn.Linear(3, 2).to(dtype=numpy.float64), shard_optimizer_state=shard)
-        optimizer = dp.optimizer(nn.optim.SGD, lr=0.1, momentum=0.9)
-        x = numpy.linspace(-1, 1, 12).reshape(4, 3)
-        loss_fn = nn.MSELoss()
-        for _ in range(3):
-            optimizer.zero_grad()
-            loss_fn(dp(x), x[:, :2])
-            dp.backward(loss_fn.backward())
-            optimizer.step()
-        return dp
+        return train_one_rank(lambda: nn.Linear(3, 2), shard, nn.optim.SGD, lr=0.1, momentum=0.9)[0]
 
     sharded, plain = train(2), train(0)
     for p, q in zip(sharded.parameters(), plain.parameters()):

@@ -7,22 +7,9 @@
 #   4. an NCCL allreduce through Communicator (one rank: the most one GPU allows);
 #   5. bench_gpu.py: a training step against PyTorch CUDA eager.
 # Usage: examples/benchmarks/gpu_checks.sh [LOG_DIR]   (run from the repository root)
-set -uo pipefail
 log_dir=$(realpath -m "${1:-gpu_logs}")
-python=${PYTHON:-python3}
-mkdir -p "$log_dir"
-export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-status=0
-step() {  # step NAME TIMEOUT_S COMMAND...: run, keep its log, remember a failure
-    local name=$1 limit=$2; shift 2
-    echo "=== $name: $*"
-    local start=$SECONDS
-    timeout "$limit" "$@" > "$log_dir/$name.log" 2>&1
-    local rc=$?
-    tail -n 25 "$log_dir/$name.log"
-    echo "=== $name: exit $rc after $((SECONDS - start)) s"
-    [ $rc -eq 0 ] || status=1
-}
+tail_lines=25
+source "$(dirname "$0")/check_steps.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $python -c "import cupy, mpi4py; from mpi4py import MPI; print('cupy', cupy.__version__, '| mpi4py', mpi4py.__version__, '|', MPI.Get_library_version().splitlines()[0])"
 step tests_gpu 150 bash -c "cd tests && $python -m pytest -q -p no:cacheprovider -rs -k 'cupy or gpu or cuda or nccl'"

@@ -4,22 +4,9 @@
 #   2. mpiprop scale: predict 4 and 8 ranks from 1 and 2 (with runs alone at 4 and 8), then measure 4 and 8;
 #   3. bench_pipeline.py: 2 stages, every schedule, against torch's pipelining.
 # Usage: examples/benchmarks/node_checks.sh [LOG_DIR]   (run from the repository root, mpiprop installed)
-set -uo pipefail
 log_dir=${1:-node_logs}
-python=${PYTHON:-python3}
-mkdir -p "$log_dir"
-export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-status=0
-step() {  # step NAME TIMEOUT_S COMMAND...: run, keep its log, remember a failure
-    local name=$1 limit=$2; shift 2
-    echo "=== $name: $*"
-    local start=$SECONDS
-    timeout "$limit" "$@" > "$log_dir/$name.log" 2>&1
-    local rc=$?
-    tail -n 30 "$log_dir/$name.log"
-    echo "=== $name: exit $rc after $((SECONDS - start)) s"
-    [ $rc -eq 0 ] || status=1
-}
+tail_lines=30
+source "$(dirname "$0")/check_steps.sh"
 echo "cores: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg); /dev/shm: $(df -h /dev/shm | tail -1)"
 workload=(-m mpiprop.launch.mlp_benchmark --steps 40 --warmup 5)
 step data_parallel_8 150 $python examples/benchmarks/bench_data_parallel.py --ranks 8 --rounds 3 \
