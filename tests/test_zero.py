@@ -229,3 +229,34 @@ def test_zero2_without_room_in_dev_shm_for_its_slots_warns_once_and_reduce_scatt
     result = run_mpi("zero2_small_shm.py", 2, timeout=60)
     for rank, warned in ((0, 1), (1, 0)):
         assert f"rank {rank} ok kind=mpi-reduce-scatter warnings={warned}" in result.stdout, result.stdout
+
+
+def test_bucket_b_takes_slot_b_mod_count_each_slot_as_large_as_its_largest_bucket_on_cache_lines():
+    from mpiprop.distributed.data_parallel.gradient_slots import slot_count, slot_offsets
+
+    assert slot_count(10, 3) == 3 and slot_count(2, 3) == 2 and slot_count(0, 3) == 1
+    # slot 0 holds buckets 0 and 3 (100, 200 bytes), slot 1 bucket 1 (300), slot 2 bucket 2 (50); 64-byte lines
+    assert slot_offsets([100, 300, 50, 200], 3) == ([0, 256, 576], 640)
+
+
+def test_a_sharded_bucket_in_lent_space_counts_no_bytes_and_moving_into_it_frees_its_own():
+    mine, theirs, held, bucket = sharded_bucket_of_two()
+    mine.grad += 1.0
+    space = numpy.full(5, 9.0)
+    bucket.materialize(space)  # own values in place, zeros elsewhere, in the lent space
+    assert bucket.full is space and bucket.full_is_lent and space.tolist() == [1, 1, 1, 0, 0]
+    assert held.now == (3 + 2 + 1) * 8
+    theirs.grad += 2.0
+    assert space.tolist() == [1, 1, 1, 2, 2]
+    bucket.release()
+    assert held.now == (3 + 2 + 1) * 8 and not bucket.full_is_lent and mine.grad.tolist() == [1, 1, 1]
+
+    bucket.materialize()
+    theirs.grad += 3.0
+    assert held.now == (3 + 2 + 1 + 5) * 8 and not bucket.full_is_lent
+    other_space = numpy.zeros(5)
+    bucket.move_into(other_space)
+    assert held.now == (3 + 2 + 1) * 8 and bucket.full is other_space and other_space.tolist() == [1, 1, 1, 3, 3]
+    assert theirs.grad.tolist() == [[3, 3]]
+    with pytest.raises(RuntimeError, match="memory of its own can move into lent space"):
+        bucket.move_into(numpy.zeros(5))

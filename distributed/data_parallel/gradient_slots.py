@@ -28,7 +28,8 @@ def slot_offsets(bucket_bytes: Sequence[int], slots: int) -> tuple[list[int], in
 
 
 def slots_shortage(buckets: Sequence[ShardedGradientBucket], slots: int, comm: Communicator) -> str | None:
-    """Why the window of `GradientSlots(buckets, slots, comm)` would not fit on some rank's node, or None. Collective."""
+    """Why the window of `GradientSlots(buckets, slots, comm)` would not fit on some rank's node, or None.
+    Collective."""
     _, part = slot_offsets([bucket.gradient_size * bucket.dtype.itemsize for bucket in buckets],
                            slot_count(len(buckets), slots))
     return room_shortage(comm, comm.size * part, f"the shared gradient slots of {comm.size} ranks need",

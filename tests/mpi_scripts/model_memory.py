@@ -6,8 +6,8 @@ Layouts: Dx1 (DataParallel, with :zero1 or :zero2 its sharded optimizer state), 
 Linear layers split column -> row over T ranks), DxP (D replicas of a P-stage 1F1B pipeline), DxPxT
 (the same pipeline with each stage split over T ranks). Two
 untraced steps come first, then one whose forward and backward PeakMemory traces (under ZeRO-2 on one
-node the whole buckets of backward live in shared slots that tracemalloc cannot see: their bytes are added). Rank 0 prints
-"MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
+node the whole buckets of backward live in shared slots that tracemalloc cannot see: their bytes are
+added). Rank 0 prints "MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
 """
 import argparse
 import json

@@ -9,9 +9,10 @@ stands in for the others'), the bytes the sync object holds (those plus the flag
 reduce-scattering in shared memory, the ring of three bucket-sized slots that stays allocated) and
 the memory report's gradients, beside hand counts; and, for the backward, the most bytes of
 gradients the sync object held at once and tracemalloc's peak beyond ZeRO-1's, beside its own share
-plus three whole buckets (the three slots; with MPI two reduce-scattering and one being written). Then it trains three steps of
-two accumulated micro-batches each (the first under no_sync; gradients zeroed or set to none in
-turn) and checks that the weights equal one process's doing the same on the global micro-batches.
+plus three whole buckets (the three slots; with MPI two reduce-scattering and one being written).
+Then it trains three steps of two accumulated micro-batches each (the first under no_sync; gradients
+zeroed or set to none in turn) and checks that the weights equal one process's doing the same on the
+global micro-batches.
 With --mpi, DataParallel(..., shared_memory=False): MPI's reduce-scatter instead of the slots.
 Rank 0 prints "ZERO2-GRADIENTS <json>" with every rank's figures and "ZERO2-ACCUMULATION max_abs_diff=D".
 """
