@@ -130,7 +130,7 @@ def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_ba
     assert len(figures) == ranks
     for rank in figures:
         assert rank["buckets"] == 12 and rank["own_bytes"] == 12 // ranks * layer_bytes, rank
-        assert rank["kind"] == kind, rank
+        assert rank["kind"] == kind and rank["slot_bytes"] == rank["slot_bytes_expected"], rank
         assert rank["from_arrays"] == rank["own_bytes"] + rank["zero_elements_bytes"], rank
         assert rank["memory_report"] == rank["own_bytes"], rank
         assert rank["held"] == rank["held_expected"], rank

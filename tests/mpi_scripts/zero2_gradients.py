@@ -106,6 +106,8 @@ def memory_figures():
         "memory_report": nn.memory_report(dp.parameters(), optimizer).gradients,
         "held": dp.gradient_sync.held_bytes,
         "kind": dp.allreduce_kind,
+        "slot_bytes": dp.gradient_sync.slot_bytes,
+        "slot_bytes_expected": slots,
         "held_expected": owned * ITEM + flags_and_zeros + slots,
         "peak_held": dp.gradient_sync.peak_held_bytes,
         "peak_allowed": owned * ITEM + flags_and_zeros + 3 * whole_bucket,
