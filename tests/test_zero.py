@@ -225,6 +225,18 @@ def test_zero2_in_shared_slots_equals_one_process_with_slots_reused_and_no_sync_
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_zero2_with_a_bucket_holding_its_slot_all_backward_mixes_slots_and_mpi_and_equals_one_process(ranks):
+    result = run_mpi("zero2_shared_slots.py", ranks, "--tied", "--slow-readers", timeout=180)
+    found = re.search(r"ZERO2-SLOTS kind=(\S+) buckets=(\d+) shared_buckets=(\d+) ranks=(\d+) max_abs_diff=(\S+)",
+                      result.stdout)
+    assert found, result.stdout
+    kind, buckets, shared_buckets, _, difference = found.groups()
+    assert kind == "shared-memory-reduce-scatter" and 0 < int(shared_buckets) < 6 * int(buckets)
+    assert float(difference) < 1e-6
+
+
+@pytest.mark.mpi
 def test_zero2_without_room_in_dev_shm_for_its_slots_warns_once_and_reduce_scatters_with_mpi():
     result = run_mpi("zero2_small_shm.py", 2, timeout=60)
     for rank, warned in ((0, 1), (1, 0)):
