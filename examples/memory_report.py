@@ -11,8 +11,9 @@
 Each block is Linear(H, 4H) -> ReLU -> Linear(4H, H) -> Tanh; with `--layout tensor` its first
 Linear is column-parallel and its second row-parallel over all ranks. The last lines printed
 are the per-rank table and `throughput=<samples/s>`. Under zero2 a rank's gradients are its own
-parameters' (about 1/N), and its peak also holds the whole gradient buckets of backward (at most two
-reduce-scattering and the one being written).
+parameters' (about 1/N), and its peak also holds the whole gradient buckets of backward: on one node
+the three slots of shared memory they take turns in (which tracemalloc cannot see; their bytes are
+added), with MPI at most two reduce-scattering and the one being written.
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
         forward_backward()
         optimizer.step()
     throughput = (args.steps - 1) * args.batch_size / (time.perf_counter() - started)
-    reports = distributed.gather_memory_reports(memory_report(model.parameters(), optimizer, peak.bytes))
+    slots = model.gradient_sync.slot_bytes if isinstance(model, distributed.DataParallel) else 0
+    reports = distributed.gather_memory_reports(memory_report(model.parameters(), optimizer, peak.bytes + slots))
     if distributed.is_main_rank():
         print(f"layout={args.layout} ranks={world_size} recompute={args.recompute}")
         print(memory_table(reports))

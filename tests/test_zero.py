@@ -126,18 +126,20 @@ def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allga
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 4])
-def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_backward(ranks):
-    result = run_mpi("zero2_gradients.py", ranks, timeout=180)
+@pytest.mark.parametrize("kind", ["shared memory reduce-scatter", "mpi reduce-scatter"])
+def test_zero2_keeps_each_rank_s_own_gradients_and_a_few_whole_buckets_during_backward(ranks, kind):
+    result = run_mpi("zero2_gradients.py", ranks, *(["--mpi"] if kind.startswith("mpi") else []), timeout=180)
     line = next(line for line in result.stdout.splitlines() if line.startswith("ZERO2-GRADIENTS "))
     figures = json.loads(line[len("ZERO2-GRADIENTS "):])
     layer_bytes = (128 + 128 * 128) * 8
     assert len(figures) == ranks
     for rank in figures:
         assert rank["buckets"] == 12 and rank["own_bytes"] == 12 // ranks * layer_bytes, rank
+        assert rank["kind"] == kind and rank["slot_bytes"] == rank["slot_bytes_expected"], rank
         assert rank["from_arrays"] == rank["own_bytes"] + rank["zero_elements_bytes"], rank
         assert rank["memory_report"] == rank["own_bytes"], rank
         assert rank["held"] == rank["held_expected"], rank
-        assert rank["peak_held"] <= rank["peak_allowed"], rank  # own share and 3 of the 12 buckets
+        assert rank["peak_held"] <= rank["peak_allowed"], rank  # own share and 3 of the 12 buckets (the slots)
         assert rank["traced_peak_beyond_zero1"] <= rank["traced_allowed"], rank
         assert rank["others_read_zero"], rank
     difference = float(re.search(r"ZERO2-ACCUMULATION max_abs_diff=(\S+)", result.stdout).group(1))
@@ -201,3 +203,68 @@ def test_a_rank_writing_a_gradient_it_does_not_own_ends_the_job_with_the_fix():
     assert result.returncode != 0
     assert re.search(r"RuntimeError: a gradient of a parameter that rank 1 does not own was written outside backward "
                      r"\(it reads 2\.0\).*call zero_grad\(\) before the next backward", result.stderr), result.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("slow_readers", [False, True])
+def test_zero2_in_shared_slots_equals_one_process_with_slots_reused_and_no_sync_steps(ranks, slow_readers):
+    arguments = ["--slow-readers"] if slow_readers else []
+    result = run_mpi("zero2_shared_slots.py", ranks, *arguments, timeout=180)
+    found = re.search(r"ZERO2-SLOTS kind=(\S+) buckets=(\d+) shared_buckets=(\d+) ranks=(\d+) max_abs_diff=(\S+)",
+                      result.stdout)
+    assert found, result.stdout
+    kind, buckets, shared_buckets, size, difference = found.groups()
+    assert kind == "shared-memory-reduce-scatter" and int(size) == ranks
+    assert int(buckets) == 10 and int(shared_buckets) == 6 * 10  # every bucket of every step went through a slot
+    assert float(difference) < 1e-6
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_zero2_with_a_bucket_holding_its_slot_all_backward_mixes_slots_and_mpi_and_equals_one_process(ranks):
+    result = run_mpi("zero2_shared_slots.py", ranks, "--tied", "--slow-readers", timeout=180)
+    found = re.search(r"ZERO2-SLOTS kind=(\S+) buckets=(\d+) shared_buckets=(\d+) ranks=(\d+) max_abs_diff=(\S+)",
+                      result.stdout)
+    assert found, result.stdout
+    kind, buckets, shared_buckets, _, difference = found.groups()
+    assert kind == "shared-memory-reduce-scatter" and 0 < int(shared_buckets) < 6 * int(buckets)
+    assert float(difference) < 1e-6
+
+
+@pytest.mark.mpi
+def test_zero2_without_room_in_dev_shm_for_its_slots_warns_once_and_reduce_scatters_with_mpi():
+    result = run_mpi("zero2_small_shm.py", 2, timeout=60)
+    for rank, warned in ((0, 1), (1, 0)):
+        assert f"rank {rank} ok kind=mpi-reduce-scatter warnings={warned}" in result.stdout, result.stdout
+
+
+def test_bucket_b_takes_slot_b_mod_count_each_slot_as_large_as_its_largest_bucket_on_cache_lines():
+    from mpiprop.distributed.data_parallel.gradient_slots import slot_count, slot_offsets
+
+    assert slot_count(10, 3) == 3 and slot_count(2, 3) == 2 and slot_count(0, 3) == 1
+    # slot 0 holds buckets 0 and 3 (100, 200 bytes), slot 1 bucket 1 (300), slot 2 bucket 2 (50); 64-byte lines
+    assert slot_offsets([100, 300, 50, 200], 3) == ([0, 256, 576], 640)
+
+
+def test_a_sharded_bucket_in_lent_space_counts_no_bytes_and_moving_into_it_frees_its_own():
+    mine, theirs, held, bucket = sharded_bucket_of_two()
+    mine.grad += 1.0
+    space = numpy.full(5, 9.0)
+    bucket.materialize(space)  # own values in place, zeros elsewhere, in the lent space
+    assert bucket.full is space and bucket.full_is_lent and space.tolist() == [1, 1, 1, 0, 0]
+    assert held.now == (3 + 2 + 1) * 8
+    theirs.grad += 2.0
+    assert space.tolist() == [1, 1, 1, 2, 2]
+    bucket.release()
+    assert held.now == (3 + 2 + 1) * 8 and not bucket.full_is_lent and mine.grad.tolist() == [1, 1, 1]
+
+    bucket.materialize()
+    theirs.grad += 3.0
+    assert held.now == (3 + 2 + 1 + 5) * 8 and not bucket.full_is_lent
+    other_space = numpy.zeros(5)
+    bucket.move_into(other_space)
+    assert held.now == (3 + 2 + 1) * 8 and bucket.full is other_space and other_space.tolist() == [1, 1, 1, 3, 3]
+    assert theirs.grad.tolist() == [[3, 3]]
+    with pytest.raises(RuntimeError, match="memory of its own can move into lent space"):
+        bucket.move_into(numpy.zeros(5))

@@ -15,6 +15,8 @@ class BucketAllreduce:
     Per backward: `start()`, then `launch(index)` for each buffer as it becomes final (a
     subclass records the request it starts in `_requests[index]`), `progress()` whenever
     there is a moment, and `finish()`, after which every buffer holds the sum over ranks.
+    Before backward first writes a buffer, `make_whole(index)` (for buffers that are not
+    always whole, see MpiBucketReduceScatter).
     `kind` names the algorithm ("mpi", "shared memory", "hierarchical").
     """
 
@@ -33,6 +35,9 @@ class BucketAllreduce:
 
     def launched(self, index: int) -> bool:
         return self._requests[index] is not None
+
+    def make_whole(self, index: int) -> None:
+        """Backward is about to write buffer `index`: nothing to do where every buffer always exists whole."""
 
     def launch(self, index: int) -> None:
         """Start summing buffer `index`; its values must be final."""

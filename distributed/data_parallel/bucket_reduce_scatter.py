@@ -42,6 +42,10 @@ class MpiBucketReduceScatter(BucketAllreduce):
         super().start()
         self._in_flight.clear()
 
+    def make_whole(self, index: int) -> None:
+        """Make bucket `index`'s whole gradient space, in new memory, unless it exists."""
+        self.buckets[index].materialize()
+
     def launch(self, index: int) -> None:
         bucket = self.buckets[index]
         bucket.materialize()
@@ -52,7 +56,11 @@ class MpiBucketReduceScatter(BucketAllreduce):
                                         what=f"reduce-scatter of gradient bucket {index}")
         self._in_flight = [launched for launched in self._in_flight if not self._requests[launched].done] + [index]
         while len(self._in_flight) > IN_FLIGHT:
-            self._requests[self._in_flight.pop(0)].wait()
+            self._wait_for_reduce_scatter(self._in_flight.pop(0))
+
+    def _wait_for_reduce_scatter(self, index: int) -> None:
+        """Block until bucket `index`'s reduce-scatter completes (and the bucket is released)."""
+        self._requests[index].wait()
 
     def progress(self) -> None:
         """Let MPI advance the reductions in flight (MPICH progresses only inside MPI calls); release finished ones."""
@@ -63,6 +71,10 @@ class MpiBucketReduceScatter(BucketAllreduce):
     def finish(self) -> int:
         """Wait for every launched reduction (own sums in place, the rest read as zero); returns bytes sent."""
         wait_all([request for request in self._requests if request is not None])
+        return self._finish_after_gradients()
+
+    def _finish_after_gradients(self) -> int:
+        """Once every rank's own sums are in place: sum the flags and tallies; returns the bytes of the buckets."""
         self._in_flight.clear()
         self._sum_tails()
         self._end_traces()

@@ -110,9 +110,6 @@ class GradientBucket:
         """After the sum: a parameter has a gradient when any rank's flag was set."""
         read_has_grad_flags(self.params, self.flags)
 
-    def materialize(self) -> None:
-        """Nothing to do: the buffer always exists (see ShardedGradientBucket for one that does not)."""
-
     def scale(self, factor: float) -> None:
         """Multiply the buffer by `factor`."""
         self.buffer *= self.buffer.dtype.type(factor)

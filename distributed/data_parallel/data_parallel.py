@@ -71,17 +71,21 @@ class DataParallel(LocalStrategy):
             stays allocated until the process ends, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
-            Under ZeRO-2 the gradients are reduce-scattered with MPI whatever this says, and it
-            chooses how the sharded optimizer hands the updated parameters over.
+            Under ZeRO-2 it chooses how the gradients are reduce-scattered (in a ring of shared
+            slots on one node, else with MPI) and how the sharded optimizer hands the updated
+            parameters over.
         shard_optimizer_state: 0 (every rank keeps the whole optimizer state); 1 (ZeRO-1: each
             rank keeps the state of its own 1/N of the parameters, whole parameters split in the
             buckets' order, see `shard_owners`; gradients averaged as above); 2 (ZeRO-2: as 1,
-            and each bucket is reduce-scattered with MPI, so a rank receives the averaged gradients
-            of its own parameters only and keeps only those between steps, about 1/N of the
-            gradient memory; the others' gradients read as zero and hold no memory. A bucket is
-            whole only from backward's first write into it until its reduce-scatter completes, at
-            most two reduce-scattering at once; under `no_sync()` the buckets backward writes stay
-            whole until the synchronised backward. No compression). Both need numpy parameters.
+            and each bucket is reduce-scattered, so a rank receives the averaged gradients of its
+            own parameters only and keeps only those between steps, about 1/N of the gradient
+            memory; the others' gradients read as zero and hold no memory. A bucket is whole only
+            from backward's first write into it until its reduce-scatter completes: on one node
+            with `shared_memory`, in one of three bucket-sized slots per rank of a window shared by
+            the node's ranks (kept for the process) and summed there; else with MPI, at most two
+            reduce-scattering at once. Under `no_sync()` the buckets backward writes stay whole, in
+            memory of their own, until the synchronised backward. No compression). Both need numpy
+            parameters.
             Build the optimizer with `dp.optimizer(nn.optim.Adam, lr=...)`.
 
     Raises:

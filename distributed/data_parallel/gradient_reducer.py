@@ -72,7 +72,7 @@ class GradientReducer:
     def mark_written(self, params: Iterable[Parameter]) -> None:
         """Backward is about to write these parameters' gradients: make each one's bucket whole."""
         for p in params:
-            self.buckets[self._bucket_of[id(p)]].materialize()
+            self.allreduce.make_whole(self._bucket_of[id(p)])
 
     def mark_ready(self, params: Iterable[Parameter]) -> None:
         """Record that these parameters' gradients are final; launch every bucket that became complete."""

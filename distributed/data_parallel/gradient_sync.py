@@ -13,6 +13,8 @@ from mpiprop.distributed.data_parallel.bucket_allreduce_mpi import MpiBucketAllr
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import (SharedMemoryBucketAllreduce,
                                                                        shared_memory_possible, shared_memory_shortage)
 from mpiprop.distributed.data_parallel.bucket_reduce_scatter import MpiBucketReduceScatter
+from mpiprop.distributed.data_parallel.bucket_reduce_scatter_shared import SLOTS, SharedMemoryBucketReduceScatter
+from mpiprop.distributed.data_parallel.gradient_slots import GradientSlots, slots_shortage
 from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, SyncStats
@@ -42,10 +44,13 @@ class GradientSync:
             leader per node); otherwise, or when /dev/shm lacks room (rank 0 warns), MPI's allreduce.
         owners: None to sum every gradient on every rank; else the rank that owns each of `params`
             (from `shard_owners`): the buckets are sharded (ZeRO-2, see ShardedGradientBucket) and
-            reduce-scattered with MPI. Between synchronised backwards each rank holds its own
-            parameters' gradients (their sums over the ranks after `finish`; the others read as
-            zero); a bucket is whole only from backward's first write into it (`mark_written`)
-            until its reduce-scatter completes, at most two of them reduce-scattering at once (see
+            reduce-scattered. Between synchronised backwards each rank holds its own parameters'
+            gradients (their sums over the ranks after `finish`; the others read as zero); a bucket
+            is whole only from backward's first write into it (`mark_written`) until its
+            reduce-scatter completes. With `shared_memory`, on one node: in a ring of SLOTS
+            bucket-sized slots per rank in one shared window, held for the process and counted in
+            `held_bytes` (see SharedMemoryBucketReduceScatter); otherwise, or when /dev/shm lacks
+            room (rank 0 warns), with MPI, at most two buckets reduce-scattering at once (see
             MpiBucketReduceScatter). Needs numpy gradients and no compression.
         tally: also sum one number per backward along with the gradients (`start(tally=...)`, then
             `summed_tally`), in one more element of the last bucket, when the sum is exact: no
@@ -68,10 +73,11 @@ class GradientSync:
         tallied = [self.carries_tally and index == len(groups) - 1 for index in range(len(groups))]
         self.tally_limit = 2 ** (numpy.finfo(groups[-1][0].dtype).nmant + 1) if self.carries_tally else 0
         self._gradient_bytes = GradientBytes()
+        self._slot_bytes = 0
         if owners is None:
             allreduce = self._whole_buckets(groups, shared_memory, tallied)
         else:
-            allreduce = self._sharded_buckets(groups, list(params), owners, tallied)
+            allreduce = self._sharded_buckets(groups, list(params), owners, tallied, shared_memory)
         self._reducer = GradientReducer(self.buckets, allreduce)
 
     def _whole_buckets(self, groups: list[list[Parameter]], shared_memory: bool,
@@ -85,7 +91,7 @@ class GradientSync:
                                                                     self.comm, self.compression)
 
     def _sharded_buckets(self, groups: list[list[Parameter]], params: list[Parameter], owners: Sequence[int],
-                         tallied: list[bool]) -> BucketAllreduce:
+                         tallied: list[bool], shared_memory: bool) -> BucketAllreduce:
         """Each rank holds its own gradients, and each bucket whole only while backward writes and reduces it."""
         if len(owners) != len(params):
             raise ValueError(f"owners names {len(owners)} ranks for {len(params)} parameters; give one per parameter")
@@ -102,7 +108,29 @@ class GradientSync:
         self.buckets = [ShardedGradientBucket(group, [owner_of[id(p)] for p in group], self.comm.rank, self.comm.size,
                                               self._gradient_bytes, tally=tallied[index])
                         for index, group in enumerate(groups)]
-        return MpiBucketReduceScatter(self.buckets, self.comm)
+        slots = self._shared_gradient_slots(shared_memory)
+        if slots is None:
+            return MpiBucketReduceScatter(self.buckets, self.comm)
+        self._slot_bytes = slots.nbytes
+        self._gradient_bytes.add(slots.nbytes)
+        return SharedMemoryBucketReduceScatter(self.buckets, self.comm, slots)
+
+    def _shared_gradient_slots(self, shared_memory: bool) -> GradientSlots | None:
+        """The ring of shared slots for sharded buckets, where asked for, possible, on one node and with room
+        in /dev/shm (else rank 0 warns); None otherwise. Collective."""
+        if not (self.buckets and shared_memory and
+                shared_memory_possible(self.comm, [bucket.dtype for bucket in self.buckets], on_cpu=True)):
+            return None
+        groups = node_groups(self.comm)
+        groups.free()
+        if groups.nodes > 1:
+            return None
+        shortage = slots_shortage(self.buckets, SLOTS, self.comm)
+        if shortage is not None:
+            if self.comm.is_main:
+                warnings.warn(shortage, RuntimeWarning, stacklevel=5)
+            return None
+        return GradientSlots(self.buckets, SLOTS, self.comm)
 
     def _shared_memory_allreduce(self, groups: list[list[Parameter]], shared_memory: bool,
                                  tallied: list[bool]) -> BucketAllreduce | None:
@@ -163,6 +191,11 @@ class GradientSync:
         return self._gradient_bytes.now
 
     @property
+    def slot_bytes(self) -> int:
+        """Bytes of this rank's slots in shared memory for whole sharded buckets (0 without them), in `held_bytes`."""
+        return self._slot_bytes
+
+    @property
     def peak_held_bytes(self) -> int:
         """The most bytes of gradient storage this rank held at once since the last `start()`."""
         return self._gradient_bytes.peak
@@ -178,7 +211,8 @@ class GradientSync:
 
     @property
     def allreduce_kind(self) -> str:
-        """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
+        """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce); with owners,
+        "shared memory reduce-scatter" (one node) or "mpi reduce-scatter"."""
         return self._reducer.allreduce.kind
 
 

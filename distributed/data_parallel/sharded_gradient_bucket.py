@@ -35,10 +35,11 @@ class ShardedGradientBucket:
     has-gradient flag per parameter, `flags`, then, with `tally`, the number summed along,
     `tally`) and one zero element. `materialize()`, called before backward first writes a
     gradient of the bucket, makes `full`, the whole gradient space, with `own`'s values in
-    their place and zeros elsewhere, and points every parameter's `grad` into it. A
-    reduce-scatter of `full` over the ranks writes the sums of this rank's run into `own`;
-    `release()` then points the own parameters' `grad` into `own` and the others' at a view
-    of the zero element that reads as zeros of the parameter's shape, and drops `full`.
+    their place and zeros elsewhere, and points every parameter's `grad` into it: in new memory,
+    or in space the caller lends (a slot of a window shared by the node's ranks, whose bytes its
+    owner counts). A reduce-scatter of `full` over the ranks writes the sums of this rank's run
+    into `own`; `release()` then points the own parameters' `grad` into `own` and the others' at
+    a view of the zero element that reads as zeros of the parameter's shape, and drops `full`.
 
     So between backwards a rank holds its own gradients (about 1/N of them) and the small `tail`.
     A value written into a gradient it does not own outside a backward cannot be kept there:
@@ -73,6 +74,7 @@ class ShardedGradientBucket:
         self.tally = self.tail[len(self.params):] if tally else None
         self._zero = numpy.zeros(1, dtype=self.dtype)
         self.full: numpy.ndarray | None = None
+        self._full_is_lent = False
         self.views: list[numpy.ndarray] = []
         self._gradient_bytes = gradient_bytes
         gradient_bytes.add(self.own.nbytes + self.tail.nbytes + self._zero.nbytes)
@@ -100,8 +102,12 @@ class ShardedGradientBucket:
     def own_slice(self) -> slice:
         return slice(self.own_start, self.own_start + self.own.size)
 
-    def materialize(self) -> None:
+    def materialize(self, space: numpy.ndarray | None = None) -> None:
         """Make `full` (own values in place, zeros elsewhere) and point every `grad` into it; nothing if it exists.
+
+        Args:
+            space: `gradient_size` elements of the bucket's dtype lent to hold `full` (their bytes
+                are not counted here); None for new memory.
 
         Raises:
             RuntimeError: when a gradient this rank does not own was given a value outside a backward.
@@ -114,19 +120,47 @@ class ShardedGradientBucket:
                                "only its own parameters' gradients between steps (the others read as zero): write "
                                "gradients only into owned parameters there, or call zero_grad() before the next "
                                "backward")
-        self.full = numpy.zeros(self.gradient_size, dtype=self.dtype)
-        self.full[self.own_slice] = self.own
-        self.views = [self.full[start:stop].reshape(p.shape) for (start, stop), p in zip(self._spans(), self.params)]
+        if space is None:
+            full = numpy.zeros(self.gradient_size, dtype=self.dtype)
+        else:
+            full = space
+            full.fill(0)
+        full[self.own_slice] = self.own
+        self._hold(full, lent=space is not None)
+
+    def move_into(self, space: numpy.ndarray) -> None:
+        """Copy `full`, held in memory of its own, into lent `space` (as `materialize`'s) and free that memory.
+
+        Raises:
+            RuntimeError: when `full` does not exist or is already in lent space.
+        """
+        if self.full is None or self._full_is_lent:
+            raise RuntimeError("only a whole gradient space in memory of its own can move into lent space")
+        space[...] = self.full
+        self._gradient_bytes.add(-self.full.nbytes)
+        self._hold(space, lent=True)
+
+    def _hold(self, full: numpy.ndarray, lent: bool) -> None:
+        """Make `full` the whole gradient space, every `grad` a view into it; count its bytes unless `lent`."""
+        self.full, self._full_is_lent = full, lent
+        self.views = [full[start:stop].reshape(p.shape) for (start, stop), p in zip(self._spans(), self.params)]
         for p, view in zip(self.params, self.views):
             p.grad = view
-        self._gradient_bytes.add(self.full.nbytes)
+        if not lent:
+            self._gradient_bytes.add(full.nbytes)
+
+    @property
+    def full_is_lent(self) -> bool:
+        """Whether `full` exists in space lent to `materialize` or `move_into`."""
+        return self.full is not None and self._full_is_lent
 
     def release(self) -> None:
         """After the reduce-scatter wrote this rank's sums into `own`: drop `full`, own gradients read from `own`."""
         if self.full is None:
             return
-        self._gradient_bytes.add(-self.full.nbytes)
-        self.full = None
+        if not self._full_is_lent:
+            self._gradient_bytes.add(-self.full.nbytes)
+        self.full, self._full_is_lent = None, False
         self._point_grads_at_own_and_zero()
 
     def _point_grads_at_own_and_zero(self) -> None:
@@ -165,9 +199,10 @@ class ShardedGradientBucket:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of gradient storage this bucket holds now: own gradients, tail, the zero element and `full`."""
+        """Bytes of gradient storage this bucket holds now: own gradients, tail, the zero element and `full`
+        (unless lent)."""
         held = self.own.nbytes + self.tail.nbytes + self._zero.nbytes
-        return int(held + (0 if self.full is None else self.full.nbytes))
+        return int(held + (0 if self.full is None or self._full_is_lent else self.full.nbytes))
 
     def rebound_parameter(self) -> Parameter | None:
         """The first parameter whose `grad` is no longer this bucket's view (e.g. after `p.to(...)`), if any."""

@@ -12,8 +12,8 @@ same global batch. It prints each rank's bytes of parameters, gradients, Adam st
 activations from the first run, the median global throughput over the rounds, and whether the
 targets were met: ZeRO-1 holds at most 1/N of DataParallel's optimizer state per rank plus 5%
 (N ranks); ZeRO-2 at most 1/N of its gradient memory per rank plus 5% between steps, and, at
-its peak in backward (its gradients and its peak beyond DataParallel's), at most that plus the
-whole buckets in flight (two reduce-scattering and the one being written, from the memory model);
+its peak in backward (its gradients and its peak beyond DataParallel's, the shared slots of its whole
+buckets included), at most that plus the whole buckets in flight (three, from the memory model);
 tensor parallelism at most 0.3 of its parameter memory per rank; and each layout reaches at least
 0.7 of DataParallel's throughput.
 """

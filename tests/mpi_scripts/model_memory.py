@@ -5,8 +5,9 @@
 Layouts: Dx1 (DataParallel, with :zero1 or :zero2 its sharded optimizer state), 1x1xT (every pair of
 Linear layers split column -> row over T ranks), DxP (D replicas of a P-stage 1F1B pipeline), DxPxT
 (the same pipeline with each stage split over T ranks). Two
-untraced steps come first, then one whose forward and backward PeakMemory traces. Rank 0 prints
-"MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
+untraced steps come first, then one whose forward and backward PeakMemory traces (under ZeRO-2 on one
+node the whole buckets of backward live in shared slots that tracemalloc cannot see: their bytes are
+added). Rank 0 prints "MODEL-MEMORY " and a JSON list of every rank's report with its pipeline stage (0 without one).
 """
 import argparse
 import json
@@ -77,7 +78,8 @@ def main() -> None:
         if not traced:
             strategy.train_step(x, y, loss_fn)
         optimizer.step()
-    report = nn.memory_report(strategy.parameters(), optimizer, peak.bytes)
+    slots = strategy.gradient_sync.slot_bytes if isinstance(strategy, DataParallel) else 0
+    report = nn.memory_report(strategy.parameters(), optimizer, peak.bytes + slots)
     reports = distributed.gather_memory_reports(report)
     stages = distributed.Communicator().allgather_object(getattr(strategy, "stage_index", 0))
     if distributed.is_main_rank():

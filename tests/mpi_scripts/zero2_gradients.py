@@ -1,19 +1,23 @@
 """ZeRO-2's gradient memory per rank, and gradient accumulation under no_sync, against hand counts and one process.
 
-    mpiexec -n N python zero2_gradients.py
+    mpiexec -n N python zero2_gradients.py [--mpi]
 
 Twelve Linear(128, 128) layers in float64, buckets of one layer each (bias 128 + weight 16384 values),
 shard_owners giving each rank whole layers. After a synchronised step each rank measures the bytes
 its gradient arrays span (its own parameters' gradients, plus one zero element per bucket that
-stands in for the others'), the bytes the sync object holds (those plus the flags and tally) and
+stands in for the others'), the bytes the sync object holds (those plus the flags and tally, and,
+reduce-scattering in shared memory, the ring of three bucket-sized slots that stays allocated) and
 the memory report's gradients, beside hand counts; and, for the backward, the most bytes of
 gradients the sync object held at once and tracemalloc's peak beyond ZeRO-1's, beside its own share
-plus three whole buckets (two reduce-scattering, one being written). Then it trains three steps of
-two accumulated micro-batches each (the first under no_sync; gradients zeroed or set to none in
-turn) and checks that the weights equal one process's doing the same on the global micro-batches.
+plus three whole buckets (the three slots; with MPI two reduce-scattering and one being written).
+Then it trains three steps of two accumulated micro-batches each (the first under no_sync; gradients
+zeroed or set to none in turn) and checks that the weights equal one process's doing the same on the
+global micro-batches.
+With --mpi, DataParallel(..., shared_memory=False): MPI's reduce-scatter instead of the slots.
 Rank 0 prints "ZERO2-GRADIENTS <json>" with every rank's figures and "ZERO2-ACCUMULATION max_abs_diff=D".
 """
 import json
+import sys
 
 import numpy
 from mpi4py import MPI
@@ -33,6 +37,7 @@ BUCKET_BYTES = (WIDTH + WIDTH * WIDTH) * 8  # one layer: the bucket closes once 
 ITEM = 8
 TOLERANCE = 1e-6
 TRACED_SLACK = 64 * 1024  # Python objects and MPI requests a backward makes besides the arrays
+SHARED_MEMORY = "--mpi" not in sys.argv[1:]
 
 
 def build_model():
@@ -71,7 +76,8 @@ def gradient_memory_from_arrays(parameters):
 
 def one_step(shard):
     """A synchronised backward (traced) and an optimizer step: (dp, optimizer, tracemalloc peak of backward)."""
-    dp = DataParallel(build_model(), bucket_cap_mb=BUCKET_BYTES / 2**20, shard_optimizer_state=shard)
+    dp = DataParallel(build_model(), bucket_cap_mb=BUCKET_BYTES / 2**20, shard_optimizer_state=shard,
+                      shared_memory=SHARED_MEMORY)
     optimizer = dp.optimizer(nn.optim.SGD, lr=0.1, momentum=0.9)
     x, y = global_batch(0)
     loss_fn = nn.MSELoss()
@@ -90,6 +96,7 @@ def memory_figures():
     _, _, zero1_peak = one_step(1)
     whole_bucket = BUCKET_BYTES
     flags_and_zeros = LAYERS * (2 * ITEM + ITEM) + ITEM  # two flags and a zero element per bucket, the tally
+    slots = 3 * whole_bucket if dp.allreduce_kind == "shared memory reduce-scatter" else 0
     return {
         "rank": WORLD.rank,
         "buckets": len(dp.buckets),
@@ -98,7 +105,10 @@ def memory_figures():
         "from_arrays": gradient_memory_from_arrays(dp.parameters()),
         "memory_report": nn.memory_report(dp.parameters(), optimizer).gradients,
         "held": dp.gradient_sync.held_bytes,
-        "held_expected": owned * ITEM + flags_and_zeros,
+        "kind": dp.allreduce_kind,
+        "slot_bytes": dp.gradient_sync.slot_bytes,
+        "slot_bytes_expected": slots,
+        "held_expected": owned * ITEM + flags_and_zeros + slots,
         "peak_held": dp.gradient_sync.peak_held_bytes,
         "peak_allowed": owned * ITEM + flags_and_zeros + 3 * whole_bucket,
         "traced_peak_beyond_zero1": zero2_peak - zero1_peak,
@@ -141,7 +151,8 @@ def main():
 
     def zero2():
         model = build_model()
-        return model, DataParallel(model, bucket_cap_mb=BUCKET_BYTES / 2**20, shard_optimizer_state=2)
+        return model, DataParallel(model, bucket_cap_mb=BUCKET_BYTES / 2**20, shard_optimizer_state=2,
+                                   shared_memory=SHARED_MEMORY)
 
     trained = accumulated_training(zero2)
     reference = accumulated_training(lambda: (build_model(), None))

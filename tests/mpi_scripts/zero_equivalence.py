@@ -2,8 +2,9 @@
 
     mpiexec -n N python zero_equivalence.py DIRECTORY
 
-Layouts: ZeRO-1, ZeRO-2 handing the updated parameters over in shared memory and with MPI (with MPIPROP_PRETEND_NODES,
-the ranks on several pretended nodes: the hierarchical allreduce and MPI's reduce-scatter). For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
+Layouts: ZeRO-1, ZeRO-2 reduce-scattering and handing the updated parameters over in shared memory, and ZeRO-2 with
+MPI (with MPIPROP_PRETEND_NODES, the ranks on several pretended nodes: the hierarchical allreduce and MPI's
+reduce-scatter). For SGD with momentum and Adam, both with parameter groups, a cosine schedule and gradient
 clipping (which needs the norm over every rank's share under ZeRO-2), in float64: the weights
 after training equal one process's within TOLERANCE; a checkpoint written under ZeRO and resumed
 by one process, and one written by one process and resumed under ZeRO, reach the same weights
@@ -29,10 +30,11 @@ GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is in
 NAN_SAMPLE = 5  # one sample of the training data, met once per epoch by one rank
 BUCKET_MB = 600 / 2**20  # buckets of about 600 bytes: several buckets, several owners in some of them
 WORLD = MPI.COMM_WORLD
-LAYOUTS = {  # name -> how DataParallel sums the gradients (ranks on pretended nodes: between them, no reduce-scatter)
-    "zero1": "hierarchical" if os.environ.get("MPIPROP_PRETEND_NODES") else "shared memory",
-    "zero2": "mpi reduce-scatter",  # the updated parameters shared in memory on one node
-    "zero2-mpi": "mpi reduce-scatter",  # and with MPI
+SEVERAL_NODES = bool(os.environ.get("MPIPROP_PRETEND_NODES"))
+LAYOUTS = {  # name -> how DataParallel sums the gradients (ranks on pretended nodes: with MPI between them)
+    "zero1": "hierarchical" if SEVERAL_NODES else "shared memory",
+    "zero2": "mpi reduce-scatter" if SEVERAL_NODES else "shared memory reduce-scatter",
+    "zero2-mpi": "mpi reduce-scatter",  # shared_memory=False
 }
 OPTIMIZERS = {
     "SGD": (nn.optim.SGD, dict(lr=0.2, momentum=0.9, weight_decay=0.01)),
