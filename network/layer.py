@@ -118,8 +118,11 @@ class Layer:
             yield from child.named_parameters(f"{prefix}{name}.")
 
     def parameters(self) -> list[Parameter]:
-        """All trainable parameters, in `named_parameters` order."""
-        return [p for _, p in self.named_parameters()]
+        """All trainable parameters, in `named_parameters` order, each once (a layer used twice lists its own once)."""
+        unique: dict[int, Parameter] = {}
+        for _, p in self.named_parameters():
+            unique.setdefault(id(p), p)
+        return list(unique.values())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """(qualified name, array) pairs for non-trainable saved state."""

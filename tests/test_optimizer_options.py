@@ -250,6 +250,16 @@ def test_a_parameter_given_twice_is_refused():
         nn.optim.Adam([{"params": [p]}, {"params": [p, q]}])
 
 
+def test_a_layer_used_twice_lists_its_parameters_once_so_the_optimizer_takes_them():
+    tied = nn.Linear(3, 3)
+    first = nn.Linear(2, 3)
+    model = nn.Sequential(first, tied, nn.ReLU(), tied, nn.Linear(3, 1))
+    assert [id(p) for p in model.parameters()] == [id(p) for p in (first.weight, first.bias, tied.weight, tied.bias,
+                                                                   model[4].weight, model[4].bias)]
+    assert len(list(model.named_parameters())) == 8  # every name, for checkpoints
+    assert len(nn.optim.SGD(model.parameters(), lr=0.1).params) == 6
+
+
 def test_groups_that_make_no_sense_are_refused():
     p, q = nn.Parameter(numpy.zeros(2)), nn.Parameter(numpy.zeros(3))
     with pytest.raises(ValueError, match=r"SGD parameter group 1 has unknown options \['betas'\]; SGD options are"):
