@@ -1,7 +1,7 @@
 """Sequential: layers applied in order, sliceable so a pipeline can cut it into stages."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from mpiprop.network.backend import Array
 from mpiprop.network.layer import REMEMBERED, Layer
@@ -138,28 +138,22 @@ class Sequential(Layer):
         Backward visits layers last to first, so a parameter shared by several layers is final
         after the first of them in the model; each list is in reverse order of the layer's parameters.
         """
-        last_visit: dict[int, int] = {}
-        for index, layer in enumerate(self.layers):
-            for p in layer.parameters():
-                last_visit.setdefault(id(p), index)
-        final: list[list[Parameter]] = [[] for _ in self.layers]
-        for index, layer in enumerate(self.layers):
-            for p in reversed(layer.parameters()):
-                if last_visit.get(id(p)) == index:
-                    final[index].append(p)
-                    del last_visit[id(p)]  # listed once even when the layer holds it twice
-        return final
+        return [list(reversed(held)) for held in self._parameters_by_first_visit(range(len(self.layers)))]
 
     def _parameters_first_written_by_each_layer(self) -> list[list[Parameter]]:
         """For each layer, the parameters whose gradient backward (visiting layers last to first) writes there first."""
+        return self._parameters_by_first_visit(range(len(self.layers) - 1, -1, -1))
+
+    def _parameters_by_first_visit(self, order: Iterable[int]) -> list[list[Parameter]]:
+        """For each layer, the parameters it is the first to hold when the layers are visited in `order`."""
         seen: set[int] = set()
-        written: list[list[Parameter]] = [[] for _ in self.layers]
-        for index in range(len(self.layers) - 1, -1, -1):
+        held: list[list[Parameter]] = [[] for _ in self.layers]
+        for index in order:
             for p in self.layers[index].parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
-                    written[index].append(p)
-        return written
+                    held[index].append(p)
+        return held
 
     def _first_layer_with_parameters(self) -> int:
         for index, layer in enumerate(self.layers):

@@ -218,10 +218,10 @@ class DataParallel(LocalStrategy):
         if isinstance(self.module, Sequential):
             return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final,
                                         on_parameters_written=written)
-        written(_unique_parameters(self.module))
+        written(self.module.parameters())
         dx = self.module.backward(dout, self.module._cache_or_last(cache))
         if on_parameters_final is not None:
-            on_parameters_final(_unique_parameters(self.module))
+            on_parameters_final(self.module.parameters())
         return dx if input_grad else None
 
     # --- the optimizer ---------------------------------------------------------------------
@@ -259,7 +259,7 @@ class DataParallel(LocalStrategy):
             self.comm.bcast(buffer, root=0)
 
     def _broadcast_state(self) -> None:
-        for p in _unique_parameters(self.module):
+        for p in self.module.parameters():
             self.comm.bcast(p.data, root=0)
         self.sync_buffers()
 
@@ -328,15 +328,8 @@ def _on_one_node_in_shared_memory(params: list[Parameter], comm: Communicator) -
     return groups.nodes == 1
 
 
-def _unique_parameters(module: Layer) -> list[Parameter]:
-    seen: dict[int, Parameter] = {}
-    for p in module.parameters():
-        seen.setdefault(id(p), p)
-    return list(seen.values())
-
-
 def _parameters_in_final_order(module: Layer) -> list[Parameter]:
     """The parameters in the order backward completes their gradients (a non-Sequential: all at the end)."""
     if not isinstance(module, Sequential):
-        return list(reversed(_unique_parameters(module)))
+        return list(reversed(module.parameters()))
     return [p for layer_params in reversed(module.parameters_final_after_each_layer()) for p in layer_params]
