@@ -371,16 +371,11 @@ def rank_memory(model: ModelDescription, layout: ParallelLayout, global_batch: i
     return reports
 
 
-def total_bytes(report: MemoryReport) -> int:
-    """Everything a rank holds at its peak: model state plus peak activations."""
-    return report.model_state + (report.peak_activations or 0)
-
-
 def busiest_rank(reports: Sequence[MemoryReport]) -> MemoryReport:
     """The report of the rank that needs the most memory (the first of equals)."""
-    return max(reports, key=total_bytes)
+    return max(reports, key=lambda report: report.total)
 
 
 def shortfall(report: MemoryReport, memory_per_rank: int) -> int:
     """Bytes the rank of `report` needs beyond `memory_per_rank` (0 when it fits)."""
-    return max(total_bytes(report) - memory_per_rank, 0)
+    return max(report.total - memory_per_rank, 0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from mpiprop.launch.contention import alone_source, compute_with_contention
 from mpiprop.launch.memory_model import (ModelDescription, ParallelLayout, busiest_rank, check_fits_layout,
-                                         format_bytes, parse_parallel_layouts, rank_memory, shortfall, total_bytes)
+                                         format_bytes, parse_parallel_layouts, rank_memory, shortfall)
 from mpiprop.launch.modeling import (default_micro_batches, format_predictions, measure_links_with,
                                     performance_layout, with_micro_batches, workload_from_values)
 from mpiprop.launch.mlp_benchmark import build_parser
@@ -183,7 +183,7 @@ def format_memory_fit(fit: FitQuestion, layouts: list[ParallelLayout], global_ba
         verdict = "fits" if not missing else f"does not fit (needs {format_bytes(missing)} more)"
         lines.append(f"{layout.name:<12} {layout.ranks:>5} {micro:>5} {report.parameters / MIB:>11.3f} "
                      f"{report.gradients / MIB:>10.3f} {report.optimizer_state / MIB:>10.3f} "
-                     f"{report.peak_activations / MIB:>13.3f} {total_bytes(report) / MIB:>10.3f}  {verdict}")
+                     f"{report.peak_activations / MIB:>13.3f} {report.total / MIB:>10.3f}  {verdict}")
     return "\n".join(lines)
 
 

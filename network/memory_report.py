@@ -25,6 +25,11 @@ class MemoryReport:
         """Parameters, gradients and optimizer state together: what every step keeps."""
         return self.parameters + self.gradients + self.optimizer_state
 
+    @property
+    def total(self) -> int:
+        """Everything held at the peak: model state plus peak activations (none when not measured)."""
+        return self.model_state + (self.peak_activations or 0)
+
 
 def memory_report(parameters: Iterable[Parameter], optimizer: Any = None,
                   peak_activations: int | None = None) -> MemoryReport:
@@ -65,9 +70,8 @@ def memory_table(reports: list[MemoryReport]) -> str:
              f"{'total MiB':>10}"]
     for rank, report in enumerate(reports):
         peak = "-" if report.peak_activations is None else f"{report.peak_activations / MIB:.3f}"
-        total = report.model_state + (report.peak_activations or 0)
         lines.append(f"{rank:>4} {report.parameters / MIB:>11.3f} {report.gradients / MIB:>10.3f} "
-                     f"{report.optimizer_state / MIB:>10.3f} {peak:>13} {total / MIB:>10.3f}")
+                     f"{report.optimizer_state / MIB:>10.3f} {peak:>13} {report.total / MIB:>10.3f}")
     return "\n".join(lines)
 
 
