@@ -10,11 +10,11 @@ from typing import Sequence
 import numpy
 
 import mpiprop.network as nn
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.datasets import load_digits
-from mpiprop.network.plots import plot_reconstructions
-from mpiprop.network.preprocessing import train_val_split
-from mpiprop.network.schedules import CosineAnnealingLR
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.data.datasets import load_digits
+from mpiprop.network.training.plots import plot_reconstructions
+from mpiprop.network.data.preprocessing import train_val_split
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR
 
 IMAGES_SHOWN = 10
 

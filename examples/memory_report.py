@@ -27,7 +27,7 @@ from mpiprop import distributed
 import mpiprop.network as nn
 from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
 from mpiprop.network.backend import module_for_device
-from mpiprop.network.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
+from mpiprop.network.training.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
 
 SHARDING = {"data": 0, "zero1": 1, "zero2": 2}  # DataParallel's shard_optimizer_state per layout
 

@@ -11,7 +11,7 @@ is read on the first stage and the labels on the last. With --replicas R the ran
 R pipelines, each training on its share of every batch, with gradients averaged across
 replicas. The Trainer drives it as it drives any layout (one JSON line of metrics per
 epoch); the checkpoint holds the whole model, loadable into the plain Sequential with
-`mpiprop.network.checkpoint.load_checkpoint`. The last line printed is test_accuracy=<float>.
+`mpiprop.network.training.checkpoint.load_checkpoint`. The last line printed is test_accuracy=<float>.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import numpy
 import mpiprop.network as nn
 from mpiprop import distributed
 from mpiprop.distributed import Pipeline
-from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.distributed.pipeline.schedule_registry import schedule_names
-from mpiprop.network.datasets import load_digits
-from mpiprop.network.preprocessing import Standardizer, train_val_split
+from mpiprop.network.data.datasets import load_digits
+from mpiprop.network.data.preprocessing import Standardizer, train_val_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

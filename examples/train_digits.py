@@ -19,11 +19,11 @@ from typing import Sequence
 
 from mpiprop import distributed
 import mpiprop.network as nn
-from mpiprop.network.callbacks import EarlyStopping
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.datasets import load_digits
-from mpiprop.network.preprocessing import Standardizer, train_val_split
-from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
+from mpiprop.network.training.callbacks import EarlyStopping
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.data.datasets import load_digits
+from mpiprop.network.data.preprocessing import Standardizer, train_val_split
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, LinearWarmup
 
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.15

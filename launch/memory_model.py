@@ -12,7 +12,7 @@ from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, buc
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts, shard_owners
 from mpiprop.distributed.pipeline.partition import balance_costs
 from mpiprop.distributed.pipeline.stage import RECEIVE_AHEAD
-from mpiprop.network.memory_report import MemoryReport
+from mpiprop.network.training.memory_report import MemoryReport
 
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2}
 DTYPE_BYTES = {"float32": 4, "float64": 8}

@@ -16,7 +16,7 @@ from mpiprop.launch.perfmodel import Layout, LinkCost, Measurements, Workload, p
 from mpiprop.launch.runner import Launcher
 from mpiprop.launch.scale import BUILTIN_WORKLOAD
 from mpiprop.launch.throughput import SCALE_MODE_VARIABLE, parse_throughput_line
-from mpiprop.network.memory_report import MIB
+from mpiprop.network.training.memory_report import MIB
 
 
 @dataclass(frozen=True)

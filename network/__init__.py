@@ -1,32 +1,39 @@
 """network: explicit, layer-by-layer backpropagation on numpy and cupy."""
-from mpiprop.network import init, optim
-from mpiprop.network.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mpiprop.network import optim
+from mpiprop.network.layers import init
+from mpiprop.network.layers.activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mpiprop.network.backend import cupy_available, get_array_module, to_device, to_numpy
-from mpiprop.network.batchnorm import BatchNorm1d
-from mpiprop.network.clipping import clip_grad_norm_, clip_grad_value_, total_grad_norm
-from mpiprop.network.diagnostics import gradient_health, gradient_norms
-from mpiprop.network.dropout import Dropout
-from mpiprop.network.flatten import Flatten
-from mpiprop.network.gradcheck import GradcheckError, gradcheck
-from mpiprop.network.grad_scaler import GradScaler
-from mpiprop.network.layer import Layer
-from mpiprop.network.linear import Linear
-from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from mpiprop.network.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
-from mpiprop.network.parameter import Parameter
-from mpiprop.network.precision import PRECISIONS, Precision, using_precision
-from mpiprop.network.regularization import l1_penalty, l2_penalty, weights_only
-from mpiprop.network.recompute import Recompute
-from mpiprop.network.rng import manual_seed
-from mpiprop.network.sequential import Sequential
-from mpiprop.network import callbacks, datasets, schedules
-from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.local_strategy import LocalStrategy
-from mpiprop.network.trainer import Trainer
+from mpiprop.network.layers.batchnorm import BatchNorm1d
+from mpiprop.network.optim.clipping import clip_grad_norm_, clip_grad_value_, total_grad_norm
+from mpiprop.network.training.diagnostics import gradient_health, gradient_norms
+from mpiprop.network.layers.dropout import Dropout
+from mpiprop.network.layers.flatten import Flatten
+from mpiprop.network.layers.gradcheck import GradcheckError, gradcheck
+from mpiprop.network.optim.grad_scaler import GradScaler
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.linear import Linear
+from mpiprop.network.layers.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from mpiprop.network.training.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.compute.precision import PRECISIONS, Precision, using_precision
+from mpiprop.network.optim.regularization import l1_penalty, l2_penalty, weights_only
+from mpiprop.network.layers.recompute import Recompute
+from mpiprop.network.compute.rng import manual_seed
+from mpiprop.network.layers.sequential import Sequential
+from mpiprop.network.data import datasets
+from mpiprop.network.compute import rng
+from mpiprop.network.optim import lr_schedules
+from mpiprop.network.training import callbacks
+from mpiprop.network.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.training.local_strategy import LocalStrategy
+from mpiprop.network.training.trainer import Trainer
+
+# the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
+schedules = lr_schedules
 
 __all__ = [
-    "init", "optim",
+    "init", "optim", "rng",
     "Layer", "Parameter", "Sequential", "Recompute", "Linear", "Flatten", "Dropout", "BatchNorm1d",
     "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "GELU", "Softmax",
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
@@ -35,6 +42,6 @@ __all__ = [
     "GradScaler", "Precision", "PRECISIONS", "using_precision",
     "MemoryReport", "PeakMemory", "memory_report", "memory_table",
     "manual_seed", "cupy_available", "get_array_module", "to_device", "to_numpy",
-    "callbacks", "datasets", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
+    "callbacks", "datasets", "lr_schedules", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
 ]

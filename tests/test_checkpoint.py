@@ -15,8 +15,8 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network import rng
-from mpiprop.network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from mpiprop.network.compute import rng
+from mpiprop.network.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def make_model(seed, width=16, classes=3):
@@ -372,7 +372,7 @@ def check_within_memory_limit(call, error_pattern):
 MEMORY_LIMITED_PREAMBLE = textwrap.dedent(f"""
     import resource
     import numpy, hypothesis, json, zlib
-    from mpiprop.network.checkpoint import CheckpointError, read_checkpoint
+    from mpiprop.network.training.checkpoint import CheckpointError, read_checkpoint
     def address_space_in_use():
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[0]) * resource.getpagesize()

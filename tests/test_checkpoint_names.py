@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network.checkpoint import (CheckpointError, indexed_optimizer_state, load_checkpoint,
+from mpiprop.network.training.checkpoint import (CheckpointError, indexed_optimizer_state, load_checkpoint,
                                         named_optimizer_state, read_checkpoint, save_checkpoint)
 
 

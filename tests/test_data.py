@@ -3,7 +3,7 @@ import numpy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mpiprop.network.data import ArrayDataset, DataLoader, epoch_order, shard
+from mpiprop.network.data.loader import ArrayDataset, DataLoader, epoch_order, shard
 
 
 def loader_over(n, batch_size, **kwargs):

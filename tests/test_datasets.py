@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy
 import pytest
 
-from mpiprop.network.datasets import load_csv, load_digits, load_fashion_mnist, load_mnist, load_npz
-from mpiprop.network.idx import read_idx, write_idx
-from mpiprop.network.preprocessing import Standardizer, train_val_split
-from mpiprop.network.synthetic import synthetic_classification, synthetic_regression
+from mpiprop.network.data.datasets import load_csv, load_digits, load_fashion_mnist, load_mnist, load_npz
+from mpiprop.network.data.idx import read_idx, write_idx
+from mpiprop.network.data.preprocessing import Standardizer, train_val_split
+from mpiprop.network.data.synthetic import synthetic_classification, synthetic_regression
 
 
 def idx_bytes(type_code, shape, payload):

@@ -2,7 +2,7 @@
 import numpy
 
 import mpiprop.network as nn
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 
 
 def two_dropouts():

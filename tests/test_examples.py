@@ -34,7 +34,7 @@ def test_train_digits_prints_test_accuracy_last_and_writes_metrics(train_digits,
 
 
 def test_train_digits_resumed_matches_uninterrupted(train_digits, tmp_path, monkeypatch):
-    from mpiprop.network.callbacks import EarlyStopping
+    from mpiprop.network.training.callbacks import EarlyStopping
 
     class InterruptAfterFirstEpoch(EarlyStopping):
         def on_epoch_end(self, trainer, epoch, record):

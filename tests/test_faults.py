@@ -27,7 +27,7 @@ from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, m
                         start_mpi_job)
 from mpiprop.launch.mpiexec import MPICH
 from mpiprop.distributed.reliability.shared_memory_files import mapped_shared_memory_files, openmp_registration_file
-from mpiprop.network.checkpoint import read_checkpoint
+from mpiprop.network.training.checkpoint import read_checkpoint
 from packages import require
 from processes import command_line, is_running
 

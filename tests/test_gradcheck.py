@@ -1,4 +1,4 @@
-"""mpiprop.network.gradcheck on whole models (dropout, batch norm in both modes), and that it catches wrong gradients."""
+"""mpiprop.network.layers.gradcheck on whole models (dropout, batch norm in both modes), and that it catches wrong gradients."""
 from __future__ import annotations
 
 import numpy

@@ -7,8 +7,9 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network import backend, init
+from mpiprop.network import backend
 
+from mpiprop.network.layers import init
 FAN_IN, FAN_OUT = 150, 400  # a (in, out) weight, as Linear stores it; asymmetric so fan mix-ups show
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy
 import pytest
 
-from mpiprop.network import inplace, mkl_gemm
-from mpiprop.network.inplace import add_matmul_, add_scaled_
+from mpiprop.network.compute import inplace, mkl_gemm
+from mpiprop.network.compute.inplace import add_matmul_, add_scaled_
 
 RNG = numpy.random.default_rng(0)
 

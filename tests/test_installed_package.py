@@ -133,7 +133,7 @@ def test_old_name_patterns_catch_what_they_should():
     assert OLD_IMPORT.search("import network as nn\n")
     assert OLD_MODULE_RUN.search("python -m launch run -n 2")
     assert OLD_DOTTED_NAME.search('monkeypatch.setattr("network.progress.sys", None)')
-    assert not OLD_DOTTED_NAME.search('monkeypatch.setattr("mpiprop.network.progress.sys", None)')
+    assert not OLD_DOTTED_NAME.search('monkeypatch.setattr("mpiprop.network.training.progress.sys", None)')
     assert not OLD_IMPORT.search("from mpiprop import distributed\nimport mpiprop.network as nn\n")
     assert not OLD_MODULE_RUN.search("python -m mpiprop.launch run -n 2")
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mpiprop.network.data import ArrayDataset, DataLoader, epoch_order, shard
-from mpiprop.network.datasets import MissingArrayError, load_csv, load_mnist, load_npz
-from mpiprop.network.idx import read_idx, write_idx
-from mpiprop.network.preprocessing import Standardizer, train_val_split
+from mpiprop.network.data.loader import ArrayDataset, DataLoader, epoch_order, shard
+from mpiprop.network.data.datasets import MissingArrayError, load_csv, load_mnist, load_npz
+from mpiprop.network.data.idx import read_idx, write_idx
+from mpiprop.network.data.preprocessing import Standardizer, train_val_split
 
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError)
 LOADER_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

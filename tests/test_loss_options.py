@@ -9,8 +9,8 @@ import pytest
 
 import mpiprop.network as nn
 from mpiprop.network import backend
-from mpiprop.network.gradcheck import gradcheck
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.gradcheck import gradcheck
+from mpiprop.network.layers.layer import Layer
 
 torch = pytest.importorskip("torch")
 functional = torch.nn.functional

@@ -9,9 +9,9 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network import mkl_gemm
-from mpiprop.network.inplace import add_matmul_
-from mpiprop.network.matmul import matmul
+from mpiprop.network.compute import mkl_gemm
+from mpiprop.network.compute.inplace import add_matmul_
+from mpiprop.network.compute.matmul import matmul
 
 RNG = numpy.random.default_rng(0)
 needs_mkl = pytest.mark.skipif(not mkl_gemm.available(), reason="MKL is not installed (pip install mpiprop[mkl])")
@@ -79,7 +79,7 @@ def test_disabled_switches_to_numpy_inside_the_block_only():
 
 
 def test_environment_variable_turns_mkl_off():
-    code = "from mpiprop.network import mkl_gemm; print(mkl_gemm.available())"
+    code = "from mpiprop.network.compute import mkl_gemm; print(mkl_gemm.available())"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                                env=dict(os.environ, MPIPROP_BLAS="numpy"))
     assert completed.stdout.strip() == "False", completed.stderr

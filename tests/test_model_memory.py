@@ -13,7 +13,7 @@ from mpiprop.launch.memory_model import (DTYPE_BYTES, OPTIMIZER_STATE_COPIES, Mo
 from mpiprop.launch.model_command import FitQuestion, builtin_widths, format_memory_fit, run_model
 from mpiprop.launch.modeling import parse_layouts
 from mpiprop.launch.perfmodel import Layout
-from mpiprop.network.memory_report import MemoryReport
+from mpiprop.network.training.memory_report import MemoryReport
 
 # Linear(4, 8): 32 + 8 values; Linear(8, 6): 48 + 6; Linear(6, 2): 12 + 2; 108 float32 values = 432 bytes
 SMALL = ModelDescription((4, 8, 6, 2), optimizer="adam", dtype="float32")

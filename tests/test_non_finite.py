@@ -3,11 +3,11 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network.checkpoint import CheckpointError
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.layer import Layer
-from mpiprop.network.non_finite import NonFiniteError, first_non_finite_layer, grads_finite, is_finite, non_finite_grads
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.training.checkpoint import CheckpointError
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.training.non_finite import NonFiniteError, first_non_finite_layer, grads_finite, is_finite, non_finite_grads
+from mpiprop.network.data.synthetic import synthetic_classification
 
 BATCH = 8
 

@@ -10,7 +10,7 @@ import pytest
 
 import mpiprop.network as nn
 from mpiprop.network import backend
-from mpiprop.network.schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR, set_lr
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR, set_lr
 from mpi_launch import run_mpi
 
 torch = pytest.importorskip("torch")

@@ -8,8 +8,8 @@ import pytest
 
 from mpi_launch import run_mpi
 from packages import require
-from mpiprop.network.checkpoint import load_checkpoint
-from mpiprop.network.metrics import count_correct
+from mpiprop.network.training.checkpoint import load_checkpoint
+from mpiprop.network.training.metrics import count_correct
 
 pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 

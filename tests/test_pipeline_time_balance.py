@@ -4,7 +4,7 @@ import numpy
 import mpiprop.network as nn
 from mpiprop.distributed import Pipeline
 from mpiprop.distributed.pipeline.partition import measure_layer_times
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 
 
 def model_with_state() -> nn.Sequential:

@@ -5,10 +5,10 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network.grad_scaler import GradScaler
-from mpiprop.network.matmul import matmul
-from mpiprop.network.parameter import Parameter
-from mpiprop.network.precision import (PRECISIONS, current_precision, precision_for_device, precision_named,
+from mpiprop.network.optim.grad_scaler import GradScaler
+from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.compute.precision import (PRECISIONS, current_precision, precision_for_device, precision_named,
                                        using_precision)
 from mpi_launch import run_mpi
 

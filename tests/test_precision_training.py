@@ -6,10 +6,10 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network.checkpoint import read_checkpoint
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.grad_scaler import GradScaler, ScaledLoss
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.training.checkpoint import read_checkpoint
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.optim.grad_scaler import GradScaler, ScaledLoss
+from mpiprop.network.data.synthetic import synthetic_classification
 
 BATCH = 16
 

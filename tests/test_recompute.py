@@ -8,7 +8,7 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpi_launch import run_mpi
 
 

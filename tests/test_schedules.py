@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from mpiprop.network.schedules import ConstantLR, CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR
+from mpiprop.network.optim.lr_schedules import ConstantLR, CosineAnnealingLR, ExponentialLR, LinearWarmup, StepLR
 
 
 def values(schedule, count):

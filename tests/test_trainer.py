@@ -12,12 +12,12 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
-from mpiprop.network.callbacks import Callback, EarlyStopping
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.non_finite import NonFiniteError
-from mpiprop.network.progress import ProgressLines, progress_display, progress_mode
-from mpiprop.network.schedules import CosineAnnealingLR, LinearWarmup
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.training.callbacks import Callback, EarlyStopping
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.training.non_finite import NonFiniteError
+from mpiprop.network.training.progress import ProgressLines, progress_display, progress_mode
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, LinearWarmup
+from mpiprop.network.data.synthetic import synthetic_classification
 from mpi_launch import run_mpi
 from packages import require
 
@@ -410,9 +410,9 @@ def test_epoch_lines_reach_a_pipe_at_once(tmp_path):
     script.write_text(
         "import os\n"
         "import mpiprop.network as nn\n"
-        "from mpiprop.network.callbacks import Callback\n"
-        "from mpiprop.network.data import ArrayDataset, DataLoader\n"
-        "from mpiprop.network.synthetic import synthetic_classification\n"
+        "from mpiprop.network.training.callbacks import Callback\n"
+        "from mpiprop.network.data.loader import ArrayDataset, DataLoader\n"
+        "from mpiprop.network.data.synthetic import synthetic_classification\n"
         "class DieInSecondEpoch(Callback):\n"
         "    def on_epoch_start(self, trainer, epoch):\n"
         "        if epoch == 1:\n"

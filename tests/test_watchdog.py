@@ -6,8 +6,8 @@ import pytest
 import mpiprop.network as nn
 from mpiprop.distributed.reliability.waits import current_wait, waiting_in
 from mpiprop.distributed.reliability.watchdog import Watchdog, start_watchdog_from_environment
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.data.synthetic import synthetic_classification
 
 
 def test_waits_nest_and_unwind():

@@ -12,7 +12,7 @@ from mpiprop.distributed import DataParallel
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 from mpi_launch import run_mpi
 
 CHECKS = ("equivalent", "zero-to-one", "one-to-zero", "zero-to-dp", "nan-skipped")

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy
 
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 DEFAULT_BUCKET_CAP_MB = 4.0
 

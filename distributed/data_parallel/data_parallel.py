@@ -17,11 +17,11 @@ from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.network.backend import Array, device_of
-from mpiprop.network.layer import REMEMBERED, Layer
-from mpiprop.network.local_strategy import LocalStrategy
+from mpiprop.network.layers.layer import REMEMBERED, Layer
+from mpiprop.network.training.local_strategy import LocalStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
-from mpiprop.network.parameter import Parameter
-from mpiprop.network.sequential import Sequential
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.layers.sequential import Sequential
 
 
 class DataParallel(LocalStrategy):

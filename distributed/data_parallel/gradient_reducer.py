@@ -9,7 +9,7 @@ from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.buckets import GradientBucket
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
 from mpiprop.distributed.reliability.timeline import span
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 @dataclass

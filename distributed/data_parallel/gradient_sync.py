@@ -21,7 +21,7 @@ from mpiprop.distributed.data_parallel.gradient_reducer import GradientReducer, 
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import GradientBytes, ShardedGradientBucket
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class GradientSync:

@@ -9,7 +9,7 @@ from mpi4py import MPI
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class ParameterAllgather:

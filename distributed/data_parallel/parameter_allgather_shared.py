@@ -9,7 +9,7 @@ from mpi4py import MPI
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class SharedMemoryParameterAllgather:

@@ -7,7 +7,7 @@ import numpy
 
 from mpiprop.distributed.data_parallel.buckets import read_has_grad_flags, write_has_grad_flags
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class GradientBytes:

@@ -11,7 +11,7 @@ from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import device_of
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class ShardedOptimizer:

@@ -5,7 +5,7 @@ from typing import Any
 
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array
-from mpiprop.network.non_finite import is_finite
+from mpiprop.network.training.non_finite import is_finite
 
 SEARCH_TAG = 7919  # on the pipeline's private communicator, apart from the schedule's messages
 

@@ -7,7 +7,7 @@ from typing import Sequence
 from mpiprop.distributed.pipeline.untouched_state import untouched_state
 from mpiprop.network.backend import Array, synchronize
 from mpiprop.network.checks import positive_int
-from mpiprop.network.sequential import Sequential
+from mpiprop.network.layers.sequential import Sequential
 
 
 def check_balance(balance: Sequence[int], layers: int, parts: int) -> list[int]:

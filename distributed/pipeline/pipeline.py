@@ -25,13 +25,13 @@ from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.checks import positive_int
-from mpiprop.network.dropout import Dropout
-from mpiprop.network.losses import Loss
-from mpiprop.network.parameter import Parameter
-from mpiprop.network.sequential import Sequential
-from mpiprop.network.shares import join_parts
+from mpiprop.network.layers.dropout import Dropout
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.layers.sequential import Sequential
+from mpiprop.network.training.shares import join_parts
 
 BALANCE_RULES = ("parameters", "time")
 

@@ -15,9 +15,9 @@ from mpiprop.distributed.pipeline.pipeline_schedules import BACKWARD, BACKWARD_I
 from mpiprop.distributed.pipeline.stage_links import ACTIVATION, GRADIENT, HEADER, StageLinks, decode_header, encode_header
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.network.backend import Array, get_array_module
-from mpiprop.network.losses import Loss
-from mpiprop.network.non_finite import is_finite
-from mpiprop.network.sequential import ParametersFinal, Sequential
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.training.non_finite import is_finite
+from mpiprop.network.layers.sequential import ParametersFinal, Sequential
 
 RECEIVE_AHEAD = 2  # activation receives posted before the forward that needs them
 

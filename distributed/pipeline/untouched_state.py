@@ -5,8 +5,8 @@ import copy
 from contextlib import contextmanager
 from typing import Iterator
 
-from mpiprop.network import rng
-from mpiprop.network.layer import Layer
+from mpiprop.network.compute import rng
+from mpiprop.network.layers.layer import Layer
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 Entry = tuple[str, str, tuple[int, ...], str]
 

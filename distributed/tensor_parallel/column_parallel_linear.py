@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from mpiprop.distributed.tensor_parallel.split_linear import SplitLinear
 from mpiprop.network.backend import Array
-from mpiprop.network.inplace import add_matmul_
-from mpiprop.network.matmul import matmul
+from mpiprop.network.compute.inplace import add_matmul_
+from mpiprop.network.compute.matmul import matmul
 
 
 class ColumnParallelLinear(SplitLinear):

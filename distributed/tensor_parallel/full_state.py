@@ -7,7 +7,7 @@ import numpy
 
 from mpiprop.distributed.tensor_parallel.split_linear import SplitLinear
 from mpiprop.network.backend import Array, to_numpy
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 def full_state_dict(model: Layer) -> dict[str, numpy.ndarray]:

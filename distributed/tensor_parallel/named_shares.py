@@ -1,6 +1,6 @@
 """Named shares: which entries of a model's state are split over a tensor-parallel group, and each rank's cut of them.
 
-Joining shares back into whole arrays is `mpiprop.network.shares.join_parts`, which needs only the whole shapes.
+Joining shares back into whole arrays is `mpiprop.network.training.shares.join_parts`, which needs only the whole shapes.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from mpiprop.distributed.tensor_parallel.full_state import named_split_layers
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import is_array
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 @dataclass(frozen=True)

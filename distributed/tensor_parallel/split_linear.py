@@ -5,9 +5,9 @@ import numpy
 
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
-from mpiprop.network.layer import Layer
-from mpiprop.network.linear import Linear
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.linear import Linear
+from mpiprop.network.layers.parameter import Parameter
 
 
 class SplitLinear(Layer):

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
-from mpiprop.network.memory_report import MemoryReport
+from mpiprop.network.training.memory_report import MemoryReport
 
 
 def gather_memory_reports(report: MemoryReport, comm: "MpiComm | Communicator | None" = None) -> list[MemoryReport]:
     """Every rank's `report`, in rank order, on every rank. Collective over `comm` (default: the world).
 
     Args:
-        report: this rank's report (`mpiprop.network.memory_report`).
+        report: this rank's report (`mpiprop.network.training.memory_report`).
         comm: the ranks to gather from.
 
     Returns:

@@ -30,7 +30,7 @@ from typing import Callable, Sequence  # noqa: E402
 import numpy  # noqa: E402
 
 import mpiprop.network as nn  # noqa: E402
-from mpiprop.network import mkl_gemm  # noqa: E402
+from mpiprop.network.compute import mkl_gemm  # noqa: E402
 
 SIZES = (784, 1024, 1024, 10)
 TARGETS = {"numpy": 0.95, "torch": 1.0}

@@ -1,4 +1,4 @@
-"""Optimizers: SGD (momentum, Nesterov), Adam and AdamW, with PyTorch's update rules."""
+"""Optimizers (SGD, Adam, AdamW) and what acts on gradients before a step: clipping, penalties, loss scaling, schedules."""
 from mpiprop.network.optim.adam import Adam, AdamW
 from mpiprop.network.optim.optimizer import Optimizer
 from mpiprop.network.optim.sgd import SGD

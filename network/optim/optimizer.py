@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 from mpiprop.network.backend import device_of, to_device, to_numpy
 from mpiprop.network.checks import non_negative_float
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 ParamsOrGroups = Iterable[Parameter] | Iterable[dict[str, Any]]
 
@@ -18,7 +18,7 @@ class Optimizer:
     `[{"params": weights}, {"params": biases, "weight_decay": 0.0}]`; a group's missing
     hyperparameters take the optimizer's arguments. `param_groups` holds the groups, each with
     every hyperparameter and "initial_lr" (its learning rate at construction, which
-    `schedules.set_lr` scales a schedule by). Per-parameter state (momentum, moments) is a dict
+    `lr_schedules.set_lr` scales a schedule by). Per-parameter state (momentum, moments) is a dict
     of arrays per parameter, in `self.state[i]` for `self.params[i]` (all groups' parameters in order).
 
     Args:
@@ -78,7 +78,7 @@ class Optimizer:
         if len(set(rates)) > 1:
             raise ValueError(f"the {len(rates)} parameter groups have different learning rates {rates}; set "
                              "optimizer.param_groups[i]['lr'] for each, or follow a schedule with "
-                             "mpiprop.network.schedules.set_lr")
+                             "mpiprop.network.optim.lr_schedules.set_lr")
         for group in self.param_groups:
             group["lr"] = value
 

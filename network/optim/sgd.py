@@ -7,9 +7,9 @@ import numpy
 
 from mpiprop.network.backend import elementwise_kernel, get_array_module
 from mpiprop.network.checks import non_negative_float
-from mpiprop.network.inplace import add_scaled_
+from mpiprop.network.compute.inplace import add_scaled_
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class SGD(Optimizer):

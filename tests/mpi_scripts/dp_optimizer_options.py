@@ -15,8 +15,8 @@ from mpi4py import MPI
 
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
-from mpiprop.network.layer import Layer
-from mpiprop.network.schedules import CosineAnnealingLR, set_lr
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, set_lr
 
 IN, HIDDEN, CLASSES, PER_RANK, STEPS = 6, 5, 3, 4, 5
 LR = 0.1

@@ -14,8 +14,8 @@ import numpy
 
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel, average_metrics
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.data.synthetic import synthetic_classification
 
 NAN_SAMPLE = 21  # in the third global batch of 8
 

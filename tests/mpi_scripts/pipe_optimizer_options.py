@@ -9,7 +9,7 @@ from mpi4py import MPI
 
 import mpiprop.network as nn
 from mpiprop.distributed import Pipeline
-from mpiprop.network.schedules import CosineAnnealingLR, set_lr
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, set_lr
 from pipe_equivalence import largest_difference, make_batches, make_model
 
 TOLERANCE = 1e-5

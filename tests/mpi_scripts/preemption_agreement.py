@@ -7,7 +7,7 @@ import os
 import signal
 
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.network.preemption import PreemptionWatch
+from mpiprop.network.training.preemption import PreemptionWatch
 
 
 class CountedCommunicator(Communicator):

@@ -16,6 +16,7 @@ import numpy
 from mpi4py import MPI
 
 import mpiprop.network as nn
+from mpiprop.network.training.checkpoint import read_checkpoint
 from mpiprop.distributed import Communicator, DataParallel, Pipeline
 from mpiprop.distributed.tensor_parallel import (
     ColumnParallelLinear, RowParallelLinear, full_state_dict, load_full_state_dict, named_split_layers,
@@ -196,7 +197,7 @@ def check_checkpoint_round_trip(world, group) -> None:
         nn.save_checkpoint(path, whole)
     world.barrier()
     fresh = tensor_parallel_model(seed=21, group=group)
-    load_full_state_dict(fresh, nn.checkpoint.read_checkpoint(path)["model"])
+    load_full_state_dict(fresh, read_checkpoint(path)["model"])
     assert_close(full_state_dict(fresh), state, "reloaded weights")
     for (name, p), (_, q) in zip(fresh.named_parameters(), trained.named_parameters()):
         numpy.testing.assert_array_equal(p.data, q.data, err_msg=name)

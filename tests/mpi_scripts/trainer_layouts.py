@@ -22,11 +22,11 @@ from mpi4py import MPI
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel, Pipeline
 from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
-from mpiprop.network.callbacks import Callback, EarlyStopping
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.non_finite import NonFiniteError
-from mpiprop.network.schedules import CosineAnnealingLR
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.training.callbacks import Callback, EarlyStopping
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.training.non_finite import NonFiniteError
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR
+from mpiprop.network.data.synthetic import synthetic_classification
 
 TOLERANCE = 1e-10
 GLOBAL_BATCH, MICRO_BATCHES, EPOCHS, STOP_STEP = 16, 2, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2

@@ -7,7 +7,7 @@ from mpi4py import MPI
 
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
-from mpiprop.network.data import ArrayDataset, DataLoader
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
 
 rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
 samples = 4 * size + 1

@@ -21,9 +21,9 @@ from mpi4py import MPI
 
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
-from mpiprop.network.data import ArrayDataset, DataLoader
-from mpiprop.network.schedules import CosineAnnealingLR
-from mpiprop.network.synthetic import synthetic_classification
+from mpiprop.network.data.loader import ArrayDataset, DataLoader
+from mpiprop.network.optim.lr_schedules import CosineAnnealingLR
+from mpiprop.network.data.synthetic import synthetic_classification
 
 TOLERANCE = 1e-6
 GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2

@@ -5,7 +5,7 @@ import functools
 from typing import Any, Callable, Iterator
 
 from mpiprop.network.backend import Array, device_of, to_device
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 class _Remembered:

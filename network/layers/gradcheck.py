@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.backend import Array, get_array_module
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 class GradcheckError(AssertionError):

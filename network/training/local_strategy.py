@@ -5,11 +5,11 @@ import math
 from typing import Any, Iterator
 
 from mpiprop.network.backend import Array, get_array_module
-from mpiprop.network.layer import Layer
-from mpiprop.network.losses import Loss
-from mpiprop.network.non_finite import first_non_finite_layer, is_finite
-from mpiprop.network.parameter import Parameter
-from mpiprop.network.sequential import Sequential
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.training.non_finite import first_non_finite_layer, is_finite
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.layers.sequential import Sequential
 
 
 class LocalStrategy:

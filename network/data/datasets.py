@@ -10,7 +10,7 @@ from typing import Any
 import numpy
 
 from mpiprop.network.checks import DAMAGED_NPZ_ERRORS, float_dtype
-from mpiprop.network.idx import read_idx
+from mpiprop.network.data.idx import read_idx
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -8,7 +8,7 @@ import numpy
 
 from mpiprop.network.backend import Array, device_of, elementwise_kernel, get_array_module, is_array, to_device
 from mpiprop.network.checks import all_finite, float_array
-from mpiprop.network.layer import REMEMBERED
+from mpiprop.network.layers.layer import REMEMBERED
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -5,7 +5,7 @@ for the layer sizes of a typical MLP and much faster for the small batches of pi
 micro-batches; PyTorch's CPU build uses it too. `gemm` calls MKL's `cblas_?gemm` on numpy
 arrays as they lie in memory and says False when it cannot (MKL absent, another dtype, a
 strided array), so callers fall back to numpy. `MPIPROP_BLAS=numpy` turns MKL off, and so
-does the block `with mpiprop.network.mkl_gemm.disabled():`. MKL's thread count follows
+does the block `with mpiprop.network.compute.mkl_gemm.disabled():`. MKL's thread count follows
 MKL_NUM_THREADS or OMP_NUM_THREADS, like numpy's BLAS.
 """
 from __future__ import annotations

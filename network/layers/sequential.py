@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from mpiprop.network.backend import Array
-from mpiprop.network.layer import REMEMBERED, Layer
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.layer import REMEMBERED, Layer
+from mpiprop.network.layers.parameter import Parameter
 
 ParametersFinal = Callable[[list[Parameter]], None]
 

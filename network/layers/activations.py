@@ -5,7 +5,7 @@ import math
 
 from mpiprop.network.backend import Array, erf, get_array_module
 from mpiprop.network.checks import float_array
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 class Activation(Layer):

@@ -6,7 +6,7 @@ from typing import Iterable
 
 from mpiprop.network.backend import get_array_module
 from mpiprop.network.checks import non_negative_float
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 def total_grad_norm(params: Iterable[Parameter], norm_type: float = 2.0) -> float:

@@ -5,8 +5,8 @@ import numpy
 
 from mpiprop.network.backend import Array, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int
-from mpiprop.network.layer import Layer
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.parameter import Parameter
 
 
 class BatchNorm1d(Layer):

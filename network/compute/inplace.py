@@ -6,8 +6,8 @@ import functools
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, gpu_add_matmul_
-from mpiprop.network.matmul import mkl_add_matmul_, product_in_precision
-from mpiprop.network.precision import current_precision
+from mpiprop.network.compute.matmul import mkl_add_matmul_, product_in_precision
+from mpiprop.network.compute.precision import current_precision
 
 _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "d"}
 

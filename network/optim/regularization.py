@@ -5,7 +5,7 @@ from typing import Iterable
 
 from mpiprop.network.backend import get_array_module
 from mpiprop.network.checks import non_negative_float
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 
 def l1_penalty(params: Iterable[Parameter], strength: float) -> float:

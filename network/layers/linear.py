@@ -5,13 +5,13 @@ import math
 
 import numpy
 
-from mpiprop.network import init
+from mpiprop.network.layers import init
 from mpiprop.network.backend import Array, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, positive_int, same_array_module
-from mpiprop.network.inplace import add_matmul_
-from mpiprop.network.layer import Layer
-from mpiprop.network.matmul import matmul
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.compute.inplace import add_matmul_
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.layers.parameter import Parameter
 
 
 class Linear(Layer):
@@ -26,7 +26,7 @@ class Linear(Layer):
         generator: numpy Generator for the initial values; defaults to the seeded shared one.
 
     Weights and bias start as U(-1/sqrt(in), 1/sqrt(in)), PyTorch's default; re-initialise
-    with `mpiprop.network.init` (e.g. `init.kaiming_normal_(layer.weight, nonlinearity="relu")`).
+    with `mpiprop.network.layers.init` (e.g. `init.kaiming_normal_(layer.weight, nonlinearity="relu")`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,

@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import numpy
 
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.backend import is_array, to_numpy
-from mpiprop.network.checkpoint_archive import ArchiveRefused, read_members
+from mpiprop.network.training.checkpoint_archive import ArchiveRefused, read_members
 from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 FORMAT = "mpiprop-checkpoint"

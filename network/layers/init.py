@@ -6,8 +6,8 @@ import math
 import numpy
 
 from mpiprop.network.backend import device_of, to_device
-from mpiprop.network.parameter import Parameter
-from mpiprop.network import rng as _rng
+from mpiprop.network.layers.parameter import Parameter
+from mpiprop.network.compute import rng as _rng
 
 _GAINS = {"linear": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "selu": 0.75}
 

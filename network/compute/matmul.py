@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy
 
-from mpiprop.network import mkl_gemm
+from mpiprop.network.compute import mkl_gemm
 from mpiprop.network.backend import Array, get_array_module, tensor_core_float32
-from mpiprop.network.precision import Precision, current_precision, round_for_product
+from mpiprop.network.compute.precision import Precision, current_precision, round_for_product
 
 
 def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mpiprop.network.backend import Array
 from mpiprop.network.checks import float_array
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 class Flatten(Layer):

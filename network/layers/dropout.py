@@ -1,17 +1,17 @@
 """Dropout: zero each input with probability p in training, scale the rest by 1/(1-p)."""
 from __future__ import annotations
 
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.checks import float_array
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 class Dropout(Layer):
     """Inverted dropout (Srivastava et al., 2014); the identity in eval mode.
 
     Masks come from `generator` when given, else from a random stream of this layer's own
-    (`mpiprop.network.rng.stream_generator`), seeded by `mpiprop.network.manual_seed` and the
+    (`mpiprop.network.compute.rng.stream_generator`), seeded by `mpiprop.network.manual_seed` and the
     layer's place among the dropout layers made since: a model built after the same seed
     draws the same masks whether it runs in one process or as pipeline stages, and a batch
     cut into micro-batches gets the rows of the whole batch's mask (on numpy arrays).

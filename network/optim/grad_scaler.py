@@ -5,9 +5,9 @@ from typing import Any, Callable, Iterable
 
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.checks import positive_int
-from mpiprop.network.layer import REMEMBERED
-from mpiprop.network.losses import Loss
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.layer import REMEMBERED
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.layers.parameter import Parameter
 
 
 class GradScaler:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from mpiprop.network.layer import Layer
+from mpiprop.network.layers.layer import Layer
 
 
 def gradient_norms(model: Layer) -> dict[str, float]:

@@ -12,26 +12,26 @@ from typing import Any, Callable, Sequence
 
 import numpy
 
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.backend import device_of, to_device, to_numpy
-from mpiprop.network.callbacks import Callback
-from mpiprop.network.checkpoint import (CheckpointError, check_model_state, load_optimizer_state, merged_optimizer_state,
+from mpiprop.network.training.callbacks import Callback
+from mpiprop.network.training.checkpoint import (CheckpointError, check_model_state, load_optimizer_state, merged_optimizer_state,
                                         named_optimizer_state, optimizer_parameter_names, read_checkpoint,
                                         write_checkpoint)
 from mpiprop.network.checks import non_negative_float, positive_int
-from mpiprop.network.clipping import clip_grad_norm_, grad_power_sum
-from mpiprop.network.layer import Layer
-from mpiprop.network.local_strategy import LocalStrategy
-from mpiprop.network.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
-from mpiprop.network.metrics import MetricSums, MetricTotals, count_correct
-from mpiprop.network.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
-from mpiprop.network.grad_scaler import GradScaler, ScaledLoss
-from mpiprop.network.precision import precision_for_device, using_precision
-from mpiprop.network.preemption import PreemptionWatch
-from mpiprop.network.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
-from mpiprop.network.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
-from mpiprop.network.schedules import set_lr
-from mpiprop.network.shares import join_parts
+from mpiprop.network.optim.clipping import clip_grad_norm_, grad_power_sum
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.training.local_strategy import LocalStrategy
+from mpiprop.network.layers.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from mpiprop.network.training.metrics import MetricSums, MetricTotals, count_correct
+from mpiprop.network.training.non_finite import POLICIES, NonFiniteError, grads_finite, non_finite_grads
+from mpiprop.network.optim.grad_scaler import GradScaler, ScaledLoss
+from mpiprop.network.compute.precision import precision_for_device, using_precision
+from mpiprop.network.training.preemption import PreemptionWatch
+from mpiprop.network.training.progress import DEFAULT_LINE_EVERY_S, print_flushed, progress_display, progress_mode
+from mpiprop.network.training.run_end import StopRequest, end_line, non_finite_line, nothing_to_train
+from mpiprop.network.optim.lr_schedules import set_lr
+from mpiprop.network.training.shares import join_parts
 
 _LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
 STRATEGY_METHODS = ("train_step", "predict", "parameters", "named_parameters", "train", "eval", "state_dict",
@@ -60,8 +60,8 @@ class Trainer:
             `DataParallel(model)` or `Pipeline(model, ...)`.
         loss_fn: a mean-reduced loss, e.g. `CrossEntropyLoss()`.
         optimizer: e.g. `optim.SGD(model.parameters(), lr=0.1, momentum=0.9)`.
-        lr_schedule: callable t -> learning rate (see `mpiprop.network.schedules`), set before each update
-            in every parameter group (by `schedules.set_lr`).
+        lr_schedule: callable t -> learning rate (see `mpiprop.network.optim.lr_schedules`), set before each update
+            in every parameter group (by `lr_schedules.set_lr`).
         schedule_per: "step" (t counts optimizer steps) or "epoch" (t counts epochs).
         clip_grad_norm: when given, clip the gradients' total 2-norm (over the whole model) to this value
             before each update.
@@ -90,7 +90,7 @@ class Trainer:
         precision: how the layers' products are computed: "fp32" (default), or on a GPU "tf32",
             "bf16-mixed" or "fp16-mixed" (float32 weights and optimizer state, half-precision
             products; fp16 scales the loss with `grad_scaler`, skipping steps whose scaled
-            gradients overflow). See `mpiprop.network.precision`.
+            gradients overflow). See `mpiprop.network.compute.precision`.
         grad_scaler: the loss scaler (default: a GradScaler() for "fp16-mixed", none otherwise; one
             given here scales the loss in any precision); its state is kept in checkpoints.
 
@@ -226,7 +226,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         if self.plot_path is not None and self.is_main and self.history:
-            from mpiprop.network.plots import plot_history
+            from mpiprop.network.training.plots import plot_history
             plot_history(self.history, self.plot_path)
         self._report_end(ended_before or end_line(self.epoch, self.batch, epochs, self._stop(), self.checkpoint_path))
         return self.history

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy
 
-from mpiprop.network import rng
+from mpiprop.network.compute import rng
 from mpiprop.network.backend import Array, get_array_module
-from mpiprop.network.dropout import Dropout
-from mpiprop.network.layer import REMEMBERED, Layer
-from mpiprop.network.sequential import Sequential, SequentialCache
+from mpiprop.network.layers.dropout import Dropout
+from mpiprop.network.layers.layer import REMEMBERED, Layer
+from mpiprop.network.layers.sequential import Sequential, SequentialCache
 
 
 class RecomputeCache:

@@ -5,7 +5,7 @@ import math
 from typing import Any, Iterable
 
 from mpiprop.network.backend import Array, get_array_module
-from mpiprop.network.parameter import Parameter
+from mpiprop.network.layers.parameter import Parameter
 
 POLICIES = ("raise", "skip")
 

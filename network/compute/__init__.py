@@ -1,0 +1,1 @@
+"""compute: how products and random numbers are made (precision, BLAS, streams), not what a layer means."""

@@ -1,0 +1,1 @@
+"""data: where batches come from: loaders, data sets and their preprocessing."""

@@ -1,0 +1,1 @@
+"""layers: the layer contract and every layer, activation, loss and initialisation."""
