@@ -20,8 +20,9 @@ from mpiprop.distributed.reliability.finish_marks import leave_finish_mark_at_ex
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.transport.communicator import Communicator, as_communicator, mpi_comm_of
 from mpiprop.distributed.data_parallel.data_parallel import DataParallel
-from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
+from mpiprop.distributed.data_parallel.gradient_sync import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.data_parallel.compression import Float16Compression, NoCompression
 from mpiprop.distributed.transport.memory_reports import gather_memory_reports
 from mpiprop.distributed.transport.metric_averaging import average_metrics
 from mpiprop.distributed.reliability.orphan_guard import exit_when_orphaned
@@ -38,7 +39,7 @@ __all__ = [
     "Communicator", "Request", "wait_all", "poll_all", "as_communicator", "mpi_comm_of", "mpi_cuda_aware",
     "install_abort_handler", "uninstall_abort_handler", "abort_handler_installed", "abort_job",
     "Watchdog", "start_watchdog", "waiting_in",
-    "DataParallel", "GradientSync", "SyncStats", "DEFAULT_BUCKET_CAP_MB",
+    "DataParallel", "GradientSync", "SyncStats", "DEFAULT_BUCKET_CAP_MB", "NoCompression", "Float16Compression",
     "rank", "size", "local_rank", "is_main_rank", "bind_gpu", "average_metrics", "gather_memory_reports",
 ]
 

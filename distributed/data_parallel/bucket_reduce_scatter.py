@@ -23,7 +23,7 @@ class MpiBucketReduceScatter(BucketAllreduce):
     completes (seen while progressing, waiting or finishing) the bucket is released, so its whole
     gradient space lives only from backward's first write into it until then. At most IN_FLIGHT
     buckets reduce-scatter at once: launching another first waits for the oldest one. `finish()`
-    waits for them all and sums every bucket's flags and tally on every rank in one allreduce;
+    waits for them all and sums every bucket's flags on every rank in one allreduce;
     then every rank's own gradients hold their sums over the ranks and the others read as zero.
 
     Args:
@@ -81,7 +81,7 @@ class MpiBucketReduceScatter(BucketAllreduce):
         return sum(bucket.nbytes for bucket in self.buckets)
 
     def _sum_tails(self) -> None:
-        """Sum every bucket's flags and tally over the ranks: one allreduce per dtype, not one per bucket."""
+        """Sum every bucket's flags over the ranks: one allreduce per dtype, not one per bucket."""
         for dtype in dict.fromkeys(bucket.dtype for bucket in self.buckets):
             tails = [bucket.tail for bucket in self.buckets if bucket.dtype == dtype]
             joined = numpy.concatenate(tails)

@@ -1,14 +1,13 @@
 """DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_possible
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
-from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
-from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
-from mpiprop.distributed.data_parallel.node_groups import node_groups
+from mpiprop.distributed.data_parallel.compression import NoCompression
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync, SyncStats
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
@@ -16,8 +15,10 @@ from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
-from mpiprop.network.backend import Array, device_of
+from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.layers.layer import REMEMBERED, Layer
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.training.non_finite import is_finite
 from mpiprop.network.training.local_strategy import LocalStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
@@ -34,14 +35,15 @@ class DataParallel(LocalStrategy):
     bucket's non-blocking allreduce starts, so communication overlaps the rest of backward. When
     `backward` returns, every gradient is the gradient of the mean loss over the global batch
     when each rank's loss is the mean over its shard, even for shards of unequal sizes (4, 3
-    and 3 rows): backward multiplies the output gradient by this rank's share of the global
-    batch's rows, so the allreduces' sums are the row-weighted means. The ranks exchange their
-    rows once; after that each rank's rows are summed along with the gradients, and on a step
-    whose total differs from the last one (the short last batch of an epoch) the summed
-    gradients are multiplied by old total / new total (see ShardWeight). Under `no_sync()`,
-    with a compression, and for the first synchronised backward after `no_sync()`, the rows
-    are exchanged before that backward instead. Gradients added to `.grad` outside `backward`
-    are therefore summed over ranks, not averaged (and scaled with the others on such a step).
+    and 3 rows): each rank passes its share of the global batch to the `GradientSync`, which
+    weighs its buckets by it before summing them (see ShardWeight). `train_step` takes that share
+    from the loss's denominator (`Loss.denominator`: rows, elements, or the total class weight of
+    the kept targets), so every loss option (class weights, ignore_index) gives torch's mean over
+    the global batch, and returns that mean; `backward` alone counts the rows of the last forward.
+    The shares are summed over the ranks in one small non-blocking allreduce per step. Under
+    `no_sync()` each backward weighs its output gradient by its share instead, and the first
+    synchronised backward after it sums with weight 1. Gradients added to `.grad` outside `backward`
+    are weighted with the others.
     Switching to evaluation (`eval()`) gives every rank rank 0's buffers, so all ranks
     evaluate alike.
 
@@ -61,8 +63,9 @@ class DataParallel(LocalStrategy):
             its buckets reduced after its whole backward).
         comm: an mpi4py communicator or Communicator; None clones MPI.COMM_WORLD.
         bucket_cap_mb: target size of a gradient bucket in MiB (default 4).
-        compression: None, or "float16" to allreduce float16 copies of the gradient buffers
-            (half the bytes, about 3 significant digits per averaged gradient).
+        compression: a compression object (`NoCompression()`, `Float16Compression()`: float16 copies
+            of the gradient buffers, half the bytes, about 3 significant digits per averaged
+            gradient), None for none, or the name "float16" (see compression.py).
         broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
             training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
@@ -96,7 +99,7 @@ class DataParallel(LocalStrategy):
     """
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
-                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
+                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: "NoCompression | str | None" = None,
                  broadcast_buffers: bool = True, shared_memory: bool = True, shard_optimizer_state: int = 0):
         super().__init__(module)
         if not bucket_cap_mb > 0:
@@ -118,20 +121,20 @@ class DataParallel(LocalStrategy):
                 self.comm.free()
             raise
         self._broadcast_state()
-        self.compression = compression
         in_final_order = _parameters_in_final_order(module)
         owners = shard_owners([p.size for p in in_final_order], self.comm.size)
         self.owner_of = {id(p): owner for p, owner in zip(in_final_order, owners)}
         self.gradient_sync = GradientSync(in_final_order, self.comm, bucket_cap_mb=bucket_cap_mb,
                                           compression=compression, shared_memory=shared_memory,
-                                          owners=owners if shard_optimizer_state == 2 else None, tally=True)
+                                          owners=owners if shard_optimizer_state == 2 else None)
+        self.compression = self.gradient_sync.compression
         self.buckets = self.gradient_sync.buckets
-        self._parameters_in_shared_memory = (self.allreduce_kind.startswith("shared memory") or
-                                             (shard_optimizer_state == 2 and shared_memory and
-                                              _on_one_node_in_shared_memory(in_final_order, self.comm)))
+        self._parameters_in_shared_memory = self.allreduce_kind.startswith("shared memory")
         self._sync_gradients = True
         self._accumulated_without_sync = False
         self._shard_weight = ShardWeight(self.comm)
+        self._count_rows = True
+        self._global_loss = math.nan
         self._has_buffers = any(True for _ in module.named_buffers())
 
     # --- forward and backward ------------------------------------------------------------
@@ -153,13 +156,35 @@ class DataParallel(LocalStrategy):
     def _before_forward(self, x: Array) -> None:
         if self.module.training and self.broadcast_buffers and self._has_buffers:
             self.sync_buffers()
-        if self.module.training and self.comm.size > 1:
-            self._shard_weight.start(int(x.shape[0]), exchange=not self._rows_summed_with_gradients())
+        if self.module.training and self.comm.size > 1 and self._count_rows:
+            self._shard_weight.start(int(x.shape[0]), rows=True)
 
-    def _rows_summed_with_gradients(self) -> bool:
-        """Whether the next backward sums every rank's rows with the gradients (else they are exchanged first):
-        when it sums gradients that can carry them, all of them from this backward."""
-        return self._sync_gradients and self.gradient_sync.carries_tally and not self._accumulated_without_sync
+    def train_step(self, x: Array, y: Array, loss_fn: Loss) -> float:
+        """Forward, the loss and backward of this rank's shard; the gradients and the returned loss are those
+        of the loss over the global batch (each rank weighted by its share of the loss's denominator).
+
+        A NaN or Inf output or loss sends NaN gradients backward on this rank, so every rank's summed
+        gradients and loss turn NaN alike. A rank whose targets are all ignored contributes nothing.
+
+        Args:
+            x: this rank's shard of the batch.
+            y: its targets.
+            loss_fn: a loss reducing by "mean" (or "sum": the losses then add up over the ranks).
+
+        Returns:
+            The loss over the global batch, the same on every rank.
+        """
+        self._count_rows = False
+        try:
+            output = self(x)
+        finally:
+            self._count_rows = True
+        value, output_grad, local = _loss_gradient_and_denominator(loss_fn, output, y)
+        if self.comm.size > 1:
+            self._shard_weight.start(local, value, mean=loss_fn.reduction != "sum")
+        self.backward(output_grad)
+        self.last_output = output
+        return self._global_loss if self.comm.size > 1 else value
 
     def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
         """Backpropagate `dout` and return once every gradient is averaged over ranks.
@@ -174,29 +199,32 @@ class DataParallel(LocalStrategy):
         Returns:
             The input gradient when `input_grad`, else None.
         """
-        weight, rows = self._shard_weight.take(exchange=not self._rows_summed_with_gradients())
-        dout = dout if self.comm.size == 1 else dout * weight  # backward is linear: sums become weighted means
-        if not self._sync_gradients:
-            with span("backward", synchronised=False):
-                input_gradient = self._run_backward(dout, cache, input_grad, on_parameters_final=None)
-            self._accumulated_without_sync = True
-        else:
-            self.gradient_sync.start(tally=rows or 0)
-            with span("backward"):
-                input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
-            self.gradient_sync.finish()
-            self._accumulated_without_sync = False
-            if rows is not None and self.gradient_sync.carries_tally:
-                self._correct_for_the_rows_of_all_ranks(rows)
-        if input_gradient is not None and self.comm.size > 1 and weight > 0:
-            input_gradient *= input_gradient.dtype.type(1.0 / weight)
+        weight, self._global_loss = self._shard_weight.take() if self.comm.size > 1 else (1.0, math.nan)
+        if not self._sync_gradients or self._accumulated_without_sync:
+            return self._backward_accumulating(dout, cache, input_grad, weight)
+        self.gradient_sync.start(weight)
+        with span("backward"):
+            input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
+        self.gradient_sync.finish()
         return input_gradient
 
-    def _correct_for_the_rows_of_all_ranks(self, rows: int) -> None:
-        """Scale the summed gradients when the ranks' rows, summed with them, differ from the total assumed."""
-        factor = self._shard_weight.correction(rows, self.gradient_sync.summed_tally, self.gradient_sync.tally_limit)
-        if factor != 1.0:
-            self.gradient_sync.scale(factor)
+    def _backward_accumulating(self, dout: Array, cache: Any, input_grad: bool, weight: float) -> Array | None:
+        """A backward under `no_sync()`, or the first synchronised one after: gradients from several backwards
+        share the buckets, so each weighs its output gradient by its own share, and the sum has weight 1."""
+        weighted = dout if weight == 1.0 else dout * dout.dtype.type(weight)
+        if not self._sync_gradients:
+            with span("backward", synchronised=False):
+                input_gradient = self._run_backward(weighted, cache, input_grad, on_parameters_final=None)
+            self._accumulated_without_sync = True
+        else:
+            self.gradient_sync.start(1.0)
+            with span("backward"):
+                input_gradient = self._run_backward(weighted, cache, input_grad, self.gradient_sync.mark_final)
+            self.gradient_sync.finish()
+            self._accumulated_without_sync = False
+        if input_gradient is not None and weight != 1.0 and weight > 0:
+            input_gradient *= input_gradient.dtype.type(1.0 / weight)
+        return input_gradient
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -319,13 +347,18 @@ class DataParallel(LocalStrategy):
                 f"allreduce={self.allreduce_kind!r}, compression={self.compression!r},\n  module={self.module!r})")
 
 
-def _on_one_node_in_shared_memory(params: list[Parameter], comm: Communicator) -> bool:
-    """Whether every rank of `comm` is on one node and could share memory for these parameters. Collective."""
-    if not shared_memory_possible(comm, [p.dtype for p in params], all(device_of(p.data) == "cpu" for p in params)):
-        return False
-    groups = node_groups(comm)
-    groups.free()
-    return groups.nodes == 1
+def _loss_gradient_and_denominator(loss_fn: Loss, output: Array, y: Array) -> tuple[float, Array, float]:
+    """(loss, its output gradient, its denominator); NaN and a NaN gradient for a non-finite output or loss, and 0
+    with a zero gradient for a mean over nothing (every target ignored)."""
+    if is_finite(output):
+        value = loss_fn(output, y)
+        local = loss_fn.denominator()
+        if loss_fn.reduction != "sum" and local == 0:
+            loss_fn.backward()
+            return 0.0, get_array_module(output).zeros_like(output), 0.0
+        if math.isfinite(value):
+            return value, loss_fn.backward(), local
+    return math.nan, get_array_module(output).full_like(output, math.nan), 1.0
 
 
 def _parameters_in_final_order(module: Layer) -> list[Parameter]:

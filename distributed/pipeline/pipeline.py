@@ -237,13 +237,12 @@ class Pipeline:
             self._check_tensor_ranks_draw_alike()
         sync = self.gradient_sync
         if sync is not None:
-            sync.start()
+            sync.start(1.0 / self.replicas)
         result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self._reports_outputs,
                                     on_parameters_final=None if sync is None else sync.mark_final)
         loss = self._finish(result)
         if sync is not None:
             sync.finish()
-            sync.scale(1.0 / self.replicas)
             self._broadcast_buffers_over_replicas()
         self.last_output = self._joined(result.outputs)
         return loss

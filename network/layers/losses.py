@@ -72,7 +72,7 @@ class Loss:
         value = self._reduce(losses, count)
         if on_gpu and not _is_finite(value):
             self._check_finite(pred, target)
-        return value, (cache, self._gradient_scale(count), losses.shape)
+        return value, (cache, self._gradient_scale(count), losses.shape, float(count))
 
     def _reduce(self, losses: Array, count: float) -> float | Array:
         if self.reduction == "none":
@@ -89,6 +89,23 @@ class Loss:
         if self.reduction == "sum":
             return 1.0
         return 1.0 / count if count else math.nan
+
+    def denominator(self, cache: Any = REMEMBERED) -> float:
+        """What "mean" divided the summed losses of a forward by: rows, elements, or the total class weight of
+        the rows kept (without ignored targets). Under data parallelism each rank's share of the summed
+        denominators is its weight in the global-batch mean, as torch computes it on the whole batch.
+
+        Args:
+            cache: from `forward`; defaults to the last `loss(pred, target)`'s (not consumed).
+
+        Raises:
+            RuntimeError: when no loss was computed.
+        """
+        if cache is REMEMBERED:
+            if self._last_cache is REMEMBERED:
+                raise RuntimeError(f"{type(self).__name__}.denominator called before the loss was computed")
+            cache = self._last_cache
+        return cache[3]
 
     def _check_finite(self, pred: Array, target: Array) -> None:
         name = type(self).__name__
@@ -115,7 +132,7 @@ class Loss:
             if self._last_cache is REMEMBERED:
                 raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
             cache, self._last_cache = self._last_cache, REMEMBERED
-        inner, scale, shape = cache
+        inner, scale, shape, _ = cache
         grad = self._gradient(inner)
         if scale is None:
             grad *= self._unreduced_grad_output(grad_output, shape, grad)
