@@ -38,7 +38,7 @@ class DataParallel(LocalStrategy):
     and 3 rows): each rank passes its share of the global batch to the `GradientSync`, which
     weighs its buckets by it before summing them (see ShardWeight). `train_step` takes that share
     from the loss's denominator (`Loss.denominator`: rows, elements, or the total class weight of
-    the kept targets), so every loss option (class weights, ignore_index) gives torch's mean over
+    the kept targets, from the targets), so every loss option (class weights, ignore_index) gives torch's mean over
     the global batch, and returns that mean; `backward` alone counts the rows of the last forward.
     The shares are summed over the ranks in one small non-blocking allreduce per step. Under
     `no_sync()` each backward weighs its output gradient by its share instead, and the first
@@ -350,15 +350,14 @@ class DataParallel(LocalStrategy):
 def _loss_gradient_and_denominator(loss_fn: Loss, output: Array, y: Array) -> tuple[float, Array, float]:
     """(loss, its output gradient, its denominator); NaN and a NaN gradient for a non-finite output or loss, and 0
     with a zero gradient for a mean over nothing (every target ignored)."""
+    local = loss_fn.denominator(y)
+    if loss_fn.reduction != "sum" and local == 0:
+        return 0.0, get_array_module(output).zeros_like(output), 0.0
     if is_finite(output):
         value = loss_fn(output, y)
-        local = loss_fn.denominator()
-        if loss_fn.reduction != "sum" and local == 0:
-            loss_fn.backward()
-            return 0.0, get_array_module(output).zeros_like(output), 0.0
         if math.isfinite(value):
             return value, loss_fn.backward(), local
-    return math.nan, get_array_module(output).full_like(output, math.nan), 1.0
+    return math.nan, get_array_module(output).full_like(output, math.nan), local
 
 
 def _parameters_in_final_order(module: Layer) -> list[Parameter]:

@@ -14,7 +14,7 @@ from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
-from mpiprop.distributed.pipeline.micro_batches import BatchPlan
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan, loss_shares, micro_batch_slices
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
 from mpiprop.distributed.pipeline.pipeline_stats import StageStats
@@ -212,7 +212,9 @@ class Pipeline:
 
         Gradients are added to each local parameter's `.grad` (zero them first, as before a
         plain backward); afterwards they equal the whole model's gradients for the batch
-        (with replicas: averaged over the replicas, each of which passes its share of the batch).
+        (with replicas, each of which passes its share of the batch: the gradients over the whole batch,
+        each micro-batch weighted by its share of the loss's denominator summed over the replicas, so
+        ignored targets and class weights give torch's mean over the whole batch).
         On the last stage `last_output` holds the batch's output (on its first tensor rank only, so
         that each output is counted once).
         Layers see one micro-batch at a time, as in torch's pipelining: dropout draws each
@@ -227,7 +229,7 @@ class Pipeline:
             loss_fn: a mean-reducing loss such as nn.CrossEntropyLoss().
 
         Returns:
-            the batch's mean loss, on every rank of the pipeline.
+            the batch's mean loss (over every replica's share), on every rank.
 
         Raises:
             ValueError: on every rank, when x or y is missing or their sizes do not fit.
@@ -235,15 +237,17 @@ class Pipeline:
         plan = self._agree_on_batch(x, y, needs_targets=True)
         if not self._tensor_draws_checked:
             self._check_tensor_ranks_draw_alike()
+        weights = self._loss_shares(plan, y, loss_fn, over_replicas=True) if self.is_last else None
         sync = self.gradient_sync
         if sync is not None:
-            sync.start(1.0 / self.replicas)
+            sync.start(1.0)  # each micro-batch's loss already counts with its share of every replica's denominator
         result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self._reports_outputs,
-                                    on_parameters_final=None if sync is None else sync.mark_final)
+                                    on_parameters_final=None if sync is None else sync.mark_final, weights=weights)
         loss = self._finish(result)
         if sync is not None:
             sync.finish()
             self._broadcast_buffers_over_replicas()
+            loss = self._summed_over_replicas(loss)
         self.last_output = self._joined(result.outputs)
         return loss
 
@@ -254,7 +258,8 @@ class Pipeline:
         """
         plan = self._agree_on_batch(x, y, needs_targets=True, forward_only_run=True)
         schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
-        result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn)
+        weights = self._loss_shares(plan, y, loss_fn, over_replicas=False) if self.is_last else None
+        result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn, weights=weights)
         return self._finish(result)
 
     def predict(self, x: Array | None) -> Array | None:
@@ -470,6 +475,23 @@ class Pipeline:
         if forward_only_run:
             micro_batches = max(1, min(micro_batches, batch_rows(header)))
         return plan_batch(header, micro_batches, needs_targets)
+
+    def _loss_shares(self, plan: BatchPlan, y: Array, loss_fn: Loss, over_replicas: bool) -> list[float]:
+        """Each micro-batch's weight in the batch's loss: its share of the loss's denominator (rows, elements,
+        the class weight of the kept targets), summed over the replicas' shares `over_replicas`; 1 for a sum."""
+        if loss_fn.reduction == "sum":
+            return [1.0] * len(plan.sizes)
+        denominators = [loss_fn.denominator(y[rows]) for rows in micro_batch_slices(list(plan.sizes))]
+        total = numpy.array([sum(denominators)], dtype=numpy.float64)
+        if over_replicas and self.data_comm is not None:
+            wait_politely([self.data_comm.iallreduce(total, "sum")])
+        return loss_shares(denominators, float(total[0]))
+
+    def _summed_over_replicas(self, loss: float) -> float:
+        """The replicas' shares of the loss, summed: the loss over every replica's share of the batch."""
+        summed = numpy.array([loss], dtype=numpy.float64)
+        wait_politely([self.data_comm.iallreduce(summed, "sum")])
+        return float(summed[0])
 
     def _finish(self, result: RunResult) -> float | None:
         """Share the last stage's loss with every rank; the run's span ends here on all of them."""

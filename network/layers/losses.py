@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy
 
-from mpiprop.network.backend import Array, device_of, elementwise_kernel, get_array_module, is_array, to_device
+from mpiprop.network.backend import (Array, device_of, elementwise_kernel, get_array_module, is_array, to_device,
+                                     to_numpy)
 from mpiprop.network.checks import all_finite, float_array
 from mpiprop.network.layers.layer import REMEMBERED
 
@@ -72,7 +73,7 @@ class Loss:
         value = self._reduce(losses, count)
         if on_gpu and not _is_finite(value):
             self._check_finite(pred, target)
-        return value, (cache, self._gradient_scale(count), losses.shape, float(count))
+        return value, (cache, self._gradient_scale(count), losses.shape)
 
     def _reduce(self, losses: Array, count: float) -> float | Array:
         if self.reduction == "none":
@@ -90,22 +91,13 @@ class Loss:
             return 1.0
         return 1.0 / count if count else math.nan
 
-    def denominator(self, cache: Any = REMEMBERED) -> float:
-        """What "mean" divided the summed losses of a forward by: rows, elements, or the total class weight of
-        the rows kept (without ignored targets). Under data parallelism each rank's share of the summed
-        denominators is its weight in the global-batch mean, as torch computes it on the whole batch.
-
-        Args:
-            cache: from `forward`; defaults to the last `loss(pred, target)`'s (not consumed).
-
-        Raises:
-            RuntimeError: when no loss was computed.
+    def denominator(self, target: Array) -> float:
+        """What "mean" divides the summed losses of a batch with targets `target` by: its elements here (one loss
+        per element); subclasses count otherwise (rows, the total class weight of the targets kept). Summed over
+        the shards of a batch (data-parallel ranks, micro-batches), each shard's share of it is its weight in
+        the mean over the whole batch, as torch computes it on the whole batch.
         """
-        if cache is REMEMBERED:
-            if self._last_cache is REMEMBERED:
-                raise RuntimeError(f"{type(self).__name__}.denominator called before the loss was computed")
-            cache = self._last_cache
-        return cache[3]
+        return float(target.size)
 
     def _check_finite(self, pred: Array, target: Array) -> None:
         name = type(self).__name__
@@ -132,7 +124,7 @@ class Loss:
             if self._last_cache is REMEMBERED:
                 raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
             cache, self._last_cache = self._last_cache, REMEMBERED
-        inner, scale, shape, _ = cache
+        inner, scale, shape = cache
         grad = self._gradient(inner)
         if scale is None:
             grad *= self._unreduced_grad_output(grad_output, shape, grad)
@@ -235,6 +227,17 @@ class CrossEntropyLoss(Loss):
         log_softmax, coefficients = cache
         xp = get_array_module(log_softmax)
         return xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients
+
+    def denominator(self, target: Array) -> float:
+        """Rows for class probabilities; for class indices the total class weight of the rows whose label is not
+        `ignore_index` (their count without `weight`)."""
+        if target.dtype.kind == "f":
+            return float(target.shape[0])
+        kept = target[target != self.ignore_index]
+        if self.weight is None:
+            return float(kept.size)
+        weights = to_numpy(self.weight).astype(numpy.float64)
+        return float(numpy.take(weights, to_numpy(kept).astype(numpy.int64), mode="clip").sum())
 
     def _class_weights(self, logits: Array) -> Array:
         xp = get_array_module(logits)
