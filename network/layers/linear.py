@@ -8,14 +8,13 @@ import numpy
 from mpiprop.network.layers import init
 from mpiprop.network.backend import Array, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, positive_int, same_array_module
-from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.layers.layer import Layer
-from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.layers.linear_math import linear_forward, linear_input_grad, linear_weight_grad_
 from mpiprop.network.layers.parameter import Parameter
 
 
 class Linear(Layer):
-    """y = x @ weight + bias.
+    """y = x @ weight + bias: the parameters of the math in linear_math.py.
 
     Args:
         in_features: width of the input.
@@ -45,20 +44,15 @@ class Linear(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x)
-        y = matmul(x, self.weight.data)
-        if self.bias is not None:
-            y += self.bias.data
-        return y, x
+        return linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data), x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        return matmul(dy, self.weight.data, transpose_b=True)
+        return linear_input_grad(dy, self.weight.data)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)
-        add_matmul_(self.weight.grad, x.T, dy)
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+        linear_weight_grad_(self.weight.grad, None if self.bias is None else self.bias.grad, x, dy)
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
