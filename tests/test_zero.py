@@ -268,3 +268,10 @@ def test_a_sharded_bucket_in_lent_space_counts_no_bytes_and_moving_into_it_frees
     assert theirs.grad.tolist() == [[3, 3]]
     with pytest.raises(RuntimeError, match="memory of its own can move into lent space"):
         bucket.move_into(numpy.zeros(5))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_clip_grad_norm_of_zero2_parameters_clips_by_the_norm_over_every_ranks_share(ranks):
+    result = run_mpi("zero2_clip.py", ranks, timeout=180)
+    assert sorted(re.findall(r"CLIP-OK rank=(\d)", result.stdout)) == [str(rank) for rank in range(ranks)]

@@ -10,6 +10,7 @@ from mpiprop.distributed.data_parallel.compression import NoCompression
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync, SyncStats
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
+from mpiprop.distributed.data_parallel.sharded_parameters import ShardedParameters
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
@@ -251,6 +252,12 @@ class DataParallel(LocalStrategy):
         if on_parameters_final is not None:
             on_parameters_final(self.module.parameters())
         return dx if input_grad else None
+
+    def parameters(self) -> list[Parameter]:
+        """The model's parameters; under ZeRO-2 a `ShardedParameters` list, whose gradients' norm
+        (`nn.clip_grad_norm_(dp.parameters(), max_norm)`) is taken over every rank's share."""
+        params = super().parameters()
+        return ShardedParameters(params, self.comm) if self.shard_optimizer_state == 2 else params
 
     # --- the optimizer ---------------------------------------------------------------------
     def optimizer(self, optimizer_class: type[Optimizer], params: ParamsOrGroups | None = None,
