@@ -129,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> float:
         model.to("cuda")
     strategy = make_strategy(model, args, world_size)
     shard, shards = (0, 1) if strategy is model else strategy.data_shard
-    if shards > 1:
-        nn.manual_seed(args.seed + shard)  # independent dropout masks per replica
+    if shards > 1 and not isinstance(strategy, distributed.DataParallel):
+        nn.manual_seed(args.seed + shard)  # independent dropout masks per pipeline replica (DataParallel's ranks
+        # draw their rows of the global batch's masks from one seed)
     shards_of = {"rank": shard, "world_size": shards}
     train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // shards, shuffle=True,
                               drop_last=True, seed=args.seed, **shards_of)  # whole batches cut into micro-batches

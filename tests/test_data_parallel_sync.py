@@ -43,3 +43,9 @@ def test_pretend_nodes_must_divide_the_ranks(monkeypatch):
         pretend_nodes()
     monkeypatch.setenv(PRETEND_NODES_VARIABLE, "1")
     assert pretend_nodes() == 1
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_data_parallel_with_dropout_equals_one_process_on_the_global_batch(ranks):
+    result = run_mpi("dp_dropout.py", ranks, timeout=TIMEOUT_S)
+    assert sorted(re.findall(r"DROPOUT-OK rank=(\d)", result.stdout)) == [str(rank) for rank in range(ranks)]

@@ -17,6 +17,8 @@ from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.compute import rng
+from mpiprop.network.layers.dropout import Dropout
 from mpiprop.network.layers.layer import REMEMBERED, Layer
 from mpiprop.network.layers.losses import Loss
 from mpiprop.network.training.non_finite import is_finite
@@ -137,6 +139,7 @@ class DataParallel(LocalStrategy):
         self._count_rows = True
         self._global_loss = math.nan
         self._has_buffers = any(True for _ in module.named_buffers())
+        self._draws_dropout = any(isinstance(layer, Dropout) and layer.p > 0 for layer in module.descendants())
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -146,13 +149,25 @@ class DataParallel(LocalStrategy):
         summed with the gradients.
         """
         self._before_forward(x)
-        with span("forward"):
+        with span("forward"), self._rows_of_the_global_batch(x):
             return self.module.forward(x)
 
     def __call__(self, x: Array) -> Array:
         self._before_forward(x)
-        with span("forward"):
+        with span("forward"), self._rows_of_the_global_batch(x):
             return self.module(x)
+
+    @contextmanager
+    def _rows_of_the_global_batch(self, x: Array) -> Iterator[None]:
+        """With dropout in training: this rank's rows draw the masks one process gives them in the global batch
+        (the ranks' shards in rank order; one small exchange of the rows), so dropout is not correlated across
+        ranks and the ranks together reproduce one process."""
+        if not (self._draws_dropout and self.module.training and self.comm.size > 1):
+            yield
+            return
+        rows = self.comm.allgather_object(int(x.shape[0]))
+        with rng.row_window(sum(rows[:self.comm.rank]), sum(rows)):
+            yield
 
     def _before_forward(self, x: Array) -> None:
         if self.module.training and self.broadcast_buffers and self._has_buffers:

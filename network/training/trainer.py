@@ -442,7 +442,7 @@ class Trainer:
         if self.checkpoint_path is None:
             return
         mine = (rng.get_rng_state(), self._train_totals.state_dict(), [c.state_dict() for c in self.callbacks],
-                self._held_parameters())
+                self._held_parameters(), list(self.model.data_shard))
         everyone = [mine] if self.comm is None else self.comm.allgather_object(mine)
         model_state = self.model.merge_over_stages({name: to_numpy(array)
                                                     for name, array in self.model.state_dict().items()})
@@ -451,6 +451,21 @@ class Trainer:
                                                  self.model.merge_over_stages)
         if self.is_main:
             write_checkpoint(self.checkpoint_path, model_state, optimizer_state, trainer=self._state(everyone))
+
+    def _saved_random_state(self, main_rank_state: dict, state: dict[str, Any]) -> dict:
+        """The random state this rank goes on from: that of the first saved rank that read the same data shard
+        (ranks reading one shard, such as a stage's tensor ranks, draw alike), else of the saved rank numbered as
+        this rank's shard; checkpoints without shards: the saved rank of this rank's number."""
+        rank_rng, shards = state.get("rank_rng"), state.get("rank_shards")
+        if rank_rng is None:
+            return main_rank_state
+        if shards is None:
+            return rank_rng[self.rank] if len(rank_rng) == self.world_size else main_rank_state
+        mine = list(self.model.data_shard)
+        same = [index for index, shard in enumerate(shards) if list(shard) == mine]
+        if same:
+            return rank_rng[same[0]]
+        return rank_rng[mine[0]] if mine[0] < len(rank_rng) else main_rank_state
 
     def _local_optimizer_state(self, saved: dict[str, Any] | None) -> dict[str, Any] | None:
         """A checkpoint's optimizer state with its entries by name cut to this process's parts."""
@@ -470,15 +485,16 @@ class Trainer:
                              "the strategy's parameters(), e.g. nn.optim.SGD(pipe.parameters(), lr=0.1)")
         return names
 
-    def _state(self, everyone: list[tuple[dict, dict, list, list]]) -> dict[str, Any]:
+    def _state(self, everyone: list[tuple[dict, dict, list, list, list]]) -> dict[str, Any]:
         """What the trainer needs to go on; `everyone` holds each rank's (random state, metric sums, callback
-        states, names of the parameters it holds)."""
+        states, names of the parameters it holds, data shard)."""
         return {
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "rank_rng": [state for state, _, _, _ in everyone] if self.comm is not None else None,
-            "rank_train_sums": [sums for _, sums, _, _ in everyone],
-            "rank_callbacks": [states for _, _, states, _ in everyone],
-            "rank_parameters": [names for _, _, _, names in everyone],
+            "rank_rng": [state for state, *_ in everyone] if self.comm is not None else None,
+            "rank_shards": [shard for *_, shard in everyone],
+            "rank_train_sums": [sums for _, sums, *_ in everyone],
+            "rank_callbacks": [states for _, _, states, *_ in everyone],
+            "rank_parameters": [names for _, _, _, names, _ in everyone],
             "skipped": [self.skipped_this_epoch, self.skipped_in_a_row],
             "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "history": self.history, "epochs": self.epochs,
@@ -508,10 +524,7 @@ class Trainer:
         load_optimizer_state(path, self._local_optimizer_state(saved["optimizer"]), self.optimizer,
                              self._optimizer_names())
         self.model.load_state_dict(saved["model"])
-        rng.set_rng_state(saved["rng"])
-        rank_rng = state.get("rank_rng")
-        if rank_rng is not None and len(rank_rng) == self.world_size:
-            rng.set_rng_state(rank_rng[self.rank])
+        rng.set_rng_state(self._saved_random_state(saved["rng"], state))
         for callback, callback_state in zip(self.callbacks, self._own_callback_states(state)):
             callback.load_state_dict(callback_state)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
