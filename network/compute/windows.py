@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 from mpiprop.network.backend import Array, get_array_module
 
@@ -10,8 +11,11 @@ Sizes = tuple[int, ...]
 
 
 def output_sizes(spatial: Sizes, kernel: Sizes, stride: Sizes, padding: Sizes, dilation: Sizes,
-                 what: str) -> Sizes:
+                 what: Any) -> Sizes:
     """Output size per spatial axis: floor((size + 2 padding - dilation (kernel - 1) - 1) / stride) + 1.
+
+    Args:
+        what: the layer (or its description), named in the error; formatted only when raising.
 
     Raises:
         ValueError: when an output size would be below 1, naming the input size and the settings.

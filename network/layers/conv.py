@@ -8,7 +8,6 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, non_negative_int, positive_int, same_array_module
-from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.compute.matmul import matmul
 from mpiprop.network.compute.windows import col2im, interior, output_sizes, pad, windows
 from mpiprop.network.layers import init
@@ -33,8 +32,11 @@ def spatial_tuple(value: Any, dims: int, name: str, minimum: int = 1) -> Sizes:
 
 
 # --- the math, once for any number of spatial axes ------------------------------------------------
+# The window matrix `columns` has one row per (sample, output position) and one column per
+# (kernel tap, input channel): channels vary fastest, so copying the strided windows into it
+# moves runs of in_channels values, not runs of kernel-size values (several times faster).
 def conv_forward(x: Array, weight: Array, bias: Array | None, stride: Sizes, padding: Sizes,
-                 dilation: Sizes, what: str = "convolution") -> tuple[Array, Array]:
+                 dilation: Sizes, what: Any = "convolution") -> tuple[Array, Array]:
     """y[n, o, *p] = bias[o] + sum over c, k of weight[o, c, *k] x_padded[n, c, *(p * stride + k * dilation)].
 
     Args:
@@ -42,20 +44,23 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, stride: Sizes, pad
         weight: (out_channels, in_channels, *kernel), PyTorch's layout.
         bias: (out_channels,) or None.
         stride, padding, dilation: one int per spatial axis.
-        what: the layer, for error messages.
+        what: the layer, named in error messages.
 
     Returns:
         y of shape (batch, out_channels, *out), and the window matrix `columns` of shape
-        (batch * prod(out), in_channels * prod(kernel)) that both backward halves need.
+        (batch * prod(out), prod(kernel) * in_channels) that the weight gradient needs.
+
+    Raises:
+        ValueError: when an output size would be below 1.
     """
     kernel = weight.shape[2:]
     out = output_sizes(x.shape[2:], kernel, stride, padding, dilation, what)
     view = windows(pad(x, padding), kernel, stride, dilation, out)
     dims = len(kernel)
-    rows_first = (0,) + tuple(range(2, 2 + dims)) + (1,) + tuple(range(2 + dims, 2 + 2 * dims))
+    rows_first = (0,) + tuple(range(2, 2 + 2 * dims)) + (1,)  # (batch, *out, *kernel, channels)
     columns = get_array_module(x).ascontiguousarray(view.transpose(rows_first))
     columns = columns.reshape(x.shape[0] * math.prod(out), -1)
-    rows = matmul(columns, weight.reshape(weight.shape[0], -1), transpose_b=True)
+    rows = matmul(columns, taps_first(weight), transpose_b=True)
     if bias is not None:
         rows += bias
     return channels_first(rows, x.shape[0], out), columns
@@ -67,9 +72,9 @@ def conv_input_grad(dy_rows: Array, weight: Array, input_shape: Sizes, stride: S
     kernel, spatial = weight.shape[2:], input_shape[2:]
     out = output_sizes(spatial, kernel, stride, padding, dilation, "convolution")
     dims = len(kernel)
-    columns = matmul(dy_rows, weight.reshape(weight.shape[0], -1))
-    columns = columns.reshape((input_shape[0],) + out + (input_shape[1],) + kernel)
-    columns = columns.transpose((0, 1 + dims) + tuple(range(1, 1 + dims)) + tuple(range(2 + dims, 2 + 2 * dims)))
+    columns = matmul(dy_rows, taps_first(weight))
+    columns = columns.reshape((input_shape[0],) + out + kernel + (input_shape[1],))
+    columns = columns.transpose((0, 1 + 2 * dims) + tuple(range(1, 1 + 2 * dims)))  # (batch, channels, *out, *kernel)
     padded = tuple(n + 2 * p for n, p in zip(spatial, padding))
     dx = col2im(columns, padded, kernel, stride, dilation)
     return dx[interior(spatial, padding)] if any(padding) else dx
@@ -77,10 +82,15 @@ def conv_input_grad(dy_rows: Array, weight: Array, input_shape: Sizes, stride: S
 
 def conv_weight_grad(dy_rows: Array, columns: Array, weight_grad: Array) -> None:
     """weight_grad += the gradient with respect to the weight: one product, added in place."""
-    if weight_grad.flags.c_contiguous:  # then the reshape is a view
-        add_matmul_(weight_grad.reshape(weight_grad.shape[0], -1), dy_rows.T, columns)
-    else:
-        weight_grad += matmul(dy_rows.T, columns).reshape(weight_grad.shape)
+    out_channels, kernel = weight_grad.shape[0], weight_grad.shape[2:]
+    product = matmul(dy_rows.T, columns).reshape((out_channels,) + kernel + (weight_grad.shape[1],))
+    weight_grad += get_array_module(product).moveaxis(product, -1, 1)
+
+
+def taps_first(weight: Array) -> Array:
+    """(out, in, *kernel) -> the C-contiguous (out, prod(kernel) * in) matrix whose columns match `columns`."""
+    moved = get_array_module(weight).moveaxis(weight, 1, -1)
+    return get_array_module(weight).ascontiguousarray(moved).reshape(weight.shape[0], -1)
 
 
 def rows_of(dy: Array) -> Array:
@@ -129,7 +139,7 @@ class _ConvNd(Layer):
     def forward(self, x: Array) -> tuple[Array, tuple[Array, Sizes]]:
         self._check_input(x)
         bias = None if self.bias is None else self.bias.data
-        y, columns = conv_forward(x, self.weight.data, bias, self.stride, self.padding, self.dilation, repr(self))
+        y, columns = conv_forward(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self)
         return y, (columns, tuple(x.shape))
 
     def backward(self, dy: Array, cache: Any = REMEMBERED) -> Array:
@@ -153,14 +163,14 @@ class _ConvNd(Layer):
     def _dy_rows(self, dy: Array, cache: tuple[Array, Sizes]) -> Array:
         columns, input_shape = cache
         expected = (input_shape[0], self.out_channels) + output_sizes(
-            input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation, repr(self))
+            input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation, self)
         if tuple(dy.shape) != expected:
             raise ValueError(f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
                              f"{expected}; pass the gradient of the loss with respect to the output")
         return rows_of(dy)
 
     def _check_input(self, x: Array) -> None:
-        float_array(x, f"input of {self!r}")
+        float_array(x, f"input of {type(self).__name__}")
         layout = "(batch, channels, length)" if self.dims == 1 else "(batch, channels, height, width)"
         if x.ndim != self.dims + 2:
             raise ValueError(f"{self!r} expects a {self.dims + 2}-D input {layout} but got shape {tuple(x.shape)}; "
@@ -168,7 +178,7 @@ class _ConvNd(Layer):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} input channels but got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); check the previous layer's out_channels")
-        same_array_module(x, self.weight.data, repr(self))
+        same_array_module(x, self.weight.data, type(self).__name__)
         if x.dtype != self.weight.dtype:
             raise TypeError(f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
                             f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")

@@ -14,7 +14,7 @@ Sizes = tuple[int, ...]
 
 
 def _check_rank(layer: Layer, x: Array, dims: int) -> None:
-    float_array(x, f"input of {layer!r}")
+    float_array(x, f"input of {type(layer).__name__}")
     if x.ndim != dims + 2:
         layout = "(batch, channels, length)" if dims == 1 else "(batch, channels, height, width)"
         raise ValueError(f"{layer!r} expects a {dims + 2}-D input {layout} but got shape {tuple(x.shape)}; "
@@ -42,7 +42,7 @@ class _PoolNd(Layer):
 
     def _windows(self, x: Array, fill: float) -> tuple[Array, Sizes]:
         _check_rank(self, x, self.dims)
-        out = output_sizes(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation, repr(self))
+        out = output_sizes(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation, self)
         return windows(pad(x, self.padding, fill), self.kernel_size, self.stride, self.dilation, out), out
 
     def _to_input(self, columns: Array, input_shape: Sizes) -> Array:
