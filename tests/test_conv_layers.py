@@ -80,6 +80,36 @@ def test_conv_matches_torch(case, dtype, xp, device):
         numpy.testing.assert_allclose(got[name], value, **tolerance, err_msg=name)
 
 
+def random_conv_cases(count: int, seed: int) -> list:
+    """`count` seeded random Conv1d/Conv2d settings whose output sizes are all at least 1."""
+    rng, cases = numpy.random.default_rng(seed), []
+    while len(cases) < count:
+        cls = (nn.Conv1d, nn.Conv2d)[rng.integers(2)]
+        dims = 1 if cls is nn.Conv1d else 2
+        kernel, stride = tuple(rng.integers(1, 5, dims)), tuple(rng.integers(1, 4, dims))
+        padding, dilation = tuple(rng.integers(0, 3, dims)), tuple(rng.integers(1, 3, dims))
+        spatial = tuple(rng.integers(1, 14 if dims == 1 else 9, dims))
+        if all(n + 2 * p - d * (k - 1) - 1 >= 0 for n, k, p, d in zip(spatial, kernel, padding, dilation)):
+            cases.append((cls, int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+                          tuple(map(int, spatial)), tuple(map(int, kernel)), tuple(map(int, stride)),
+                          tuple(map(int, padding)), tuple(map(int, dilation)), bool(rng.integers(2))))
+    return cases
+
+
+@pytest.mark.parametrize("case", random_conv_cases(24, seed=11), ids=conv_case_id)
+def test_conv_matches_torch_on_random_settings(case):
+    cls, batch, cin, cout, spatial, k, s, p, d, bias = case
+    nn.manual_seed(0)
+    layer = cls(cin, cout, k, stride=s, padding=p, dilation=d, bias=bias, dtype=numpy.float64)
+    x = numpy.random.default_rng(1).standard_normal((batch, cin) + spatial)
+    dy = numpy.random.default_rng(2).standard_normal(layer.forward(x)[0].shape)
+    expected_y, expected = torch_conv(layer, x, dy)
+    got_y, got = ours(layer, x, dy)
+    numpy.testing.assert_allclose(got_y, expected_y, rtol=1e-10, atol=1e-10)
+    for name, value in expected.items():
+        numpy.testing.assert_allclose(got[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 @pytest.mark.parametrize("case", CONV_CASES[1::2], ids=conv_case_id)
 def test_conv_gradcheck(case, xp, device):
     layer, x = make_conv(case, numpy.float64)
