@@ -418,3 +418,112 @@ def test_tied_head_rejects_a_width_other_than_the_embedding_dim():
         head.forward(numpy.zeros((2, 4), numpy.float32))
     with pytest.raises(TypeError, match=r"TiedLinear shares the weight of a network Embedding, got Linear"):
         nn.TiedLinear(nn.Linear(3, 5))
+
+
+# --- CrossEntropyLoss on (N, C, d1, ...) ------------------------------------------------------------------
+
+
+CROSS_ENTROPY_OPTIONS = [
+    {}, {"ignore_index": 1}, {"weight": True}, {"label_smoothing": 0.2},
+    {"weight": True, "ignore_index": 0, "label_smoothing": 0.1},
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 4), (3, 4, 6), (2, 4, 3, 2)])
+@pytest.mark.parametrize("options", CROSS_ENTROPY_OPTIONS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_cross_entropy_on_positions_matches_torch(xp, dtype, shape, options, reduction, probabilities):
+    if probabilities and "ignore_index" in options:
+        pytest.skip("ignore_index applies to class-index targets only")
+    generator = rng(20)
+    classes = shape[1]
+    logits = generator.standard_normal(shape).astype(dtype) * 2
+    positions = (shape[0],) + shape[2:]
+    if probabilities:
+        target = generator.dirichlet(numpy.ones(classes), positions).astype(dtype)
+        target = numpy.moveaxis(target, -1, 1)
+    else:
+        target = generator.integers(0, classes, positions)
+    weight = generator.uniform(0.5, 2.0, classes).astype(dtype) if options.get("weight") else None
+    kwargs = {key: value for key, value in options.items() if key != "weight"}
+    loss = nn.CrossEntropyLoss(weight=None if weight is None else xp.asarray(weight), reduction=reduction, **kwargs)
+    grad_output = generator.standard_normal(positions).astype(dtype) if reduction == "none" else None
+    value = loss(xp.asarray(logits), xp.asarray(target))
+    grad = loss.backward(grad_output=None if grad_output is None else xp.asarray(grad_output))
+
+    logits_t = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    target_t = torch.tensor(target, dtype=torch.float64) if probabilities else torch.tensor(target)
+    expected = torch.nn.functional.cross_entropy(
+        logits_t, target_t, weight=None if weight is None else torch.tensor(weight, dtype=torch.float64),
+        reduction=reduction, **kwargs)
+    expected.backward(torch.tensor(grad_output, dtype=torch.float64) if grad_output is not None else None)
+    tolerance = TOLERANCE_FLOAT64 if dtype == numpy.float64 else 2e-5
+    numpy.testing.assert_allclose(to_numpy(value) if reduction == "none" else value, expected.detach().numpy(),
+                                  rtol=tolerance, atol=tolerance)
+    assert grad.shape == logits.shape and grad.dtype == dtype
+    numpy.testing.assert_allclose(to_numpy(grad), logits_t.grad.numpy(), rtol=tolerance, atol=tolerance)
+
+
+def test_cross_entropy_names_the_label_shape_for_positions():
+    with pytest.raises(TypeError, match=r"labels of shape \(2, 3\) \(the logits' shape without the class axis 1\), got "
+                                        r"dtype int64 and shape \(2, 5\).*transpose\(0, 2, 1\)"):
+        nn.CrossEntropyLoss()(numpy.zeros((2, 5, 3), numpy.float32), numpy.zeros((2, 5), numpy.int64))
+
+
+# --- a tiny pre-norm transformer block ------------------------------------------------------------------------
+
+
+class TorchTinyModel(torch.nn.Module):
+    def __init__(self, ours):
+        super().__init__()
+        embedding, block, norm, _ = ours.layers
+        self.embedding = torch.nn.Embedding(embedding.num_embeddings, embedding.embedding_dim, dtype=torch.float64)
+        self.block = TorchResidual(*torch_feed_forward(block.body.layers, torch.float64))
+        self.norm = torch.nn.LayerNorm(norm.normalized_shape, dtype=torch.float64)
+        with torch.no_grad():
+            self.embedding.weight.copy_(torch.tensor(to_numpy(embedding.weight.data)))
+            self.block.body[0].weight.copy_(torch.tensor(to_numpy(block.body.layers[0].weight.data)))
+            self.norm.bias.copy_(torch.tensor(to_numpy(norm.bias.data)))
+
+    def forward(self, ids):
+        return self.norm(self.block(self.embedding(ids))) @ self.embedding.weight.T
+
+
+def tiny_model(device="cpu"):
+    embedding = nn.Embedding(11, 6, dtype=numpy.float64, device=device, generator=rng(21))
+    model = nn.Sequential(embedding, nn.Residual(*feed_forward(6, device, numpy.float64)),
+                          nn.LayerNorm(6, dtype=numpy.float64, device=device), nn.TiedLinear(embedding))
+    model[1][0].weight.data[...] = model[1][0].weight.data + 0.5
+    model[2].bias.data[...] = model[2].bias.data + 0.25
+    return model
+
+
+def test_tiny_pre_norm_model_matches_torch(xp, device):
+    model = tiny_model(device)
+    ids = rng(22).integers(0, 11, (3, 5))
+    targets = rng(23).integers(0, 11, (3, 5))
+    loss = nn.CrossEntropyLoss()
+    logits = model(xp.asarray(ids))
+    value = loss(xp.asarray(logits.transpose(0, 2, 1)), xp.asarray(targets))
+    assert model.backward(loss.backward().transpose(0, 2, 1)) is None
+
+    reference = TorchTinyModel(model)
+    expected_logits = reference(torch.tensor(ids))
+    expected = torch.nn.functional.cross_entropy(expected_logits.transpose(1, 2), torch.tensor(targets))
+    expected.backward()
+    assert abs(value - float(expected.detach())) <= TOLERANCE_FLOAT64
+    assert_matches(logits, expected_logits.detach().numpy(), what="logits")
+    torch_names = {"0.weight": "embedding.weight", "1.0.weight": "block.body.0.weight",
+                   "1.0.bias": "block.body.0.bias", "1.1.weight": "block.body.1.weight.T",
+                   "1.1.bias": "block.body.1.bias", "1.3.weight": "block.body.3.weight.T",
+                   "1.3.bias": "block.body.3.bias", "2.weight": "norm.weight", "2.bias": "norm.bias",
+                   "3.weight": "embedding.weight"}
+    torch_parameters = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert_matches(p.grad, _torch_grad(torch_parameters, torch_names[name]), what=name)
+
+
+def test_tiny_pre_norm_model_gradcheck(xp, device):
+    nn.gradcheck(tiny_model(device), xp.asarray(rng(24).integers(0, 11, (2, 4))))
