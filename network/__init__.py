@@ -32,6 +32,10 @@ from mpiprop.network.layers.conv import Conv1d, Conv2d
 from mpiprop.network.layers.pooling import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d,
                                             MaxPool1d, MaxPool2d)
 from mpiprop.network.layers.batchnorm2d import BatchNorm2d
+from mpiprop.network.layers.embedding import Embedding
+from mpiprop.network.layers.layernorm import LayerNorm
+from mpiprop.network.layers.residual import Residual
+from mpiprop.network.layers.tied_head import TiedLinear
 
 # the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
 schedules = lr_schedules
@@ -51,3 +55,4 @@ __all__ = [
     "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
     "BatchNorm2d",
 ]
+__all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]
