@@ -1,4 +1,4 @@
-"""Train a CNN on MNIST-1D (generated offline) or scikit-learn's 8x8 digits; the last line printed is test_accuracy=<float>.
+"""Train a CNN on MNIST-1D (generated here) or scikit-learn's 8x8 digits; the last line is test_accuracy=<float>.
 
     python examples/train_cnn.py                          # MNIST-1D, the paper's CNN: about 0.93 in about a minute
     python examples/train_cnn.py --dataset digits         # a small Conv2d net on the 8x8 digits
@@ -39,7 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100,
                         help="samples per batch over all ranks; each of N ranks takes 1/N (default 100)")
     parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of Adam (default 0.01)")
-    parser.add_argument("--weight-decay", type=float, default=0.3, help="AdamW weight decay of the weights (default 0.3)")
+    parser.add_argument("--weight-decay", type=float, default=0.3,
+                        help="AdamW weight decay of the weights; biases get none (default 0.3)")
     parser.add_argument("--channels", type=int, default=25, help="channels of the MNIST-1D CNN's convolutions")
     parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D signals generated, 80%% for training")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, splits and shuffling")
@@ -54,7 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="numpy or cupy (default cpu)")
     parser.add_argument("--pipeline-stages", type=int, default=1,
                         help="ranks per pipeline; the remaining factor of the ranks are data-parallel replicas")
-    parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch in a pipeline (default 4)")
+    parser.add_argument("--micro-batches", type=int, default=4,
+                        help="micro-batches per batch in a pipeline (default 4)")
     parser.add_argument("--schedule", default="1f1b", choices=["gpipe", "1f1b", "interleaved", "zb-h1"],
                         help="pipeline schedule (default 1f1b)")
     return parser.parse_args(argv)

@@ -23,9 +23,13 @@ def spatial_tuple(value: Any, dims: int, name: str, minimum: int = 1) -> Sizes:
     Raises:
         TypeError, ValueError: naming `name` and the value.
     """
-    values = (value,) * dims if isinstance(value, (int, numpy.integer)) else tuple(value) \
-        if isinstance(value, (tuple, list)) else None
-    if values is None or len(values) != dims:
+    if isinstance(value, (int, numpy.integer)):
+        values = (value,) * dims
+    elif isinstance(value, (tuple, list)):
+        values = tuple(value)
+    else:
+        values = ()
+    if len(values) != dims:
         raise TypeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
     check = positive_int if minimum == 1 else non_negative_int
     return tuple(check(v, name) for v in values)
