@@ -147,9 +147,10 @@ class _ConvNd(Layer):
         return y, (columns, tuple(x.shape))
 
     def backward(self, dy: Array, cache: Any = REMEMBERED) -> Array:
+        """Both halves of backward, sharing one (batch * positions, channels) copy of `dy`."""
         cache = self._cache_or_last(cache)
         dy_rows = self._dy_rows(dy, cache)
-        self._weight_grad(dy_rows, dy, cache)
+        self._weight_grad(dy_rows, cache)
         return conv_input_grad(dy_rows, self.weight.data, cache[1], self.stride, self.padding, self.dilation)
 
     def backward_input(self, dy: Array, cache: tuple[Array, Sizes]) -> Array:
@@ -157,15 +158,15 @@ class _ConvNd(Layer):
         return conv_input_grad(dy_rows, self.weight.data, cache[1], self.stride, self.padding, self.dilation)
 
     def backward_weight(self, dy: Array, cache: tuple[Array, Sizes]) -> None:
-        self._weight_grad(self._dy_rows(dy, cache), dy, cache)
+        self._weight_grad(self._dy_rows(dy, cache), cache)
 
-    def _weight_grad(self, dy_rows: Array, dy: Array, cache: tuple[Array, Sizes]) -> None:
+    def _weight_grad(self, dy_rows: Array, cache: tuple[Array, Sizes]) -> None:
         conv_weight_grad(dy_rows, cache[0], self.weight.grad)
         if self.bias is not None:
             self.bias.grad += dy_rows.sum(axis=0)
 
     def _dy_rows(self, dy: Array, cache: tuple[Array, Sizes]) -> Array:
-        columns, input_shape = cache
+        input_shape = cache[1]
         expected = (input_shape[0], self.out_channels) + output_sizes(
             input_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation, self)
         if tuple(dy.shape) != expected:
