@@ -14,7 +14,11 @@ from mpiprop.network.layers.parameter import Parameter
 
 
 class Linear(Layer):
-    """y = x @ weight + bias: the parameters of the math in linear_math.py.
+    """y = x @ weight + bias, on inputs of shape (..., in_features), giving (..., out_features): the parameters
+    of the math in linear_math.py.
+
+    Leading dimensions are flattened for the products, so a (batch, time, channels) activation
+    needs no reshaping; the weight gradient sums over all of them.
 
     Args:
         in_features: width of the input.
@@ -56,10 +60,11 @@ class Linear(Layer):
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"{self!r} expects input of shape (batch, {self.in_features}) but got {tuple(x.shape)}; "
-                "check the previous layer's width or add Flatten()"
+                f"{self!r} expects input of shape (..., {self.in_features}) with a batch dimension first, "
+                f"but got {tuple(x.shape)}; check the previous layer's width, add Flatten(), or give a "
+                "single sample a batch dimension with x[None]"
             )
         same_array_module(x, self.weight.data, repr(self))
         if x.dtype != self.weight.dtype:
@@ -69,10 +74,11 @@ class Linear(Layer):
             )
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
-        if tuple(dy.shape) != (x.shape[0], self.out_features):
+        expected = tuple(x.shape[:-1]) + (self.out_features,)
+        if tuple(dy.shape) != expected:
             raise ValueError(
                 f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
-                f"{(x.shape[0], self.out_features)}; pass the gradient of the loss with respect to the output"
+                f"{expected}; pass the gradient of the loss with respect to the output"
             )
 
     def extra_repr(self) -> str:
