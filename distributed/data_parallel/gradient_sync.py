@@ -16,6 +16,7 @@ from mpiprop.distributed.data_parallel.bucket_reduce_scatter_shared import SLOTS
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, GradientBucket, assign_buckets, bucket_size
 from mpiprop.distributed.data_parallel.compression import NoCompression, as_compression
 from mpiprop.distributed.data_parallel.gradient_slots import GradientSlots, slots_shortage
+from mpiprop.distributed.data_parallel.node_groups import NodeGroups
 from mpiprop.distributed.data_parallel.reduction_choice import (HIERARCHICAL, SHARED_MEMORY,
                                                                 SHARED_MEMORY_REDUCE_SCATTER, ReductionChoice,
                                                                 choose_reduction, gather_facts, warn_of_shortage,
@@ -253,7 +254,7 @@ class GradientSync:
         return self.allreduce.kind
 
 
-def _shared_allreduce(choice: ReductionChoice, nodes, sizes: Sequence[int], dtypes: Sequence[numpy.dtype],
+def _shared_allreduce(choice: ReductionChoice, nodes: NodeGroups | None, sizes: Sequence[int], dtypes: Sequence[numpy.dtype],
                       comm: Communicator) -> BucketAllreduce | None:
     """The shared-memory allreduce `choice` names, over the node groups `nodes` (freed when not kept)."""
     if choice.chosen == HIERARCHICAL:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import numpy
 from mpi4py import MPI
@@ -116,13 +116,13 @@ def choose_reduction(facts: ReductionFacts) -> ReductionChoice:
 
 
 def gather_facts(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool, compression: NoCompression,
-                 shared_memory: bool, window_bytes: "callable | None", sharded: bool = False
+                 shared_memory: bool, window_shortage: Callable[[int], str | None], sharded: bool = False
                  ) -> tuple[ReductionFacts, NodeGroups | None]:
     """The facts for `choose_reduction`, asking the ranks only what earlier facts leave open. Collective.
 
     Args:
-        window_bytes: given the most ranks on one node, the shortage of room for the shared window (a
-            collective returning the reason or None), e.g. `shared_memory_shortage` bound to the buckets.
+        window_shortage: given the most ranks on one node, why /dev/shm lacks room for the shared window, or
+            None (a collective), e.g. `whole_bucket_window_shortage(...)`.
 
     Returns:
         (facts, the node groups when shared memory may serve; the caller frees them or keeps them).
@@ -135,14 +135,15 @@ def gather_facts(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool
         return facts, None
     groups = node_groups(comm)
     largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
-    facts = ReductionFacts(**{**facts.__dict__, "nodes": groups.nodes, "largest_node": largest_node})
+    facts = replace(facts, nodes=groups.nodes, largest_node=largest_node)
     if largest_node > 1 and not (sharded and groups.nodes > 1):
-        facts = ReductionFacts(**{**facts.__dict__, "room_shortage": window_bytes(largest_node)})
+        facts = replace(facts, room_shortage=window_shortage(largest_node))
     return facts, groups
 
 
-def whole_bucket_window_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Sequence[numpy.dtype]):
-    """`window_bytes` for `gather_facts` over whole buckets of `sizes` elements of `dtypes`."""
+def whole_bucket_window_shortage(comm: Communicator, sizes: Sequence[int],
+                                 dtypes: Sequence[numpy.dtype]) -> Callable[[int], str | None]:
+    """`window_shortage` for `gather_facts` over whole buckets of `sizes` elements of `dtypes`."""
     return lambda largest_node: shared_memory_shortage(comm, sizes, dtypes, largest_node)
 
 

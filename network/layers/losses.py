@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy
 
-from mpiprop.network.backend import (Array, device_of, elementwise_kernel, get_array_module, is_array, to_device,
-                                     to_numpy)
+from mpiprop.network.backend import Array, device_of, elementwise_kernel, get_array_module, is_array, to_device
 from mpiprop.network.checks import all_finite, float_array
 from mpiprop.network.layers.layer import REMEMBERED
 
@@ -92,11 +91,8 @@ class Loss:
         return 1.0 / count if count else math.nan
 
     def denominator(self, target: Array) -> float:
-        """What "mean" divides the summed losses of a batch with targets `target` by: its elements here (one loss
-        per element); subclasses count otherwise (rows, the total class weight of the targets kept). Summed over
-        the shards of a batch (data-parallel ranks, micro-batches), each shard's share of it is its weight in
-        the mean over the whole batch, as torch computes it on the whole batch.
-        """
+        """What "mean" divides the summed losses for targets `target` by (here their elements): a shard's share of
+        the whole batch's sum of them is its weight in torch's mean over the whole batch."""
         return float(target.size)
 
     def _check_finite(self, pred: Array, target: Array) -> None:
@@ -251,15 +247,11 @@ class CrossEntropyLoss(Loss):
         return (xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients).reshape(shape)
 
     def denominator(self, target: Array) -> float:
-        """Rows for class probabilities; for class indices the total class weight of the rows whose label is not
-        `ignore_index` (their count without `weight`)."""
-        if target.dtype.kind == "f":
-            return float(target.shape[0])
-        kept = target[target != self.ignore_index]
-        if self.weight is None:
-            return float(kept.size)
-        weights = to_numpy(self.weight).astype(numpy.float64)
-        return float(numpy.take(weights, to_numpy(kept).astype(numpy.int64), mode="clip").sum())
+        """Rows for probabilities; for class indices the total class weight of the labels not `ignore_index`."""
+        kept = None if target.dtype.kind == "f" else target[target != self.ignore_index]
+        if kept is None or self.weight is None:
+            return float(target.shape[0] if kept is None else kept.size)
+        return float(to_device(self.weight, device_of(kept))[kept.clip(0, self.weight.shape[0] - 1)].sum())
 
     def _class_weights(self, logits: Array) -> Array:
         xp = get_array_module(logits)
