@@ -8,6 +8,7 @@ import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
@@ -107,6 +108,7 @@ class Pipeline:
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
+        self.ranks = PipelineRanks(self)
         self.splits = named_splits(model)
         self._join_ranks(comm, stages, tensor_group_of(model))
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -328,18 +329,36 @@ def _write_error(path: str, error: OSError) -> OSError:
                                 "another folder (any previous checkpoint there is intact)")
 
 
-def _temporary_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}."
+def _temporary_prefix(path: str, pid: int | None = None) -> str:
+    """The start of a temporary name of `path` that process `pid` (this one by default) writes: ".ckpt.npz.1234."."""
+    return f".{os.path.basename(path)}.{os.getpid() if pid is None else pid}."
 
 
 def _remove_stray_temporaries(path: str) -> None:
-    """Remove temporary files that writes of `path` killed midway left beside it."""
+    """Remove the temporary files of `path` (never of another file) that writes killed midway left beside it:
+    this process's own, and those of processes no longer running on this machine."""
     directory = os.path.dirname(os.path.abspath(path))
-    prefix = _temporary_prefix(path)
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + r"(\d+)\.[A-Za-z0-9_]+" +
+                         re.escape(TEMPORARY_SUFFIX))
     for name in os.listdir(directory):
-        if name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX):
+        match = pattern.fullmatch(name)
+        if match and _stale(int(match.group(1))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(directory, name))
+
+
+def _stale(pid: int) -> bool:
+    """Whether a temporary file written by process `pid` can be in flight no more (a thread of this process
+    writes one path at a time)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False
+    return False
 
 
 def _umask() -> int:
