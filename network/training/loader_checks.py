@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpiprop.network.training.ranks import Ranks
+from mpiprop.network.training.strategy import TrainingStrategy
 
 LOADER_SETTINGS = ("shuffle", "drop_last", "seed", "uneven")
 
 
-def check_loader(loader: Any, name: str, ranks: Ranks, allow_empty: bool = False) -> None:
+def check_loader(loader: Any, name: str, strategy: TrainingStrategy, allow_empty: bool = False) -> None:
     """Raise unless `loader` yields batches of this rank's shard (and, for training, some, on every rank alike).
 
     Raises:
@@ -18,11 +18,12 @@ def check_loader(loader: Any, name: str, ranks: Ranks, allow_empty: bool = False
     if not hasattr(loader, "batches") or not hasattr(loader, "__len__"):
         raise TypeError(f"{name} must be a network.data.DataLoader (with batches() and len()), "
                         f"got {type(loader).__name__}")
+    ranks = strategy.ranks
     shard, shards = ranks.data_shard
     for attribute, expected in (("rank", shard), ("world_size", shards)):
         value = getattr(loader, attribute, None)
         if value is not None and value != expected:
-            raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer's strategy "
+            raise ValueError(f"{name} is sharded with {attribute}={value} but the trainer's {type(strategy).__name__} "
                              f"reads shard {shard} of {shards}; build the loader with rank={shard}, "
                              f"world_size={shards}")
     if not allow_empty and ranks.size > 1 and uneven_shards(loader):

@@ -58,10 +58,9 @@ class TrainingStrategy(Protocol):
 
 
 def protocol_members(protocol: type) -> list[str]:
-    """The members a `typing.Protocol` declares: its annotations and its own functions."""
-    names = list(getattr(protocol, "__annotations__", {}))
-    names += [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
-    return list(dict.fromkeys(names))
+    """The members a `typing.Protocol` declares: its own methods, then its annotated attributes."""
+    names = [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
+    return list(dict.fromkeys(names + list(getattr(protocol, "__annotations__", {}))))
 
 
 def missing_members(candidate: Any, protocol: type) -> list[str]:

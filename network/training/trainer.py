@@ -197,9 +197,9 @@ class Trainer:
             Preempted: after a preemption signal, once the checkpoint is written (see `checkpoint_every`).
         """
         epochs = positive_int(epochs, "epochs")
-        check_loader(train_loader, "train_loader", self.ranks)
+        check_loader(train_loader, "train_loader", self.model)
         if val_loader is not None:
-            check_loader(val_loader, "val_loader", self.ranks, allow_empty=True)
+            check_loader(val_loader, "val_loader", self.model, allow_empty=True)
         self.state = RunState(epochs=epochs, loader_settings=global_loader_settings(train_loader))
         self._device = device_of_strategy(self.model)
         check_ranks_agree(self.ranks, "settings", {

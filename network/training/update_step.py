@@ -102,13 +102,14 @@ class UpdateStep:
     def _skip_or_raise(self, x: Any, loss: float, state: RunState) -> None:
         """Gradients with NaN or Inf on every rank: an overflow of the loss scale when every rank's loss was finite
         (the scale backs off, the step is skipped), else the non-finite policy."""
-        self.optimizer.zero_grad()
         losses_finite = all(self.strategy.ranks.gather(math.isfinite(loss)))
         if self.grad_scaler is not None and losses_finite:
             self.grad_scaler.update(True)
+            self.optimizer.zero_grad()
             return
         if self.non_finite == "raise":
             raise NonFiniteError(self._non_finite_message(x, loss, state))
+        self.optimizer.zero_grad()
         state.skipped_in_a_row += 1
         state.skipped_this_epoch += 1
         if state.skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
