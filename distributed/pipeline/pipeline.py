@@ -345,12 +345,6 @@ class Pipeline:
             return named
         return share_of(named, self.splits, self.tensor_rank)
 
-    def parameters_counted_once(self) -> list[Parameter]:
-        """This rank's parameters, less those that its stage's first tensor rank holds alike (unsplit ones)."""
-        if self.tensor_rank == 0:
-            return self.parameters()
-        return [p for name, p in self.named_parameters() if name in self.splits]
-
     def zero_grad(self) -> None:
         """Reset this rank's gradients to zero."""
         for p in self.parameters():
