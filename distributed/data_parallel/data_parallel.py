@@ -57,6 +57,9 @@ class DataParallel(WholeModelStrategy):
 
         loss = dp.train_step(x_local, y_local, loss_fn)
 
+    Its model half comes from `WholeModelStrategy` (every rank holds the whole model); what is
+    about ranks is `dp.ranks`, a `DataParallelRanks` (rank 0 prints and writes, rank r reads shard r).
+
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
             its buckets reduced after its whole backward).
