@@ -109,7 +109,7 @@ def merged_optimizer_state(state: dict[str, Any], merge: Callable[[dict], dict |
 
     Args:
         state: from `named_optimizer_state`, this process's parameters only.
-        merge: joins a dict keyed by parameter name over the processes (a strategy's `merge_over_stages`);
+        merge: joins a dict keyed by parameter name over the processes (a strategy's `ranks.join`);
             collective; None on the processes that do not receive the union.
 
     Returns:
