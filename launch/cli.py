@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from typing import Sequence
 
+from mpiprop.launch.job_processes import DEFAULT_GRACE_S
 from mpiprop.launch.mpiexec import AUTO, LAUNCHER_CHOICES, RunOptions
 from mpiprop.launch.runner import JobFailed
 
@@ -140,9 +143,23 @@ def _is_finite_non_negative(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
+class VersionAction(argparse.Action):
+    """`--version`: print `mpiprop X.Y.Z` and exit (the version is looked up only when asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from mpiprop.launch import __version__
+
+        print(f"mpiprop {__version__}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `mpiprop` parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="mpiprop", description=DESCRIPTION)
+    parser.add_argument("--version", action=VersionAction, help="print mpiprop's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="{run,info,scale,model,trace}")
     commands.required = True
     _add_run(commands)
@@ -159,7 +176,7 @@ def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run a script on N ranks through the installed mpiexec",
                               description="Run `script.py args` on N MPI ranks: an exception on any rank ends "
                                           "the job with its traceback; BLAS threads and GPUs are set per rank.")
-    run.add_argument("-n", "--ranks", type=positive_int, required=True, help="number of MPI ranks")
+    run.add_argument("-n", "-np", "--ranks", type=positive_int, required=True, help="number of MPI ranks")
     run.add_argument("--hostfile", type=hostfile,
                      help="hosts to run on (MPICH: `host:slots` lines; Open MPI: `host slots=N`)")
     run.add_argument("--gpus-per-node", type=positive_int, help="bind each rank to GPU (local rank %% G)")
@@ -168,18 +185,23 @@ def _add_run(commands) -> None:
     run.add_argument("--trace", metavar="FILE", help="write a Chrome trace timeline (sets MPIPROP_TRACE)")
     run.add_argument("--stall-timeout", type=positive_seconds, metavar="SECONDS",
                      help="abort the job, saying which rank waits where, when one communication waits this long")
+    run.add_argument("--grace", type=positive_seconds, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                     help="after SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 (passed on to every rank), wait this "
+                          f"long for the job to end by itself before killing it (default {DEFAULT_GRACE_S:g}); "
+                          "mpiprop then exits with the job's status (75 after a preemption checkpoint)")
     run.add_argument("--launcher", choices=LAUNCHER_CHOICES, default=AUTO,
                      help="auto (the default): srun inside a Slurm allocation, else mpiexec (MPICH or Open MPI)")
     run.add_argument("--mpi-arg", action="append", default=[], metavar="ARG", dest="mpi_args",
                      help="pass ARG to the launcher (repeatable; split like a shell line), e.g. "
                           "--mpi-arg='--bind-to core' or --mpi-arg --allow-run-as-root")
     run.add_argument("--dry-run", action="store_true", help="print the launcher's command line instead of running it")
-    run.add_argument("program", nargs="*", help="script.py and its arguments, or -m module and its arguments")
+    run.add_argument("program", nargs="*", help="script.py and its arguments, or -m module and its arguments "
+                                                "(a leading `python` is dropped: the ranks run mpiprop's Python)")
     run.set_defaults(subparser=run)
 
 
-RUN_OPTIONS_WITH_VALUES = ("-n", "--ranks", "--hostfile", "--gpus-per-node", "--threads-per-rank", "--trace",
-                           "--stall-timeout", "--launcher", "--mpi-arg")
+RUN_OPTIONS_WITH_VALUES = ("-n", "-np", "--ranks", "--hostfile", "--gpus-per-node", "--threads-per-rank", "--trace",
+                           "--stall-timeout", "--grace", "--launcher", "--mpi-arg")
 LAUNCHER_ARGUMENT_OPTION = "--mpi-arg"  # its value often starts with "-", which argparse would take for an option
 
 
@@ -295,7 +317,7 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     Raises:
         SystemExit: (through the run parser's `error`) when no script is given or the script does not exist.
     """
-    program = list(args.program)
+    program = without_interpreter(list(args.program), args.subparser)
     if not program or program == ["-m"]:
         args.subparser.error("no script to run; usage: mpiprop run -n N [options] script.py [args]")
     if program[0] != "-m" and not os.path.isfile(program[0]) and not args.dry_run:
@@ -304,6 +326,33 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return RunOptions(ranks=args.ranks, program=program, hostfile=args.hostfile, gpus_per_node=args.gpus_per_node,
                       threads_per_rank=args.threads_per_rank, trace=args.trace,
                       stall_timeout=args.stall_timeout, launcher_arguments=launcher_arguments)
+
+
+def without_interpreter(program: list[str], subparser: argparse.ArgumentParser) -> list[str]:
+    """`program` without a leading `python`, `python3`, `python3.N` or this interpreter's path.
+
+    Other launchers take `mpiexec -n 2 python script.py`; here every rank runs the Python that
+    runs mpiprop (the one it is installed in), so the word is dropped, with a warning when it
+    names another interpreter. Python's own options (`python -u`) cannot be passed on.
+    """
+    if not program or not _names_python(program[0]):
+        return program
+    named = shutil.which(program[0]) or program[0]
+    if os.path.abspath(named) != os.path.abspath(sys.executable):
+        print(f"mpiprop run: warning: the ranks run {sys.executable} (mpiprop's Python), not {program[0]}",
+              file=sys.stderr)
+    rest = program[1:]
+    if rest[:1] and rest[0].startswith("-") and rest[0] != "-m":
+        subparser.error(f"Python's option {rest[0]!r} cannot be passed on; give the script (or -m module) right "
+                        "after `python`, e.g. set PYTHONUNBUFFERED=1 instead of -u")
+    return rest
+
+
+def _names_python(word: str) -> bool:
+    """True for `python`, `python3`, `python3.11` or a path to one, and for this interpreter's path."""
+    if os.path.realpath(word) == os.path.realpath(sys.executable):
+        return True
+    return re.fullmatch(r"python(\d+(\.\d+)?)?", os.path.basename(word)) is not None
 
 
 def _shell_words(argument: str, args: argparse.Namespace) -> list[str]:
@@ -325,7 +374,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(shlex.join(command))
         return 0
     try:
-        return launcher.run(options)
+        return launcher.run(options, grace=args.grace)
     except KeyboardInterrupt:
         return 130
 

@@ -45,3 +45,5 @@ __all__ = [
     "callbacks", "datasets", "lr_schedules", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
 ]
+
+from mpiprop.network.version import __version__  # noqa: E402
