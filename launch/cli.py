@@ -254,7 +254,9 @@ def _add_scale(commands) -> None:
     scale.add_argument("--mode", choices=("strong", "weak"), default="strong",
                        help="strong: fixed global batch split over ranks; weak: fixed batch per rank")
     scale.add_argument("--out", default="scaling", help="output directory (default: ./scaling)")
-    scale.add_argument("--repeat", type=positive_int, default=1, help="runs per rank count; the median is kept")
+    scale.add_argument("--repeat", "--repeats", type=positive_int, default=1,
+                       help="runs per rank count; the median is kept (default 1, which cannot tell the efficiency "
+                            "from noise: a warning says so, and scaling.csv's `runs` column shows it)")
     scale.add_argument("--threads-per-rank", type=positive_int, default=1, help="BLAS threads per rank (default 1)")
     scale.add_argument("--hostfile", type=hostfile, help="hosts for runs across nodes")
     scale.add_argument("--predict", type=rank_list, default=[],
@@ -397,6 +399,8 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     result = run_scaling(config, Launcher.detect(), log=lambda line: print(line, file=sys.stderr))
     print(f"{config.mode} scaling of {' '.join(config.workload)}")
     print(format_table(result["rows"]))
+    if result["noise_warning"]:
+        print(f"mpiprop scale: warning: {result['noise_warning']}", file=sys.stderr)
     written = [os.path.join(config.out, name) for name in ("scaling.csv", "scaling.json", "scaling.png")]
     print(f"wrote {', '.join(written)}")
     return 0
