@@ -64,9 +64,9 @@ def read_until(job, marker, count, timeout):
     return text
 
 
-def seconds_until_the_job_ends(job, marker, since):
-    """Wait (at most ENDS_WITHIN_10_S + 20 s) until mpiexec and every process of the job are gone."""
-    deadline = since + ENDS_WITHIN_10_S + 20
+def seconds_until_the_job_ends(job, marker, since, within=ENDS_WITHIN_10_S + 20):
+    """Wait (at most `within` seconds) until mpiexec and every process of the job are gone."""
+    deadline = since + within
     while (job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return time.monotonic() - since
@@ -230,16 +230,22 @@ def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_
     print(f"JOB-ENDED proxy killed: {took:.1f} s")
 
 
+# The ranks of dp_leave.py "none" train forever, so any bound tells an ended job from one left running; after
+# SIGHUP or SIGKILL, mpiexec is gone at once and the ranks' orphan guards (polling once a second) end them, which
+# a machine loaded with other jobs has taken more than 30 s to schedule. The time is printed.
+SIGNALLED_JOB_ENDS_WITHIN_S = 90
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_to_mpiexec_ends_every_rank(signum):
     job, marker, _ = start_leaving_job(2, "none")
     with stopped_at_the_end(job, marker):
         job.send_signal(signum)
-        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+        took = seconds_until_the_job_ends(job, marker, time.monotonic(), within=SIGNALLED_JOB_ENDS_WITHIN_S)
         left = processes_with(JOB_MARKER_VARIABLE, marker)
-        stderr = job.communicate(timeout=ENDS_WITHIN_S)[1] if not left else ""
+        stderr = job.communicate(timeout=SIGNALLED_JOB_ENDS_WITHIN_S)[1] if not left else ""
         assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
-    assert took < ENDS_WITHIN_10_S
+    assert took < SIGNALLED_JOB_ENDS_WITHIN_S
     assert job.returncode != 0, stderr
     if signum == signal.SIGTERM and local_launcher().flavour == MPICH:  # Hydra forwards it to the ranks
         assert re.search(r"rank \d: ended by SIGTERM", stderr), stderr

@@ -20,7 +20,7 @@ from mpiprop.launch.mpiexec import MPICH
 
 pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # a hang guard: starting Python and MPI on 2 ranks of a loaded machine can take a minute
 
 REPORT_SCRIPT = textwrap.dedent("""
     import json, os, sys

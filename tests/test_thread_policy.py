@@ -119,3 +119,20 @@ def test_limiting_threads_for_a_rank_stops_the_policy(monkeypatch):
     seen = []
     policy.run(LARGE_PRODUCT, lambda: seen.append(pools[0].num_threads))
     assert not policy.adaptive and policy.timings == {1: [], 4: []}
+
+
+def test_the_choice_is_made_again_as_the_machines_load_changes(monkeypatch):
+    monkeypatch.setattr(threads, "CHOOSE_AGAIN_AFTER", 2 * TRIALS + 4)
+    policy, pools = policy_with_pools(cores=4)
+    faster = [4]
+
+    def product():
+        time.sleep(0.002 if pools[0].num_threads == faster[0] else 0.02)
+
+    for _ in range(2 * TRIALS):
+        policy.run(LARGE_PRODUCT, product)
+    assert policy.large_threads == 4
+    faster[0] = 1  # other work now holds the cores
+    for _ in range(5 + 2 * TRIALS):
+        policy.run(LARGE_PRODUCT, product)
+    assert policy.large_threads == 1

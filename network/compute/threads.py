@@ -6,8 +6,10 @@ wait on each other, and numpy's and scipy's OpenBLAS each keep a pool), and on a
 cores are busy it costs far more: an MLP on digits trained 6 to 15 times slower than with
 OMP_NUM_THREADS=1. So unless the user chose a count, the first product sets every BLAS pool
 loaded to one thread; a product of at least LARGE_PRODUCT multiply-adds is timed with one
-thread and with every core, TRIALS times each, and from then on uses whichever was faster.
-Nothing happens at import: the policy starts at the first product (see `run_product`).
+thread and with every core, TRIALS times each, and then uses whichever was clearly faster
+(one thread unless several took at most FASTER of its time), choosing again every
+CHOOSE_AGAIN_AFTER large products. Nothing happens at import: the policy starts at the first
+product (see `run_product`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 OWN_VARIABLE = "MPIPROP_THREADS"  # BLAS threads for every product, read by mpiprop only
 LARGE_PRODUCT = 1 << 24  # multiply-adds (256 x 256 x 256): below this one thread is as fast as several
 TRIALS = 3  # large products timed with each thread count before one is chosen
-FASTER = 0.9  # several threads are chosen when they take at most this fraction of one thread's time
+FASTER = 0.75  # several threads are chosen when they take at most this fraction of one thread's time
+CHOOSE_AGAIN_AFTER = 500  # large products; the machine's load changes, and the choice with it
 
 
 def user_thread_setting(environ: MutableMapping[str, str] = os.environ) -> str | None:
@@ -70,6 +73,7 @@ class ThreadPolicy:
         self.large_threads: int | None = None if self.adaptive else self.fixed
         self.timings: dict[int, list[float]] = {1: [], self.cores: []}
         self.current: int | None = None
+        self.since_chosen = 0
         self._pools: list = []
 
     def start(self) -> None:
@@ -95,7 +99,13 @@ class ThreadPolicy:
 
     def run(self, multiply_adds: int, product: Callable[[], Result]) -> Result:
         """`product()` with the thread count for a product of `multiply_adds`."""
-        if not self.adaptive or multiply_adds < LARGE_PRODUCT or self.large_threads == 1:
+        if not self.adaptive or multiply_adds < LARGE_PRODUCT:
+            return product()
+        self.since_chosen += 1
+        if self.since_chosen > CHOOSE_AGAIN_AFTER:
+            self.large_threads, self.since_chosen = None, 0
+            self.timings = {count: [] for count in self.timings}
+        if self.large_threads == 1:
             return product()
         threads = self.large_threads or (1 if len(self.timings[1]) <= len(self.timings[self.cores]) else self.cores)
         self.set_threads(threads)
