@@ -25,7 +25,7 @@ OWN_VARIABLE = "MPIPROP_THREADS"  # BLAS threads for every product, read by mpip
 LARGE_PRODUCT = 1 << 24  # multiply-adds (256 x 256 x 256): below this one thread is as fast as several
 TRIALS = 3  # large products timed with each thread count before one is chosen
 FASTER = 0.75  # several threads are chosen when they take at most this fraction of one thread's time
-CHOOSE_AGAIN_AFTER = 500  # large products; the machine's load changes, and the choice with it
+CHOOSE_AGAIN_AFTER = 2000  # large products; the machine's load changes, and the choice with it
 
 
 def user_thread_setting(environ: MutableMapping[str, str] = os.environ) -> str | None:
