@@ -4,16 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 from typing import Sequence
 
+from mpiprop.launch.interpreter import without_interpreter
 from mpiprop.launch.job_processes import DEFAULT_GRACE_S
 from mpiprop.launch.mpiexec import AUTO, LAUNCHER_CHOICES, RunOptions
 from mpiprop.launch.runner import JobFailed
+from mpiprop.launch.version_option import VersionAction
 
 DESCRIPTION = "Launch and measure mpiprop training jobs under MPI. Plain `mpiexec -n N python script.py` works too."
 MAX_COUNT = 2**31 - 1  # MPI counts are C ints
@@ -141,19 +141,6 @@ def scaling_json(path: str) -> str:
 
 def _is_finite_non_negative(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
-
-
-class VersionAction(argparse.Action):
-    """`--version`: print `mpiprop X.Y.Z` and exit (the version is looked up only when asked for)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from mpiprop.launch import __version__
-
-        print(f"mpiprop {__version__}")
-        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,7 +306,12 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     Raises:
         SystemExit: (through the run parser's `error`) when no script is given or the script does not exist.
     """
-    program = without_interpreter(list(args.program), args.subparser)
+    try:
+        program, warning = without_interpreter(list(args.program))
+    except ValueError as error:
+        args.subparser.error(str(error))
+    if warning:
+        print(f"mpiprop run: warning: {warning}", file=sys.stderr)
     if not program or program == ["-m"]:
         args.subparser.error("no script to run; usage: mpiprop run -n N [options] script.py [args]")
     if program[0] != "-m" and not os.path.isfile(program[0]) and not args.dry_run:
@@ -328,33 +320,6 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return RunOptions(ranks=args.ranks, program=program, hostfile=args.hostfile, gpus_per_node=args.gpus_per_node,
                       threads_per_rank=args.threads_per_rank, trace=args.trace,
                       stall_timeout=args.stall_timeout, launcher_arguments=launcher_arguments)
-
-
-def without_interpreter(program: list[str], subparser: argparse.ArgumentParser) -> list[str]:
-    """`program` without a leading `python`, `python3`, `python3.N` or this interpreter's path.
-
-    Other launchers take `mpiexec -n 2 python script.py`; here every rank runs the Python that
-    runs mpiprop (the one it is installed in), so the word is dropped, with a warning when it
-    names another interpreter. Python's own options (`python -u`) cannot be passed on.
-    """
-    if not program or not _names_python(program[0]):
-        return program
-    named = shutil.which(program[0]) or program[0]
-    if os.path.abspath(named) != os.path.abspath(sys.executable):
-        print(f"mpiprop run: warning: the ranks run {sys.executable} (mpiprop's Python), not {program[0]}",
-              file=sys.stderr)
-    rest = program[1:]
-    if rest[:1] and rest[0].startswith("-") and rest[0] != "-m":
-        subparser.error(f"Python's option {rest[0]!r} cannot be passed on; give the script (or -m module) right "
-                        "after `python`, e.g. set PYTHONUNBUFFERED=1 instead of -u")
-    return rest
-
-
-def _names_python(word: str) -> bool:
-    """True for `python`, `python3`, `python3.11` or a path to one, and for this interpreter's path."""
-    if os.path.realpath(word) == os.path.realpath(sys.executable):
-        return True
-    return re.fullmatch(r"python(\d+(\.\d+)?)?", os.path.basename(word)) is not None
 
 
 def _shell_words(argument: str, args: argparse.Namespace) -> list[str]:
