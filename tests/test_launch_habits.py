@@ -70,3 +70,12 @@ def test_every_package_reports_pyprojects_version():
         (expected, expected, expected)
     with pytest.raises(AttributeError, match="no attribute 'version'"):
         mpiprop.launch.version
+
+
+def test_readmes_first_command_trains_under_mpiprop_run_and_says_why():
+    text = (PYPROJECT.parent / "README.md").read_text()
+    first = next(line for line in text.splitlines() if line.startswith("    python3 -m venv .venv"))
+    assert first == ("    python3 -m venv .venv && . .venv/bin/activate && pip install '.[examples,mpich]' && "
+                     "mpiprop run -n 2 examples/train_digits.py")
+    after = text.split(first, 1)[1].split("\n\n")[1]
+    assert "only `mpiprop run` makes an exception" in after and "mpiexec" in after
