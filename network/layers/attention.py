@@ -62,14 +62,12 @@ class CausalSelfAttention(Layer):
 
     def forward(self, x: Array) -> tuple[Array, AttentionLayerCache]:
         self._check_input(x)
-        batch, time, width = x.shape
-        fused, qkv_cache = self.qkv.forward(x.reshape(batch * time, width))
-        q, k, v = core.split_heads(fused.reshape(batch, time, 3 * width), self.num_heads)
-        heads, core_cache = core.causal_attention(q, k, v, self._attention_dropout_mask(q.shape, q.dtype, x))
-        y, proj_cache = self.proj.forward(core.merge_heads(heads).reshape(batch * time, width))
+        fused, qkv_cache = self.qkv.forward(x)
+        q, k, v = core.split_heads(fused, self.num_heads)
+        heads, attention_cache = core.causal_attention(q, k, v, self._attention_dropout_mask(q.shape, q.dtype, x))
+        y, proj_cache = self.proj.forward(core.merge_heads(heads))
         y, dropout_cache = self.output_dropout.forward(y)
-        return y.reshape(batch, time, width), AttentionLayerCache(x.shape, qkv_cache, core_cache, proj_cache,
-                                                                  dropout_cache)
+        return y, AttentionLayerCache(x.shape, qkv_cache, attention_cache, proj_cache, dropout_cache)
 
     def backward(self, dy: Array, cache: AttentionLayerCache = REMEMBERED) -> Array:
         """Both halves of backward, running the attention core's backward once."""
@@ -81,7 +79,7 @@ class CausalSelfAttention(Layer):
     def backward_input(self, dy: Array, cache: AttentionLayerCache) -> Array:
         """Gradient with respect to the input; keeps the projections' output gradients for `backward_weight`."""
         cache.output_grads = self._output_grads(dy, cache)
-        return self.qkv.backward_input(cache.output_grads[0], cache.qkv).reshape(cache.shape)
+        return self.qkv.backward_input(cache.output_grads[0], cache.qkv)
 
     def backward_weight(self, dy: Array, cache: AttentionLayerCache) -> None:
         """Accumulate both projections' parameter gradients (from the gradients `backward_input` kept, if it ran)."""
@@ -91,15 +89,14 @@ class CausalSelfAttention(Layer):
         cache.output_grads = None
 
     def _output_grads(self, dy: Array, cache: AttentionLayerCache) -> tuple[Array, Array]:
-        """Gradients with respect to the outputs of `qkv` and of `proj`, both (B·T, width)."""
+        """Gradients with respect to the outputs of `qkv` (B, T, 3C) and of `proj` (B, T, C)."""
         if tuple(dy.shape) != tuple(cache.shape):
             raise ValueError(f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
                              f"{tuple(cache.shape)}; pass the gradient of the loss with respect to the output")
-        batch, time, width = cache.shape
-        dproj = self.output_dropout.backward_input(dy.reshape(batch * time, width), cache.dropout)
-        dheads = self.proj.backward_input(dproj, cache.proj).reshape(batch, time, width)
+        dproj = self.output_dropout.backward_input(dy, cache.dropout)
+        dheads = self.proj.backward_input(dproj, cache.proj)
         dq, dk, dv = core.causal_attention_backward(core.unmerge_heads(dheads, self.num_heads), cache.attention)
-        return core.join_heads_grad(dq, dk, dv).reshape(batch * time, 3 * width), dproj
+        return core.join_heads_grad(dq, dk, dv), dproj
 
     def _attention_dropout_mask(self, heads_shape: tuple[int, ...], dtype: Any, x: Array) -> Array | None:
         if not self.training or self.dropout == 0.0:

@@ -1,0 +1,1 @@
+"""models: ready-made model builders (a GPT) and what they need beside the layers."""
