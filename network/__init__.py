@@ -32,6 +32,8 @@ from mpiprop.network.layers.embedding import Embedding
 from mpiprop.network.layers.layernorm import LayerNorm
 from mpiprop.network.layers.residual import Residual
 from mpiprop.network.layers.tied_head import TiedLinear
+from mpiprop.network import models
+from mpiprop.network.models.gpt import gpt
 
 # the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
 schedules = lr_schedules
@@ -50,3 +52,4 @@ __all__ = [
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
 ]
 __all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]
+__all__ += ["models", "gpt"]
