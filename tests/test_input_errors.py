@@ -166,7 +166,7 @@ def test_labels_must_be_integers_of_shape_batch():
 
 
 def test_cross_entropy_logits_must_be_two_dimensional():
-    with pytest.raises(ValueError, match=r"logits of shape \(batch, classes\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"logits of shape \(batch, classes\) or \(batch, classes, d1, \.\.\.\), got \(4,\)"):
         nn.CrossEntropyLoss()(floats(4), numpy.array([0, 1, 0, 1]))
 
 
