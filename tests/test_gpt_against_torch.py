@@ -227,3 +227,26 @@ def test_generate_appends_ids_from_the_model():
     assert out.shape == (2, 13) and (out[:, :3] == prompt).all()
     greedy = logits_of(model, out[:, -CONTEXT - 1:-1])[:, -1].argmax(-1)
     numpy.testing.assert_array_equal(out[:, -1], greedy)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_next_token_loss_matches_torch_with_ignored_positions(reduction):
+    rng = numpy.random.default_rng(9)
+    logits, target = rng.standard_normal((3, 5, 7)), rng.integers(0, 7, (3, 5))
+    target[0, :2] = -1
+    loss_fn = NextTokenLoss(ignore_index=-1, reduction=reduction)
+    value = loss_fn(logits, target)
+    grad_output = rng.standard_normal((3, 5)) if reduction == "none" else None
+    grad = loss_fn.backward(grad_output=grad_output)
+    tlogits = torch.tensor(logits, requires_grad=True)
+    expected = tnn.functional.cross_entropy(tlogits.reshape(-1, 7), torch.tensor(target).reshape(-1),
+                                            ignore_index=-1, reduction=reduction)
+    if reduction == "none":
+        expected = expected.reshape(3, 5)
+        expected.backward(torch.tensor(grad_output))
+    else:
+        expected.backward()
+    numpy.testing.assert_allclose(value, expected.detach().numpy(), rtol=1e-12)
+    numpy.testing.assert_allclose(grad, tlogits.grad.numpy(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"logits \(batch, time, vocabulary\) and target ids \(batch, time\)"):
+        loss_fn(logits, target[:, :4])
