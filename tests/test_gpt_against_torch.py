@@ -21,7 +21,8 @@ VOCAB, CONTEXT, LAYERS, HEADS, WIDTH = 23, 8, 2, 2, 16
 class TorchEmbedding(tnn.Module):
     def __init__(self, vocab, context, width, dropout):
         super().__init__()
-        self.wte, self.wpe, self.dropout = tnn.Embedding(vocab, width), tnn.Embedding(context, width), tnn.Dropout(dropout)
+        self.wte, self.wpe = tnn.Embedding(vocab, width), tnn.Embedding(context, width)
+        self.dropout = tnn.Dropout(dropout)
 
     def forward(self, ids):
         return self.dropout(self.wte(ids) + self.wpe(torch.arange(ids.shape[1])))
