@@ -251,3 +251,17 @@ def test_next_token_loss_matches_torch_with_ignored_positions(reduction):
     numpy.testing.assert_allclose(grad, tlogits.grad.numpy(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"logits \(batch, time, vocabulary\) and target ids \(batch, time\)"):
         loss_fn(logits, target[:, :4])
+
+
+def test_backward_in_two_halves_gives_backwards_gradients():
+    model, loss_fn = our_gpt(), NextTokenLoss()
+    logits, cache = model.forward(ids(11))
+    dlogits = loss_fn.backward(loss_fn.forward(logits, ids(12))[1])
+    model.zero_grad()
+    model.backward(dlogits, cache)
+    whole = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model.backward_input(dlogits, cache)
+    model.backward_weight(dlogits, cache)
+    for grad, p in zip(whole, model.parameters()):
+        numpy.testing.assert_allclose(p.grad, grad, rtol=0, atol=1e-14)
