@@ -12,7 +12,7 @@ from mpiprop.distributed.data_parallel.node_groups import node_groups
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
-from mpiprop.distributed.reliability.consistency import check_same_model
+from mpiprop.distributed.reliability.consistency import check_agreement, check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
@@ -112,7 +112,9 @@ class DataParallel(LocalStrategy):
         self.comm = as_communicator(comm)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
-            check_same_model(module, self.comm)
+            check_same_model(module, self.comm, settings={
+                "bucket_cap_mb": bucket_cap_mb, "compression": compression, "broadcast_buffers": broadcast_buffers,
+                "shared_memory": shared_memory, "shard_optimizer_state": shard_optimizer_state})
         except ValueError:
             if self.comm is not comm:  # every rank raises, so freeing our clone is collective-safe
                 self.comm.free()
@@ -245,6 +247,10 @@ class DataParallel(LocalStrategy):
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
                                 [bucket.params for bucket in self.buckets],
                                 shared_memory=self._parameters_in_shared_memory, **hyperparameters)
+
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise the same ValueError on every rank unless all passed equal `settings` (see `check_agreement`). Collective."""
+        check_agreement(self.comm, owner, settings)
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every holder of a part of the gradients: this rank alone, every rank with ZeRO-2."""

@@ -13,7 +13,7 @@ from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stag
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
-from mpiprop.distributed.reliability.consistency import check_same_model
+from mpiprop.distributed.reliability.consistency import check_agreement, check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
@@ -108,10 +108,16 @@ class Pipeline:
         self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
         self.splits = named_splits(model)
-        self._join_ranks(comm, stages, tensor_group_of(model))
+        agreed = Communicator(comm)
+        try:
+            check_same_model(model, agreed, "Pipeline", settings={
+                "micro_batches": micro_batches, "schedule": schedule, "virtual_stages": self.virtual_stages,
+                "balance": balance, "stages": stages, "bucket_cap_mb": bucket_cap_mb, "shared_memory": shared_memory})
+            self._join_ranks(agreed, stages, tensor_group_of(model))
+        finally:
+            agreed.free()
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
         self.schedule = spec.build(self.num_stages, self.micro_batches, self.virtual_stages)
-        check_same_model(model, self.comm, owner="Pipeline")
         self.balance = self._resolve_balance(model, balance, sample_input)
         all_ranges = layer_ranges(self.balance)
         self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
@@ -383,6 +389,10 @@ class Pipeline:
         tensor = f", tensor rank {self.tensor_rank} of {self.tensor_size}" if self.tensor_comm is not None else ""
         replica = f", replica {self.replica}" if self.replicas > 1 else ""
         return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{tensor}{replica})"
+
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise the same ValueError on every rank unless all passed equal `settings` (see `check_agreement`). Collective."""
+        check_agreement(self.comm, owner, settings)
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every rank holding this copy of the model, in stage order (tensor ranks within);

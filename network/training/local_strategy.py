@@ -29,7 +29,7 @@ class LocalStrategy:
     (one value from every process holding a part of this copy of the model), `merge_over_stages`
     (whole-model dicts from those parts), `local_part` (the inverse: this process's part of a
     whole-model dict), `parameters_counted_once` (for sums over the whole model, such as the
-    gradient norm) and `locate_non_finite`.
+    gradient norm), `locate_non_finite` and `check_agreement` (settings every process must share).
 
     Args:
         module: the model, usually a Sequential.
@@ -148,6 +148,20 @@ class LocalStrategy:
     def position(self) -> str:
         """Where this process sits, for messages ("rank 1 (stage 1 of 2, replica 0)")."""
         return "rank 0"
+
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise on every process unless all of them passed equal `settings` (here: one process, nothing to compare).
+
+        Collective in a distributed strategy, which compares a small description of each value (scalars,
+        an optimizer's class and hyperparameters, a schedule's values, an object's public settings).
+
+        Args:
+            owner: what the settings configure, for the message (e.g. "Trainer").
+            settings: name -> this process's value.
+
+        Raises:
+            ValueError: on every process, naming the first setting that differs and each process's value.
+        """
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every process holding a part of this copy of the model, in stage order (here: one)."""

@@ -95,7 +95,9 @@ class Trainer:
             given here scales the loss in any precision); its state is kept in checkpoints.
 
     Raises:
-        ValueError: for a precision the model's device cannot use (all but "fp32" on the CPU).
+        ValueError: for a precision the model's device cannot use (all but "fp32" on the CPU); on every
+            rank, when the ranks' optimizers (class, hyperparameters), losses or settings above differ
+            (construction is collective with a distributed strategy).
     """
 
     def __init__(self, model: Any, loss_fn: Loss, optimizer: Any, *, lr_schedule: Callable[[int], float] | None = None,
@@ -140,6 +142,10 @@ class Trainer:
             GradScaler() if self.precision.loss_scaling else None)
         self._step_loss = loss_fn if self.grad_scaler is None else ScaledLoss(loss_fn, self.grad_scaler)
         self._reset()
+        getattr(self.model, "check_agreement", lambda owner, settings: None)("Trainer", {
+            "optimizer": optimizer, "loss_fn": loss_fn, "lr_schedule": lr_schedule, "schedule_per": schedule_per,
+            "clip_grad_norm": self.clip_grad_norm, "precision": self.precision.name, "grad_scaler": self.grad_scaler,
+            "non_finite": non_finite, "checkpoint_every": self.checkpoint_every})
 
     @property
     def is_main(self) -> bool:
