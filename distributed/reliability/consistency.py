@@ -73,7 +73,7 @@ def first_disagreement(everyone: list[dict[str, Plain]]) -> str | None:
     names = list(dict.fromkeys(name for described in everyone for name in described))
     for name in names:
         values = [described.get(name, _MISSING) for described in everyone]
-        if any(value != values[0] or type(value) is not type(values[0]) for value in values):
+        if any(value != values[0] or isinstance(value, bool) != isinstance(values[0], bool) for value in values):
             return f"the ranks disagree on {name}: {_by_value(values)}"
     return None
 
