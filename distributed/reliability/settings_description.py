@@ -50,7 +50,7 @@ def layer_entries(layer: Layer, path: str = "model") -> Iterator[tuple[str, Plai
 
 def object_summary(obj: Any) -> str:
     """`TypeName(setting=value, ...)` from the public scalars, e.g. `StepLR(base_lr=0.1, step_size=10, gamma=0.5)`."""
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    name = getattr(obj, "__name__", None) or type(obj).__name__
     settings = ", ".join(f"{key}={value!r}" for key, value in public_scalars(obj).items())
     return f"{name}({settings})"
 
