@@ -27,10 +27,15 @@ def plain(value: Any) -> tuple[bool, Plain]:
 
 
 def public_scalars(obj: Any) -> dict[str, Plain]:
-    """The public attributes of `obj` that hold scalars (not arrays, parameters, layers or modes), in order."""
+    """The public attributes of `obj` that hold scalars (not arrays, parameters, layers or modes), in order.
+
+    An object whose scalar attribute differs between ranks by design (the offset of a tensor-parallel
+    share, say) names it in a class attribute `rank_specific`, and it is left out.
+    """
     found = {}
+    left_out = NOT_SETTINGS.union(getattr(obj, "rank_specific", ()))
     for name, value in vars(obj).items() if hasattr(obj, "__dict__") else ():
-        if name.startswith("_") or name in NOT_SETTINGS:
+        if name.startswith("_") or name in left_out:
             continue
         ok, value = plain(value)
         if ok:
