@@ -1,4 +1,4 @@
-"""Ranks that disagree fail fast: settings checked collectively once, waits aborted only for their own peers, misuse refused."""
+"""Ranks that disagree fail fast: settings checked once, collectively; waits end for peers only; misuse refused."""
 from __future__ import annotations
 
 import re
@@ -65,7 +65,8 @@ def test_the_first_differing_setting_is_named_with_every_ranks_value():
 
 def test_equal_numbers_agree_whatever_their_type_but_a_flag_is_not_a_number():
     assert first_disagreement([{"cap": 4}, {"cap": 4.0}]) is None
-    assert first_disagreement([{"flag": True}, {"flag": 1}]) == "the ranks disagree on flag: rank 0 has True, rank 1 has 1"
+    assert first_disagreement([{"flag": True}, {"flag": 1}]) == (
+        "the ranks disagree on flag: rank 0 has True, rank 1 has 1")
 
 
 @pytest.mark.parametrize("other, named", [
@@ -147,11 +148,13 @@ def test_zero_without_dp_optimizer_is_refused_at_the_next_step():
 
 # --- real ranks ---------------------------------------------------------------------------------------
 SETTINGS = [  # scenario of mpi_scripts/rank_disagreement.py, what the message must say (rank 1 differs)
-    ("dp_shard_optimizer_state", "DataParallel: the ranks disagree on shard_optimizer_state: rank 0 has 2, rank 1 has 0"),
+    ("dp_shard_optimizer_state",
+     "DataParallel: the ranks disagree on shard_optimizer_state: rank 0 has 2, rank 1 has 0"),
     ("dp_shared_memory", "DataParallel: the ranks disagree on shared_memory: rank 0 has True, rank 1 has False"),
     ("dp_compression", "DataParallel: the ranks disagree on compression: rank 0 has None, rank 1 has 'float16'"),
     ("dp_bucket_cap_mb", "DataParallel: the ranks disagree on bucket_cap_mb: rank 0 has 4, rank 1 has 0.0005"),
-    ("dp_broadcast_buffers", "DataParallel: the ranks disagree on broadcast_buffers: rank 0 has True, rank 1 has False"),
+    ("dp_broadcast_buffers",
+     "DataParallel: the ranks disagree on broadcast_buffers: rank 0 has True, rank 1 has False"),
     ("pipe_schedule", "Pipeline: the ranks disagree on schedule: rank 0 has '1f1b', rank 1 has 'gpipe'"),
     ("pipe_micro_batches", "Pipeline: the ranks disagree on micro_batches: rank 0 has 2, rank 1 has 4"),
     ("pipe_balance", "Pipeline: the ranks disagree on balance: rank 0 has (3, 3), rank 1 has (2, 4)"),

@@ -271,7 +271,7 @@ class DataParallel(LocalStrategy):
                                 shared_memory=self._parameters_in_shared_memory, **hyperparameters)
 
     def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
-        """Raise the same ValueError on every rank unless all passed equal `settings` (see `check_agreement`). Collective."""
+        """Raise the same ValueError on every rank unless all passed equal `settings`. Collective."""
         check_agreement(self.comm, owner, settings)
 
     def stage_allgather(self, value: Any) -> list[Any]:

@@ -391,7 +391,7 @@ class Pipeline:
         return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{tensor}{replica})"
 
     def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
-        """Raise the same ValueError on every rank unless all passed equal `settings` (see `check_agreement`). Collective."""
+        """Raise the same ValueError on every rank unless all passed equal `settings`. Collective."""
         check_agreement(self.comm, owner, settings)
 
     def stage_allgather(self, value: Any) -> list[Any]:

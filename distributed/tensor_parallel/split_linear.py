@@ -38,8 +38,9 @@ class SplitLinear(Layer):
             raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
                             f"(tensor_parallel_group(size)), got {type(group).__name__}")
         self.group = group
-        check_agreement(group, type(self).__name__, {"in_features": linear.in_features, "out_features": linear.out_features,
-                                                     "bias": linear.bias is not None, "dtype": str(linear.weight.dtype)})
+        check_agreement(group, type(self).__name__, {
+            "in_features": linear.in_features, "out_features": linear.out_features,
+            "bias": linear.bias is not None, "dtype": str(linear.weight.dtype)})
         self.in_features, self.out_features = linear.in_features, linear.out_features
         whole = linear.weight.shape[self.split_axis]
         if whole % group.size:
