@@ -197,7 +197,10 @@ def test_a_rank_that_left_another_group_does_not_abort_a_wait_it_takes_no_part_i
 @pytest.mark.mpi
 def test_a_rank_that_left_its_own_group_still_aborts_the_wait_naming_it():
     result = run_mpi("split_groups_leave.py", 4, "--late", "1", "--leave", timeout=120, check=False)
+    ended = time.time()
     assert result.returncode != 0
+    left = float(re.search(r"rank 3 leaves ([0-9.]+)", result.stdout).group(1))
+    assert ended - left < ENDED_WITHIN_S, f"the processes ended {ended - left:.1f} s after rank 3 left"
     assert "rank 2: rank 3 has left the job" in result.stderr, result.stderr
     assert "rank 0 has left" not in result.stderr and "rank 1 has left" not in result.stderr, result.stderr
 
@@ -205,7 +208,10 @@ def test_a_rank_that_left_its_own_group_still_aborts_the_wait_naming_it():
 @pytest.mark.mpi
 def test_a_collective_call_on_one_rank_only_ends_the_job_saying_it_must_run_on_every_rank():
     result = run_mpi("misuse.py", 2, "evaluate_on_one_rank", timeout=90, check=False)
+    ended = time.time()
     assert result.returncode != 0
+    reached = max(float(value) for value in re.findall(r"rank \d reached ([0-9.]+)", result.stdout))
+    assert ended - reached < ENDED_WITHIN_S, f"the processes ended {ended - reached:.1f} s after the call"
     assert re.search(r"rank 1 has left the job .* while rank 0 waits for it in allgather", result.stderr), result.stderr
     assert "A collective call must run on every rank of its communicator" in result.stderr, result.stderr
 
@@ -219,4 +225,6 @@ def test_a_collective_call_on_one_rank_only_ends_the_job_saying_it_must_run_on_e
 def test_misuse_that_would_let_replicas_drift_is_refused_on_every_rank(scenario, message):
     result = run_mpi("misuse.py", 2, scenario, timeout=90)
     for rank in (0, 1):
-        assert f"rank {rank} {message}" in result.stdout, result.stdout + result.stderr
+        found = re.search(rf"rank {rank} after ([0-9.]+) s (.*)", result.stdout)
+        assert found and found.group(2).startswith(message), result.stdout + result.stderr
+        assert float(found.group(1)) < ERROR_WITHIN_S, found.group(0)

@@ -1,7 +1,9 @@
 """Misuse that must end in an error: `model.backward` on a model DataParallel wraps ("model_backward"),
 ZeRO with an optimizer not made by `dp.optimizer` ("zero_plain_optimizer"), and a collective call made on
-one rank only ("evaluate_on_one_rank"). Prints `rank R ERRORTYPE: MESSAGE`, or `rank R no error: ...`."""
+one rank only ("evaluate_on_one_rank", which prints `rank R reached T` first). Prints
+`rank R after S s ERRORTYPE: MESSAGE` (S from the start), or `rank R no error: ...`."""
 import sys
+import time
 
 import numpy
 from mpi4py import MPI
@@ -57,16 +59,19 @@ def zero_plain_optimizer() -> None:
 def evaluate_on_one_rank() -> None:
     dp = DataParallel(model())
     trainer = nn.Trainer(dp, nn.CrossEntropyLoss(), dp.optimizer(nn.optim.SGD, lr=0.1), quiet=True)
+    print(f"rank {RANK} reached {time.time():.3f}", flush=True)
     if RANK == 0:
         x, y = data(0, 16)
         print(f"rank {RANK} evaluated {trainer.evaluate(nn.DataLoader(nn.ArrayDataset(x, y), 8))}", flush=True)
 
 
 def main() -> None:
+    MPI.COMM_WORLD.Barrier()
+    started = time.time()
     try:
         globals()[sys.argv[1]]()
     except (RuntimeError, ValueError) as error:
-        print(f"rank {RANK} {type(error).__name__}: {error}", flush=True)
+        print(f"rank {RANK} after {time.time() - started:.2f} s {type(error).__name__}: {error}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def main() -> None:
         if world.rank == 3:
             time.sleep(arguments.late)
             if arguments.leave:
+                print(f"rank 3 leaves {time.time():.3f}", flush=True)
                 return
         step(dp, optimizer, world.rank + 10)
     print(f"rank {world.rank} finished", flush=True)
