@@ -15,7 +15,7 @@ from mpiprop.distributed.reliability.waits import current_wait_among, ranks_of_a
 from mpi_launch import run_mpi
 
 ERROR_WITHIN_S = 10.0  # from reaching the disagreement to the ValueError on every rank (measured: about 0.2 s)
-ENDED_WITHIN_S = 20.0  # from reaching it to the end of every process, MPI's start-up excluded (a loaded machine)
+ENDED_WITHIN_S = 10.0  # from reaching it to the end of every process (measured: 0.2-0.3 s; 3.x s after a departure)
 
 
 class Gathered:
