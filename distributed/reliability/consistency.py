@@ -48,6 +48,12 @@ def check_same_model(module: Layer, comm: Communicator, owner: str = "DataParall
     parameter-free layers included), so all of them reach the same verdict and none is left
     waiting in a later collective.
 
+    Args:
+        module: this rank's model.
+        comm: the ranks that must agree.
+        owner: what is being built, for the message.
+        settings: the owner's own settings (name -> value), compared first.
+
     Raises:
         ValueError: naming the first setting, parameter, buffer or layer setting that differs, and the ranks.
     """
