@@ -12,6 +12,7 @@ from mpiprop.distributed import DataParallel
 from mpiprop.distributed.reliability.consistency import check_agreement, check_same_model, first_disagreement
 from mpiprop.distributed.reliability.settings_description import describe, layer_entries
 from mpiprop.distributed.reliability.waits import current_wait_among, ranks_of_all, waiting_in
+from mpiprop.network.training.ranks import OneProcess
 from mpi_launch import run_mpi
 
 ERROR_WITHIN_S = 10.0  # from reaching the disagreement to the ValueError on every rank (measured: about 0.2 s)
@@ -93,18 +94,19 @@ def test_check_agreement_passes_equal_settings():
     check_agreement(Gathered(lambda mine: mine), "Trainer", {"optimizer": nn.optim.SGD(mlp().parameters(), lr=0.1)})
 
 
-# --- the Trainer's settings go through its strategy ---------------------------------------------------
-class Recording(nn.LocalStrategy):
+# --- the Trainer's settings go through its strategy's ranks ------------------------------------------------
+class Recording(OneProcess):
     def check_agreement(self, owner, settings):
         self.checked = (owner, describe(settings))
 
 
-def test_the_trainer_asks_its_strategy_to_check_its_settings_once_at_construction():
+def test_the_trainer_asks_its_ranks_to_check_its_settings_once_at_construction():
     model = mlp()
-    strategy = Recording(model)
+    strategy = nn.LocalStrategy(model)
+    strategy.ranks = Recording()
     nn.Trainer(strategy, nn.CrossEntropyLoss(), nn.optim.Adam(model.parameters(), lr=0.01), clip_grad_norm=1.0,
                lr_schedule=nn.lr_schedules.StepLR(0.01, step_size=2), non_finite="skip", quiet=True)
-    owner, settings = strategy.checked
+    owner, settings = strategy.ranks.checked
     assert owner == "Trainer"
     assert settings["optimizer"] == "Adam" and settings["optimizer lr"] == 0.01
     assert settings["clip_grad_norm"] == 1.0 and settings["non_finite"] == "skip"

@@ -8,12 +8,13 @@ import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
-from mpiprop.distributed.reliability.consistency import check_agreement, check_same_model
+from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
@@ -107,6 +108,7 @@ class Pipeline:
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
+        self.ranks = PipelineRanks(self)
         self.splits = named_splits(model)
         agreed = Communicator(comm)
         try:
@@ -349,12 +351,6 @@ class Pipeline:
             return named
         return share_of(named, self.splits, self.tensor_rank)
 
-    def parameters_counted_once(self) -> list[Parameter]:
-        """This rank's parameters, less those that its stage's first tensor rank holds alike (unsplit ones)."""
-        if self.tensor_rank == 0:
-            return self.parameters()
-        return [p for name, p in self.named_parameters() if name in self.splits]
-
     def zero_grad(self) -> None:
         """Reset this rank's gradients to zero."""
         for p in self.parameters():
@@ -389,10 +385,6 @@ class Pipeline:
         tensor = f", tensor rank {self.tensor_rank} of {self.tensor_size}" if self.tensor_comm is not None else ""
         replica = f", replica {self.replica}" if self.replicas > 1 else ""
         return f"rank {self.comm.rank} (stage {self.stage_index} of {self.num_stages}{tensor}{replica})"
-
-    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
-        """Raise the same ValueError on every rank unless all passed equal `settings`. Collective."""
-        check_agreement(self.comm, owner, settings)
 
     def stage_allgather(self, value: Any) -> list[Any]:
         """`value` from every rank holding this copy of the model, in stage order (tensor ranks within);
