@@ -8,6 +8,7 @@ from mpiprop.network.layers.layer import Layer
 
 Plain = Any  # None, bool, int, float, str, or a tuple of those
 NOT_SETTINGS = frozenset({"training", "stream", "numbered_in_parent"})  # modes and bookkeeping, not choices
+STREAM_SUFFIX = "_stream"  # a random stream's number counts the layers made since the seed, not a choice
 SCHEDULE_SAMPLES = (0, 1, 2, 10, 100, 1000, 10000)
 
 
@@ -35,7 +36,7 @@ def public_scalars(obj: Any) -> dict[str, Plain]:
     found = {}
     left_out = NOT_SETTINGS.union(getattr(obj, "rank_specific", ()))
     for name, value in vars(obj).items() if hasattr(obj, "__dict__") else ():
-        if name.startswith("_") or name in left_out:
+        if name.startswith("_") or name in left_out or name.endswith(STREAM_SUFFIX):
             continue
         ok, value = plain(value)
         if ok:
