@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.recompute:
         model = with_recompute(model)
     strategy = build_strategy(model, args, world_size)
-    shard, shards = getattr(strategy, "data_shard", (0, 1))
+    shard, shards = getattr(getattr(strategy, "ranks", None), "data_shard", (0, 1))
     if shards > 1:
         nn.manual_seed(args.seed + shard)  # independent dropout masks per replica, alike over a pipeline's stages
     shards = {"rank": shard, "world_size": shards}

@@ -87,7 +87,7 @@ class StopAfterStep(nn.callbacks.Callback):
 def train(layout, stop_step=None, checkpoint=None, resume=None):
     """The strategy and the losses of its steps, stopping after step `stop_step` (counting those before a resume)."""
     strategy = make(layout)
-    shard, shards = strategy.data_shard
+    shard, shards = strategy.ranks.data_shard
     x, y = data()
     loader = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=False, rank=shard, world_size=shards)
     losses = Losses()
