@@ -4,8 +4,8 @@
 
 Layouts: "local" and "local-recompute" (one process; each block half wrapped in nn.Recompute),
 "dp", "dp-recompute", "zero1", "zero2" (DataParallel over all ranks, ZeRO with sharded optimizer
-state), "pipeN-gpipe" and "pipeN-1f1b" (N stages; N below the rank count makes a grid with
-replicas), and "resume" (a checkpoint written by DataParallel resumed by a 2-stage pipeline, whose
+state), "pipeN-SCHEDULE" (N stages, SCHEDULE one of gpipe, 1f1b, interleaved, zb-h1; N below the
+rank count makes a grid with replicas), and "resume" (a checkpoint written by DataParallel resumed by a 2-stage pipeline, whose
 checkpoint one process resumes, each with the same next-step loss as one uninterrupted process).
 A 2-block GPT (its embedding and head tied), float64, no dropout, AdamW with weight decay and a
 gradient clipping norm small enough to act at every step, trained with the Trainer: every loss and
