@@ -265,3 +265,18 @@ def test_backward_in_two_halves_gives_backwards_gradients():
     model.backward_weight(dlogits, cache)
     for grad, p in zip(whole, model.parameters()):
         numpy.testing.assert_allclose(p.grad, grad, rtol=0, atol=1e-14)
+
+
+def test_a_convolutional_model_with_batch_norm_buffers_goes_to_torch_and_back():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).to(dtype=numpy.float64)
+    x = numpy.random.default_rng(13).standard_normal((6, 2, 5, 5))
+    model(x)  # one training step moves the running statistics off their start
+    reference = tnn.Sequential(tnn.Conv2d(2, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.Flatten(),
+                               tnn.Linear(4 * 5 * 5, 3)).double()
+    reference.load_state_dict({name: torch.tensor(value) for name, value in torch_state_dict(model).items()})
+    numpy.testing.assert_allclose(torch_logits_of(reference, x), logits_of(model, x), rtol=0, atol=1e-12)
+    other = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).to(dtype=numpy.float64)
+    load_torch_state_dict(other, reference.state_dict())
+    numpy.testing.assert_allclose(logits_of(other, x), logits_of(model, x), rtol=0, atol=1e-12)
