@@ -154,6 +154,11 @@ class Trainer:
     def stop_training(self, value: bool) -> None:
         self.state.stop_training = bool(value)
 
+    @property
+    def stop_request(self) -> StopRequest | None:
+        """Why the run stopped before its last epoch (a `StopRequest`), or None while nothing asked it to."""
+        return self.state.stop_request
+
     def request_stop(self, why: str, final: bool = False) -> None:
         """Stop after the current batch, and end the run's last line with `why`.
 
