@@ -132,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     samples = (trainer.step - step_before) * args.batch_size
     test = trainer.evaluate(DataLoader(ArrayDataset(*splits["test"]), 500, uneven="keep", **shards_of))
     if trainer.is_main:
-        stop = trainer.state.stop_request
-        ended = stop.why if stop is not None else f"all {args.epochs} epochs done"
+        ended = trainer.stop_request.why if trainer.stop_request is not None else f"all {args.epochs} epochs done"
         last = history[-1] if history else {}
         print(f"samples_per_s={samples / seconds:.0f} ({samples} samples in {seconds:.1f} s on {world_size} ranks)")
         print(f"loss={last.get('loss', float('nan')):.4f} val_loss={last.get('val_loss', float('nan')):.4f} "
