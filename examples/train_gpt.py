@@ -62,7 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline-stages", type=int, default=1,
                         help="cut the model into this many pipeline stages; it must divide the ranks, the rest "
                              "are data-parallel replicas of the pipeline (default 1: data parallel only)")
-    parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per batch in a pipeline (default 4)")
+    parser.add_argument("--micro-batches", type=int, default=4,
+                        help="micro-batches per batch in a pipeline (default 4)")
     parser.add_argument("--schedule", default="1f1b", help="pipeline schedule: gpipe, 1f1b, ... (default 1f1b)")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2), default=0,
                         help="data parallel with sharded optimizer state (1) and gradients (2) (default 0)")
@@ -244,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     shards = {"rank": shard, "world_size": shards}
     train = ArrayDataset(*random_windows(train_ids, args.context, args.windows, args.seed))
     val = ArrayDataset(*evenly_spaced_windows(val_ids, args.context, args.val_windows))
-    train_loader = DataLoader(train, args.batch_size // shards["world_size"], shuffle=True, drop_last=True, seed=args.seed,
-                              **shards)
+    train_loader = DataLoader(train, args.batch_size // shards["world_size"], shuffle=True, drop_last=True,
+                              seed=args.seed, **shards)
     val_loader = DataLoader(val, 64, uneven="keep", **shards)
     steps = args.epochs * len(train_loader)
     warmup = max(1, min(args.warmup, steps - 1))

@@ -22,7 +22,8 @@ def passed(stdout):
     (2, ["pipe2-gpipe", "pipe2-1f1b", "pipe2-interleaved", "pipe2-zb-h1", "pipe1-1f1b"]),
     (4, ["dp", "pipe4-gpipe", "pipe4-1f1b", "pipe2-1f1b"]),
     (2, ["resume"]),
-], ids=["2 ranks: recompute, data parallel, ZeRO", "2 ranks: 2 stages, every schedule; 1 stage x 2 replicas", "4 ranks: 4 stages and a 2x2 grid",
+], ids=["2 ranks: recompute, data parallel, ZeRO", "2 ranks: 2 stages, every schedule; 1 stage x 2 replicas",
+        "4 ranks: 4 stages and a 2x2 grid",
         "checkpoint: data parallel -> 2 stages -> one process"])
 def test_the_gpt_trains_like_one_process_in_every_layout(tmp_path, ranks, layouts):
     result = run_mpi("gpt_layouts.py", ranks, tmp_path, *layouts, timeout=TIMEOUT_S)

@@ -1,4 +1,4 @@
-"""The Trainer's gradient norm counts a tied weight (embedding and head) once, as clip_grad_norm_ over parameters() does."""
+"""The Trainer's gradient norm counts a tied weight (embedding and head) once, as clip_grad_norm_ over parameters()."""
 import numpy
 
 import mpiprop.network as nn

@@ -197,7 +197,8 @@ class Pipeline:
             self.data_comm.bcast(array, root=0)
         final_order = {id(p): p for chunk in reversed(self.chunks)
                        for layer_params in reversed(chunk.parameters_final_after_each_layer()) for p in layer_params}
-        return GradientSync(list(final_order.values()), self.data_comm, bucket_cap_mb=bucket_cap_mb, shared_memory=shared_memory)
+        return GradientSync(list(final_order.values()), self.data_comm, bucket_cap_mb=bucket_cap_mb,
+                            shared_memory=shared_memory)
 
     # --- where this rank stands ---------------------------------------------------------------
     @property

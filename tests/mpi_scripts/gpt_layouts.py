@@ -5,8 +5,9 @@
 Layouts: "local" and "local-recompute" (one process; each block half wrapped in nn.Recompute),
 "dp", "dp-recompute", "zero1", "zero2" (DataParallel over all ranks, ZeRO with sharded optimizer
 state), "pipeN-SCHEDULE" (N stages, SCHEDULE one of gpipe, 1f1b, interleaved, zb-h1; N below the
-rank count makes a grid with replicas), and "resume" (a checkpoint written by DataParallel resumed by a 2-stage pipeline, whose
-checkpoint one process resumes, each with the same next-step loss as one uninterrupted process).
+rank count makes a grid with replicas), and "resume" (a checkpoint written by DataParallel resumed
+by a 2-stage pipeline, whose checkpoint one process resumes, each with the next-step loss of one
+uninterrupted process).
 A 2-block GPT (its embedding and head tied), float64, no dropout, AdamW with weight decay and a
 gradient clipping norm small enough to act at every step, trained with the Trainer: every loss and
 every weight (both names of the tied one, from the stages holding it) must match one process within
@@ -92,7 +93,8 @@ def train(layout, stop_step=None, checkpoint=None, resume=None):
     loader = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=False, rank=shard, world_size=shards)
     losses = Losses()
     trainer = nn.Trainer(strategy, NextTokenLoss(), optimizer_for(strategy), clip_grad_norm=0.05,
-                         callbacks=[losses, StopAfterStep(stop_step)], checkpoint_path=checkpoint, quiet=True, progress=False)
+                         callbacks=[losses, StopAfterStep(stop_step)], checkpoint_path=checkpoint, quiet=True,
+                         progress=False)
     trainer.fit(loader, 1, resume_from=resume)
     return strategy, global_mean(shard, losses.values) if shards > 1 else losses.values
 
