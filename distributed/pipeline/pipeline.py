@@ -250,6 +250,7 @@ class Pipeline:
             sync.finish()
             sync.scale(1.0 / self.replicas)
             self._broadcast_buffers_over_replicas()
+        # after the replicas' average (the two commute), so no rank waits on the tied stages inside a replica sync
         self.tied.sum_gradients()
         self.last_output = self._joined(result.outputs)
         return loss
