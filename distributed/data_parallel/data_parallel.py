@@ -12,21 +12,28 @@ from mpiprop.distributed.data_parallel.gradient_sync import GradientSync, SyncSt
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.sharded_parameters import ShardedParameters
-from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
+from mpiprop.distributed.data_parallel.shard_weights import ShardWeight, loss_gradient_and_denominator
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
+from mpiprop.distributed.reliability.wrapped_backward import WrappedBackward
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
-from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.backend import Array
 from mpiprop.network.compute import rng
 from mpiprop.network.layers.dropout import Dropout
 from mpiprop.network.layers.layer import REMEMBERED, Layer
 from mpiprop.network.layers.losses import Loss
-from mpiprop.network.training.non_finite import is_finite
 from mpiprop.network.training.whole_model import WholeModelStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
+
+
+_NO_SHARDED_OPTIMIZER = (
+    "DataParallel(shard_optimizer_state={}) shards the optimizer state only in an optimizer made by "
+    "dp.optimizer(nn.optim.Adam, lr=...): a step has passed without one, so an optimizer over dp.parameters() "
+    "(e.g. nn.optim.Adam(dp.parameters())) keeps the whole state on every rank, and under ZeRO-2 it steps with "
+    "the zeros that stand in for the gradients other ranks own; build it with dp.optimizer(...)")
 
 
 class DataParallel(WholeModelStrategy):
@@ -102,7 +109,10 @@ class DataParallel(WholeModelStrategy):
         TypeError: when `module` is not a network Layer.
         ValueError: on every rank, when ranks built models whose parameter or buffer names,
             shapes or dtypes differ; for a non-positive bucket size, an unknown compression or
-            an unknown `shard_optimizer_state`, or a compression with `shard_optimizer_state=2`.
+            an unknown `shard_optimizer_state`, or a compression with `shard_optimizer_state=2`; on every
+            rank, when the ranks passed different settings above or built different layers (types, settings).
+        RuntimeError: later, when the wrapped model's own `backward` is called (its gradients would not be
+            averaged: call `dp.backward`), or when ZeRO trains a second step without `dp.optimizer(...)`.
     """
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
@@ -123,7 +133,9 @@ class DataParallel(WholeModelStrategy):
         self.ranks = DataParallelRanks(self.comm, gradient_shards=shard_optimizer_state == 2)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
-            check_same_model(module, self.comm)
+            check_same_model(module, self.comm, settings={
+                "bucket_cap_mb": bucket_cap_mb, "compression": compression, "broadcast_buffers": broadcast_buffers,
+                "shared_memory": shared_memory, "shard_optimizer_state": shard_optimizer_state})
         except ValueError:
             if self.comm is not comm:  # every rank raises, so freeing our clone is collective-safe
                 self.comm.free()
@@ -145,6 +157,8 @@ class DataParallel(WholeModelStrategy):
         self._global_loss = math.nan
         self._has_buffers = any(True for _ in module.named_buffers())
         self._draws_dropout = any(isinstance(layer, Dropout) and layer.p > 0 for layer in module.descendants())
+        self._own_backward = WrappedBackward(module, "DataParallel", "dp.backward(dout)")
+        self._sharded_optimizer_made, self._training_forwards = False, 0
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -164,9 +178,8 @@ class DataParallel(WholeModelStrategy):
 
     @contextmanager
     def _rows_of_the_global_batch(self, x: Array) -> Iterator[None]:
-        """With dropout in training: this rank's rows draw the masks one process gives them in the global batch
-        (the ranks' shards in rank order; one small exchange of the rows), so dropout is not correlated across
-        ranks and the ranks together reproduce one process."""
+        """With dropout in training: this rank's rows draw the masks one process draws for them in the global
+        batch (the ranks' shards in rank order), so the ranks together reproduce one process."""
         if not (self._draws_dropout and self.module.training and self.comm.size > 1):
             yield
             return
@@ -175,6 +188,10 @@ class DataParallel(WholeModelStrategy):
             yield
 
     def _before_forward(self, x: Array) -> None:
+        if self.module.training:
+            self._training_forwards += 1
+            if self.shard_optimizer_state and self._training_forwards == 2 and not self._sharded_optimizer_made:
+                raise RuntimeError(_NO_SHARDED_OPTIMIZER.format(self.shard_optimizer_state))
         if self.module.training and self.broadcast_buffers and self._has_buffers:
             self.sync_buffers()
         if self.module.training and self.comm.size > 1 and self._count_rows:
@@ -200,7 +217,7 @@ class DataParallel(WholeModelStrategy):
             output = self(x)
         finally:
             self._count_rows = True
-        value, output_grad, local = _loss_gradient_and_denominator(loss_fn, output, y)
+        value, output_grad, local = loss_gradient_and_denominator(loss_fn, output, y)
         if self.comm.size > 1:
             self._shard_weight.start(local, value, mean=loss_fn.reduction != "sum")
         self.backward(output_grad)
@@ -263,6 +280,10 @@ class DataParallel(WholeModelStrategy):
         return self.gradient_sync.last_stats
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
+        with self._own_backward.allowed():
+            return self._run_module_backward(dout, cache, input_grad, on_parameters_final)
+
+    def _run_module_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
         written = self.gradient_sync.mark_written
         if isinstance(self.module, Sequential):
             return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final,
@@ -297,6 +318,7 @@ class DataParallel(WholeModelStrategy):
         params = self.parameters() if params is None else params
         if not self.shard_optimizer_state:
             return optimizer_class(params, **hyperparameters)
+        self._sharded_optimizer_made = True
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
                                 [bucket.params for bucket in self.buckets],
                                 shared_memory=self._parameters_in_shared_memory, **hyperparameters)
@@ -366,19 +388,6 @@ class DataParallel(WholeModelStrategy):
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
                 f"allreduce={self.allreduce_kind!r}, compression={self.compression!r},\n  module={self.module!r})")
-
-
-def _loss_gradient_and_denominator(loss_fn: Loss, output: Array, y: Array) -> tuple[float, Array, float]:
-    """(loss, its output gradient, its denominator); NaN and a NaN gradient for a non-finite output or loss, and 0
-    with a zero gradient for a mean over nothing (every target ignored)."""
-    local = loss_fn.denominator(y)
-    if loss_fn.reduction != "sum" and local == 0:
-        return 0.0, get_array_module(output).zeros_like(output), 0.0
-    if is_finite(output):
-        value = loss_fn(output, y)
-        if math.isfinite(value):
-            return value, loss_fn.backward(), local
-    return math.nan, get_array_module(output).full_like(output, math.nan), local
 
 
 def _parameters_in_final_order(module: Layer) -> list[Parameter]:

@@ -7,6 +7,9 @@ import numpy
 
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.request import Request
+from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.training.non_finite import is_finite
 
 
 class ShardWeight:
@@ -73,3 +76,16 @@ class ShardWeight:
         if self._request is not None:
             self._request.wait()
             self._request = None
+
+
+def loss_gradient_and_denominator(loss_fn: Loss, output: Array, y: Array) -> tuple[float, Array, float]:
+    """(loss, its output gradient, its denominator); NaN and a NaN gradient for a non-finite output or loss, and 0
+    with a zero gradient for a mean over nothing (every target ignored)."""
+    local = loss_fn.denominator(y)
+    if loss_fn.reduction != "sum" and local == 0:
+        return 0.0, get_array_module(output).zeros_like(output), 0.0
+    if is_finite(output):
+        value = loss_fn(output, y)
+        if math.isfinite(value):
+            return value, loss_fn.backward(), local
+    return math.nan, get_array_module(output).full_like(output, math.nan), local
