@@ -25,6 +25,7 @@ def main() -> None:
     x, y = generator.standard_normal((12, 4)), generator.integers(0, 3, 12)
     mine = numpy.array_split(numpy.arange(12), WORLD.size)[WORLD.rank]
     dp = DataParallel(build_model(), shard_optimizer_state=2, bucket_cap_mb=100 / 2**20)
+    dp.optimizer(nn.optim.SGD, lr=0.1)
     for norm_type in (2.0, 1.0, math.inf):
         reference = build_model()
         nn.LocalStrategy(reference).train_step(x, y, nn.CrossEntropyLoss())
