@@ -11,7 +11,7 @@ from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
@@ -295,8 +295,8 @@ class Pipeline:
                 yield prefix + _renumbered(name, first), p
 
     def parameters(self) -> list[Parameter]:
-        """This rank's parameters (give them to the optimizer)."""
-        return [p for _, p in self.named_parameters()]
+        """This rank's parameters (give them to the optimizer), a tied one once."""
+        return list({id(p): p for _, p in self.named_parameters()}.values())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
@@ -347,7 +347,7 @@ class Pipeline:
         """This rank's parameters, less those that its stage's first tensor rank holds alike (unsplit ones)."""
         if self.tensor_rank == 0:
             return self.parameters()
-        return [p for name, p in self.named_parameters() if name in self.splits]
+        return list({id(p): p for name, p in self.named_parameters() if name in self.splits}.values())
 
     def zero_grad(self) -> None:
         """Reset this rank's gradients to zero."""
@@ -399,7 +399,7 @@ class Pipeline:
             parts = self.model_comm.mpi_comm.gather(part, root=0)
         if parts is None or not self.is_main:
             return None
-        return join_parts(parts, self._state_shapes)
+        return join_parts(parts, self._state_shapes, split_blocks(self.splits))
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""
