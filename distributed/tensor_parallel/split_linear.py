@@ -104,8 +104,8 @@ class SplitLinear(SplitLayer):
 
     def _check_input(self, x: Array, width: int) -> None:
         if x.ndim < 2 or x.shape[-1] != width:
-            raise ValueError(f"{self!r} expects input of shape (..., {width}) with a batch dimension first, "
-                             f"but got {tuple(x.shape)}")
+            leading = "batch" if x.ndim <= 2 else "batch, ..."
+            raise ValueError(f"{self!r} expects input of shape ({leading}, {width}) but got {tuple(x.shape)}")
         if get_array_module(x) is not get_array_module(self.weight.data) or x.dtype != self.weight.dtype:
             raise TypeError(f"{self!r} has {self.weight.dtype} weights on {device_of(self.weight.data)} but got a "
                             f"{x.dtype} input on {device_of(x)}; move or cast the input, or call model.to(...)")
