@@ -168,6 +168,9 @@ def test_a_torch_state_dict_of_tensors_loads_and_the_tied_weight_is_listed_under
     assert set(state) == set(reference.state_dict())
     numpy.testing.assert_array_equal(state["0.wte.weight"], state[f"{2 * LAYERS + 2}.weight"])
     assert state["1.1.qkv.weight"].shape == (3 * WIDTH, WIDTH) and state["1.1.qkv.weight"].flags.c_contiguous
+    before = model[0].wte.weight.data.copy()
+    state["0.wte.weight"] += 1  # copies: changing them leaves the model as it was
+    numpy.testing.assert_array_equal(model[0].wte.weight.data, before)
 
 
 def test_loading_refuses_unknown_names_wrong_shapes_and_disagreeing_tied_names():

@@ -527,3 +527,26 @@ def test_tiny_pre_norm_model_matches_torch(xp, device):
 
 def test_tiny_pre_norm_model_gradcheck(xp, device):
     nn.gradcheck(tiny_model(device), xp.asarray(rng(24).integers(0, 11, (2, 4))))
+
+
+def test_embedding_first_trains_without_an_input_gradient():
+    """Sequential.backward(input_grad=False), as the training strategies call it, gives the full backward's gradients."""
+    model = tiny_model()
+    ids = rng(25).integers(0, 11, (2, 4))
+    dy = rng(26).standard_normal((2, 4, 11))
+    _, _, expected = run_ours(model, ids, dy)
+    model.zero_grad()
+    model.backward(dy, model.forward(ids)[1], input_grad=False)
+    for name, p in model.named_parameters():
+        numpy.testing.assert_array_equal(p.grad, expected[name])
+
+
+def test_tied_model_checkpoint_round_trip_keeps_the_tie(tmp_path):
+    model, copy = tiny_model(), tiny_model()
+    for p in model.parameters():
+        p.data += 1.0
+    nn.save_checkpoint(tmp_path / "tied.npz", model)
+    nn.load_checkpoint(tmp_path / "tied.npz", copy)
+    assert copy[3].weight is copy[0].weight
+    for mine, theirs in zip(model.parameters(), copy.parameters()):
+        numpy.testing.assert_array_equal(mine.data, theirs.data)

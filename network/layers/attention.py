@@ -103,7 +103,7 @@ class CausalSelfAttention(Layer):
             return None
         batch, heads, time, _ = heads_shape
         generator = rng.stream_generator(self.attention_stream, get_array_module(x))
-        return core.dropout_mask((batch, heads, time, time), self.dropout, generator, core.statistics_dtype(dtype))
+        return core.draw_dropout_mask((batch, heads, time, time), self.dropout, generator, core.statistics_dtype(dtype))
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")

@@ -36,7 +36,7 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
         q: queries (B, H, T, D).
         k, v: keys and values (B, H, S, D), S >= T.
         dropout_mask: None, or multipliers of the softmax weights (B, H, T, S): 0 where dropped,
-            1/(1-p) where kept (see `dropout_mask`).
+            1/(1-p) where kept (see `draw_dropout_mask`).
 
     Returns:
         (output of shape (B, H, T, D) in v's dtype, cache for `causal_attention_backward`).
@@ -92,7 +92,7 @@ def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
     return xp.triu(xp.ones((queries, keys), dtype=bool), k=keys - queries + 1)
 
 
-def dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:
+def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:
     """Inverted-dropout multipliers: 0 with probability p, else 1/(1-p), drawn from `generator` in `dtype`
     (float32 or float64), row by row, so a slice of the batch gets the rows of the whole batch's mask."""
     keep = generator.random(shape, dtype=dtype) >= p

@@ -41,11 +41,11 @@ def torch_state_dict(model: Layer) -> dict[str, numpy.ndarray]:
         model: any network Layer.
 
     Returns:
-        {name: C-contiguous numpy array}, e.g. a Linear's "weight" of shape (out, in).
+        {name: a C-contiguous numpy copy}, e.g. a Linear's "weight" of shape (out, in).
     """
     state = {}
     for name, array, (to_torch, _) in _entries(model):
-        state[name] = numpy.ascontiguousarray(to_torch(to_numpy(array)))
+        state[name] = numpy.array(to_torch(to_numpy(array)), order="C", copy=True)
     return state
 
 
