@@ -3,6 +3,8 @@
     python examples/train_gpt.py                       # a few minutes on one CPU core
     python examples/train_gpt.py --text input.txt      # any other text file
     mpiexec -n 2 python examples/train_gpt.py          # data parallel: the same global batch over 2 ranks
+    mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2   # one model split over 2 ranks (Megatron)
+    mpiexec -n 4 python examples/train_gpt.py --tensor-parallel 2   # 2 replicas x 2 tensor ranks
 
 The text is found at run time on every machine with Python: the .py files directly inside the
 standard library's folder (os.path.dirname(os.__file__)), in sorted order, joined up to --max-chars
@@ -55,6 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip", type=float, default=1.0, help="clip the gradients' global norm to this (default 1)")
     parser.add_argument("--sample-chars", type=int, default=300, help="characters to generate at the end (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data, dropout and sampling")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="split each model over T ranks: attention heads, MLPs and the vocabulary (default 1)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
     return parser.parse_args(argv)
 
@@ -165,6 +169,36 @@ def parameter_groups(named_parameters: Any, weight_decay: float) -> list[dict]:
                                 {"params": no_decay, "weight_decay": 0.0}) if group["params"]]
 
 
+def make_strategy(model: nn.Sequential, tensor_parallel: int) -> tuple[Any, nn.Loss, int, int]:
+    """(strategy, loss, replica, replicas): the model trained in this process, data parallel over the ranks, or,
+    with `tensor_parallel` > 1, split over groups of that many ranks (a one-stage Pipeline whose groups side by
+    side are data-parallel replicas), its loss then cross-entropy over the vocabulary shards."""
+    world_size, rank = distributed.size(), distributed.rank()
+    if tensor_parallel > 1:
+        group = distributed.tensor_parallel_group(tensor_parallel)
+        pipe = distributed.Pipeline(distributed.tensor_parallel_gpt(model, group), micro_batches=1, stages=1)
+        return pipe, distributed.VocabParallelCrossEntropy(group), pipe.replica, pipe.replicas
+    strategy = distributed.DataParallel(model) if world_size > 1 else model
+    return strategy, NextTokenLoss(), rank, world_size
+
+
+def check_layout(args: argparse.Namespace, world_size: int) -> int:
+    """The number of data-parallel replicas the ranks form.
+
+    Raises:
+        SystemExit: when the ranks, heads or batch do not fit --tensor-parallel.
+    """
+    tensor = args.tensor_parallel
+    if tensor < 1 or args.heads % tensor:
+        raise SystemExit(f"--heads {args.heads} must be a multiple of --tensor-parallel {tensor}")
+    if world_size % tensor:
+        raise SystemExit(f"--tensor-parallel {tensor} must divide the {world_size} ranks")
+    replicas = world_size // tensor
+    if args.batch_size % replicas:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {replicas} data-parallel replicas")
+    return replicas
+
+
 class TokensPerSecond(nn.callbacks.Callback):
     """Adds "tokens_per_s" (training tokens over all ranks per second of the epoch's training) to each epoch record."""
 
@@ -188,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns {"val_loss", "unigram_entropy", "sample", "history"}."""
     args = parse_args(argv)
     world_size, rank = distributed.size(), distributed.rank()
-    if args.batch_size % world_size:
-        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
+    check_layout(args, world_size)
     nn.manual_seed(args.seed)
     text = load_text(args.text, args.max_chars)
     tokenizer = CharTokenizer.of(text)
@@ -199,13 +232,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     say(f"text: {len(text)} characters, {tokenizer.vocab_size} distinct; unigram entropy {entropy:.3f} nats",
         flush=True)
     model = build_model(tokenizer.vocab_size, args)
-    strategy = distributed.DataParallel(model) if world_size > 1 else model
-    if world_size > 1:
-        nn.manual_seed(args.seed + rank)  # independent dropout masks per rank
-    shards = {"rank": rank, "world_size": world_size}
+    strategy, loss_fn, replica, replicas = make_strategy(model, args.tensor_parallel)
+    if replicas > 1:
+        nn.manual_seed(args.seed + replica)  # independent dropout masks per replica, alike within a tensor group
+    shards = {"rank": replica, "world_size": replicas}
     train = ArrayDataset(*random_windows(train_ids, args.context, args.windows, args.seed))
     val = ArrayDataset(*evenly_spaced_windows(val_ids, args.context, args.val_windows))
-    train_loader = DataLoader(train, args.batch_size // world_size, shuffle=True, drop_last=True, seed=args.seed,
+    train_loader = DataLoader(train, args.batch_size // replicas, shuffle=True, drop_last=True, seed=args.seed,
                               **shards)
     val_loader = DataLoader(val, 64, uneven="keep", **shards)
     steps = args.epochs * len(train_loader)
@@ -214,11 +247,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             warmup_steps=warmup, start_factor=0.0)
     optimizer = nn.optim.AdamW(parameter_groups(strategy.named_parameters(), args.weight_decay), lr=args.lr,
                                betas=(0.9, 0.95))
-    trainer = nn.Trainer(strategy, NextTokenLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
+    trainer = nn.Trainer(strategy, loss_fn, optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
                          callbacks=[TokensPerSecond(args.batch_size * args.context)], quiet=args.quiet,
                          progress=False)
     history = trainer.fit(train_loader, args.epochs, val_loader)
     val_loss = history[-1]["val_loss"] if history else math.nan
+    if args.tensor_parallel > 1:
+        whole = strategy.consolidated_state_dict()
+        if whole is not None:
+            model.load_state_dict(whole)
     sample = ""
     if rank == 0:
         prompt = tokenizer.encode("def ")[None, :] if set("def ") <= set(tokenizer.chars) else train_ids[None, :1]

@@ -1,4 +1,4 @@
-"""examples/train_gpt.py runs end to end on tiny settings, in one process and data parallel over 2 ranks."""
+"""examples/train_gpt.py runs end to end on tiny settings, in one process, data parallel over 2 ranks and tensor parallel."""
 import importlib.util
 import math
 import re
@@ -60,3 +60,23 @@ def test_data_parallel_over_two_ranks_matches_one_process(train_gpt, capsys):
     assert len(found) == 1, result.stdout
     assert float(found[0]) == pytest.approx(alone, rel=1e-3)
     assert "training ended: all 2 epochs done" in result.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_tensor_parallel_over_two_ranks_with_and_without_replicas_matches_one_process(train_gpt, capsys, ranks):
+    alone = train_gpt.main(TINY)
+    capsys.readouterr()
+    result = run_mpi(EXAMPLE, ranks, *TINY, "--tensor-parallel", "2", timeout=300)
+    found = re.findall(r"val_loss=([0-9.]+)", result.stdout)
+    assert len(found) == 1, result.stdout
+    assert float(found[0]) == pytest.approx(alone["val_loss"], rel=1e-4)
+    assert alone["sample"] in result.stdout
+    assert "training ended: all 2 epochs done" in result.stderr
+
+
+def test_layouts_that_do_not_fit_are_named(train_gpt):
+    with pytest.raises(SystemExit, match="--heads 2 must be a multiple of --tensor-parallel 4"):
+        train_gpt.main(TINY + ["--tensor-parallel", "4"])
+    with pytest.raises(SystemExit, match="--tensor-parallel 2 must divide the 1 ranks"):
+        train_gpt.main(TINY + ["--tensor-parallel", "2"])

@@ -129,6 +129,7 @@ class Pipeline:
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
         self._tensor_draws_checked = self.tensor_comm is None
+        self._output_split = getattr(model[len(model) - 1], "splits_output", False)
 
     def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
                     tensor_comm: Communicator | None) -> None:
@@ -275,7 +276,10 @@ class Pipeline:
 
     @property
     def _reports_outputs(self) -> bool:
-        return self.is_last and self.tensor_rank == 0
+        """The last stage's first tensor rank reports the output, or each of them its share when the model's
+        last layer splits its output (a vocabulary-parallel head: each rank's shard of the logits, which
+        a vocabulary-parallel loss takes on every tensor rank)."""
+        return self.is_last and (self.tensor_rank == 0 or self._output_split)
 
     @staticmethod
     def _joined(outputs: list[Array] | None) -> Array | None:

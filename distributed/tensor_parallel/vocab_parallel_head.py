@@ -19,12 +19,17 @@ class VocabParallelTiedLinear(SplitLayer):
     none), which `VocabParallelCrossEntropy` takes without ever gathering the V-wide logits.
     Forward needs no communication; backward sums the input gradient over the group (one allreduce).
 
+    As the last layer of a model in a `Pipeline`, every tensor rank of the last stage reports its
+    shard as the output (`splits_output`), so a loss on the outputs runs on each of them.
+
     Args:
         embedding: the VocabParallelEmbedding whose shard to share.
 
     Raises:
         TypeError: when `embedding` is not a VocabParallelEmbedding.
     """
+
+    splits_output = True
 
     def __init__(self, embedding: VocabParallelEmbedding):
         super().__init__()
