@@ -4,7 +4,8 @@ Usage: mpiexec -n N python tp_gpt_equivalence.py T. With N == T: the loss and ev
 gradient (shares gathered) of one batch, without and with dropout; vocabulary-parallel
 cross-entropy against CrossEntropyLoss (vocabulary not a multiple of T, ignore_index, each
 reduction); a few AdamW steps; the heads error; full state dicts both ways; the Trainer (AdamW,
-clipping, validation) through a Pipeline of one stage, whose checkpoint loads into one process. With N == 2T:
+clipping, validation) through a Pipeline of one stage, whose checkpoint loads into one process;
+checkpoints with optimizer state resumed across the two layouts. With N == 2T:
 that Pipeline holds two replicas, each on half of the global batch. Prints one line per check on
 rank 0 ("<check> max_abs_diff=<x>") and "rank R ok" on every rank.
 """
@@ -146,7 +147,30 @@ def check_pipeline(group, say, stages: int) -> float:
     return worst
 
 
-def _fit(strategy, loss_fn, checkpoint):
+def check_resume(group, say) -> None:
+    """Checkpoints with optimizer state cross layouts: one process resumes the split GPT's first epoch, the split
+    GPT resumes one process's, and both end where two epochs in one process end."""
+    world = Communicator(MPI.COMM_WORLD)
+    path = world.bcast_object(tempfile.mkdtemp() if world.rank == 0 else None)
+    split_checkpoint, single_checkpoint = os.path.join(path, "split.ckpt"), os.path.join(path, f"single{world.rank}.ckpt")
+    reference = whole_gpt()
+    _fit(reference, NextTokenLoss(ignore_index=IGNORE), None)
+    pipe = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=1)
+    _fit(pipe, VocabParallelCrossEntropy(group, ignore_index=IGNORE), split_checkpoint, epochs=1)
+    single = whole_gpt()
+    _fit(single, NextTokenLoss(ignore_index=IGNORE), None, resume_from=split_checkpoint)
+    worst = largest_difference(single.state_dict(), reference.state_dict(), "one process after the split epoch")
+    first = whole_gpt()
+    _fit(first, NextTokenLoss(ignore_index=IGNORE), single_checkpoint, epochs=1)
+    resumed = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=1)
+    _fit(resumed, VocabParallelCrossEntropy(group, ignore_index=IGNORE), None, resume_from=single_checkpoint)
+    state = resumed.consolidated_state_dict()
+    if world.rank == 0:
+        worst = max(worst, largest_difference(state, reference.state_dict(), "split after the one-process epoch"))
+    say(f"T={group.size} resume across layouts max_abs_diff={worst:.3e}")
+
+
+def _fit(strategy, loss_fn, checkpoint, epochs: int = 2, resume_from=None):
     ids, targets = batch(5, rows=8, ignore=False)
     replicas, replica = getattr(strategy, "replicas", 1), getattr(strategy, "replica", 0)
     loader = nn.DataLoader(nn.ArrayDataset(ids, targets), 4 // replicas, rank=replica, world_size=replicas)
@@ -155,7 +179,7 @@ def _fit(strategy, loss_fn, checkpoint):
     optimizer = nn.optim.AdamW(strategy.parameters(), lr=1e-2, weight_decay=0.1)
     trainer = nn.Trainer(strategy, loss_fn, optimizer, clip_grad_norm=0.5, quiet=True, progress=False,
                          checkpoint_path=checkpoint)
-    return trainer.fit(loader, 2, val_loader)
+    return trainer.fit(loader, epochs, val_loader, resume_from=resume_from)
 
 
 def check_checkpoint_round_trip(group, say) -> None:
@@ -186,6 +210,8 @@ def main() -> None:
         check_heads_error(group, say)
         check_checkpoint_round_trip(group, say)
     check_pipeline(group, say, stages=1)
+    if world.size == size:
+        check_resume(group, say)
     print(f"rank {world.rank} ok", flush=True)
 
 
