@@ -20,7 +20,8 @@ from mpi_launch import run_mpi
 
 TOLERANCE = 1e-10
 CHECKS_ALONE = ("dropout=0.0 loss and gradients", "dropout=0.1 loss and gradients", "vocab-parallel cross-entropy",
-                "3 AdamW steps", "full state round trip", "stages=1 replicas=1 trainer and checkpoint")
+                "3 AdamW steps", "full state round trip", "stages=1 replicas=1 trainer and checkpoint",
+                "resume across layouts")
 
 
 @pytest.mark.mpi
