@@ -7,7 +7,8 @@ reduction); a few AdamW steps; the heads error; full state dicts both ways; the 
 clipping, validation) through a Pipeline of one stage, whose checkpoint loads into one process;
 checkpoints with optimizer state resumed across the two layouts. With N == 2T:
 that Pipeline holds two replicas, each on half of the global batch. Prints one line per check on
-rank 0 ("<check> max_abs_diff=<x>") and "rank R ok" on every rank.
+rank 0 ("<check> max_abs_diff=<x>"), then "rank R ok" for every rank that finished (printed by rank 0, so
+that no line of another rank can fall inside one of its lines).
 """
 import os
 import sys
@@ -214,7 +215,9 @@ def main() -> None:
     check_pipeline(group, say, stages=1)
     if world.size == size:
         check_resume(group, say)
-    print(f"rank {world.rank} ok", flush=True)
+    finished = world.gather(world.rank, root=0)
+    for rank in finished or []:
+        say(f"rank {rank} ok")
 
 
 if __name__ == "__main__":
