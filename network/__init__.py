@@ -38,6 +38,7 @@ from mpiprop.network.layers.residual import Residual
 from mpiprop.network.layers.tied_head import TiedLinear
 from mpiprop.network import models
 from mpiprop.network.models.gpt import gpt
+from mpiprop.network.layers.attention import CausalSelfAttention
 
 # the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
 schedules = lr_schedules
@@ -58,4 +59,4 @@ __all__ = [
     "BatchNorm2d",
 ]
 __all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]
-__all__ += ["models", "gpt"]
+__all__ += ["models", "gpt", "CausalSelfAttention"]

@@ -147,3 +147,13 @@ def test_errors_name_the_values():
 def test_parameter_names():
     names = [name for name, _ in _layer().named_parameters()]
     assert names == ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+
+
+def test_a_batch_in_two_pieces_draws_the_rows_of_the_whole_batchs_masks():
+    x = numpy.random.default_rng(10).standard_normal((4, T, C))
+    nn.manual_seed(3)
+    whole = _layer(dropout=0.3).forward(x)[0]
+    nn.manual_seed(3)
+    layer = _layer(dropout=0.3)
+    pieces = numpy.concatenate([layer.forward(x[:1])[0], layer.forward(x[1:])[0]])
+    numpy.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-12)

@@ -21,7 +21,8 @@ VOCAB, CONTEXT, LAYERS, HEADS, WIDTH = 23, 8, 2, 2, 16
 class TorchEmbedding(tnn.Module):
     def __init__(self, vocab, context, width, dropout):
         super().__init__()
-        self.wte, self.wpe, self.dropout = tnn.Embedding(vocab, width), tnn.Embedding(context, width), tnn.Dropout(dropout)
+        self.wte, self.wpe = tnn.Embedding(vocab, width), tnn.Embedding(context, width)
+        self.dropout = tnn.Dropout(dropout)
 
     def forward(self, ids):
         return self.dropout(self.wte(ids) + self.wpe(torch.arange(ids.shape[1])))
@@ -227,3 +228,55 @@ def test_generate_appends_ids_from_the_model():
     assert out.shape == (2, 13) and (out[:, :3] == prompt).all()
     greedy = logits_of(model, out[:, -CONTEXT - 1:-1])[:, -1].argmax(-1)
     numpy.testing.assert_array_equal(out[:, -1], greedy)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_next_token_loss_matches_torch_with_ignored_positions(reduction):
+    rng = numpy.random.default_rng(9)
+    logits, target = rng.standard_normal((3, 5, 7)), rng.integers(0, 7, (3, 5))
+    target[0, :2] = -1
+    loss_fn = NextTokenLoss(ignore_index=-1, reduction=reduction)
+    value = loss_fn(logits, target)
+    grad_output = rng.standard_normal((3, 5)) if reduction == "none" else None
+    grad = loss_fn.backward(grad_output=grad_output)
+    tlogits = torch.tensor(logits, requires_grad=True)
+    expected = tnn.functional.cross_entropy(tlogits.reshape(-1, 7), torch.tensor(target).reshape(-1),
+                                            ignore_index=-1, reduction=reduction)
+    if reduction == "none":
+        expected = expected.reshape(3, 5)
+        expected.backward(torch.tensor(grad_output))
+    else:
+        expected.backward()
+    numpy.testing.assert_allclose(value, expected.detach().numpy(), rtol=1e-12)
+    numpy.testing.assert_allclose(grad, tlogits.grad.numpy(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"logits \(batch, time, vocabulary\) and target ids \(batch, time\)"):
+        loss_fn(logits, target[:, :4])
+
+
+def test_backward_in_two_halves_gives_backwards_gradients():
+    model, loss_fn = our_gpt(), NextTokenLoss()
+    logits, cache = model.forward(ids(11))
+    dlogits = loss_fn.backward(loss_fn.forward(logits, ids(12))[1])
+    model.zero_grad()
+    model.backward(dlogits, cache)
+    whole = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model.backward_input(dlogits, cache)
+    model.backward_weight(dlogits, cache)
+    for grad, p in zip(whole, model.parameters()):
+        numpy.testing.assert_allclose(p.grad, grad, rtol=0, atol=1e-14)
+
+
+def test_a_convolutional_model_with_batch_norm_buffers_goes_to_torch_and_back():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).to(dtype=numpy.float64)
+    x = numpy.random.default_rng(13).standard_normal((6, 2, 5, 5))
+    model(x)  # one training step moves the running statistics off their start
+    reference = tnn.Sequential(tnn.Conv2d(2, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.Flatten(),
+                               tnn.Linear(4 * 5 * 5, 3)).double()
+    reference.load_state_dict({name: torch.tensor(value) for name, value in torch_state_dict(model).items()})
+    numpy.testing.assert_allclose(torch_logits_of(reference, x), logits_of(model, x), rtol=0, atol=1e-12)
+    other = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).to(dtype=numpy.float64)
+    load_torch_state_dict(other, reference.state_dict())
+    numpy.testing.assert_allclose(logits_of(other, x), logits_of(model, x), rtol=0, atol=1e-12)

@@ -58,7 +58,7 @@ def test_data_parallel_over_two_ranks_matches_one_process(train_gpt, capsys):
     result = run_mpi(EXAMPLE, 2, *TINY, timeout=300)
     found = re.findall(r"val_loss=([0-9.]+)", result.stdout)
     assert len(found) == 1, result.stdout
-    assert float(found[0]) == pytest.approx(alone, rel=1e-3)
+    assert float(found[0]) == pytest.approx(alone, rel=1e-4)  # printed to 4 decimals
     assert "training ended: all 2 epochs done" in result.stderr
 
 

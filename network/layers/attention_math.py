@@ -100,7 +100,7 @@ def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: A
 
 
 def split_heads(qkv: Array, num_heads: int) -> tuple[Array, Array, Array]:
-    """(B, T, 3·H·D) fused projections, laid out [q | k | v] each head after head, as q, k, v of shape (B, H, T, D)."""
+    """(B, T, 3·H·D) fused projections, [q | k | v] each head after head, as q, k, v of shape (B, H, T, D)."""
     batch, time, width = qkv.shape
     fused = qkv.reshape(batch, time, 3, num_heads, width // (3 * num_heads)).transpose(2, 0, 3, 1, 4)
     return fused[0], fused[1], fused[2]

@@ -1,4 +1,4 @@
-"""gpt: GPT-2's architecture as a flat Sequential (embedding, transformer blocks, final norm, tied head), and sampling."""
+"""gpt: GPT-2 as a flat Sequential (embedding, transformer blocks, final norm, tied head), and sampling from it."""
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator
 import numpy
 
 from mpiprop.network.backend import Array, device_of, to_device, to_numpy
+from mpiprop.network.layers.batchnorm import BatchNorm1d
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.linear import Linear
 from mpiprop.network.layers.parameter import Parameter
@@ -22,6 +23,11 @@ def _transposed(array: numpy.ndarray) -> numpy.ndarray:
 # Every other entry (Embedding, LayerNorm, BatchNorm, TiedLinear's (V, C), convolution weights) is stored as it is.
 TORCH_LAYOUTS: dict[type, dict[str, tuple[Convert, Convert]]] = {
     Linear: {"weight": (_transposed, _transposed)},  # ours (in, out), torch's (out, in)
+}
+
+# Per layer type, entries of torch's module that ours may lack: skipped on loading where the model has none.
+TORCH_ONLY: dict[type, tuple[str, ...]] = {
+    BatchNorm1d: ("num_batches_tracked",),  # ours counts batches only where momentum=None needs it
 }
 
 SAFETENSORS_MISSING = ("reading and writing safetensors files needs the safetensors package: "
@@ -54,7 +60,8 @@ def load_torch_state_dict(model: Layer, state: dict[str, Any]) -> None:
 
     Each entry is cast to the model's dtype and moved to its device. A tied weight may appear under
     all its names (torch's `state_dict()`) or under any one of them (safetensors' `save_model`
-    keeps one); when several are given they must agree.
+    keeps one); when several are given they must agree. Entries of torch's modules that ours lack
+    (`TORCH_ONLY`, such as a BatchNorm's `num_batches_tracked` where ours keeps no count) are skipped.
 
     Args:
         model: the network Layer to fill.
@@ -66,7 +73,8 @@ def load_torch_state_dict(model: Layer, state: dict[str, Any]) -> None:
     """
     entries = list(_entries(model))
     known = {name for name, _, _ in entries}
-    unexpected = sorted(set(state) - known)
+    skipped = {prefix + name for prefix, layer in _named_layers(model) for name in _by_type(TORCH_ONLY, layer, ())}
+    unexpected = sorted(set(state) - known - skipped)
     if unexpected:
         raise KeyError(f"the state holds {unexpected}, which the model does not have; its names are "
                        f"{sorted(known)[:8]}{' ...' if len(known) > 8 else ''}")
@@ -115,7 +123,7 @@ def _entries(model: Layer) -> Iterator[tuple[str, Array, tuple[Convert, Convert]
     parameter's array is its Parameter's `data` (the same object under each name of a tied weight)."""
     buffers = []
     for prefix, layer in _named_layers(model):
-        layouts = _layouts_of(layer)
+        layouts = _by_type(TORCH_LAYOUTS, layer, {})
         for name, value in vars(layer).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value.data, layouts.get(name, (_unchanged, _unchanged))
@@ -139,11 +147,12 @@ def _named_layers(layer: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]
         yield from _named_layers(child, f"{prefix}{name}.")
 
 
-def _layouts_of(layer: Layer) -> dict[str, tuple[Convert, Convert]]:
+def _by_type(table: dict[type, Any], layer: Layer, default: Any) -> Any:
+    """The table's entry for the layer's type or its nearest base class that has one."""
     for kind in type(layer).__mro__:
-        if kind in TORCH_LAYOUTS:
-            return TORCH_LAYOUTS[kind]
-    return {}
+        if kind in table:
+            return table[kind]
+    return default
 
 
 def _unchanged(array: numpy.ndarray) -> numpy.ndarray:
