@@ -62,7 +62,7 @@ class VocabParallelCrossEntropy(Loss):
         xp = get_array_module(logits)
         start, vocab = self._shard_start_and_vocab(logits.shape[-1])
         labels = self._check_targets(logits, target, vocab)
-        rows = logits.reshape(-1, logits.shape[-1])
+        rows = logits.reshape(labels.size, logits.shape[-1])
         kept = labels != self.ignore_index
         column = labels - start
         here = kept & (column >= 0) & (column < rows.shape[1])

@@ -51,12 +51,13 @@ class VocabParallelTiedLinear(SplitLayer):
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        dx = matmul(dy.reshape(-1, self.held), self.weight.data[:self.held])
+        dx = matmul(dy.reshape(x.size // self.embedding_dim, self.held), self.weight.data[:self.held])
         return self.group.allreduce(dx).reshape(x.shape)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)
-        add_matmul_(self.weight.grad[:self.held], dy.reshape(-1, self.held).T, x.reshape(-1, self.embedding_dim))
+        rows = x.size // self.embedding_dim
+        add_matmul_(self.weight.grad[:self.held], dy.reshape(rows, self.held).T, x.reshape(rows, self.embedding_dim))
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
