@@ -1,4 +1,4 @@
-"""Tensor-parallel GPT: real mpiexec runs against one process, and single-process units of the shares' cutting and joining."""
+"""Tensor-parallel GPT: real mpiexec runs against one process, and single-process units of cutting and joining."""
 import re
 
 import numpy

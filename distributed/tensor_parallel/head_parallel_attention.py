@@ -42,9 +42,9 @@ class HeadParallelSelfAttention(CausalSelfAttention):
             raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
                             f"(tensor_parallel_group(size)), got {type(group).__name__}")
         if attention.num_heads % group.size:
-            raise ValueError(f"{attention!r} has {attention.num_heads} heads, which do not split over a tensor-parallel "
-                             f"group of {group.size} ranks; choose a number of heads divisible by {group.size} or a "
-                             f"tensor-parallel size that divides {attention.num_heads}")
+            raise ValueError(f"{attention!r} has {attention.num_heads} heads, which do not split over a "
+                             f"tensor-parallel group of {group.size} ranks; choose a number of heads divisible by "
+                             f"{group.size} or a tensor-parallel size that divides {attention.num_heads}")
         self.embed_dim, self.dropout = attention.embed_dim, attention.dropout
         self.total_heads, self.num_heads = attention.num_heads, attention.num_heads // group.size
         self.group = group

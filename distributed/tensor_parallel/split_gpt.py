@@ -44,7 +44,8 @@ def tensor_parallel_gpt(model: Sequential, group: Communicator) -> Sequential:
         ValueError: when the heads, the MLP width or the Linear pairs do not split over the group.
     """
     if not isinstance(model, Sequential):
-        raise TypeError(f"tensor_parallel_gpt splits a network Sequential built by gpt(...), got {type(model).__name__}")
+        raise TypeError(f"tensor_parallel_gpt splits a network Sequential built by gpt(...), "
+                        f"got {type(model).__name__}")
     if not isinstance(group, Communicator):
         raise TypeError(f"tensor_parallel_gpt needs the tensor-parallel group as a Communicator "
                         f"(tensor_parallel_group(size)), got {type(group).__name__}")
@@ -73,7 +74,8 @@ def _split_layer(layer: Layer, group: Communicator, embeddings: dict[int, VocabP
     return layer
 
 
-def _split_block(layers: list[Layer], group: Communicator, embeddings: dict[int, VocabParallelEmbedding]) -> list[Layer]:
+def _split_block(layers: list[Layer], group: Communicator,
+                 embeddings: dict[int, VocabParallelEmbedding]) -> list[Layer]:
     """A residual branch's layers, its Linear layers paired column then row."""
     linears = [index for index, layer in enumerate(layers) if type(layer) is Linear]
     if len(linears) % 2:

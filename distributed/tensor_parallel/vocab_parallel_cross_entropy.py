@@ -1,7 +1,7 @@
-"""VocabParallelCrossEntropy: softmax cross-entropy over logits whose vocabulary is split over the tensor-parallel ranks."""
+"""VocabParallelCrossEntropy: softmax cross-entropy of logits whose vocabulary is split over tensor-parallel ranks."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy
 
@@ -96,9 +96,9 @@ class VocabParallelCrossEntropy(Loss):
 
     def _check_targets(self, logits: Array, target: Array, vocab: int) -> Array:
         if target.dtype.kind not in "iu" or tuple(target.shape) != tuple(logits.shape[:-1]):
-            raise ValueError(f"VocabParallelCrossEntropy expects integer target ids of shape {tuple(logits.shape[:-1])} "
-                             f"for logits shards of shape {tuple(logits.shape)}, got {target.dtype} ids of shape "
-                             f"{tuple(target.shape)}")
+            raise ValueError(f"VocabParallelCrossEntropy expects integer target ids of shape "
+                             f"{tuple(logits.shape[:-1])} for logits shards of shape {tuple(logits.shape)}, got "
+                             f"{target.dtype} ids of shape {tuple(target.shape)}")
         labels = target.reshape(-1)
         kept = labels[labels != self.ignore_index]
         if kept.size and (int(kept.min()) < 0 or int(kept.max()) >= vocab):

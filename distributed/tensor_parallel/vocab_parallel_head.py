@@ -1,4 +1,4 @@
-"""VocabParallelTiedLinear: the language-model head on a VocabParallelEmbedding's shard, giving a shard of the logits."""
+"""VocabParallelTiedLinear: the language-model head on a VocabParallelEmbedding's shard, giving the logits' shard."""
 from __future__ import annotations
 
 from mpiprop.distributed.tensor_parallel.split import Split

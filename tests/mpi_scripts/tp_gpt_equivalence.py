@@ -157,7 +157,8 @@ def check_resume(group, say) -> None:
     GPT resumes one process's, and both end where two epochs in one process end."""
     world = Communicator(MPI.COMM_WORLD)
     path = world.bcast_object(tempfile.mkdtemp() if world.rank == 0 else None)
-    split_checkpoint, single_checkpoint = os.path.join(path, "split.ckpt"), os.path.join(path, f"single{world.rank}.ckpt")
+    split_checkpoint = os.path.join(path, "split.ckpt")
+    single_checkpoint = os.path.join(path, f"single{world.rank}.ckpt")
     reference = whole_gpt()
     _fit(reference, NextTokenLoss(ignore_index=IGNORE), None)
     pipe = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=1)
