@@ -28,10 +28,14 @@ CHECKS_ALONE = ("dropout=0.0 loss and gradients", "dropout=0.1 loss and gradient
 @pytest.mark.parametrize("ranks, size", [(2, 2), (4, 4), (4, 2)])
 def test_split_gpt_equals_one_process(ranks, size):
     output = run_mpi("tp_gpt_equivalence.py", ranks, str(size), timeout=300).stdout
-    checks = CHECKS_ALONE if ranks == size else (f"stages=1 replicas={ranks // size} trainer and checkpoint",)
+    checks = CHECKS_ALONE if ranks == size else (f"stages=1 replicas={ranks // size} trainer and checkpoint",
+                                                 "stages=2 replicas=1 trainer and checkpoint")
     for check in checks:
         match = re.search(rf"T={size} {re.escape(check)} max_abs_diff=(\S+)", output)
         assert match and float(match.group(1)) <= TOLERANCE, (check, output)
+    if ranks == 2:
+        match = re.search(r"whole GPT over 2 stages max_abs_diff=(\S+)", output)
+        assert match and float(match.group(1)) <= TOLERANCE, output
     if ranks == size:
         assert f"has 3 heads, which do not split over a tensor-parallel group of {size} ranks" in output
     assert sorted(re.findall(r"rank (\d+) ok", output)) == [str(rank) for rank in range(ranks)]

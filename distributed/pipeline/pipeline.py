@@ -24,6 +24,7 @@ from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, sim
 from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
 from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
+from mpiprop.distributed.pipeline.tied_across_stages import TiedAcrossStages
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
 from mpiprop.network.compute import rng
@@ -129,6 +130,7 @@ class Pipeline:
         self.steps: list[Step] = self.schedule[self.stage_index]
         self._executor = StageExecutor(self.chunks, self.pipeline_comm)
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
+        self.tied = TiedAcrossStages(model, all_ranges, self.pipeline_comm)
         self.last_stats: StageStats | None = None
         self._tensor_draws_checked = self.tensor_comm is None
         self._output_split = getattr(model[len(model) - 1], "splits_output", False)
@@ -248,6 +250,7 @@ class Pipeline:
             sync.finish()
             sync.scale(1.0 / self.replicas)
             self._broadcast_buffers_over_replicas()
+        self.tied.sum_gradients()
         self.last_output = self._joined(result.outputs)
         return loss
 

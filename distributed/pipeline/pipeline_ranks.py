@@ -54,6 +54,7 @@ class PipelineRanks:
         return self.pipe.local_part(whole)
 
     def counted_once(self, named: Iterable[tuple[str, Parameter]]) -> list[Parameter]:
+        named = [(name, p) for name, p in named if id(p) not in self.pipe.tied.counted_elsewhere]
         if self.pipe.tensor_rank == 0:
             return [p for _, p in named]
         return [p for name, p in named if name in self.pipe.splits]

@@ -6,7 +6,9 @@ cross-entropy against CrossEntropyLoss (vocabulary not a multiple of T, ignore_i
 reduction); a few AdamW steps; the heads error; full state dicts both ways; the Trainer (AdamW,
 clipping, validation) through a Pipeline of one stage, whose checkpoint loads into one process;
 checkpoints with optimizer state resumed across the two layouts. With N == 2T:
-that Pipeline holds two replicas, each on half of the global batch. Prints one line per check on
+that Pipeline holds two replicas, each on half of the global batch; with N == 4 and T == 2 also
+a grid of 2 stages x 2 tensor ranks (the tied embedding and head on different stages); with N == 2
+also the GPT without tensor parallelism over 2 stages. Prints one line per check on
 rank 0 ("<check> max_abs_diff=<x>"), then "rank R ok" for every rank that finished (printed by rank 0, so
 that no line of another rank can fall inside one of its lines).
 """
@@ -152,6 +154,19 @@ def check_pipeline(group, say, stages: int) -> float:
     return worst
 
 
+def check_whole_gpt_over_two_stages(say) -> None:
+    """The GPT without tensor parallelism cut into 2 stages (embedding and tied head apart) against one process."""
+    reference, pipe = whole_gpt(), Pipeline(whole_gpt(), micro_batches=2, stages=2)
+    expected = _fit(reference, NextTokenLoss(ignore_index=IGNORE), None)
+    history = _fit(pipe, NextTokenLoss(ignore_index=IGNORE), None)
+    state = pipe.consolidated_state_dict()
+    worst = max(abs(ours[key] - theirs[key]) for ours, theirs in zip(history, expected)
+                for key in ("loss", "val_loss"))
+    if state is not None:
+        worst = max(worst, largest_difference(state, reference.state_dict(), "two stages"))
+    say(f"whole GPT over 2 stages max_abs_diff={worst:.3e}")
+
+
 def check_resume(group, say) -> None:
     """Checkpoints with optimizer state cross layouts: one process resumes the split GPT's first epoch, the split
     GPT resumes one process's, and both end where two epochs in one process end."""
@@ -217,6 +232,10 @@ def main() -> None:
         check_heads_error(group, say)
         check_checkpoint_round_trip(group, say)
     check_pipeline(group, say, stages=1)
+    if world.size == 4 and size == 2:
+        check_pipeline(group, say, stages=2)
+    if world.size == 2:
+        check_whole_gpt_over_two_stages(say)
     if world.size == size:
         check_resume(group, say)
     finished = world.gather(world.rank, root=0)
