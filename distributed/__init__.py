@@ -69,3 +69,5 @@ start_peer_listener()
 report_ending_signals(rank())
 leave_finish_mark_at_exit(rank())
 start_watchdog_from_environment(rank())
+
+from mpiprop.network.version import __version__  # noqa: E402

@@ -14,6 +14,7 @@ from mpiprop.network.layers.attention import CausalSelfAttention
 from mpiprop.network.layers.embedding import Embedding
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.linear import Linear
+from mpiprop.network.layers.recompute import Recompute
 from mpiprop.network.layers.residual import Residual
 from mpiprop.network.layers.sequential import Sequential
 from mpiprop.network.layers.tied_head import TiedLinear
@@ -27,10 +28,11 @@ def tensor_parallel_gpt(model: Sequential, group: Communicator) -> Sequential:
     the vocabulary padded to a multiple of T), each attention by heads (`HeadParallelSelfAttention`),
     each MLP's Linear pairs column then row (`ColumnParallelLinear`, `RowParallelLinear`), the tied
     head on the embedding's shard (`VocabParallelTiedLinear`: this rank's shard of the logits, for
-    `VocabParallelCrossEntropy`). The rest (LayerNorms, position embedding, dropout) is shared with
-    `model` and takes group rank 0's values, so every rank holds one model. Parameter names stay
-    the single-process model's, so `full_state_dict`, `load_full_state_dict` and a `Pipeline`'s
-    checkpoints join shares into whole arrays and cut them back. Collective over `group`.
+    `VocabParallelCrossEntropy`); a `Recompute` keeps wrapping its split layers. The rest (LayerNorms,
+    position embedding, dropout) is shared with `model` and takes group rank 0's values, so every
+    rank holds one model. Parameter names stay the single-process model's, so `full_state_dict`,
+    `load_full_state_dict` and a `Pipeline`'s checkpoints join shares into whole arrays and cut
+    them back. Collective over `group`.
 
     Args:
         model: the whole GPT; group rank 0's values are used on every rank.
@@ -71,6 +73,8 @@ def _split_layer(layer: Layer, group: Communicator, embeddings: dict[int, VocabP
         return HeadParallelSelfAttention(layer, group)
     if isinstance(layer, Residual):
         return Residual(*_split_block(list(layer), group, embeddings))
+    if isinstance(layer, Recompute):
+        return Recompute(*[_split_layer(inner, group, embeddings) for inner in layer.layers])
     return layer
 
 

@@ -34,6 +34,8 @@ class VocabParallelEmbedding(SplitLayer):
         TypeError: when `embedding` is not an Embedding or `group` not a Communicator.
     """
 
+    rank_specific = ("vocab_start", "vocab_stop")
+
     def __init__(self, embedding: Embedding, group: Communicator):
         super().__init__()
         if not isinstance(embedding, Embedding):

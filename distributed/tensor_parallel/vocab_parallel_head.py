@@ -30,6 +30,7 @@ class VocabParallelTiedLinear(SplitLayer):
     """
 
     splits_output = True
+    rank_specific = ("held",)
 
     def __init__(self, embedding: VocabParallelEmbedding):
         super().__init__()
