@@ -56,6 +56,11 @@ from mpiprop.distributed.tensor_parallel import (  # noqa: E402
 
 __all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
             "load_full_state_dict"]
+from mpiprop.distributed.tensor_parallel import (  # noqa: E402
+    VocabParallelCrossEntropy, tensor_parallel_gpt,
+)
+
+__all__ += ["VocabParallelCrossEntropy", "tensor_parallel_gpt"]
 
 install_abort_handler()
 if _MPI.COMM_WORLD.Get_size() > 1:

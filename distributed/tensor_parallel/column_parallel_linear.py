@@ -11,7 +11,7 @@ class ColumnParallelLinear(SplitLinear):
 
     Linear's math on this rank's columns, entered through Megatron's "copy to the region": the
     identity forward, the input gradient summed over the group backward (one allreduce). The input
-    is the whole (batch, in) activation, the same on every rank; the output is this rank's (..., out/T)
+    is the whole (..., in) activation, the same on every rank; the output is this rank's (..., out/T)
     share, which is what `RowParallelLinear` takes (with an elementwise activation between them).
 
     Args:

@@ -11,9 +11,9 @@ class RowParallelLinear(SplitLinear):
 
     Linear's math on this rank's rows, left through Megatron's "reduce from the region": the
     partial products summed over the group forward (one allreduce, before the bias, which every
-    rank holds whole), the identity backward. The input is this rank's (batch, in/T) share of the
+    rank holds whole), the identity backward. The input is this rank's (..., in/T) share of the
     activation, as `ColumnParallelLinear` (and an elementwise activation) leaves it; the output is
-    the whole (batch, out) result, the same on every rank.
+    the whole (..., out) result, the same on every rank.
 
     Args:
         linear: the whole Linear; group rank 0's weights are used on every rank.
