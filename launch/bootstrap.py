@@ -74,12 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     if not program or program == ["-m"]:
         raise SystemExit(USAGE)
     bind_gpu(os.environ)
-    from mpiprop.distributed.reliability.abort import install_abort_handler  # imports mpi4py, so after the GPU is chosen
-    from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment
-    from mpi4py import MPI
+    from mpiprop.distributed import install_abort_handler, rank, start_watchdog_from_environment
 
     install_abort_handler()
-    start_watchdog_from_environment(MPI.COMM_WORLD.Get_rank())
+    start_watchdog_from_environment(rank())  # starts MPI, so after the GPU is chosen
     try:
         run_program(program)
     except SystemExit:

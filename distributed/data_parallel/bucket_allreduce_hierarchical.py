@@ -39,7 +39,7 @@ class HierarchicalBucketAllreduce(SharedMemoryBucketAllreduce):
         super().__init__(sizes, dtypes, node)
         self.leaders = leaders
         # barriers of their own: MPI matches the node's barriers by order, and the announcements go in launch order
-        self._summed_slices_comm = Communicator(node, abort_on_exception=False, use_nccl=False)
+        self._summed_slices_comm = node.clone()
         self._slices_summed: list[Request] = []
         self._between_nodes: list[Request] = []
 

@@ -58,7 +58,7 @@ class SharedMemoryBucketReduceScatter(MpiBucketReduceScatter):
     def __init__(self, buckets: Sequence[ShardedGradientBucket], comm: Communicator, slots: GradientSlots):
         super().__init__(buckets, comm)
         self.slots = slots
-        self._read_comm = Communicator(comm.mpi_comm, abort_on_exception=False, use_nccl=False)
+        self._read_comm = comm.clone()
         self._synchronising = False
         self._placed: list[bool] = []
         self._occupant: list[int | None] = []

@@ -15,7 +15,9 @@ from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.transport.closing import ReleasesCommunicator
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.network.backend import Array, device_of
 from mpiprop.network.layers.layer import REMEMBERED, Layer
 from mpiprop.network.training.local_strategy import LocalStrategy
@@ -24,7 +26,7 @@ from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
 
 
-class DataParallel(LocalStrategy):
+class DataParallel(LocalStrategy, ReleasesCommunicator):
     """Data-parallel training of `module` over the ranks of `comm`.
 
     Every rank holds a full replica and runs forward and backward on its own shard of the
@@ -59,7 +61,10 @@ class DataParallel(LocalStrategy):
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
             its buckets reduced after its whole backward).
-        comm: an mpi4py communicator or Communicator; None clones MPI.COMM_WORLD.
+        comm: an mpi4py communicator or Communicator, of which it works on a clone; None: MPI.COMM_WORLD.
+            The first DataParallel, Pipeline or tensor-parallel group starts the job's guards
+            (`mpiprop.distributed.start`). `close()` it, or build it in a `with` block, to release its
+            communicators and shared memory.
         bucket_cap_mb: target size of a gradient bucket in MiB (default 4).
         compression: None, or "float16" to allreduce float16 copies of the gradient buffers
             (half the bytes, about 3 significant digits per averaged gradient).
@@ -68,7 +73,7 @@ class DataParallel(LocalStrategy):
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
             keep the buckets in memory all ranks can read and sum them there (about twice
             as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
-            stays allocated until the process ends, as the gradients are views into it.
+            stays allocated until `close()`, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
             Under ZeRO-2 it chooses how the gradients are reduce-scattered (in a ring of shared
@@ -82,7 +87,7 @@ class DataParallel(LocalStrategy):
             memory; the others' gradients read as zero and hold no memory. A bucket is whole only
             from backward's first write into it until its reduce-scatter completes: on one node
             with `shared_memory`, in one of three bucket-sized slots per rank of a window shared by
-            the node's ranks (kept for the process) and summed there; else with MPI, at most two
+            the node's ranks (kept until `close()`) and summed there; else with MPI, at most two
             reduce-scattering at once. Under `no_sync()` the buckets backward writes stay whole, in
             memory of their own, until the synchronised backward. No compression). Both need numpy
             parameters.
@@ -109,7 +114,8 @@ class DataParallel(LocalStrategy):
                              "train data x tensor-parallel layouts with Pipeline(model, micro_batches, stages=1), "
                              "which places the groups and joins their shares in checkpoints")
         self.shard_optimizer_state = shard_optimizer_state
-        self.comm = as_communicator(comm)
+        start()
+        self.comm = Communicator(comm)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
             check_same_model(module, self.comm)

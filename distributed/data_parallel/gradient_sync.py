@@ -5,7 +5,6 @@ import warnings
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.bucket_allreduce_hierarchical import HierarchicalBucketAllreduce
@@ -48,7 +47,7 @@ class GradientSync:
             gradients (their sums over the ranks after `finish`; the others read as zero); a bucket
             is whole only from backward's first write into it (`mark_written`) until its
             reduce-scatter completes. With `shared_memory`, on one node: in a ring of SLOTS
-            bucket-sized slots per rank in one shared window, held for the process and counted in
+            bucket-sized slots per rank in one shared window, held until its communicator is freed and counted in
             `held_bytes` (see SharedMemoryBucketReduceScatter); otherwise, or when /dev/shm lacks
             room (rank 0 warns), with MPI, at most two buckets reduce-scattering at once (see
             MpiBucketReduceScatter). Needs numpy gradients and no compression.
@@ -245,7 +244,7 @@ def shared_memory_bucket_allreduce(sizes: Sequence[int], dtypes: Sequence[numpy.
     if not shared_memory_possible(comm, dtypes, on_cpu):
         return None
     groups = node_groups(comm)
-    largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
+    largest_node = comm.allreduce_object(groups.node.size, op="max")
     shortage = None if largest_node == 1 else shared_memory_shortage(comm, sizes, dtypes, largest_node)
     if largest_node == 1 or shortage is not None or groups.nodes == 1:
         groups.free()

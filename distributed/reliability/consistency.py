@@ -1,8 +1,12 @@
 """Check that every rank built the same model before any collective depends on it."""
 from __future__ import annotations
 
-from mpiprop.distributed.transport.communicator import Communicator
+from typing import TYPE_CHECKING
+
 from mpiprop.network.layers.layer import Layer
+
+if TYPE_CHECKING:
+    from mpiprop.distributed.transport.communicator import Communicator
 
 Entry = tuple[str, str, tuple[int, ...], str]
 
@@ -14,7 +18,7 @@ def model_signature(module: Layer) -> list[Entry]:
     return entries
 
 
-def check_same_model(module: Layer, comm: Communicator, owner: str = "DataParallel") -> None:
+def check_same_model(module: Layer, comm: "Communicator", owner: str = "DataParallel") -> None:
     """Raise the same ValueError on every rank when any rank's model differs from rank 0's.
 
     Collective: every rank exchanges its signature first, so all of them reach the same verdict

@@ -1,6 +1,7 @@
 """The tensor-parallel group: consecutive ranks of a communicator that together hold each split layer."""
 from __future__ import annotations
 
+from mpiprop.distributed.reliability.job_guards import start
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 
 
@@ -15,13 +16,21 @@ def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = Non
         comm: the communicator to split (a Communicator, an mpi4py communicator, or None for the world).
 
     Returns:
-        A Communicator over this rank's group.
+        A Communicator over this rank's group; `close()` it (or use it in a `with` block) to release it.
 
     Raises:
         ValueError: when `size` is not positive or does not divide the number of ranks.
     """
-    comm = as_communicator(comm)
-    if not isinstance(size, int) or size < 1 or comm.size % size:
-        raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {comm.size} ranks; "
-                         f"use a divisor of {comm.size}")
-    return comm.split(color=comm.rank // size)
+    start()
+    base = as_communicator(comm)
+    ranks = base.size
+    if not isinstance(size, int) or size < 1 or ranks % size:
+        if base is not comm:
+            base.free()
+        raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {ranks} ranks; "
+                         f"use a divisor of {ranks}")
+    group = base.split(color=base.rank // size)
+    if base is not comm:  # a clone made here: the group outlives it
+        base.detach(group)
+        base.free()
+    return group
