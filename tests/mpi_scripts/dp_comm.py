@@ -77,6 +77,9 @@ def check_helpers(comm: Communicator) -> None:
 def main() -> None:
     comm = Communicator()
     staged = Communicator(force_host_staging=True)
+    assert not distributed.abort_handler_installed()  # a Communicator starts nothing
+    distributed.start()
+    distributed.start()  # again: nothing happens
     assert distributed.abort_handler_installed()
     for each in (comm, staged):
         check_isolated_from_user_traffic(each)
