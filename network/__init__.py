@@ -28,6 +28,10 @@ from mpiprop.network.training.checkpoint import CheckpointError, load_checkpoint
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.training.local_strategy import LocalStrategy
 from mpiprop.network.training.trainer import Trainer
+from mpiprop.network.layers.embedding import Embedding
+from mpiprop.network.layers.layernorm import LayerNorm
+from mpiprop.network.layers.residual import Residual
+from mpiprop.network.layers.tied_head import TiedLinear
 
 # the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
 schedules = lr_schedules
@@ -45,3 +49,4 @@ __all__ = [
     "callbacks", "datasets", "lr_schedules", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
 ]
+__all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]

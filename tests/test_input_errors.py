@@ -79,18 +79,18 @@ def test_sequential_rejects_things_that_are_not_layers():
 
 
 def test_wrong_input_width_names_both_widths():
-    with pytest.raises(ValueError, match=r"Linear\(4, 3, bias=True\) expects input of shape \(batch, 4\) but got \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"Linear\(4, 3, bias=True\) expects input of shape \(\.\.\., 4\) with a batch dimension first, but got \(2, 5\)"):
         nn.Linear(4, 3).forward(floats(2, 5))
 
 
 def test_mismatched_widths_inside_a_model_name_the_layer():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(5, 2))
-    with pytest.raises(ValueError, match=r"Linear\(5, 2, bias=True\) expects input of shape \(batch, 5\) but got \(6, 3\)"):
+    with pytest.raises(ValueError, match=r"Linear\(5, 2, bias=True\) expects input of shape \(\.\.\., 5\) with a batch dimension first, but got \(6, 3\)"):
         model(floats(6, 4))
 
 
 def test_input_without_batch_dimension_is_rejected():
-    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 4\) but got \(4,\); .*Flatten"):
+    with pytest.raises(ValueError, match=r"expects input of shape \(\.\.\., 4\) with a batch dimension first, but got \(4,\); .*Flatten"):
         nn.Linear(4, 3).forward(floats(4))
 
 
@@ -166,7 +166,7 @@ def test_labels_must_be_integers_of_shape_batch():
 
 
 def test_cross_entropy_logits_must_be_two_dimensional():
-    with pytest.raises(ValueError, match=r"logits of shape \(batch, classes\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"logits of shape \(batch, classes\) or \(batch, classes, d1, \.\.\.\), got \(4,\)"):
         nn.CrossEntropyLoss()(floats(4), numpy.array([0, 1, 0, 1]))
 
 

@@ -86,16 +86,47 @@ class ELU(Activation):
 
 
 class GELU(Activation):
-    """x * Φ(x), Φ the standard normal CDF, in the exact erf form."""
+    """x * Φ(x), Φ the standard normal CDF: exact (erf) or, with approximate="tanh", PyTorch's
+    0.5 * x * (1 + tanh(sqrt(2/π) * (x + 0.044715 x³))).
+
+    Args:
+        approximate: "none" (the erf form) or "tanh".
+
+    Raises:
+        ValueError: for another `approximate`.
+    """
+
+    APPROXIMATIONS = ("none", "tanh")
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in self.APPROXIMATIONS:
+            raise ValueError(f"GELU approximate must be one of {self.APPROXIMATIONS}, got {approximate!r}")
+        self.approximate = approximate
 
     def _forward(self, x):
+        if self.approximate == "tanh":
+            inner = _TANH_SCALE * (x + _TANH_CUBIC * x * x * x)
+            t = get_array_module(x).tanh(inner)
+            return (0.5 * x * (1.0 + t)).astype(x.dtype, copy=False), (x, t)
         cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
         return (x * cdf).astype(x.dtype, copy=False), (x, cdf)
 
     def backward_input(self, dy, cache):
+        if self.approximate == "tanh":
+            x, t = cache
+            d_inner = _TANH_SCALE * (1.0 + 3.0 * _TANH_CUBIC * x * x)
+            return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
         x, cdf = cache
         pdf = get_array_module(x).exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
         return dy * (cdf + x * pdf)
+
+    def extra_repr(self):
+        return "" if self.approximate == "none" else f"approximate={self.approximate!r}"
+
+
+_TANH_SCALE = math.sqrt(2.0 / math.pi)
+_TANH_CUBIC = 0.044715
 
 
 class Softmax(Activation):

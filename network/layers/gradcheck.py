@@ -36,10 +36,10 @@ def gradcheck(layer: Layer, x: Array, *, eps: float = 1e-6, atol: float = 1e-6, 
 
     Args:
         layer: the layer or model to check.
-        x: an input batch.
+        x: an input batch (integer inputs, such as an Embedding's ids, are passed as they are).
         eps: finite-difference step.
         atol, rtol: an element passes when |analytic - numeric| <= atol + rtol * |numeric|.
-        check_input: also check the gradient with respect to `x`.
+        check_input: also check the gradient with respect to `x` (floating inputs only).
         max_elements: check at most this many randomly chosen elements per array.
         seed: for dy, the element choice and the layer's random draws.
 
@@ -50,7 +50,10 @@ def gradcheck(layer: Layer, x: Array, *, eps: float = 1e-6, atol: float = 1e-6, 
         GradcheckError: naming each array whose gradient disagrees and by how much.
     """
     layer = copy.deepcopy(layer).to(dtype=numpy.float64)
-    x = x.astype(numpy.float64)
+    if x.dtype.kind == "f":
+        x = x.astype(numpy.float64)
+    else:
+        check_input = False  # integer inputs (token ids) have no gradient
     xp = get_array_module(x)
     chooser = numpy.random.default_rng(seed)
     own_generators = _own_generator_states(layer)

@@ -15,7 +15,10 @@ from mpiprop.network.layers.parameter import Parameter
 
 
 class Linear(Layer):
-    """y = x @ weight + bias.
+    """y = x @ weight + bias, on inputs of shape (..., in_features), giving (..., out_features).
+
+    Leading dimensions are flattened for the products, so a (batch, time, channels) activation
+    needs no reshaping; the weight gradient sums over all of them.
 
     Args:
         in_features: width of the input.
@@ -45,27 +48,29 @@ class Linear(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x)
-        y = matmul(x, self.weight.data)
+        y = matmul(_rows(x), self.weight.data)
         if self.bias is not None:
             y += self.bias.data
-        return y, x
+        return y.reshape(x.shape[:-1] + (self.out_features,)), x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        return matmul(dy, self.weight.data, transpose_b=True)
+        return matmul(_rows(dy), self.weight.data, transpose_b=True).reshape(x.shape)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)
-        add_matmul_(self.weight.grad, x.T, dy)
+        dy = _rows(dy)
+        add_matmul_(self.weight.grad, _rows(x).T, dy)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"{self!r} expects input of shape (batch, {self.in_features}) but got {tuple(x.shape)}; "
-                "check the previous layer's width or add Flatten()"
+                f"{self!r} expects input of shape (..., {self.in_features}) with a batch dimension first, "
+                f"but got {tuple(x.shape)}; check the previous layer's width, add Flatten(), or give a "
+                "single sample a batch dimension with x[None]"
             )
         same_array_module(x, self.weight.data, repr(self))
         if x.dtype != self.weight.dtype:
@@ -75,11 +80,17 @@ class Linear(Layer):
             )
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
-        if tuple(dy.shape) != (x.shape[0], self.out_features):
+        expected = tuple(x.shape[:-1]) + (self.out_features,)
+        if tuple(dy.shape) != expected:
             raise ValueError(
                 f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
-                f"{(x.shape[0], self.out_features)}; pass the gradient of the loss with respect to the output"
+                f"{expected}; pass the gradient of the loss with respect to the output"
             )
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+def _rows(x: Array) -> Array:
+    """`x` of shape (..., width) as a 2-D (rows, width) array: a view where the layout allows."""
+    return x if x.ndim == 2 else x.reshape(-1, x.shape[-1])

@@ -159,15 +159,17 @@ class MSELoss(Loss):
 
 
 class CrossEntropyLoss(Loss):
-    """Softmax cross-entropy over logits (batch, classes), with PyTorch's options.
+    """Softmax cross-entropy over logits (batch, classes) or (batch, classes, d1, ...), with PyTorch's options.
 
-    Targets are class indices (integers of shape (batch,)) or class probabilities (floats of
-    the logits' shape). Each row's loss is -sum_c a_c log softmax(z)_c, with coefficients
+    Targets are class indices (integers of shape (batch,), or (batch, d1, ...)) or class
+    probabilities (floats of the logits' shape). Logits with more dimensions are read as one row
+    per position (the class axis moved last and the rest flattened), so a (batch, time) sequence
+    of tokens is one call; reduction="none" gives a loss of shape (batch, d1, ...). Each row's loss is -sum_c a_c log softmax(z)_c, with coefficients
     a = weight[y] * (1 - label_smoothing) * onehot(y) + weight * label_smoothing / classes for
     indices (zero on rows whose label is `ignore_index`), and a = weight * (target *
     (1 - label_smoothing) + label_smoothing / classes) for probabilities; its gradient is
     sum(a) * softmax(z) - a. "mean" divides the sum by the total weight of the rows kept
-    (their count without `weight`) for indices, by the batch size for probabilities.
+    (their count without `weight`) for indices, by the number of rows for probabilities.
 
     Args:
         weight: a weight per class (an array of shape (classes,)), or None for equal weights.
@@ -194,8 +196,26 @@ class CrossEntropyLoss(Loss):
         self.ignore_index = int(ignore_index)
         self.label_smoothing = float(label_smoothing)
 
+    def backward(self, cache: Any = REMEMBERED, grad_output: float | Array | None = None) -> Array:
+        """As `Loss.backward`: the gradient with respect to the logits, of their shape (classes on axis 1)."""
+        grad = super().backward(cache, grad_output)
+        if grad.ndim <= 2:
+            return grad
+        xp = get_array_module(grad)
+        return xp.ascontiguousarray(xp.moveaxis(grad, -1, 1))
+
     def _losses(self, logits, target):
         probabilities = self._check_target(logits, target)
+        positions = (logits.shape[0],) + tuple(logits.shape[2:])
+        rows = _class_axis_last(logits)
+        target = _class_axis_last(target) if probabilities else target.reshape(-1)
+        losses, count, cache = self._row_losses(rows, target, probabilities)
+        if self.reduction == "none":
+            losses = losses.reshape(positions)
+        return losses, count, (cache, positions + (logits.shape[1],))
+
+    def _row_losses(self, logits, target, probabilities):
+        """Losses of (rows, classes) logits: (losses per row, the count "mean" divides by, cache for `_gradient`)."""
         if get_array_module(logits) is not numpy and not probabilities and self.weight is None \
                 and not self.label_smoothing and self.reduction != "none":
             fused = self._fused_gpu_losses(logits, target)
@@ -213,11 +233,13 @@ class CrossEntropyLoss(Loss):
         return losses, count, (log_softmax, coefficients)
 
     def _gradient(self, cache):
+        """The gradient with the class axis last, of shape (batch, d1, ..., classes)."""
+        cache, shape = cache
         if is_array(cache):  # the fused GPU forward already computed the gradient
-            return cache
+            return cache.reshape(shape)
         log_softmax, coefficients = cache
         xp = get_array_module(log_softmax)
-        return xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients
+        return (xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients).reshape(shape)
 
     def _class_weights(self, logits: Array) -> Array:
         xp = get_array_module(logits)
@@ -254,17 +276,22 @@ class CrossEntropyLoss(Loss):
 
     def _check_target(self, logits: Array, target: Array) -> bool:
         """Validate the shapes; True for probability targets, False for class indices."""
-        if logits.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss expects logits of shape (batch, classes), got {tuple(logits.shape)}")
+        if logits.ndim < 2:
+            raise ValueError(f"CrossEntropyLoss expects logits of shape (batch, classes) or (batch, classes, d1, ...), "
+                             f"got {tuple(logits.shape)}; give a single sample a batch dimension with logits[None]")
         if target.dtype.kind == "f" and target.shape == logits.shape:
             if self.ignore_index != -100:
                 raise ValueError(f"CrossEntropyLoss ignore_index={self.ignore_index} applies to class-index targets "
                                  "but got class probabilities; leave ignore_index at its default")
             return True
-        if target.ndim != 1 or target.dtype.kind not in "iu":
-            raise TypeError(f"CrossEntropyLoss expects integer class labels of shape (batch,), got dtype "
+        positions = (logits.shape[0],) + tuple(logits.shape[2:])
+        if tuple(target.shape) != positions or target.dtype.kind not in "iu":
+            expected = "(batch,)" if logits.ndim == 2 else f"{positions} (the logits' shape without the class axis 1)"
+            raise TypeError(f"CrossEntropyLoss expects integer class labels of shape {expected}, got dtype "
                             f"{target.dtype} and shape {tuple(target.shape)}; use labels.astype('int64'), or "
-                            f"give class probabilities as floats of the logits' shape {tuple(logits.shape)}")
+                            f"give class probabilities as floats of the logits' shape {tuple(logits.shape)}"
+                            + ("; for logits (batch, time, classes) pass logits.transpose(0, 2, 1) or reshape "
+                               "both to rows" if logits.ndim == 3 and target.shape == logits.shape[:2] else ""))
         return False
 
     def _fused_gpu_losses(self, logits, labels):
@@ -357,6 +384,13 @@ class BCEWithLogitsLoss(Loss):
                              f"to the targets' shape {tuple(target.shape)}; give one weight per class, of shape "
                              f"({target.shape[-1]},)") from None
         return to_device(self.pos_weight, device_of(logits)).astype(logits.dtype, copy=False)
+
+
+def _class_axis_last(array: Array) -> Array:
+    """(batch, classes, d1, ...) as (batch * d1 * ..., classes); a 2-D array as it is."""
+    if array.ndim == 2:
+        return array
+    return get_array_module(array).moveaxis(array, 1, -1).reshape(-1, array.shape[1])
 
 
 def _is_finite(value: float | Array) -> bool:

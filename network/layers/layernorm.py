@@ -1,0 +1,105 @@
+"""LayerNorm: normalise each sample over its last dimensions, then scale and shift, as PyTorch's LayerNorm."""
+from __future__ import annotations
+
+import numpy
+
+from mpiprop.network.backend import Array, get_array_module, module_for_device
+from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_array_module
+from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.parameter import Parameter
+
+
+class LayerNorm(Layer):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, mean and (biased) var over the last
+    len(normalized_shape) dimensions of x, which must equal `normalized_shape`.
+
+    Mean and variance are computed in float32 or wider (float64 inputs in float64, float16 in float32).
+
+    Args:
+        normalized_shape: an int (the last dimension) or the shape of the trailing dimensions.
+        eps: added to the variance.
+        elementwise_affine: whether to learn `weight` (starting at ones) and `bias` (at zeros),
+            both of shape `normalized_shape`.
+        bias: whether to learn `bias` (with elementwise_affine).
+        dtype: parameter dtype (float32 by default).
+        device: "cpu" (numpy) or "cuda" (cupy).
+
+    Raises:
+        TypeError, ValueError: for a normalized_shape that is not positive integers, or a negative eps.
+    """
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, dtype=numpy.float32, device: str = "cpu"):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, numpy.integer)) else tuple(normalized_shape)
+        if not shape:
+            raise ValueError("LayerNorm normalized_shape must name at least one dimension, got ()")
+        self.normalized_shape = tuple(positive_int(size, "LayerNorm normalized_shape entry") for size in shape)
+        self.eps = non_negative_float(eps, "LayerNorm eps")
+        self.elementwise_affine = bool(elementwise_affine)
+        float_dtype(dtype, "LayerNorm dtype")
+        xp = module_for_device(device)
+        self.weight = Parameter(xp.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
+        self.bias = Parameter(xp.zeros(self.normalized_shape, dtype=dtype)) if elementwise_affine and bias else None
+
+    @property
+    def _axes(self) -> tuple[int, ...]:
+        return tuple(range(-len(self.normalized_shape), 0))
+
+    def forward(self, x: Array) -> tuple[Array, tuple[Array, Array]]:
+        self._check_input(x)
+        xp = get_array_module(x)
+        statistics = x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False)
+        mean = statistics.mean(axis=self._axes, keepdims=True)
+        centred = statistics - mean
+        inverse_std = 1.0 / xp.sqrt((centred * centred).mean(axis=self._axes, keepdims=True) + self.eps)
+        normalised = centred * inverse_std
+        y = normalised
+        if self.weight is not None:
+            y = y * self.weight.data
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y.astype(x.dtype, copy=False), (normalised, inverse_std)
+
+    def backward_input(self, dy: Array, cache: tuple[Array, Array]) -> Array:
+        normalised, inverse_std = cache
+        self._check_output_grad(dy, normalised)
+        g = dy.astype(normalised.dtype, copy=False)
+        if self.weight is not None:
+            g = g * self.weight.data
+        axes = self._axes
+        dx = inverse_std * (g - g.mean(axis=axes, keepdims=True)
+                            - normalised * (g * normalised).mean(axis=axes, keepdims=True))
+        return dx.astype(dy.dtype, copy=False)
+
+    def backward_weight(self, dy: Array, cache: tuple[Array, Array]) -> None:
+        if self.weight is None:
+            return
+        normalised, _ = cache
+        self._check_output_grad(dy, normalised)
+        leading = tuple(range(dy.ndim - len(self.normalized_shape)))
+        self.weight.grad += (dy * normalised).sum(axis=leading)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=leading)
+
+    def _check_input(self, x: Array) -> None:
+        float_array(x, f"input of {self!r}")
+        count = len(self.normalized_shape)
+        if x.ndim < count or tuple(x.shape[x.ndim - count:]) != self.normalized_shape:
+            raise ValueError(f"{self!r} normalises the last dimensions of shape {self.normalized_shape} but got "
+                             f"input of shape {tuple(x.shape)}; give LayerNorm the trailing shape of its input, "
+                             f"here {tuple(x.shape[-count:]) if x.ndim >= count else tuple(x.shape)}")
+        if self.weight is None:
+            return
+        same_array_module(x, self.weight.data, repr(self))
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"{self!r} has {self.weight.dtype} parameters but got a {x.dtype} input; "
+                            f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
+
+    def _check_output_grad(self, dy: Array, normalised: Array) -> None:
+        if tuple(dy.shape) != tuple(normalised.shape):
+            raise ValueError(f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
+                             f"{tuple(normalised.shape)}; pass the gradient of the loss with respect to the output")
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
