@@ -2,7 +2,7 @@
 
 MPI's allreduce between processes of one node copies each buffer into shared cells,
 reduces there and copies the result back out. When the buffers themselves live in an
-MPI-3 shared window (`MPI.Win.Allocate_shared`), each rank adds its peers' values for one
+MPI-3 shared window (`Communicator.allocate_shared`), each rank adds its peers' values for one
 slice of a buffer straight into its own copy and writes the sum back into theirs, with no
 copies in between: 0.56 ms instead of 1.40 ms through MPI's allreduce for the 7.4 MB of
 gradients of a 784-1024-1024-10 MLP on 2 ranks (examples/benchmarks/bench_data_parallel.py).
@@ -12,7 +12,7 @@ each owns one slice of it: it adds the other ranks' values of that slice into it
 writes the sum into theirs (in `progress` during backward, else in `finish`). The slices
 are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
 it every buffer holds the whole sum, and a rank may write its buffers again. Each slice is
-summed by one rank only, so every rank ends with bit-identical sums. `MPI.Win.Sync` around
+summed by one rank only, so every rank ends with bit-identical sums. `SharedWindow.sync` around
 each barrier orders the loads and stores on processors that may reorder them.
 """
 from __future__ import annotations
