@@ -35,7 +35,8 @@ class Communicator:
     them all (collective); using it afterwards raises RuntimeError.
 
     Args:
-        comm: an mpi4py communicator, another Communicator, or None for MPI.COMM_WORLD.
+        comm: an mpi4py communicator, another Communicator (whose host staging and NCCL choices the
+            clone keeps), or None for MPI.COMM_WORLD.
         clone: duplicate `comm` (the default); False adopts it as is (e.g. the result of a Split).
         force_host_staging: stage every array through host memory even when MPI could read
             it directly (exercises the GPU copy path with numpy arrays).
@@ -50,6 +51,9 @@ class Communicator:
                  force_host_staging: bool = False, use_nccl: str | bool = "auto"):
         if use_nccl not in ("auto", False):
             raise ValueError(f"use_nccl must be 'auto' or False, got {use_nccl!r}")
+        if isinstance(comm, Communicator):  # its clone keeps its choices
+            force_host_staging = force_host_staging or comm.force_host_staging
+            use_nccl = use_nccl if comm.nccl_enabled else False
         self._mpi = load_mpi()
         base = mpi_comm_of(comm)
         self._mpi_comm: MpiComm = base.Clone() if clone else base
