@@ -38,7 +38,7 @@ def first_non_finite_stage_layer(pipe: Any, x: Array | None) -> str:
         carried = _search_chunk(pipe, virtual_stage // stages, *carried)
         if virtual_stage < len(pipe.chunks) * stages - 1:
             comm.send_object(carried, (virtual_stage + 1) % stages, SEARCH_TAG)
-    found = comm.bcast(carried[1] if pipe.stage_index == last_owner else None, root=last_owner)
+    found = comm.bcast_object(carried[1] if pipe.stage_index == last_owner else None, root=last_owner)
     return found or "no layer on a second pass (the values depend on random draws such as dropout)"
 
 
