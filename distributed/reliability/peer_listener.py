@@ -11,7 +11,8 @@ from mpiprop.distributed.reliability.abort import abort_job
 from mpiprop.distributed.reliability.shared_memory_files import remember_local_peers
 from mpiprop.distributed.reliability.waits import current_wait
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.distributed.transport.mpi_library import mpi_finalized, processor_name, threads_can_talk, world_rank_and_size
+from mpiprop.distributed.transport.mpi_library import (mpi_finalized, processor_name, threads_can_talk,
+                                                       world_rank_and_size)
 from mpiprop.distributed.transport.request import Request, poll_all
 
 DEPARTURE_TAG, QUESTION_TAG, ANSWER_TAG = 1, 2, 3
@@ -146,7 +147,7 @@ def where_this_rank_is() -> str:
 
 
 def start_peer_listener() -> PeerListener | None:
-    """Start this rank's listener (collective over COMM_WORLD: every rank calls it, as `mpiprop.distributed.start()` does).
+    """Start this rank's listener (collective over COMM_WORLD: every rank calls it, in `mpiprop.distributed.start()`).
 
     It also learns the process ids of the ranks on this node, whose files in /dev/shm an
     aborting rank removes and whose end it watches.

@@ -1,4 +1,4 @@
-"""Loading the MPI library through mpi4py on first use, with an ImportError that says how to install one when there is none."""
+"""The MPI library through mpi4py, loaded on first use, with an ImportError that says how to install one if none."""
 from __future__ import annotations
 
 import sys
