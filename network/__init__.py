@@ -28,6 +28,10 @@ from mpiprop.network.training.checkpoint import CheckpointError, load_checkpoint
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.training.local_strategy import LocalStrategy
 from mpiprop.network.training.trainer import Trainer
+from mpiprop.network.layers.conv import Conv1d, Conv2d
+from mpiprop.network.layers.pooling import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d,
+                                            MaxPool1d, MaxPool2d)
+from mpiprop.network.layers.batchnorm2d import BatchNorm2d
 from mpiprop.network.layers.embedding import Embedding
 from mpiprop.network.layers.layernorm import LayerNorm
 from mpiprop.network.layers.residual import Residual
@@ -48,5 +52,7 @@ __all__ = [
     "manual_seed", "cupy_available", "get_array_module", "to_device", "to_numpy",
     "callbacks", "datasets", "lr_schedules", "schedules", "save_checkpoint", "load_checkpoint", "CheckpointError",
     "ArrayDataset", "DataLoader", "Trainer", "LocalStrategy",
+    "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
+    "BatchNorm2d",
 ]
 __all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]

@@ -1,9 +1,11 @@
-"""Real data sets from local files only: scikit-learn's digits, MNIST and Fashion-MNIST IDX files, .npz and CSV."""
+"""Real data sets from local files only: scikit-learn's digits, MNIST-1D (generated), MNIST IDX files, .npz, CSV."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
+import random
 import warnings
 from typing import Any
 
@@ -50,6 +52,54 @@ def load_digits(dtype=numpy.float32) -> tuple[numpy.ndarray, numpy.ndarray]:
     table = numpy.loadtxt(path, delimiter=",", dtype=numpy.float64)
     return (table[:, :-1] / 16.0).astype(dtype), table[:, -1].astype(numpy.int64)
 
+
+
+def load_mnist1d(split: str = "train", *, num_samples: int = 5000, seed: int = 42,
+                 dtype=numpy.float32) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """MNIST-1D (Greydanus, 2020): 1-D signals of length 40 of ten digit templates, generated on this machine.
+
+    The `mnist1d` package's own generator (`mnist1d.data.make_dataset` with `get_dataset_args()`)
+    builds the set from its templates; nothing is downloaded. With the defaults it is the paper's
+    set: 5,000 signals, the first 4,000 for training and the last 1,000 for testing. The global
+    random states of numpy and `random`, which that generator reseeds, are restored afterwards.
+
+    Args:
+        split: "train" or "test".
+        num_samples: signals in both splits together (80% train).
+        seed: the generator's seed (42 is the paper's).
+        dtype: dtype of the returned signals.
+
+    Returns:
+        x of shape (n, 40), standardised over the whole set as the generator does; y of shape (n,),
+        int64 labels 0..9.
+
+    Raises:
+        ImportError: when the mnist1d package is missing.
+        ValueError: for an unknown split.
+    """
+    if not isinstance(split, str) or split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dtype = float_dtype(dtype, "load_mnist1d dtype")
+    x, y = _generated_mnist1d(int(num_samples), int(seed))[split]
+    return x.astype(dtype), y.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _generated_mnist1d(num_samples: int, seed: int) -> dict[str, tuple[numpy.ndarray, numpy.ndarray]]:
+    if importlib.util.find_spec("mnist1d") is None:
+        raise ImportError("load_mnist1d needs the mnist1d package: pip install mnist1d")
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    numpy_state, python_state = numpy.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        numpy.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return {"train": (data["x"], data["y"].astype(numpy.int64)),
+            "test": (data["x_test"], data["y_test"].astype(numpy.int64))}
 
 def load_mnist(directory: str | os.PathLike, split: str = "train", *, name: str = "MNIST",
                dtype=numpy.float32) -> tuple[numpy.ndarray, numpy.ndarray]:

@@ -29,14 +29,17 @@ class BatchNorm1d(Layer):
         ValueError: for a non-positive num_features or a negative eps or momentum.
     """
 
+    input_ranks: tuple[int, ...] = (2, 3)
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, dtype=numpy.float32, device: str = "cpu"):
         super().__init__()
-        self.num_features = positive_int(num_features, "BatchNorm1d num_features")
-        self.eps = non_negative_float(eps, "BatchNorm1d eps")
-        self.momentum = None if momentum is None else non_negative_float(momentum, "BatchNorm1d momentum")
+        name = type(self).__name__
+        self.num_features = positive_int(num_features, f"{name} num_features")
+        self.eps = non_negative_float(eps, f"{name} eps")
+        self.momentum = None if momentum is None else non_negative_float(momentum, f"{name} momentum")
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-        float_dtype(dtype, "BatchNorm1d dtype")
+        float_dtype(dtype, f"{name} dtype")
         xp = module_for_device(device)
         if self.affine:
             self.weight = Parameter(xp.ones(num_features, dtype=dtype))
@@ -95,16 +98,21 @@ class BatchNorm1d(Layer):
             running += factor * batch
 
     def _check_input(self, x: Array) -> None:
-        float_array(x, "input of BatchNorm1d")
-        if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
-            raise ValueError(f"{self!r} expects input of shape (batch, {self.num_features}) or (batch, "
-                             f"{self.num_features}, length) but got {tuple(x.shape)}")
+        name = type(self).__name__
+        float_array(x, f"input of {name}")
+        if x.ndim not in self.input_ranks or x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r} expects input of shape {self._layouts()} but got {tuple(x.shape)}")
         if (self.training or not self.track_running_stats) and x.size // self.num_features < 2:
             raise ValueError(
-                f"BatchNorm1d normalising with batch statistics (training mode, or no running statistics) needs at "
+                f"{name} normalising with batch statistics (training mode, or no running statistics) needs at "
                 f"least 2 values per feature, got input of shape {tuple(x.shape)}; use a larger batch, "
                 "drop_last=True, or model.eval() with track_running_stats=True"
             )
+
+    def _layouts(self) -> str:
+        c = self.num_features
+        return " or ".join(f"(batch, {c}{', length' * (rank == 3)}{', height, width' * (rank == 4)})"
+                           for rank in self.input_ranks)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -112,7 +120,6 @@ class BatchNorm1d(Layer):
 
 
 def _statistics_axes(x: Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The axes statistics are taken over, and the shape a per-feature array takes to broadcast against x."""
-    if x.ndim == 2:
-        return (0,), (x.shape[1],)
-    return (0, 2), (x.shape[1], 1)
+    """The axes statistics are taken over (all but the channel axis 1), and the shape a per-feature array
+    takes to broadcast against x."""
+    return (0,) + tuple(range(2, x.ndim)), (x.shape[1],) + (1,) * (x.ndim - 2)

@@ -1,0 +1,1 @@
+"""models: ready-made model builders that return a Sequential."""
