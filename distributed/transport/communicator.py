@@ -31,8 +31,8 @@ class Communicator:
     finishes that copy. Making one starts no thread and installs no handler.
 
     Sub-communicators (`split`, `split_by_node`, `clone`) and shared windows (`allocate_shared`)
-    made through it are freed with it: `free()`, `close()` or leaving a `with` block releases
-    them all (collective); using it afterwards raises RuntimeError.
+    made through it are freed with it: `free()`, `close()` or leaving a `with` block (other than
+    by an exception) releases them all (collective); using it afterwards raises RuntimeError.
 
     Args:
         comm: an mpi4py communicator, another Communicator (whose host staging and NCCL choices the
@@ -289,8 +289,9 @@ class Communicator:
     def __enter__(self) -> "Communicator":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.free()
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:  # an exception may have left the other ranks elsewhere: freeing then could hang
+            self.free()
 
     def abort(self, exit_code: int = 1) -> None:
         """End every process of the job with `exit_code` (MPI_Abort); never returns."""
