@@ -8,6 +8,7 @@ class ReleasesCommunicator:
     """`close()` and `with` for a strategy that owns `self.comm` (a Communicator) and has `parameters()`.
 
     Everything made through `self.comm` (sub-communicators, shared windows, NCCL) is freed with it.
+    Leaving a `with` block by an exception does not close it: the other ranks may not be leaving it.
     """
 
     def close(self) -> None:
