@@ -254,7 +254,7 @@ class Communicator:
     def allocate_shared(self, nbytes: int) -> SharedWindow:
         """A window of `nbytes` bytes per rank that every rank of this communicator (all on one node) can read."""
         with waiting_in(f"allocation of a shared window of {nbytes} bytes"):
-            return self._track(SharedWindow(nbytes, self.mpi_comm, on_free=self._forget))
+            return self._track(SharedWindow(nbytes, self.mpi_comm))
 
     def detach(self, resource: "Communicator | SharedWindow") -> None:
         """Stop freeing `resource` with this communicator; it then lives until its own `free()`."""
@@ -292,10 +292,6 @@ class Communicator:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         if exc_type is None:  # an exception may have left the other ranks elsewhere: freeing then could hang
             self.free()
-
-    def abort(self, exit_code: int = 1) -> None:
-        """End every process of the job with `exit_code` (MPI_Abort); never returns."""
-        self._mpi_comm.Abort(exit_code)
 
     def __repr__(self) -> str:
         if self._freed:

@@ -14,12 +14,12 @@ class SharedWindow:
     `memory(rank)` must not be touched after that.
     """
 
-    def __init__(self, nbytes: int, mpi_comm: Any, on_free: Callable[["SharedWindow"], None] | None = None):
+    def __init__(self, nbytes: int, mpi_comm: Any):
         mpi = load_mpi()
         self.nbytes = int(nbytes)
         self._window = mpi.Win.Allocate_shared(self.nbytes, 1, comm=mpi_comm)
         self._window.Lock_all(mpi.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
-        self._on_free = on_free
+        self._on_free: Callable[["SharedWindow"], None] | None = None  # set by the communicator that made it
 
     @property
     def freed(self) -> bool:
