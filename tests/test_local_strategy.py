@@ -45,8 +45,9 @@ def test_state_names_shapes_and_placement():
     strategy = nn.LocalStrategy(model)
     assert strategy.state_shapes() == {"0.weight": (5, 8), "0.bias": (8,), "2.weight": (8, 3), "2.bias": (3,)}
     assert [name for name, _ in strategy.named_parameters()] == list(strategy.state_shapes())
-    assert (strategy.comm, strategy.data_shard, strategy.is_main) == (None, (0, 1), True)
-    assert strategy.stage_allgather(7) == [7] and strategy.merge_over_stages({"a": 1}) == {"a": 1}
+    ranks = strategy.ranks
+    assert (ranks.rank, ranks.size, ranks.data_shard, ranks.is_main) == (0, 1, (0, 1), True)
+    assert ranks.gather(7) == ranks.gather_model(7) == [7] and ranks.join({"a": 1}) == ranks.cut({"a": 1}) == {"a": 1}
     other = nn.LocalStrategy(make_model(seed=5))
     other.load_state_dict(strategy.state_dict())
     x, _ = batch()

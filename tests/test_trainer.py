@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy
@@ -15,6 +14,7 @@ import mpiprop.network as nn
 from mpiprop.network.training.callbacks import Callback, EarlyStopping
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.training.non_finite import NonFiniteError
+from mpiprop.network.training.ranks import OneProcess
 from mpiprop.network.training.progress import ProgressLines, progress_display, progress_mode
 from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, LinearWarmup
 from mpiprop.network.data.synthetic import synthetic_classification
@@ -240,17 +240,12 @@ def test_metrics_lines_and_plot_on_rank_zero(tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-class EchoingComm:
-    """Stands in for rank 1 of a 2-rank communicator whose other rank passes the same values."""
-    rank, size = 1, 2
+class EchoingRanks(OneProcess):
+    """Stands in for rank 1 of 2 ranks whose other rank passes the same values, reading shard 1 of the data."""
+    rank, size, is_main, data_shard, position = 1, 2, False, (1, 2), "rank 1"
 
-    def allgather_object(self, value):
+    def gather(self, value):
         return [value, value]
-
-    def iallreduce(self, array, op):
-        """A maximum or sum of equal values: with "max", the array itself; the request is already done."""
-        assert op == "max", op
-        return types.SimpleNamespace(wait=lambda: None)
 
 
 class SecondOfTwoRanks(nn.LocalStrategy):
@@ -258,10 +253,7 @@ class SecondOfTwoRanks(nn.LocalStrategy):
 
     def __init__(self, module):
         super().__init__(module)
-        self.comm = EchoingComm()
-
-    data_shard = (1, 2)
-    is_main = False
+        self.ranks = EchoingRanks()
 
 
 def test_other_ranks_print_and_write_nothing(tmp_path, capsys):

@@ -4,6 +4,7 @@ import time
 import pytest
 
 import mpiprop.network as nn
+from mpiprop.network.training.ranks import OneProcess
 from mpiprop.distributed.reliability.waits import current_wait, waiting_in
 from mpiprop.distributed.reliability.watchdog import Watchdog, start_watchdog_from_environment
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
@@ -43,22 +44,20 @@ def test_environment_variable_must_be_a_number(monkeypatch):
     assert start_watchdog_from_environment(rank=0) is None
 
 
-class TwoRanksDisagreeing:
-    """Stands in for a Communicator whose other rank passed other settings."""
-    rank, size = 0, 2
+class TwoRanksDisagreeing(OneProcess):
+    """Stands in for rank 0 of 2 ranks whose other rank passed other settings."""
+    size, data_shard = 2, (0, 2)
 
-    def allgather_object(self, value):
+    def gather(self, value):
         return [value, {**value, "epochs": 7}]
 
 
 class FirstOfTwoRanks(nn.LocalStrategy):
-    """A strategy on rank 0 of 2 reading shard 0 of the data, its communicator disagreeing."""
+    """A strategy on rank 0 of 2 reading shard 0 of the data, its other rank disagreeing."""
 
     def __init__(self, module):
         super().__init__(module)
-        self.comm = TwoRanksDisagreeing()
-
-    data_shard = (0, 2)
+        self.ranks = TwoRanksDisagreeing()
 
 
 def test_trainer_refuses_ranks_with_different_settings():

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_possible
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.data_parallel.data_parallel_ranks import DataParallelRanks
 from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
 from mpiprop.distributed.data_parallel.node_groups import node_groups
@@ -20,13 +21,13 @@ from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.network.backend import Array, device_of
 from mpiprop.network.layers.layer import REMEMBERED, Layer
-from mpiprop.network.training.local_strategy import LocalStrategy
+from mpiprop.network.training.whole_model import WholeModelStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
 
 
-class DataParallel(LocalStrategy, ReleasesCommunicator):
+class DataParallel(WholeModelStrategy, ReleasesCommunicator):
     """Data-parallel training of `module` over the ranks of `comm`.
 
     Every rank holds a full replica and runs forward and backward on its own shard of the
@@ -57,6 +58,9 @@ class DataParallel(LocalStrategy, ReleasesCommunicator):
     or, with the training-step contract every strategy shares (and the Trainer uses)::
 
         loss = dp.train_step(x_local, y_local, loss_fn)
+
+    Its model half comes from `WholeModelStrategy` (every rank holds the whole model); what is
+    about ranks is `dp.ranks`, a `DataParallelRanks` (rank 0 prints and writes, rank r reads shard r).
 
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
@@ -116,6 +120,7 @@ class DataParallel(LocalStrategy, ReleasesCommunicator):
         self.shard_optimizer_state = shard_optimizer_state
         start()
         self.comm = Communicator(comm)
+        self.ranks = DataParallelRanks(self.comm, gradient_shards=shard_optimizer_state == 2)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
             check_same_model(module, self.comm)
@@ -251,12 +256,6 @@ class DataParallel(LocalStrategy, ReleasesCommunicator):
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
                                 [bucket.params for bucket in self.buckets],
                                 shared_memory=self._parameters_in_shared_memory, **hyperparameters)
-
-    def stage_allgather(self, value: Any) -> list[Any]:
-        """`value` from every holder of a part of the gradients: this rank alone, every rank with ZeRO-2."""
-        if self.shard_optimizer_state == 2:
-            return self.comm.allgather_object(value)
-        return [value]
 
     # --- state shared by all ranks -----------------------------------------------------------
     def sync_buffers(self) -> None:

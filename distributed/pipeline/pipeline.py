@@ -8,6 +8,7 @@ import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
@@ -111,6 +112,7 @@ class Pipeline(ReleasesCommunicator):
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
         self.last_output: Array | None = None
+        self.ranks = PipelineRanks(self)
         self.splits = named_splits(model)
         self._join_ranks(comm, stages, tensor_group_of(model))
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
@@ -346,12 +348,6 @@ class Pipeline(ReleasesCommunicator):
         if self.tensor_comm is None:
             return named
         return share_of(named, self.splits, self.tensor_rank)
-
-    def parameters_counted_once(self) -> list[Parameter]:
-        """This rank's parameters, less those that its stage's first tensor rank holds alike (unsplit ones)."""
-        if self.tensor_rank == 0:
-            return self.parameters()
-        return [p for name, p in self.named_parameters() if name in self.splits]
 
     def zero_grad(self) -> None:
         """Reset this rank's gradients to zero."""

@@ -9,10 +9,8 @@ data parallel, a pipeline) loads in any other.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from typing import Any, Callable
 
 import numpy
@@ -20,6 +18,7 @@ import numpy
 from mpiprop.network.compute import rng
 from mpiprop.network.backend import is_array, to_numpy
 from mpiprop.network.training.checkpoint_archive import ArchiveRefused, read_members
+from mpiprop.network.training.checkpoint_writing import write_atomically
 from mpiprop.network.checks import DAMAGED_NPZ_ERRORS
 
 FORMAT = "mpiprop-checkpoint"
@@ -28,8 +27,6 @@ HEADER_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
 MODEL_COPIES_ALLOWED = 4  # the weights and up to three optimizer buffers of each (Adam keeps two)
 ARRAY_BYTES_BEYOND_THE_MODEL = 64 * 2**20  # random states, the trainer's records, the JSON header
-TEMPORARY_SUFFIX = ".tmp"
-NEW_FILE_MODE = 0o666  # less the umask, as for any file the process creates
 
 
 class CheckpointError(ValueError):
@@ -87,7 +84,7 @@ def write_checkpoint(path: str | os.PathLike, model_state: dict[str, Any], optim
     arrays: dict[str, numpy.ndarray] = {}
     header = json.dumps(_encode(state, "", arrays))
     arrays[HEADER_ENTRY] = numpy.array(header)
-    _write_atomically(path, arrays)
+    write_atomically(path, arrays)
 
 
 def named_optimizer_state(state: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
@@ -112,7 +109,7 @@ def merged_optimizer_state(state: dict[str, Any], merge: Callable[[dict], dict |
 
     Args:
         state: from `named_optimizer_state`, this process's parameters only.
-        merge: joins a dict keyed by parameter name over the processes (a strategy's `merge_over_stages`);
+        merge: joins a dict keyed by parameter name over the processes (a strategy's `ranks.join`);
             collective; None on the processes that do not receive the union.
 
     Returns:
@@ -291,79 +288,6 @@ def load_optimizer_state(path: str, saved: dict[str, Any] | None, optimizer: Any
         optimizer.load_state_dict(indexed_optimizer_state(saved, names))
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} does not fit the optimizer: {error}") from error
-
-
-def _write_atomically(path: str, arrays: dict[str, numpy.ndarray]) -> None:
-    """Write to a temporary file beside `path`, fsync, give it the mode the umask allows, rename over `path`.
-
-    Raises:
-        OSError: naming `path` (a full disk, a missing folder, no permission); the temporary
-            file is removed and any previous checkpoint at `path` is left intact.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        descriptor, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=TEMPORARY_SUFFIX,
-                                                 dir=directory)
-    except OSError as error:
-        raise _write_error(path, error) from None
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            numpy.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, NEW_FILE_MODE & ~_umask())
-        os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        if isinstance(error, OSError):
-            raise _write_error(path, error) from None
-        raise
-    _remove_stray_temporaries(path)
-    _fsync_directory(directory)
-
-
-def _write_error(path: str, error: OSError) -> OSError:
-    return OSError(error.errno, f"cannot write checkpoint {path}: {error.strerror or error}; free space or choose "
-                                "another folder (any previous checkpoint there is intact)")
-
-
-def _temporary_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}."
-
-
-def _remove_stray_temporaries(path: str) -> None:
-    """Remove temporary files that writes of `path` killed midway left beside it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = _temporary_prefix(path)
-    for name in os.listdir(directory):
-        if name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX):
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(directory, name))
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where Linux tells it (changing it races other threads)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status") as status:
-            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable; not every platform can open a folder, which is fine."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _encode(value: Any, where: str, arrays: dict[str, numpy.ndarray]) -> Any:

@@ -6,6 +6,7 @@ Prints "PREEMPTION-OK rank=R <signal name> <collectives per check>" once every r
 import os
 import signal
 
+from mpiprop.distributed.data_parallel.data_parallel_ranks import DataParallelRanks
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.training.preemption import PreemptionWatch
 
@@ -30,12 +31,13 @@ class CountedCommunicator(Communicator):
 
 def main() -> None:
     comm = CountedCommunicator()
+    ranks = DataParallelRanks(comm)
     with PreemptionWatch() as watch:
-        assert not watch.agreed(comm) and watch.signal_name is None, comm.rank
+        assert not watch.agreed(ranks) and watch.signal_name is None, comm.rank
         if comm.rank == comm.size - 1:
             os.kill(os.getpid(), signal.SIGUSR1)
-        assert not watch.agreed(comm), comm.rank
-        assert watch.agreed(comm), comm.rank
+        assert not watch.agreed(ranks), comm.rank
+        assert watch.agreed(ranks), comm.rank
     assert watch.signal_name == "SIGUSR1", (comm.rank, watch.signal_name)
     assert comm.calls == ["iallreduce of 1"] * 3, (comm.rank, comm.calls)
     print(f"PREEMPTION-OK rank={comm.rank} {watch.signal_name} {comm.calls[-1]}", flush=True)

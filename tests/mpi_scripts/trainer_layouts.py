@@ -92,7 +92,7 @@ def data(nan_sample=None):
 
 def loaders(strategy, nan_sample=None):
     (x, y), (x_val, y_val) = data(nan_sample)
-    shard, shards = strategy.data_shard
+    shard, shards = strategy.ranks.data_shard
     train = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=True, seed=3, rank=shard, world_size=shards)
     val = DataLoader(ArrayDataset(x_val, y_val), 16, uneven="keep", rank=shard, world_size=shards)
     return train, val
@@ -107,7 +107,7 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
     """
     strategy = make_strategy(layout, model_for(layout, seed, dropout))
     if dropout:
-        nn.manual_seed(100 + strategy.data_shard[0])  # tensor ranks of one replica draw alike
+        nn.manual_seed(100 + strategy.ranks.data_shard[0])  # tensor ranks of one replica draw alike
     optimizer = nn.optim.SGD(strategy.parameters(), lr=0.2, momentum=0.9)
     stopping = EarlyStopping("epoch", patience=10) if keep_first_epoch else EarlyStopping(patience=10)
     callbacks = [stopping, StopAfterStep(-1 if stop_step is None else stop_step)]
@@ -121,7 +121,7 @@ def run(layout, *, seed=0, epochs=EPOCHS, stop_step=None, checkpoint=None, resum
 
 def largest_difference(strategy, reference):
     """Over this rank's parameters (its shares of split ones) against the reference model's."""
-    expected = strategy.local_part({name: p.data for name, p in reference.named_parameters()})
+    expected = strategy.ranks.cut({name: p.data for name, p in reference.named_parameters()})
     return max(float(numpy.abs(p.data - expected[name]).max()) for name, p in strategy.named_parameters())
 
 
@@ -223,7 +223,7 @@ def check_non_finite_is_located():
         try:
             trainer.fit(loaders(strategy)[0], 1)
         except NonFiniteError as error:
-            holder = strategy.stage_allgather(any(name.startswith("6.") for name, _ in strategy.named_parameters()))
+            holder = strategy.ranks.gather_model(any(name.startswith("6.") for name, _ in strategy.named_parameters()))
             stage = holder.index(True) // tensor
             kind = "RowParallelLinear" if tensor > 1 else "Linear"
             expected = f"first in layer 6 ({kind}(12, 4, bias=True"

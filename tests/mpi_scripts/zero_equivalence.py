@@ -75,7 +75,7 @@ def run(layout, optimizer_name, *, seed=0, stop_step=None, checkpoint=None, resu
     x, y = synthetic_classification(64, 6, 4, seed=0, separation=1.5, dtype=numpy.float64)
     if nan_sample is not None:
         x[nan_sample] = numpy.nan
-    shard, shards = strategy.data_shard
+    shard, shards = strategy.ranks.data_shard
     train = DataLoader(ArrayDataset(x, y), GLOBAL_BATCH // shards, shuffle=True, seed=3, rank=shard, world_size=shards)
     callbacks = [StopAfterStep(-1 if stop_step is None else stop_step)]
     trainer = nn.Trainer(strategy, nn.CrossEntropyLoss(), optimizer, lr_schedule=CosineAnnealingLR(0.2, total=8),
