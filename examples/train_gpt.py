@@ -187,6 +187,7 @@ class TokensPerSecond(nn.callbacks.Callback):
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns {"val_loss", "unigram_entropy", "sample", "history"}."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size, rank = distributed.size(), distributed.rank()
     if args.batch_size % world_size:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
