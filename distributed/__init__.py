@@ -51,3 +51,5 @@ from mpiprop.distributed.tensor_parallel import (  # noqa: E402
 
 __all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
             "load_full_state_dict"]
+
+from mpiprop.network.version import __version__  # noqa: E402
