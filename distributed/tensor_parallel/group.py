@@ -1,6 +1,7 @@
 """The tensor-parallel group: consecutive ranks of a communicator that together hold each split layer."""
 from __future__ import annotations
 
+from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.reliability.job_guards import start
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 
@@ -19,16 +20,21 @@ def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = Non
         A Communicator over this rank's group; `close()` it (or use it in a `with` block) to release it.
 
     Raises:
-        ValueError: when `size` is not positive or does not divide the number of ranks.
+        ValueError: on every rank, when the ranks pass different sizes; when `size` is not positive or does
+            not divide the number of ranks.
     """
     start()
     base = as_communicator(comm)
     ranks = base.size
-    if not isinstance(size, int) or size < 1 or ranks % size:
-        if base is not comm:
+    try:
+        check_agreement(base, "tensor_parallel_group", {"size": size})
+        if not isinstance(size, int) or size < 1 or ranks % size:
+            raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {ranks} ranks; "
+                             f"use a divisor of {ranks}")
+    except ValueError:
+        if base is not comm:  # every rank raises: freeing the clone made here is collective-safe
             base.free()
-        raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {ranks} ranks; "
-                         f"use a divisor of {ranks}")
+        raise
     group = base.split(color=base.rank // size)
     if base is not comm:  # a clone made here: the group outlives it
         base.detach(group)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy
 
+from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
 from mpiprop.network.layers.layer import Layer
@@ -22,7 +23,8 @@ class SplitLinear(Layer):
 
     Raises:
         TypeError: when `linear` is not a Linear or `group` not a Communicator.
-        ValueError: when the split dimension is not a multiple of the group size.
+        ValueError: on every rank of `group`, when the ranks' layers differ in shape, bias or dtype; when the
+            split dimension is not a multiple of the group size.
     """
 
     split_axis = 1
@@ -36,6 +38,9 @@ class SplitLinear(Layer):
             raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
                             f"(tensor_parallel_group(size)), got {type(group).__name__}")
         self.group = group
+        check_agreement(group, type(self).__name__, {
+            "in_features": linear.in_features, "out_features": linear.out_features,
+            "bias": linear.bias is not None, "dtype": str(linear.weight.dtype)})
         self.in_features, self.out_features = linear.in_features, linear.out_features
         whole = linear.weight.shape[self.split_axis]
         if whole % group.size:

@@ -1,6 +1,7 @@
 """Communicator: a private clone of an MPI communicator, and the one door into MPI (one method per collective)."""
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mpiprop.distributed.reliability.waits import waiting_in
@@ -92,6 +93,16 @@ class Communicator:
     def size(self) -> int:
         return self.mpi_comm.Get_size()
 
+    @functools.cached_property
+    def world_ranks(self) -> frozenset[int]:
+        """The COMM_WORLD ranks of this communicator's ranks: those its waits depend on."""
+        group, world = self.mpi_comm.Get_group(), self._mpi.COMM_WORLD.Get_group()
+        try:
+            return frozenset(self._mpi.Group.Translate_ranks(group, list(range(group.Get_size())), world))
+        finally:
+            group.Free()
+            world.Free()
+
     @property
     def is_main(self) -> bool:
         """True on rank 0, the rank that prints, logs and writes checkpoints."""
@@ -115,20 +126,22 @@ class Communicator:
             return Request(self._mpi.REQUEST_NULL)  # ordered on the array's stream: nothing left to wait for
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="iallreduce")
         mpi_request = self.mpi_comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._reduce_op(op))
-        return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}")
+        return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}",
+                       ranks=self.world_ranks)
 
     def ireduce_scatter(self, array: Array, part: Array, counts: Sequence[int], op: "str | MpiOp" = "sum") -> Request:
         """Start reducing `array` over all ranks into `part`, rank r receiving `counts[r]` elements in order."""
         _check_array(array, "ireduce_scatter")
         _check_array(part, "ireduce_scatter")
         mpi_request = self.mpi_comm.Ireduce_scatter(array, part, list(counts), self._reduce_op(op))
-        return Request(mpi_request, keep_alive=(array, part), what=f"reduce-scatter of {_describe(array)}")
+        return Request(mpi_request, keep_alive=(array, part), what=f"reduce-scatter of {_describe(array)}",
+                       ranks=self.world_ranks)
 
     def allgatherv(self, array: Array, counts: Sequence[int]) -> Array:
         """Rank r's `counts[r]` elements, at their place in `array` (ranks in order), on every rank; in place."""
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="allgatherv")
         displacements = [sum(counts[:rank]) for rank in range(len(counts))]
-        with waiting_in(f"allgather of {_describe(array)}"):
+        with waiting_in(f"allgather of {_describe(array)}", self.world_ranks):
             self.mpi_comm.Allgatherv(self._mpi.IN_PLACE, [buffer, (list(counts), displacements)])
         if copy_back is not None:
             copy_back()
@@ -141,7 +154,7 @@ class Communicator:
             self._nccl_transport().bcast(array, root)
             return array
         buffer, copy_back = self._receive_buffer(array, keep_contents=self.rank == root, what="bcast")
-        with waiting_in(f"broadcast of {_describe(array)} from rank {root}"):
+        with waiting_in(f"broadcast of {_describe(array)} from rank {root}", self.world_ranks):
             self.mpi_comm.Bcast(buffer, root=root)
         if copy_back is not None and self.rank != root:
             copy_back()
@@ -149,13 +162,13 @@ class Communicator:
 
     def barrier(self) -> None:
         """Wait until every rank reaches this call."""
-        with waiting_in("barrier"):
+        with waiting_in("barrier", self.world_ranks):
             self.mpi_comm.Barrier()
 
     def ibarrier(self, what: str = "a barrier") -> Request:
         """Start a barrier; the request completes once every rank has started it. `what` it
         stands for is named in the stall watchdog's report."""
-        return Request(self.mpi_comm.Ibarrier(), what=what)
+        return Request(self.mpi_comm.Ibarrier(), what=what, ranks=self.world_ranks)
 
     # --- point to point on arrays -------------------------------------------------------
     def send(self, array: Array, dest: int, tag: int = 0) -> None:
@@ -172,7 +185,7 @@ class Communicator:
         self._check_rank(dest, "dest")
         buffer = self._send_buffer(array, what="isend")
         return Request(self.mpi_comm.Isend(buffer, dest=dest, tag=tag), keep_alive=buffer,
-                       what=f"send of {_describe(array)} to rank {dest} (tag {tag})")
+                       what=f"send of {_describe(array)} to rank {dest} (tag {tag})", ranks=self.world_ranks)
 
     def irecv(self, array: Array, source: int, tag: int = 0) -> Request:
         """Start receiving into `array` from `source` (MPI.ANY_SOURCE allowed); valid after `wait()`."""
@@ -180,7 +193,8 @@ class Communicator:
             self._check_rank(source, "source")
         buffer, copy_back = self._receive_buffer(array, keep_contents=False, what="irecv")
         return Request(self.mpi_comm.Irecv(buffer, source=source, tag=tag), copy_back, keep_alive=buffer,
-                       what=f"receive of {_describe(array)} from rank {source} (tag {tag})")
+                       what=f"receive of {_describe(array)} from rank {source} (tag {tag})",
+                       ranks=self.world_ranks)
 
     def sendrecv(self, send_array: Array, dest: int, recv_array: Array, source: int,
                  send_tag: int = 0, recv_tag: int = 0) -> Array:
@@ -194,24 +208,24 @@ class Communicator:
     # --- small Python objects (pickled) -------------------------------------------------
     def allgather_object(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank."""
-        with waiting_in("allgather of a Python object"):
+        with waiting_in("allgather of a Python object", self.world_ranks):
             return self.mpi_comm.allgather(value)
 
     def gather_object(self, value: Any, root: int = 0) -> list[Any] | None:
         """Every rank's `value`, in rank order, on `root`; None on the other ranks."""
         self._check_rank(root, "root")
-        with waiting_in(f"gather of a Python object to rank {root}"):
+        with waiting_in(f"gather of a Python object to rank {root}", self.world_ranks):
             return self.mpi_comm.gather(value, root=root)
 
     def allreduce_object(self, value: Any, op: "str | MpiOp" = "sum") -> Any:
         """`value` reduced over all ranks with `op` ("sum", "max", "min", "prod", "and", "or")."""
-        with waiting_in("allreduce of a Python object"):
+        with waiting_in("allreduce of a Python object", self.world_ranks):
             return self.mpi_comm.allreduce(value, op=self._reduce_op(op))
 
     def bcast_object(self, value: Any, root: int = 0) -> Any:
         """Root's `value` on every rank."""
         self._check_rank(root, "root")
-        with waiting_in(f"broadcast of a Python object from rank {root}"):
+        with waiting_in(f"broadcast of a Python object from rank {root}", self.world_ranks):
             return self.mpi_comm.bcast(value, root=root)
 
     def send_object(self, value: Any, dest: int, tag: int = 0) -> None:
@@ -222,7 +236,8 @@ class Communicator:
     def isend_object(self, value: Any, dest: int, tag: int = 0) -> Request:
         """Start sending `value` to rank `dest`."""
         self._check_rank(dest, "dest")
-        return Request(self.mpi_comm.isend(value, dest=dest, tag=tag), what=f"send of an object to rank {dest}")
+        return Request(self.mpi_comm.isend(value, dest=dest, tag=tag), what=f"send of an object to rank {dest}",
+                       ranks=self.world_ranks)
 
     def recv_object(self, source: int, tag: int = 0) -> Any:
         """The next object from `source` with `tag` (blocking)."""
@@ -253,7 +268,7 @@ class Communicator:
 
     def allocate_shared(self, nbytes: int) -> SharedWindow:
         """A window of `nbytes` bytes per rank that every rank of this communicator (all on one node) can read."""
-        with waiting_in(f"allocation of a shared window of {nbytes} bytes"):
+        with waiting_in(f"allocation of a shared window of {nbytes} bytes", self.world_ranks):
             return self._track(SharedWindow(nbytes, self.mpi_comm))
 
     def detach(self, resource: "Communicator | SharedWindow") -> None:
