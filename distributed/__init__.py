@@ -51,5 +51,10 @@ from mpiprop.distributed.tensor_parallel import (  # noqa: E402
 
 __all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
             "load_full_state_dict"]
+from mpiprop.distributed.tensor_parallel import (  # noqa: E402
+    VocabParallelCrossEntropy, tensor_parallel_gpt,
+)
+
+__all__ += ["VocabParallelCrossEntropy", "tensor_parallel_gpt"]
 
 from mpiprop.network.version import __version__  # noqa: E402

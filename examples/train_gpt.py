@@ -6,6 +6,8 @@
     mpiexec -n 2 python examples/train_gpt.py --zero 2 # ... with the optimizer state and gradients sharded
     mpiexec -n 4 python examples/train_gpt.py --pipeline-stages 2   # 2 replicas of a 2-stage pipeline
     python examples/train_gpt.py --recompute           # each block half recomputed in backward
+    mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2   # each block split over 2 ranks (Megatron)
+    mpiexec -n 8 python examples/train_gpt.py --tensor-parallel 2 --pipeline-stages 2   # 2 x 2 x 2 (3-D)
 
 The text is found at run time on every machine with Python: the .py files directly inside the
 standard library's folder (os.path.dirname(os.__file__)), in sorted order, joined up to --max-chars
@@ -67,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", default="1f1b", help="pipeline schedule: gpipe, 1f1b, ... (default 1f1b)")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2), default=0,
                         help="data parallel with sharded optimizer state (1) and gradients (2) (default 0)")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="split each stage over T ranks: attention heads, MLPs and the vocabulary (default 1)")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute each block half's activations in backward instead of keeping them")
     return parser.parse_args(argv)
@@ -175,16 +179,25 @@ def with_recompute(model: nn.Sequential) -> nn.Sequential:
 
 
 def build_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: int) -> Any:
-    """The model alone, DataParallel (sharded with --zero) or a pipeline (replicated over the other ranks).
+    """The model alone, DataParallel (sharded with --zero) or a pipeline (replicated over the other ranks),
+    each stage split over --tensor-parallel ranks (`tensor_parallel_gpt`).
 
     Raises:
-        SystemExit: when --pipeline-stages does not divide the ranks or comes with --zero.
+        SystemExit: when stages x tensor ranks do not divide the ranks, the heads do not split, or --zero is
+            asked with either.
     """
-    if args.pipeline_stages > 1:
-        if world_size % args.pipeline_stages:
-            raise SystemExit(f"--pipeline-stages {args.pipeline_stages} must divide the {world_size} ranks")
+    if args.tensor_parallel < 1 or args.heads % args.tensor_parallel:
+        raise SystemExit(f"--heads {args.heads} must be a multiple of --tensor-parallel {args.tensor_parallel}")
+    if args.pipeline_stages > 1 or args.tensor_parallel > 1:
+        model_ranks = args.pipeline_stages * args.tensor_parallel
+        if world_size % model_ranks:
+            raise SystemExit(f"--pipeline-stages {args.pipeline_stages} x --tensor-parallel {args.tensor_parallel} "
+                             f"must divide the {world_size} ranks")
         if args.zero:
-            raise SystemExit("--zero shards a data-parallel optimizer; leave it out with --pipeline-stages")
+            raise SystemExit("--zero shards a data-parallel optimizer; leave it out with --pipeline-stages "
+                             "or --tensor-parallel")
+        if args.tensor_parallel > 1:
+            model = distributed.tensor_parallel_gpt(model, distributed.tensor_parallel_group(args.tensor_parallel))
         return distributed.Pipeline(model, args.micro_batches, args.schedule, stages=args.pipeline_stages)
     if world_size > 1 or args.zero:
         return distributed.DataParallel(model, shard_optimizer_state=args.zero)
@@ -225,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size, rank = distributed.size(), distributed.rank()
-    replicas = world_size // max(1, args.pipeline_stages)
+    replicas = world_size // max(1, args.pipeline_stages * args.tensor_parallel)
     if args.batch_size % max(1, replicas):
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {replicas} data-parallel replicas")
     nn.manual_seed(args.seed)
@@ -258,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         optimizer = strategy.optimizer(nn.optim.AdamW, groups, lr=args.lr, betas=(0.9, 0.95))
     else:
         optimizer = nn.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
-    trainer = nn.Trainer(strategy, NextTokenLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
+    tensor_comm = getattr(strategy, "tensor_comm", None)
+    loss_fn = NextTokenLoss() if tensor_comm is None else distributed.VocabParallelCrossEntropy(tensor_comm)
+    trainer = nn.Trainer(strategy, loss_fn, optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
                          callbacks=[TokensPerSecond(args.batch_size * args.context)], quiet=args.quiet,
                          progress=False)
     history = trainer.fit(train_loader, args.epochs, val_loader)

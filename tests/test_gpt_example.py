@@ -69,8 +69,11 @@ def alone_val_loss(train_gpt):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks, flags", [(2, ["--pipeline-stages", "2"]), (2, ["--zero", "1"]), (2, ["--zero", "2"]),
-                                          (2, ["--recompute"]), (4, ["--pipeline-stages", "2", "--recompute"])],
-                         ids=["2 stages", "ZeRO-1", "ZeRO-2", "recompute", "2 replicas of 2 stages, recompute"])
+                                          (2, ["--recompute"]), (4, ["--pipeline-stages", "2", "--recompute"]),
+                                          (2, ["--tensor-parallel", "2"]), (4, ["--tensor-parallel", "2"]),
+                                          (4, ["--tensor-parallel", "2", "--pipeline-stages", "2", "--recompute"])],
+                         ids=["2 stages", "ZeRO-1", "ZeRO-2", "recompute", "2 replicas of 2 stages, recompute",
+                              "2 tensor ranks", "2 replicas of 2 tensor ranks", "2 stages x 2 tensor ranks, recompute"])
 def test_layout_flags_match_one_process(alone_val_loss, ranks, flags):
     result = run_mpi(EXAMPLE, ranks, *TINY, *flags, timeout=300)
     found = re.findall(r"val_loss=([0-9.]+)", result.stdout)
@@ -82,3 +85,7 @@ def test_layout_flags_match_one_process(alone_val_loss, ranks, flags):
 def test_pipeline_stages_that_do_not_divide_the_ranks_are_refused(train_gpt):
     with pytest.raises(SystemExit, match="must divide the 1 ranks"):
         train_gpt.main(TINY + ["--pipeline-stages", "2"])
+    with pytest.raises(SystemExit, match="--pipeline-stages 1 x --tensor-parallel 2 must divide the 1 ranks"):
+        train_gpt.main(TINY + ["--tensor-parallel", "2"])
+    with pytest.raises(SystemExit, match="--heads 2 must be a multiple of --tensor-parallel 4"):
+        train_gpt.main(TINY + ["--tensor-parallel", "4"])

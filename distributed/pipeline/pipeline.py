@@ -12,7 +12,7 @@ from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
 from mpiprop.distributed.reliability.job_guards import start
 from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
@@ -143,6 +143,7 @@ class Pipeline(ReleasesCommunicator):
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
         self._tensor_draws_checked = self.tensor_comm is None
+        self._output_split = getattr(model[len(model) - 1], "splits_output", False)
 
     def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
                     tensor_comm: Communicator | None) -> None:
@@ -292,7 +293,10 @@ class Pipeline(ReleasesCommunicator):
 
     @property
     def _reports_outputs(self) -> bool:
-        return self.is_last and self.tensor_rank == 0
+        """The last stage's first tensor rank reports the output, or each of them its share when the model's
+        last layer splits its output (a vocabulary-parallel head: each rank's shard of the logits, which
+        a vocabulary-parallel loss takes on every tensor rank)."""
+        return self.is_last and (self.tensor_rank == 0 or self._output_split)
 
     @staticmethod
     def _joined(outputs: list[Array] | None) -> Array | None:
@@ -417,7 +421,7 @@ class Pipeline(ReleasesCommunicator):
             parts = self.model_comm.gather_object(part)
         if parts is None or not self.is_main:
             return None
-        return join_parts(parts, self._state_shapes)
+        return join_parts(parts, self._state_shapes, split_blocks(self.splits))
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""

@@ -61,7 +61,7 @@ class PipelineRanks:
     def counted_once(self, named: Iterable[tuple[str, Parameter]]) -> list[Parameter]:
         if self.pipe.tensor_rank == 0:
             return [p for _, p in named if self.pipe.tied.counted_here(p)]
-        return [p for name, p in named if name in self.pipe.splits]
+        return [p for name, p in named if name in self.pipe.splits and self.pipe.tied.counted_here(p)]
 
     def max_later(self, value: int) -> Callable[[], int]:
         largest = numpy.array([value], dtype=numpy.int64)
