@@ -111,6 +111,7 @@ def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: in
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size = distributed.size()
     model_ranks = args.pipeline_stages * args.tensor_parallel
     if args.pipeline_stages < 1 or args.tensor_parallel < 1 or world_size % model_ranks:

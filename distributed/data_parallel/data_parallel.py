@@ -17,7 +17,9 @@ from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.reliability.wrapped_backward import WrappedBackward
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
+from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.transport.closing import ReleasesCommunicator
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.network.backend import Array
 from mpiprop.network.compute import rng
 from mpiprop.network.layers.dropout import Dropout
@@ -36,7 +38,7 @@ _NO_SHARDED_OPTIMIZER = (
     "the zeros that stand in for the gradients other ranks own; build it with dp.optimizer(...)")
 
 
-class DataParallel(WholeModelStrategy):
+class DataParallel(WholeModelStrategy, ReleasesCommunicator):
     """Data-parallel training of `module` over the ranks of `comm`.
 
     Every rank holds a full replica and runs forward and backward on its own shard of the
@@ -75,7 +77,10 @@ class DataParallel(WholeModelStrategy):
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
             its buckets reduced after its whole backward).
-        comm: an mpi4py communicator or Communicator; None clones MPI.COMM_WORLD.
+        comm: an mpi4py communicator or Communicator, of which it works on a clone; None: MPI.COMM_WORLD.
+            The first DataParallel, Pipeline or tensor-parallel group starts the job's guards
+            (`mpiprop.distributed.start`). `close()` it, or build it in a `with` block, to release its
+            communicators and shared memory.
         bucket_cap_mb: target size of a gradient bucket in MiB (default 4).
         compression: a compression object (`NoCompression()`, `Float16Compression()`: float16 copies
             of the gradient buffers, half the bytes, about 3 significant digits per averaged
@@ -85,7 +90,7 @@ class DataParallel(WholeModelStrategy):
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
             keep the buckets in memory all ranks can read and sum them there (about twice
             as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
-            stays allocated until the process ends, as the gradients are views into it.
+            stays allocated until `close()`, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
             Under ZeRO-2 it chooses how the gradients are reduce-scattered (in a ring of shared
@@ -99,7 +104,7 @@ class DataParallel(WholeModelStrategy):
             memory; the others' gradients read as zero and hold no memory. A bucket is whole only
             from backward's first write into it until its reduce-scatter completes: on one node
             with `shared_memory`, in one of three bucket-sized slots per rank of a window shared by
-            the node's ranks (kept for the process) and summed there; else with MPI, at most two
+            the node's ranks (kept until `close()`) and summed there; else with MPI, at most two
             reduce-scattering at once. Under `no_sync()` the buckets backward writes stay whole, in
             memory of their own, until the synchronised backward. No compression). Both need numpy
             parameters.
@@ -129,7 +134,8 @@ class DataParallel(WholeModelStrategy):
                              "train data x tensor-parallel layouts with Pipeline(model, micro_batches, stages=1), "
                              "which places the groups and joins their shares in checkpoints")
         self.shard_optimizer_state = shard_optimizer_state
-        self.comm = as_communicator(comm)
+        start()
+        self.comm = Communicator(comm)
         self.ranks = DataParallelRanks(self.comm, gradient_shards=shard_optimizer_state == 2)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
@@ -178,8 +184,7 @@ class DataParallel(WholeModelStrategy):
 
     @contextmanager
     def _rows_of_the_global_batch(self, x: Array) -> Iterator[None]:
-        """With dropout in training: this rank's rows draw the masks one process draws for them in the global
-        batch (the ranks' shards in rank order), so the ranks together reproduce one process."""
+        """With dropout in training: this rank's rows draw the masks one process draws for them in the global batch."""
         if not (self._draws_dropout and self.module.training and self.comm.size > 1):
             yield
             return
@@ -201,8 +206,7 @@ class DataParallel(WholeModelStrategy):
         """Forward, the loss and backward of this rank's shard; the gradients and the returned loss are those
         of the loss over the global batch (each rank weighted by its share of the loss's denominator).
 
-        A NaN or Inf output or loss sends NaN gradients backward on this rank, so every rank's summed
-        gradients and loss turn NaN alike. A rank whose targets are all ignored contributes nothing.
+        A NaN or Inf output or loss turns every rank's gradients and loss NaN; all-ignored targets add nothing.
 
         Args:
             x: this rank's shard of the batch.
@@ -295,8 +299,7 @@ class DataParallel(WholeModelStrategy):
         return dx if input_grad else None
 
     def parameters(self) -> list[Parameter]:
-        """The model's parameters; under ZeRO-2 a `ShardedParameters` list, whose gradients' norm
-        (`nn.clip_grad_norm_(dp.parameters(), max_norm)`) is taken over every rank's share."""
+        """The parameters; under ZeRO-2 a `ShardedParameters`, whose clip_grad_norm_ spans every rank's share."""
         params = super().parameters()
         return ShardedParameters(params, self.comm) if self.shard_optimizer_state == 2 else params
 

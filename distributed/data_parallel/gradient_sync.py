@@ -75,7 +75,7 @@ class GradientSync:
             gradients (their sums over the ranks after `finish`; the others read as zero); a bucket
             is whole only from backward's first write into it (`mark_written`) until its
             reduce-scatter completes. With `shared_memory`, on one node: in a ring of SLOTS
-            bucket-sized slots per rank in one shared window, held for the process and counted in
+            bucket-sized slots per rank in one shared window, held until its communicator is freed and counted in
             `held_bytes` (see SharedMemoryBucketReduceScatter); otherwise, or when /dev/shm lacks
             room (rank 0 warns), with MPI, at most two buckets reduce-scattering at once (see
             MpiBucketReduceScatter). Needs numpy gradients and no compression.

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_shortage, window_prints_errors
 from mpiprop.distributed.data_parallel.compression import NoCompression
@@ -134,7 +133,7 @@ def gather_facts(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool
     if not dtypes or shared_memory_obstacle(facts) is not None:
         return facts, None
     groups = node_groups(comm)
-    largest_node = comm.mpi_comm.allreduce(groups.node.size, op=MPI.MAX)
+    largest_node = comm.allreduce_object(groups.node.size, op="max")
     facts = replace(facts, nodes=groups.nodes, largest_node=largest_node)
     if largest_node > 1 and not (sharded and groups.nodes > 1):
         facts = replace(facts, room_shortage=window_shortage(largest_node))

@@ -13,6 +13,8 @@ from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
+from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan, loss_shares, micro_batch_slices
@@ -38,7 +40,7 @@ from mpiprop.network.training.shares import join_parts
 BALANCE_RULES = ("parameters", "time")
 
 
-class Pipeline:
+class Pipeline(ReleasesCommunicator):
     """Pipeline parallelism: the layers of `model` split across the ranks of `comm`, in rank order.
 
     Every rank constructs the same `model` (as for data parallelism); each rank then keeps
@@ -82,7 +84,8 @@ class Pipeline:
             "interleaved"); None or "parameters" balances the parameter count; "time"
             balances forward+backward time measured on `sample_input` on rank 0.
         comm: an mpi4py communicator or Communicator whose ranks are the stages (or, with
-            `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
+            `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it,
+            released by `close()` or at the end of a `with` block (with its shared memory).
         virtual_stages: model chunks per rank; default: the schedule's (2 for "interleaved", else 1).
         sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
         stages: stages per pipeline; stages x T must divide the number of ranks; None: all of
@@ -105,6 +108,7 @@ class Pipeline:
             raise TypeError(f"Pipeline splits a network Sequential, got {type(model).__name__}; "
                             "wrap the layers in nn.Sequential(...)")
         spec = schedule_spec(schedule)
+        start()
         self.micro_batches = positive_int(micro_batches, "micro_batches")
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
@@ -418,7 +422,7 @@ class Pipeline:
         Entries of split parameters are joined from the tensor ranks' shares into whole arrays.
         """
         with waiting_in("gather of the stages' state on stage 0"):
-            parts = self.model_comm.mpi_comm.gather(part, root=0)
+            parts = self.model_comm.gather_object(part)
         if parts is None or not self.is_main:
             return None
         return join_parts(parts, self._state_shapes, split_blocks(self.splits))
