@@ -5,7 +5,8 @@ from typing import Any
 
 from mpiprop.network.backend import Array
 from mpiprop.network.layers.layer import REMEMBERED
-from mpiprop.network.layers.losses import CrossEntropyLoss, Loss
+from mpiprop.network.layers.cross_entropy import CrossEntropyLoss
+from mpiprop.network.layers.losses import Loss
 
 
 class NextTokenLoss(Loss):
