@@ -8,14 +8,15 @@ import numpy
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.partition import layer_ranges
-from mpiprop.distributed.pipeline.pipeline_batches import agree_on_batch, joined, loss_weights, shared_loss, summed_over
+from mpiprop.distributed.pipeline.pipeline_batches import agree_on_batch, joined, loss_weights, shared_loss
 from mpiprop.distributed.pipeline.pipeline_comms import join_ranks
 from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
-from mpiprop.distributed.pipeline.pipeline_replicas import broadcast_buffers, replica_gradient_sync
+from mpiprop.distributed.pipeline.pipeline_replicas import finish_replica_step, replica_gradient_sync
 from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
 from mpiprop.distributed.pipeline.pipeline_setup import receive_parameters_from_rank_zero, resolve_balance
-from mpiprop.distributed.pipeline.pipeline_state import (in_layer_order, load_chunks, named_chunk_buffers,
-                                                         named_chunk_parameters, whole_state_shapes)
+from mpiprop.distributed.pipeline.pipeline_state import (in_layer_order, join_over_stages, load_chunks,
+                                                         named_chunk_buffers, named_chunk_parameters,
+                                                         whole_state_shapes)
 from mpiprop.distributed.pipeline.pipeline_stats import StageStats
 from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
@@ -25,7 +26,7 @@ from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.job_guards import start
 from mpiprop.distributed.reliability.waits import waiting_in
-from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.network.backend import Array, to_numpy
@@ -33,7 +34,6 @@ from mpiprop.network.checks import positive_int
 from mpiprop.network.layers.losses import Loss
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
-from mpiprop.network.training.shares import join_parts
 
 
 class Pipeline(ReleasesCommunicator):
@@ -197,9 +197,7 @@ class Pipeline(ReleasesCommunicator):
                                     on_parameters_final=None if sync is None else sync.mark_final, weights=weights)
         loss = self._finish(result)
         if sync is not None:
-            sync.finish()
-            broadcast_buffers([buffer for _, buffer in self.named_buffers()], self.data_comm)
-            loss = summed_over(self.data_comm, loss)
+            loss = finish_replica_step(sync, [buffer for _, buffer in self.named_buffers()], self.data_comm, loss)
         # after the replicas' sum (the two commute), so no rank waits on the tied stages inside a replica sync
         self.tied.sum_gradients()
         self.last_output = joined(result.outputs)
@@ -351,11 +349,7 @@ class Pipeline(ReleasesCommunicator):
 
         Entries of split parameters are joined from the tensor ranks' shares into whole arrays.
         """
-        with waiting_in("gather of the stages' state on stage 0"):
-            parts = self.model_comm.gather_object(part)
-        if parts is None or not self.is_main:
-            return None
-        return join_parts(parts, self._state_shapes, split_blocks(self.splits))
+        return join_over_stages(part, self.model_comm, self.is_main, self._state_shapes, self.splits)
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
+from mpiprop.distributed.pipeline.pipeline_batches import summed_over
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array
 from mpiprop.network.layers.parameter import Parameter
@@ -36,3 +37,15 @@ def broadcast_buffers(buffers: Iterable[Array], data_comm: Communicator) -> None
     replica evaluates alike and the checkpoint's statistics are every replica's; collective."""
     for buffer in buffers:
         data_comm.bcast(buffer, root=0)
+
+
+def finish_replica_step(sync: GradientSync, buffers: list[Array], data_comm: Communicator, loss: float) -> float:
+    """End a training step over the replicas: their averaged gradients, replica 0's buffers and the loss summed
+    over every replica's share of the batch; collective over `data_comm`.
+
+    Returns:
+        the batch's loss over every replica's share.
+    """
+    sync.finish()
+    broadcast_buffers(buffers, data_comm)
+    return summed_over(data_comm, loss)

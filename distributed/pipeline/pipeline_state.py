@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
+from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.tensor_parallel.named_shares import split_blocks
 from mpiprop.distributed.tensor_parallel.split import Split
+from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
+from mpiprop.network.training.shares import join_parts
 
 
 def named_chunk_parameters(chunks: list[Sequential], first_layers: list[int], tied: TiedParameters,
@@ -61,6 +65,24 @@ def whole_state_shapes(model: Sequential, splits: dict[str, Split]) -> dict[str,
     shapes = {name: tuple(array.shape) for name, array in [*model.named_parameters(), *model.named_buffers()]}
     shapes.update({name: split.whole for name, split in splits.items()})
     return shapes
+
+
+def join_over_stages(part: dict[str, Any], model_comm: Communicator, is_main: bool,
+                     shapes: dict[str, tuple[int, ...]], splits: dict[str, Split]) -> dict[str, Any] | None:
+    """The union of the parts of every rank of `model_comm` on its main rank, None elsewhere; collective.
+
+    Args:
+        part: this rank's entries, keyed by whole-model name.
+        model_comm: the ranks holding one copy of the model.
+        is_main: whether this rank receives the union (rank 0 of the strategy).
+        shapes: the whole model's state shapes, to join the split entries into.
+        splits: the split parameters, whose tensor ranks' shares are joined into whole arrays.
+    """
+    with waiting_in("gather of the stages' state on stage 0"):
+        parts = model_comm.gather_object(part)
+    if parts is None or not is_main:
+        return None
+    return join_parts(parts, shapes, split_blocks(splits))
 
 
 def renumbered(name: str, shift: int) -> str:
