@@ -36,6 +36,9 @@ from mpiprop.network.layers.embedding import Embedding
 from mpiprop.network.layers.layernorm import LayerNorm
 from mpiprop.network.layers.residual import Residual
 from mpiprop.network.layers.tied_head import TiedLinear
+from mpiprop.network import models
+from mpiprop.network.models.gpt import gpt
+from mpiprop.network.layers.attention import CausalSelfAttention
 
 # the learning-rate schedules' earlier name, kept so that existing scripts run unchanged
 schedules = lr_schedules
@@ -56,3 +59,4 @@ __all__ = [
     "BatchNorm2d",
 ]
 __all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]
+__all__ += ["models", "gpt", "CausalSelfAttention"]

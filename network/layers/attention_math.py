@@ -1,0 +1,138 @@
+"""Causal scaled dot-product attention over heads as a batch dimension: forward and backward as plain functions."""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy
+
+from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.compute.matmul import matmul
+
+
+class AttentionCache(NamedTuple):
+    """What `causal_attention_backward` needs: the inputs, the softmax weights and the dropout mask."""
+
+    q: Array
+    k: Array
+    v: Array
+    weights: Array
+    dropout_mask: Array | None
+
+
+def statistics_dtype(dtype: Any) -> numpy.dtype:
+    """The dtype the scores and softmax are computed in: float32 at least (float64 stays float64)."""
+    return numpy.promote_types(dtype, numpy.float32)
+
+
+def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = None) -> tuple[Array, AttentionCache]:
+    """softmax(q kᵀ / sqrt(D) with the future masked out) v, for every batch row and head at once.
+
+    Query i sees keys 0..i (with fewer queries than keys, the queries are the last ones). The
+    scores and the softmax are computed in float32 at least; the future gets -inf before the
+    softmax, so its weights are exactly 0 in any precision.
+
+    Args:
+        q: queries (B, H, T, D).
+        k, v: keys and values (B, H, S, D), S >= T.
+        dropout_mask: None, or multipliers of the softmax weights (B, H, T, S): 0 where dropped,
+            1/(1-p) where kept (see `draw_dropout_mask`).
+
+    Returns:
+        (output of shape (B, H, T, D) in v's dtype, cache for `causal_attention_backward`).
+
+    Raises:
+        ValueError: for shapes that do not fit together.
+    """
+    _check_shapes(q, k, v, dropout_mask)
+    xp = get_array_module(q)
+    stats = statistics_dtype(q.dtype)
+    scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
+    scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
+    scores = xp.where(future_mask(q.shape[-2], k.shape[-2], xp), stats.type(-numpy.inf), scores)
+    scores -= scores.max(axis=-1, keepdims=True)
+    weights = xp.exp(scores, out=scores)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    used = weights if dropout_mask is None else weights * dropout_mask
+    return matmul(used.astype(v.dtype, copy=False), v), AttentionCache(q, k, v, weights, dropout_mask)
+
+
+def causal_attention_backward(dy: Array, cache: AttentionCache) -> tuple[Array, Array, Array]:
+    """Gradients of the loss with respect to q, k and v, given its gradient `dy` with respect to the output.
+
+    Args:
+        dy: (B, H, T, D), the output's shape.
+        cache: from `causal_attention`.
+
+    Returns:
+        (dq, dk, dv), each of its input's shape and dtype.
+
+    Raises:
+        ValueError: when dy does not have the output's shape.
+    """
+    q, k, v, weights, dropout_mask = cache
+    if tuple(dy.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
+        raise ValueError(f"attention output gradient has shape {tuple(dy.shape)} but the output has shape "
+                         f"{tuple(q.shape[:-1]) + (v.shape[-1],)}")
+    used = weights if dropout_mask is None else weights * dropout_mask
+    dv = matmul(used.astype(v.dtype, copy=False).swapaxes(-1, -2), dy)
+    dweights = matmul(dy, v.swapaxes(-1, -2)).astype(weights.dtype, copy=False)
+    if dropout_mask is not None:
+        dweights *= dropout_mask
+    dscores = dweights
+    dscores -= (dweights * weights).sum(axis=-1, keepdims=True)
+    dscores *= weights
+    dscores *= weights.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    dscores = dscores.astype(q.dtype, copy=False)
+    return matmul(dscores, k), matmul(dscores.swapaxes(-1, -2), q), dv
+
+
+def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
+    """(queries, keys) booleans, True where a key lies in a query's future (the queries are the last `queries`)."""
+    return xp.triu(xp.ones((queries, keys), dtype=bool), k=keys - queries + 1)
+
+
+def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:
+    """Inverted-dropout multipliers: 0 with probability p, else 1/(1-p), drawn from `generator` in `dtype`
+    (float32 or float64), row by row, so a slice of the batch gets the rows of the whole batch's mask."""
+    keep = generator.random(shape, dtype=dtype) >= p
+    return keep * numpy.dtype(dtype).type(1.0 / (1.0 - p))
+
+
+def split_heads(qkv: Array, num_heads: int) -> tuple[Array, Array, Array]:
+    """(B, T, 3·H·D) fused projections, [q | k | v] each head after head, as q, k, v of shape (B, H, T, D)."""
+    batch, time, width = qkv.shape
+    fused = qkv.reshape(batch, time, 3, num_heads, width // (3 * num_heads)).transpose(2, 0, 3, 1, 4)
+    return fused[0], fused[1], fused[2]
+
+
+def join_heads_grad(dq: Array, dk: Array, dv: Array) -> Array:
+    """The inverse of `split_heads` for gradients: (B, H, T, D) each into one (B, T, 3·H·D) array."""
+    batch, heads, time, size = dq.shape
+    xp = get_array_module(dq)
+    return xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4).reshape(batch, time, 3 * heads * size)
+
+
+def merge_heads(y: Array) -> Array:
+    """(B, H, T, D) into (B, T, H·D), heads side by side."""
+    batch, heads, time, size = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(batch, time, heads * size)
+
+
+def unmerge_heads(dy: Array, num_heads: int) -> Array:
+    """The inverse of `merge_heads`: (B, T, H·D) into (B, H, T, D)."""
+    batch, time, width = dy.shape
+    return dy.reshape(batch, time, num_heads, width // num_heads).transpose(0, 2, 1, 3)
+
+
+def _check_shapes(q: Array, k: Array, v: Array, mask: Array | None) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention expects q, k, v of shape (batch, heads, time, head size), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape[:-1] + (q.shape[-1],) or q.shape[:2] != k.shape[:2] or k.shape[2] < q.shape[2]:
+        raise ValueError(f"attention q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit: q and k "
+                         "need the same head size, all three the same batch and heads, k and v the same length, "
+                         "at least the queries'")
+    expected = q.shape[:-1] + (k.shape[2],)
+    if mask is not None and tuple(mask.shape) != tuple(expected):
+        raise ValueError(f"attention dropout mask has shape {tuple(mask.shape)} but the weights have shape {expected}")
