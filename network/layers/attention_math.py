@@ -49,7 +49,7 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
     stats = statistics_dtype(q.dtype)
     scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = xp.where(future_mask(q.shape[-2], k.shape[-2], xp), stats.type(-numpy.inf), scores)
+    scores += future_bias(q.shape[-2], k.shape[-2], stats, xp)
     scores -= scores.max(axis=-1, keepdims=True)
     weights = xp.exp(scores, out=scores)
     weights /= weights.sum(axis=-1, keepdims=True)
@@ -92,6 +92,11 @@ def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
     return xp.triu(xp.ones((queries, keys), dtype=bool), k=keys - queries + 1)
 
 
+def future_bias(queries: int, keys: int, dtype: Any, xp: Any = numpy) -> Array:
+    """(queries, keys) of `dtype`: -inf where a key lies in a query's future, 0 elsewhere (added to the scores)."""
+    return xp.where(future_mask(queries, keys, xp), numpy.dtype(dtype).type(-numpy.inf), numpy.dtype(dtype).type(0))
+
+
 def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:
     """Inverted-dropout multipliers: 0 with probability p, else 1/(1-p), drawn from `generator` in `dtype`
     (float32 or float64), row by row, so a slice of the batch gets the rows of the whole batch's mask."""
@@ -109,8 +114,10 @@ def split_heads(qkv: Array, num_heads: int) -> tuple[Array, Array, Array]:
 def join_heads_grad(dq: Array, dk: Array, dv: Array) -> Array:
     """The inverse of `split_heads` for gradients: (B, H, T, D) each into one (B, T, 3·H·D) array."""
     batch, heads, time, size = dq.shape
-    xp = get_array_module(dq)
-    return xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4).reshape(batch, time, 3 * heads * size)
+    joined = get_array_module(dq).empty((batch, time, 3, heads, size), dtype=dq.dtype)
+    for index, part in enumerate((dq, dk, dv)):
+        joined[:, :, index] = part.transpose(0, 2, 1, 3)
+    return joined.reshape(batch, time, 3 * heads * size)
 
 
 def merge_heads(y: Array) -> Array:
