@@ -154,7 +154,7 @@ class TorchGptStep:
         loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return loss.item()
 
 
 def gpt_pair(args: argparse.Namespace, vocab_size: int) -> tuple[OurGptStep, TorchGptStep]:
@@ -376,7 +376,7 @@ def train_torch_like_the_example(ex: argparse.Namespace) -> list[dict[str, float
             sums = [_torch_loss(reference, val_x[i:i + 64], val_y[i:i + 64]).item() * len(val_x[i:i + 64])
                     for i in range(0, len(val_x), 64)]
         val = sum(sums) / len(val_x)
-        history.append({"epoch": epoch, "loss": float(numpy.mean(losses)), "val_loss": val})
+        history.append({"epoch": epoch + 1, "loss": float(numpy.mean(losses)), "val_loss": val})
     return history
 
 
@@ -405,7 +405,7 @@ def plot_training(result: dict[str, Any], path: str) -> None:
 
     curves = {}
     for name in ("mpiprop", "torch"):
-        epochs = [record["epoch"] + 1 for record in result[name]]
+        epochs = [record["epoch"] for record in result[name]]
         curves[f"{name} train"] = (epochs, [record["loss"] for record in result[name]])
         curves[f"{name} validation"] = (epochs, [record["val_loss"] for record in result[name]])
     plot_curves(curves, path, xlabel="epoch", ylabel="loss (nats per character)",

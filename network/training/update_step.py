@@ -93,7 +93,7 @@ class UpdateStep:
         """Whether the synchronised gradients of the whole model are finite, and the sum of their squares when
         clipping: one gather over the ranks holding its parts gives every rank the same answer."""
         ranks = self.strategy.ranks
-        counted = ranks.counted_once(self.strategy.named_parameters())
+        counted = list({id(p): p for p in ranks.counted_once(self.strategy.named_parameters())}.values())
         mine = (grads_finite(self.strategy.parameters()),
                 grad_power_sum(counted) if self.clip_grad_norm is not None else 0.0)
         parts = ranks.gather_model(mine)
