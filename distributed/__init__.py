@@ -55,6 +55,11 @@ from mpiprop.distributed.tensor_parallel import (  # noqa: E402
 
 __all__ += ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_group", "full_state_dict",
             "load_full_state_dict"]
+from mpiprop.distributed.tensor_parallel import (  # noqa: E402
+    VocabParallelCrossEntropy, tensor_parallel_gpt,
+)
+
+__all__ += ["VocabParallelCrossEntropy", "tensor_parallel_gpt"]
 
 install_abort_handler()
 if _MPI.COMM_WORLD.Get_size() > 1:
@@ -64,3 +69,5 @@ start_peer_listener()
 report_ending_signals(rank())
 leave_finish_mark_at_exit(rank())
 start_watchdog_from_environment(rank())
+
+from mpiprop.network.version import __version__  # noqa: E402

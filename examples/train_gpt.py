@@ -3,6 +3,11 @@
     python examples/train_gpt.py                       # about 140 s of one CPU core: validation loss ~1.8 nats
     python examples/train_gpt.py --text input.txt      # any other text file
     mpiexec -n 2 python examples/train_gpt.py          # data parallel: the same global batch over 2 ranks
+    mpiexec -n 2 python examples/train_gpt.py --zero 2 # ... with the optimizer state and gradients sharded
+    mpiexec -n 4 python examples/train_gpt.py --pipeline-stages 2   # 2 replicas of a 2-stage pipeline
+    python examples/train_gpt.py --recompute           # each block half recomputed in backward
+    mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2   # each block split over 2 ranks (Megatron)
+    mpiexec -n 8 python examples/train_gpt.py --tensor-parallel 2 --pipeline-stages 2   # 2 x 2 x 2 (3-D)
 
 The text is found at run time on every machine with Python: the .py files directly inside the
 standard library's folder (os.path.dirname(os.__file__)), in sorted order, joined up to --max-chars
@@ -56,6 +61,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-chars", type=int, default=300, help="characters to generate at the end (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data, dropout and sampling")
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
+    parser.add_argument("--pipeline-stages", type=int, default=1,
+                        help="cut the model into this many pipeline stages; it must divide the ranks, the rest "
+                             "are data-parallel replicas of the pipeline (default 1: data parallel only)")
+    parser.add_argument("--micro-batches", type=int, default=4,
+                        help="micro-batches per batch in a pipeline (default 4)")
+    parser.add_argument("--schedule", default="1f1b", help="pipeline schedule: gpipe, 1f1b, ... (default 1f1b)")
+    parser.add_argument("--zero", type=int, choices=(0, 1, 2), default=0,
+                        help="data parallel with sharded optimizer state (1) and gradients (2) (default 0)")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
+                        help="split each stage over T ranks: attention heads, MLPs and the vocabulary (default 1)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="recompute each block half's activations in backward instead of keeping them")
     return parser.parse_args(argv)
 
 
@@ -155,6 +172,38 @@ def build_model(vocab_size: int, args: argparse.Namespace) -> nn.Sequential:
     return nn.gpt(vocab_size, args.context, args.layers, args.heads, args.embed_dim, args.dropout)
 
 
+def with_recompute(model: nn.Sequential) -> nn.Sequential:
+    """`model` with each residual half (attention, MLP) wrapped in nn.Recompute; names are unchanged."""
+    layers = list(model.layers)
+    return nn.Sequential(layers[0], *[nn.Recompute(half) for half in layers[1:-2]], *layers[-2:])
+
+
+def build_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: int) -> Any:
+    """The model alone, DataParallel (sharded with --zero) or a pipeline (replicated over the other ranks),
+    each stage split over --tensor-parallel ranks (`tensor_parallel_gpt`).
+
+    Raises:
+        SystemExit: when stages x tensor ranks do not divide the ranks, the heads do not split, or --zero is
+            asked with either.
+    """
+    if args.tensor_parallel < 1 or args.heads % args.tensor_parallel:
+        raise SystemExit(f"--heads {args.heads} must be a multiple of --tensor-parallel {args.tensor_parallel}")
+    if args.pipeline_stages > 1 or args.tensor_parallel > 1:
+        model_ranks = args.pipeline_stages * args.tensor_parallel
+        if world_size % model_ranks:
+            raise SystemExit(f"--pipeline-stages {args.pipeline_stages} x --tensor-parallel {args.tensor_parallel} "
+                             f"must divide the {world_size} ranks")
+        if args.zero:
+            raise SystemExit("--zero shards a data-parallel optimizer; leave it out with --pipeline-stages "
+                             "or --tensor-parallel")
+        if args.tensor_parallel > 1:
+            model = distributed.tensor_parallel_gpt(model, distributed.tensor_parallel_group(args.tensor_parallel))
+        return distributed.Pipeline(model, args.micro_batches, args.schedule, stages=args.pipeline_stages)
+    if world_size > 1 or args.zero:
+        return distributed.DataParallel(model, shard_optimizer_state=args.zero)
+    return model
+
+
 def parameter_groups(named_parameters: Any, weight_decay: float) -> list[dict]:
     """Matrices (Linear weights, embeddings) decay; biases and LayerNorm gains do not, as in nanoGPT.
     A tied weight appears under two names and joins its group once."""
@@ -188,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns {"val_loss", "unigram_entropy", "sample", "history"}."""
     args = parse_args(argv)
     world_size, rank = distributed.size(), distributed.rank()
-    if args.batch_size % world_size:
-        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {world_size} ranks")
+    replicas = world_size // max(1, args.pipeline_stages * args.tensor_parallel)
+    if args.batch_size % max(1, replicas):
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {replicas} data-parallel replicas")
     nn.manual_seed(args.seed)
     text = load_text(args.text, args.max_chars)
     tokenizer = CharTokenizer.of(text)
@@ -199,27 +249,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     say(f"text: {len(text)} characters, {tokenizer.vocab_size} distinct; unigram entropy {entropy:.3f} nats",
         flush=True)
     model = build_model(tokenizer.vocab_size, args)
-    strategy = distributed.DataParallel(model) if world_size > 1 else model
-    if world_size > 1:
-        nn.manual_seed(args.seed + rank)  # independent dropout masks per rank
-    shards = {"rank": rank, "world_size": world_size}
+    if args.recompute:
+        model = with_recompute(model)
+    strategy = build_strategy(model, args, world_size)
+    shard, shards = getattr(getattr(strategy, "ranks", None), "data_shard", (0, 1))
+    if shards > 1:
+        nn.manual_seed(args.seed + shard)  # independent dropout masks per replica, alike over a pipeline's stages
+    shards = {"rank": shard, "world_size": shards}
     train = ArrayDataset(*random_windows(train_ids, args.context, args.windows, args.seed))
     val = ArrayDataset(*evenly_spaced_windows(val_ids, args.context, args.val_windows))
-    train_loader = DataLoader(train, args.batch_size // world_size, shuffle=True, drop_last=True, seed=args.seed,
-                              **shards)
+    train_loader = DataLoader(train, args.batch_size // shards["world_size"], shuffle=True, drop_last=True,
+                              seed=args.seed, **shards)
     val_loader = DataLoader(val, 64, uneven="keep", **shards)
     steps = args.epochs * len(train_loader)
     warmup = max(1, min(args.warmup, steps - 1))
     schedule = LinearWarmup(CosineAnnealingLR(args.lr, total=max(steps - warmup, 1), min_lr=args.min_lr),
                             warmup_steps=warmup, start_factor=0.0)
-    optimizer = nn.optim.AdamW(parameter_groups(strategy.named_parameters(), args.weight_decay), lr=args.lr,
-                               betas=(0.9, 0.95))
-    trainer = nn.Trainer(strategy, NextTokenLoss(), optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
+    groups = parameter_groups(strategy.named_parameters(), args.weight_decay)
+    if args.zero:
+        optimizer = strategy.optimizer(nn.optim.AdamW, groups, lr=args.lr, betas=(0.9, 0.95))
+    else:
+        optimizer = nn.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+    tensor_comm = getattr(strategy, "tensor_comm", None)
+    loss_fn = NextTokenLoss() if tensor_comm is None else distributed.VocabParallelCrossEntropy(tensor_comm)
+    trainer = nn.Trainer(strategy, loss_fn, optimizer, lr_schedule=schedule, clip_grad_norm=args.clip,
                          callbacks=[TokensPerSecond(args.batch_size * args.context)], quiet=args.quiet,
                          progress=False)
     history = trainer.fit(train_loader, args.epochs, val_loader)
     val_loss = history[-1]["val_loss"] if history else math.nan
     sample = ""
+    if hasattr(strategy, "consolidated_state_dict"):  # rank 0 holds only its stage's trained layers
+        whole = strategy.consolidated_state_dict()
+        if rank == 0:
+            model.load_state_dict(whole)
     if rank == 0:
         prompt = tokenizer.encode("def ")[None, :] if set("def ") <= set(tokenizer.chars) else train_ids[None, :1]
         out = generate(model, prompt, args.sample_chars, context_length=args.context, temperature=0.8,

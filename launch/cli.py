@@ -9,8 +9,11 @@ import subprocess
 import sys
 from typing import Sequence
 
+from mpiprop.launch.interpreter import without_interpreter
+from mpiprop.launch.job_processes import DEFAULT_GRACE_S
 from mpiprop.launch.mpiexec import AUTO, LAUNCHER_CHOICES, RunOptions
 from mpiprop.launch.runner import JobFailed
+from mpiprop.launch.version_option import VersionAction
 
 DESCRIPTION = "Launch and measure mpiprop training jobs under MPI. Plain `mpiexec -n N python script.py` works too."
 MAX_COUNT = 2**31 - 1  # MPI counts are C ints
@@ -143,6 +146,7 @@ def _is_finite_non_negative(value: object) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """The `mpiprop` parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="mpiprop", description=DESCRIPTION)
+    parser.add_argument("--version", action=VersionAction, help="print mpiprop's version and exit")
     commands = parser.add_subparsers(dest="command", metavar="{run,info,scale,model,trace}")
     commands.required = True
     _add_run(commands)
@@ -159,7 +163,7 @@ def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run a script on N ranks through the installed mpiexec",
                               description="Run `script.py args` on N MPI ranks: an exception on any rank ends "
                                           "the job with its traceback; BLAS threads and GPUs are set per rank.")
-    run.add_argument("-n", "--ranks", type=positive_int, required=True, help="number of MPI ranks")
+    run.add_argument("-n", "-np", "--ranks", type=positive_int, required=True, help="number of MPI ranks")
     run.add_argument("--hostfile", type=hostfile,
                      help="hosts to run on (MPICH: `host:slots` lines; Open MPI: `host slots=N`)")
     run.add_argument("--gpus-per-node", type=positive_int, help="bind each rank to GPU (local rank %% G)")
@@ -168,18 +172,23 @@ def _add_run(commands) -> None:
     run.add_argument("--trace", metavar="FILE", help="write a Chrome trace timeline (sets MPIPROP_TRACE)")
     run.add_argument("--stall-timeout", type=positive_seconds, metavar="SECONDS",
                      help="abort the job, saying which rank waits where, when one communication waits this long")
+    run.add_argument("--grace", type=positive_seconds, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                     help="after SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2 (passed on to every rank), wait this "
+                          f"long for the job to end by itself before killing it (default {DEFAULT_GRACE_S:g}); "
+                          "mpiprop then exits with the job's status (75 after a preemption checkpoint)")
     run.add_argument("--launcher", choices=LAUNCHER_CHOICES, default=AUTO,
                      help="auto (the default): srun inside a Slurm allocation, else mpiexec (MPICH or Open MPI)")
     run.add_argument("--mpi-arg", action="append", default=[], metavar="ARG", dest="mpi_args",
                      help="pass ARG to the launcher (repeatable; split like a shell line), e.g. "
                           "--mpi-arg='--bind-to core' or --mpi-arg --allow-run-as-root")
     run.add_argument("--dry-run", action="store_true", help="print the launcher's command line instead of running it")
-    run.add_argument("program", nargs="*", help="script.py and its arguments, or -m module and its arguments")
+    run.add_argument("program", nargs="*", help="script.py and its arguments, or -m module and its arguments "
+                                                "(a leading `python` is dropped: the ranks run mpiprop's Python)")
     run.set_defaults(subparser=run)
 
 
-RUN_OPTIONS_WITH_VALUES = ("-n", "--ranks", "--hostfile", "--gpus-per-node", "--threads-per-rank", "--trace",
-                           "--stall-timeout", "--launcher", "--mpi-arg")
+RUN_OPTIONS_WITH_VALUES = ("-n", "-np", "--ranks", "--hostfile", "--gpus-per-node", "--threads-per-rank", "--trace",
+                           "--stall-timeout", "--grace", "--launcher", "--mpi-arg")
 LAUNCHER_ARGUMENT_OPTION = "--mpi-arg"  # its value often starts with "-", which argparse would take for an option
 
 
@@ -232,7 +241,9 @@ def _add_scale(commands) -> None:
     scale.add_argument("--mode", choices=("strong", "weak"), default="strong",
                        help="strong: fixed global batch split over ranks; weak: fixed batch per rank")
     scale.add_argument("--out", default="scaling", help="output directory (default: ./scaling)")
-    scale.add_argument("--repeat", type=positive_int, default=1, help="runs per rank count; the median is kept")
+    scale.add_argument("--repeat", "--repeats", type=positive_int, default=1,
+                       help="runs per rank count; the median is kept (default 1, which cannot tell the efficiency "
+                            "from noise: a warning says so, and scaling.csv's `runs` column shows it)")
     scale.add_argument("--threads-per-rank", type=positive_int, default=1, help="BLAS threads per rank (default 1)")
     scale.add_argument("--hostfile", type=hostfile, help="hosts for runs across nodes")
     scale.add_argument("--predict", type=rank_list, default=[],
@@ -295,7 +306,12 @@ def run_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     Raises:
         SystemExit: (through the run parser's `error`) when no script is given or the script does not exist.
     """
-    program = list(args.program)
+    try:
+        program, warning = without_interpreter(list(args.program))
+    except ValueError as error:
+        args.subparser.error(str(error))
+    if warning:
+        print(f"mpiprop run: warning: {warning}", file=sys.stderr)
     if not program or program == ["-m"]:
         args.subparser.error("no script to run; usage: mpiprop run -n N [options] script.py [args]")
     if program[0] != "-m" and not os.path.isfile(program[0]) and not args.dry_run:
@@ -325,7 +341,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(shlex.join(command))
         return 0
     try:
-        return launcher.run(options)
+        return launcher.run(options, grace=args.grace)
     except KeyboardInterrupt:
         return 130
 
@@ -348,6 +364,8 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     result = run_scaling(config, Launcher.detect(), log=lambda line: print(line, file=sys.stderr))
     print(f"{config.mode} scaling of {' '.join(config.workload)}")
     print(format_table(result["rows"]))
+    if result["noise_warning"]:
+        print(f"mpiprop scale: warning: {result['noise_warning']}", file=sys.stderr)
     written = [os.path.join(config.out, name) for name in ("scaling.csv", "scaling.json", "scaling.png")]
     print(f"wrote {', '.join(written)}")
     return 0

@@ -4,7 +4,8 @@ Hydra (MPICH's mpiexec) starts each rank in a session of its own, so killing mpi
 process group leaves the ranks running. Each job therefore gets a marker in its
 environment, which every rank inherits, and stopping the job kills every process that
 carries it (found through Linux's /proc; elsewhere only the process group is killed).
-SIGTERM, SIGHUP or SIGINT to the process that runs the job stops the job the same way.
+SIGTERM, SIGHUP, SIGINT, SIGUSR1 or SIGUSR2 to the process that runs the job either stops the
+job the same way, or (given a grace period) is passed on to the job, which may end by itself.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,12 +22,14 @@ from typing import Iterator
 
 JOB_MARKER_VARIABLE = "MPIPROP_JOB"
 GRACE_S = 5.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-FORWARDED_AS = {signal.SIGHUP: signal.SIGTERM}  # mpiexec dies at once on SIGHUP, leaving its ranks behind
+DEFAULT_GRACE_S = 60.0  # for a signalled job to end by itself (`mpiprop run --grace`)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# MPICH's mpiexec dies at once on SIGHUP and SIGUSR2, leaving its ranks behind; it forwards the others
+FORWARDED_AS = {signal.SIGHUP: signal.SIGTERM, signal.SIGUSR2: signal.SIGTERM}
 
 
 class JobInterrupted(SystemExit):
-    """This process got `signum` (SIGTERM, SIGHUP, SIGINT) while it ran a job; exits with status 128 + signum."""
+    """This process got one of STOP_SIGNALS while it ran a job, and stopped it; exits with status 128 + signum."""
 
     def __init__(self, signum: int):
         super().__init__(128 + signum)
@@ -69,10 +73,11 @@ def kill_job_processes(marker: str, wait_s: float = GRACE_S) -> None:
 
 
 def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, str] | None = None,
-                  cwd: str | Path | None = None, capture: bool = True) -> subprocess.CompletedProcess:
+                  cwd: str | Path | None = None, capture: bool = True,
+                  grace: float | None = None) -> subprocess.CompletedProcess:
     """Run `command`; past `timeout` seconds, on a stop signal or on any exception, stop it whole.
 
-    Stopping sends mpiexec SIGTERM (or the SIGINT this process got; mpiexec forwards it to
+    Stopping sends mpiexec SIGTERM (or the signal this process got; mpiexec forwards it to
     the ranks), waits up to GRACE_S seconds, then kills whatever of the job is left, ranks
     included. Once mpiexec has ended, any process of the job still running is killed too.
 
@@ -82,10 +87,15 @@ def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, s
         env: the environment (default: this process's), to which the job's marker is added.
         cwd: the working directory.
         capture: return the output as text; otherwise the job shares this terminal (and stdin).
+        grace: None: a stop signal stops the job as above. Seconds: the signal is passed on to
+            the job (see `pass_signal`), which has that long to end by itself (a preempted
+            training writes its checkpoint and exits with status 75); its status is returned
+            as if no signal had come. Only past the grace is the job killed.
 
     Raises:
         subprocess.TimeoutExpired: past `timeout` seconds, with the output so far in `.stdout` and `.stderr`.
-        JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the job has been stopped.
+        JobInterrupted: on one of STOP_SIGNALS, once the job has been stopped (with `grace`: once
+            the grace has passed and the job has been killed).
     """
     marker = new_job_marker()
     environment = dict(os.environ if env is None else env, **{JOB_MARKER_VARIABLE: marker})
@@ -99,15 +109,93 @@ def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, s
             expired.stdout, expired.stderr = stop_job(process, marker)
             raise
         except JobInterrupted as interrupted:
-            stop_job(process, marker, FORWARDED_AS.get(interrupted.signum, interrupted.signum))
-            _say(f"mpiprop: got {signal.Signals(interrupted.signum).name}; stopped the job "
-                 f"(`{os.path.basename(command[0])}` ended with status {process.returncode})")
-            raise
+            if grace is None:
+                stop_job(process, marker, FORWARDED_AS.get(interrupted.signum, interrupted.signum))
+                _say(f"mpiprop: got {signal.Signals(interrupted.signum).name}; stopped the job "
+                     f"(`{os.path.basename(command[0])}` ended with status {process.returncode})")
+                raise
+            stdout, stderr = wait_after_signal(process, marker, interrupted.signum, grace, shares_terminal=not capture)
         except BaseException:
             stop_job(process, marker)
             raise
         kill_job_processes(marker)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def wait_after_signal(process: subprocess.Popen, marker: str, signum: int, grace: float, *,
+                      shares_terminal: bool) -> tuple[str, str]:
+    """Pass `signum` on to the job and wait up to `grace` seconds for it to end; past that, kill it.
+
+    Returns:
+        The rest of the job's output, once it has ended by itself.
+
+    Raises:
+        JobInterrupted: when the job was still running after `grace` seconds (it is killed first).
+    """
+    name = signal.Signals(signum).name
+    pass_signal(process, marker, signum, from_terminal=shares_terminal and _from_this_terminal(signum))
+    try:
+        output = _rest_of_output(process.communicate(timeout=grace))
+    except subprocess.TimeoutExpired:
+        _say(f"mpiprop: got {name}; the job was still running {grace:g} s later (the grace period, --grace), "
+             "so it was killed")
+        kill_job_processes(marker)
+        stop_job(process, marker, signal.SIGKILL)
+        raise JobInterrupted(signum) from None
+    _say(f"mpiprop: got {name}; passed it on to the job, which ended with status {exit_status(process.returncode)}")
+    return output
+
+
+def pass_signal(process: subprocess.Popen, marker: str, signum: int, *, from_terminal: bool = False) -> None:
+    """Give the job `signum`, as if each rank had got it.
+
+    mpiexec (MPICH's, Open MPI's) and srun forward SIGTERM, SIGINT and SIGUSR1 to every rank.
+    SIGHUP becomes SIGTERM: MPICH's mpiexec dies of SIGHUP at once, MPICH's ranks ignore it,
+    and SIGTERM is the signal a preempted Trainer checkpoints on. MPICH's mpiexec dies of
+    SIGUSR2 too, so SIGUSR2 goes straight to the ranks on this node (the processes of the job
+    that run this Python); when none is found there, mpiexec gets SIGTERM instead. A SIGINT
+    typed at the terminal the job shares (`from_terminal`) has reached mpiexec already: a
+    second one would make it abort the job.
+    """
+    if from_terminal:
+        return
+    if signum == signal.SIGUSR2:
+        ranks = job_ranks(marker)
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        if ranks:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(FORWARDED_AS.get(signum, signum))
+
+
+def job_ranks(marker: str, python: str = sys.executable) -> list[int]:
+    """The processes of the job `marker` on this node that run `python` (the ranks, not mpiexec or its proxies)."""
+    ranks = []
+    for pid in processes_with(JOB_MARKER_VARIABLE, marker):
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if program == python:
+            ranks.append(pid)
+    return ranks
+
+
+def exit_status(returncode: int) -> int:
+    """A process's exit status as a shell reports it: 128 + N for one that died of signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _from_this_terminal(signum: int) -> bool:
+    """Whether `signum` is a SIGINT that likely came from the terminal: this process is in its foreground group."""
+    if signum != signal.SIGINT:
+        return False
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:  # stdin is no terminal
+        return False
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 
-from mpiprop.launch.job_processes import run_whole_job
+from mpiprop.launch.job_processes import DEFAULT_GRACE_S, exit_status, run_whole_job
 from mpiprop.launch.mpiexec import (AUTO, RunOptions, build_command, choose_launcher, count_hosts, launch_warnings,
                                     launcher_prefix)
 
@@ -75,8 +75,12 @@ class Launcher:
         """Advice about `options` on this machine (ranks sharing GPUs)."""
         return launch_warnings(options, self.hosts(options))
 
-    def run(self, options: RunOptions, timeout: float | None = None) -> int:
-        """Run the job with its output on this terminal; returns mpiexec's exit status.
+    def run(self, options: RunOptions, timeout: float | None = None, grace: float = DEFAULT_GRACE_S) -> int:
+        """Run the job with its output on this terminal; returns its exit status (128 + N when mpiexec died of signal N).
+
+        SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 are passed on to the job, which then has
+        `grace` seconds to end by itself (a preempted Trainer checkpoints and exits with status
+        75, which is returned); only then is the whole job killed.
 
         On one node, each rank leaves a mark in a temporary folder when its program ends
         normally; a job that MPICH reports as successful although some rank left no mark (it
@@ -84,15 +88,15 @@ class Launcher:
         line naming the ranks.
 
         Raises:
-            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped
-                (an uncaught one exits with status 128 + the signal's number).
+            JobInterrupted: when the job outlived `grace` seconds after a signal and was killed
+                (uncaught, it exits with status 128 + the signal's number).
             subprocess.TimeoutExpired: past `timeout` seconds, once the whole job has been stopped.
         """
         if options.hostfile is not None:  # the marks would be written on other nodes' disks
-            return run_whole_job(self.command(options), timeout, capture=False).returncode
+            return exit_status(run_whole_job(self.command(options), timeout, capture=False, grace=grace).returncode)
         with tempfile.TemporaryDirectory(prefix="mpiprop-finish-marks-") as folder:
             marked = replace(options, environment=(*options.environment, (FINISH_MARKS_VARIABLE, folder)))
-            status = run_whole_job(self.command(marked), timeout, capture=False).returncode
+            status = exit_status(run_whole_job(self.command(marked), timeout, capture=False, grace=grace).returncode)
             unfinished = unmarked_ranks(folder, options.ranks)
         if status == 0 and unfinished:
             print(f"mpiprop run: rank{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))} of "
@@ -107,7 +111,7 @@ class Launcher:
         Raises:
             JobFailed: when it exits non-zero (the message holds the end of its output).
             subprocess.TimeoutExpired: when it runs past `timeout` seconds.
-            JobInterrupted: on SIGTERM, SIGHUP or SIGINT, once the whole job has been stopped.
+            JobInterrupted: on SIGTERM, SIGHUP, SIGINT, SIGUSR1 or SIGUSR2, once the whole job has been stopped.
         """
         completed = run_whole_job(self.command(options), timeout)
         if completed.returncode != 0:

@@ -22,7 +22,7 @@ MODES = ("strong", "weak")
 BUILTIN_WORKLOAD = ["-m", "mpiprop.launch.mlp_benchmark"]
 CSV_COLUMNS = ("ranks", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "speedup", "efficiency",
                "step_s", "predicted_samples_per_s", "predicted_samples_per_s_min", "predicted_samples_per_s_max",
-               "predicted_efficiency", "predicted_step_s", "prediction_basis")
+               "predicted_efficiency", "predicted_step_s", "prediction_basis", "runs")
 RUN_COLUMNS = ("ranks", "variant", "run", "samples_per_s", "step_s")
 
 
@@ -92,7 +92,8 @@ def scaling_rows(points: Sequence[ScalePoint], forecast: Forecast | None = None)
             speedup = point.samples_per_s / base.samples_per_s
             row.update(samples_per_s=point.samples_per_s, samples_per_s_min=min(throughputs),
                        samples_per_s_max=max(throughputs), speedup=speedup,
-                       efficiency=speedup / (ranks / base.ranks), step_s=point.median("step_s"))
+                       efficiency=speedup / (ranks / base.ranks), step_s=point.median("step_s"),
+                       runs=len(point.runs))
         if ranks in predictions:
             prediction = predictions[ranks]
             ideal = base.samples_per_s * ranks / base.ranks if base else None
@@ -103,6 +104,21 @@ def scaling_rows(points: Sequence[ScalePoint], forecast: Forecast | None = None)
                        predicted_step_s=prediction.step_s, prediction_basis=forecast.basis[ranks])
         rows.append(row)
     return rows
+
+
+def single_run_warning(points: Sequence[ScalePoint]) -> str | None:
+    """Why the speedup and efficiency cannot be trusted when some rank count was measured once; None otherwise.
+
+    One run's throughput carries whatever else the machine did meanwhile, and the efficiency
+    divides two such runs, so its noise is that of both (an efficiency above 1 is a common sign).
+    """
+    once = [point.ranks for point in points if len(point.runs) == 1]
+    if len(points) < 2 or not once:
+        return None
+    counts = ", ".join(map(str, once))
+    return (f"one run at {counts} rank(s): a single run per count cannot separate the speedup and efficiency from "
+            "the machine's noise (an efficiency above 1 is often noise); run each count several times with "
+            "--repeat 5 to report the median and the spread (samples_per_s_min, samples_per_s_max)")
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -276,6 +292,7 @@ def run_scaling(config: ScaleConfig, launcher: Launcher, log: Callable[[str], No
             "alone": {point.ranks: point.runs for point in alone}}
     result = {
         "mode": config.mode, "workload": config.workload, "repeat": config.repeat,
+        "noise_warning": single_run_warning(points),
         "threads_per_rank": config.threads_per_rank, "rows": rows,
         "runs": {str(point.ranks): point.runs for point in points},
         "alone_runs": {str(point.ranks): point.runs for point in alone},

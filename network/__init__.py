@@ -60,3 +60,5 @@ __all__ = [
 ]
 __all__ += ["Embedding", "LayerNorm", "Residual", "TiedLinear"]
 __all__ += ["models", "gpt", "CausalSelfAttention"]
+
+from mpiprop.network.version import __version__  # noqa: E402

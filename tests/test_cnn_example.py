@@ -84,3 +84,22 @@ def test_data_parallel_cnn_training_equals_one_process_on_the_global_batch():
     result = run_mpi("dp_cnn_equivalence.py", 2, timeout=TIMEOUT_S)
     assert result.stdout.count("max_abs_diff") == 2, result.stdout
     assert "rank 0 ok" in result.stdout and "rank 1 ok" in result.stdout
+
+
+def model_arrays(path: Path) -> dict[str, numpy.ndarray]:
+    with numpy.load(path, allow_pickle=True) as saved:
+        return {name: saved[name] for name in saved.files if name.startswith("model/")}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_a_two_stage_pipeline_run_ends_with_one_process_weights_in_float64(train_cnn, tmp_path, schedule):
+    settings = ["--epochs", "2", "--samples", "600", "--quiet", "--dtype", "float64"]
+    run_mpi(EXAMPLE, 1, *settings, "--checkpoint", tmp_path / "one.npz", timeout=TIMEOUT_S)
+    result = run_mpi(EXAMPLE, 2, *settings, "--pipeline-stages", "2", "--schedule", schedule,
+                     "--checkpoint", tmp_path / "pipe.npz", timeout=TIMEOUT_S)
+    assert "ended: all 2 epochs done" in result.stdout
+    one, pipe = model_arrays(tmp_path / "one.npz"), model_arrays(tmp_path / "pipe.npz")
+    assert sorted(one) == sorted(pipe) and len(one) > 4
+    for name in one:
+        numpy.testing.assert_allclose(pipe[name], one[name], rtol=0, atol=1e-10, err_msg=name)

@@ -64,9 +64,9 @@ def read_until(job, marker, count, timeout):
     return text
 
 
-def seconds_until_the_job_ends(job, marker, since):
-    """Wait (at most ENDS_WITHIN_10_S + 20 s) until mpiexec and every process of the job are gone."""
-    deadline = since + ENDS_WITHIN_10_S + 20
+def seconds_until_the_job_ends(job, marker, since, within=ENDS_WITHIN_10_S + 20):
+    """Wait (at most `within` seconds) until mpiexec and every process of the job are gone."""
+    deadline = since + within
     while (job.poll() is None or processes_with(JOB_MARKER_VARIABLE, marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return time.monotonic() - since
@@ -230,16 +230,22 @@ def test_killing_the_launcher_proxy_ends_every_rank_although_their_output_pipes_
     print(f"JOB-ENDED proxy killed: {took:.1f} s")
 
 
+# The ranks of dp_leave.py "none" train forever, so any bound tells an ended job from one left running; after
+# SIGHUP or SIGKILL, mpiexec is gone at once and the ranks' orphan guards (polling once a second) end them, which
+# a machine loaded with other jobs has taken more than 30 s to schedule. The time is printed.
+SIGNALLED_JOB_ENDS_WITHIN_S = 90
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_to_mpiexec_ends_every_rank(signum):
     job, marker, _ = start_leaving_job(2, "none")
     with stopped_at_the_end(job, marker):
         job.send_signal(signum)
-        took = seconds_until_the_job_ends(job, marker, time.monotonic())
+        took = seconds_until_the_job_ends(job, marker, time.monotonic(), within=SIGNALLED_JOB_ENDS_WITHIN_S)
         left = processes_with(JOB_MARKER_VARIABLE, marker)
-        stderr = job.communicate(timeout=ENDS_WITHIN_S)[1] if not left else ""
+        stderr = job.communicate(timeout=SIGNALLED_JOB_ENDS_WITHIN_S)[1] if not left else ""
         assert not left and job.poll() is not None, f"after {took:.1f} s: mpiexec {job.poll()}, left {left}"
-    assert took < ENDS_WITHIN_10_S
+    assert took < SIGNALLED_JOB_ENDS_WITHIN_S
     assert job.returncode != 0, stderr
     if signum == signal.SIGTERM and local_launcher().flavour == MPICH:  # Hydra forwards it to the ranks
         assert re.search(r"rank \d: ended by SIGTERM", stderr), stderr
@@ -315,7 +321,9 @@ def wait_for_ranks(probe, script, ranks, timeout=120):
     time.sleep(1)  # past MPI's start, into training
 
 
-def signalled_launcher_ends_with_its_job(process, probe, signum):
+def signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=False):
+    """`passed_on`: the launcher passes the signal on and ends with the job's own status (`mpiprop run`);
+    otherwise it stops the job and ends with status 128 + signum (`mpiprop scale`)."""
     try:
         os.kill(process.pid, signum)
         since = time.monotonic()
@@ -326,9 +334,15 @@ def signalled_launcher_ends_with_its_job(process, probe, signum):
         left = [command_line(pid) for pid in processes_with("TEST_PROBE", probe)]
         assert process.poll() is not None and not left, f"after {took:.1f} s: status {process.poll()}, left {left}"
         assert took < ENDS_WITHIN_10_S
-        assert process.returncode == 128 + signum, process.communicate()
         stderr = process.communicate()[1].decode()
-        assert f"mpiprop: got {signal.Signals(signum).name}; stopped the job" in stderr, stderr
+        name = signal.Signals(signum).name
+        if passed_on:
+            assert process.returncode != 0, stderr
+            assert f"mpiprop: got {name}; passed it on to the job, which ended with status {process.returncode}" \
+                in stderr, stderr
+        else:
+            assert process.returncode == 128 + signum, stderr
+            assert f"mpiprop: got {name}; stopped the job" in stderr, stderr
         return took
     finally:
         kill_processes(processes_with("TEST_PROBE", probe))
@@ -341,7 +355,7 @@ def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
     script = MPI_SCRIPTS / "dp_leave.py"
     process, probe = start_mpiprop("run", "-n", 2, script, "none")
     wait_for_ranks(probe, "dp_leave.py", 2)
-    took = signalled_launcher_ends_with_its_job(process, probe, signum)
+    took = signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=True)
     print(f"JOB-ENDED {signal.Signals(signum).name} to mpiprop run: {took:.1f} s")
 
 

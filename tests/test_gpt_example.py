@@ -60,3 +60,32 @@ def test_data_parallel_over_two_ranks_matches_one_process(train_gpt, capsys):
     assert len(found) == 1, result.stdout
     assert float(found[0]) == pytest.approx(alone, rel=1e-4)  # printed to 4 decimals
     assert "training ended: all 2 epochs done" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def alone_val_loss(train_gpt):
+    return train_gpt.main(TINY + ["--quiet"])["val_loss"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks, flags", [(2, ["--pipeline-stages", "2"]), (2, ["--zero", "1"]), (2, ["--zero", "2"]),
+                                          (2, ["--recompute"]), (4, ["--pipeline-stages", "2", "--recompute"]),
+                                          (2, ["--tensor-parallel", "2"]), (4, ["--tensor-parallel", "2"]),
+                                          (4, ["--tensor-parallel", "2", "--pipeline-stages", "2", "--recompute"])],
+                         ids=["2 stages", "ZeRO-1", "ZeRO-2", "recompute", "2 replicas of 2 stages, recompute",
+                              "2 tensor ranks", "2 replicas of 2 tensor ranks", "2 stages x 2 tensor ranks, recompute"])
+def test_layout_flags_match_one_process(alone_val_loss, ranks, flags):
+    result = run_mpi(EXAMPLE, ranks, *TINY, *flags, timeout=300)
+    found = re.findall(r"val_loss=([0-9.]+)", result.stdout)
+    assert len(found) == 1, result.stdout
+    assert float(found[0]) == pytest.approx(alone_val_loss, rel=1e-4)  # printed to 4 decimals
+    assert "training ended: all 2 epochs done" in result.stderr
+
+
+def test_pipeline_stages_that_do_not_divide_the_ranks_are_refused(train_gpt):
+    with pytest.raises(SystemExit, match="must divide the 1 ranks"):
+        train_gpt.main(TINY + ["--pipeline-stages", "2"])
+    with pytest.raises(SystemExit, match="--pipeline-stages 1 x --tensor-parallel 2 must divide the 1 ranks"):
+        train_gpt.main(TINY + ["--tensor-parallel", "2"])
+    with pytest.raises(SystemExit, match="--heads 2 must be a multiple of --tensor-parallel 4"):
+        train_gpt.main(TINY + ["--tensor-parallel", "4"])

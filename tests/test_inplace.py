@@ -69,12 +69,22 @@ def test_add_matmul_falls_back_to_plus_equals(case, blas_calls):
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 def test_add_scaled_updates_a_view_of_a_flat_buffer_in_place(dtype, blas_calls):
+    rows, columns = 6, inplace.NUMPY_AXPY_BELOW // 6 + 1  # large enough for BLAS's axpy
+    flat, x = RNG.standard_normal(1 + rows * columns).astype(dtype), matrix(rows, columns, dtype)
+    expected = flat[1:].reshape(rows, columns) + numpy.asarray(-0.3, dtype) * x
+    add_scaled_(flat[1:].reshape(rows, columns), x, -0.3)
+    assert blas_calls == [("s" if dtype == numpy.float32 else "d") + "axpy"]
+    numpy.testing.assert_allclose(flat[1:].reshape(rows, columns), expected,
+                                  rtol=1e-6 if dtype == numpy.float32 else 1e-14, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_add_scaled_of_small_arrays_stays_in_numpy(dtype, blas_calls):
     flat, x = RNG.standard_normal(1 + 6 * 7).astype(dtype), matrix(6, 7, dtype)
     expected = flat[1:].reshape(6, 7) + numpy.asarray(-0.3, dtype) * x
     add_scaled_(flat[1:].reshape(6, 7), x, -0.3)
-    assert blas_calls == [("s" if dtype == numpy.float32 else "d") + "axpy"]
-    numpy.testing.assert_allclose(flat[1:].reshape(6, 7), expected,
-                                  rtol=1e-6 if dtype == numpy.float32 else 1e-14, atol=1e-7)
+    assert blas_calls == []
+    numpy.testing.assert_allclose(flat[1:].reshape(6, 7), expected, rtol=1e-6 if dtype == numpy.float32 else 1e-14)
 
 
 def test_add_scaled_falls_back_for_strided_arrays(blas_calls):

@@ -217,7 +217,7 @@ def test_dry_run_prints_the_command(capsys, monkeypatch):
     (["run", "-n", "2"], "no script to run"),
     (["run", "-n", "0", "train.py"], "must be a positive integer, got 0"),
     (["run", "-n", "two", "train.py"], "must be a positive integer, got 'two'"),
-    (["run", "train.py"], "required: -n/--ranks"),
+    (["run", "train.py"], "required: -n/-np/--ranks"),
     (["run", "-n", "2", "does_not_exist.py"], "does not exist"),
     (["run", "-n", "2", "--stall-timeout", "0", "train.py"], "positive, finite number of seconds, got '0'"),
     (["run", "-n", "2", "--stall-timeout", "soon", "train.py"], "must be a number of seconds, got 'soon'"),

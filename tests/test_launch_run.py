@@ -1,20 +1,26 @@
-"""Real `mpiprop run` jobs on 2 ranks: arguments, threads and GPUs reach every rank; a raising rank ends the job."""
+"""Real `mpiprop run` jobs on 2 ranks: arguments, threads and GPUs reach every rank; a raising rank ends the job;
+a signal to the launcher reaches every rank, which may end in its own time and with its own status."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-from mpi_launch import local_launcher, run_bounded
+from mpi_launch import MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, run_bounded
+from mpiprop.launch.job_processes import kill_processes, new_job_marker, processes_with
 from mpiprop.launch.mpiexec import MPICH
 
 pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
 
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # a hang guard: starting Python and MPI on 2 ranks of a loaded machine can take a minute
 
 REPORT_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -88,3 +94,71 @@ def test_variables_inherited_from_a_batch_script_do_not_move_the_gpus(tmp_path):
     assert completed.returncode == 0, completed.stderr
     reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("report_*.json"))]
     assert [(report["rank"], report["gpu"]) for report in reports] == [(0, "0"), (1, "1")]
+
+
+# --- signals to the launcher are passed on; the job ends in its own time (a preemption checkpoint) ------------------
+GRACEFUL_EXIT = MPI_SCRIPTS / "graceful_exit.py"  # each rank sleeps 4 s after the signal, then exits with status 75
+STARTS_WITHIN_S = 180  # starting Python and MPI on a loaded machine
+ENDS_WITHIN_S = 180  # the 4 s the ranks take, with room for a loaded machine
+
+
+def start_graceful_job(*run_options: str):
+    """`mpiprop run -n 2 RUN_OPTIONS graceful_exit.py`, its output piped as a launcher's is; returns once every
+    rank is ready, with the probe that every process of the job carries."""
+    probe = new_job_marker()
+    process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", *run_options,
+                                str(GRACEFUL_EXIT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT,
+                               start_new_session=True)
+    output, deadline = "", time.monotonic() + STARTS_WITHIN_S
+    while output.count("READY") < 2:
+        ready, _, _ = select.select([process.stdout], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(process.stdout.fileno(), 65536).decode() if ready else ""
+        assert chunk, f"the job ended or stalled before both ranks were ready: {output} {process.poll()}"
+        output += chunk
+    return process, probe
+
+
+@contextlib.contextmanager
+def nothing_left(process, probe):
+    try:
+        yield
+    finally:
+        kill_processes(processes_with("TEST_PROBE", probe))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2],
+                         ids=lambda signum: signal.Signals(signum).name)
+def test_a_signal_to_mpiprop_run_reaches_every_rank_which_ends_in_its_own_time_with_its_own_status(signum):
+    process, probe = start_graceful_job()
+    with nothing_left(process, probe):
+        os.kill(process.pid, signum)
+        signalled = time.monotonic()
+        _, stderr = process.communicate(timeout=ENDS_WITHIN_S)
+        took = time.monotonic() - signalled
+        left = processes_with("TEST_PROBE", probe)
+    name = signal.Signals(signum).name
+    received = "SIGTERM" if signum == signal.SIGHUP else name  # MPICH's ranks ignore SIGHUP; SIGTERM preempts
+    assert left == [], f"processes of the job left after mpiprop ended: {left}\n{stderr.decode()}"
+    stderr = stderr.decode()
+    assert process.returncode == 75, stderr
+    for rank in (0, 1):  # every rank got the signal itself, and took its 4 s to "checkpoint"
+        assert f"rank {rank}: got {received}" in stderr and f"rank {rank}: saved" in stderr, stderr
+    assert f"mpiprop: got {name}; passed it on to the job, which ended with status 75" in stderr, stderr
+    assert took >= 4, took
+    print(f"JOB-ENDED {name} to mpiprop run: {took:.1f} s")
+
+
+def test_a_job_still_running_after_the_grace_period_is_killed_and_mpiprop_says_so():
+    process, probe = start_graceful_job("--grace", "1")
+    with nothing_left(process, probe):
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=ENDS_WITHIN_S)
+        left = processes_with("TEST_PROBE", probe)
+    stderr = stderr.decode()
+    assert left == [], f"processes of the job left after mpiprop ended: {left}\n{stderr}"
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "still running 1 s later (the grace period, --grace), so it was killed" in stderr, stderr
+    assert "saved" not in stderr, stderr  # killed within its 4 s

@@ -15,6 +15,7 @@ from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
 from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
+from mpiprop.distributed.reliability.wrapped_backward import WrappedBackward
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 from mpiprop.network.backend import Array, device_of
@@ -23,6 +24,13 @@ from mpiprop.network.training.whole_model import WholeModelStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
+
+
+_NO_SHARDED_OPTIMIZER = (
+    "DataParallel(shard_optimizer_state={}) shards the optimizer state only in an optimizer made by "
+    "dp.optimizer(nn.optim.Adam, lr=...): a step has passed without one, so an optimizer over dp.parameters() "
+    "(e.g. nn.optim.Adam(dp.parameters())) keeps the whole state on every rank, and under ZeRO-2 it steps with "
+    "the zeros that stand in for the gradients other ranks own; build it with dp.optimizer(...)")
 
 
 class DataParallel(WholeModelStrategy):
@@ -96,7 +104,10 @@ class DataParallel(WholeModelStrategy):
         TypeError: when `module` is not a network Layer.
         ValueError: on every rank, when ranks built models whose parameter or buffer names,
             shapes or dtypes differ; for a non-positive bucket size, an unknown compression or
-            an unknown `shard_optimizer_state`, or a compression with `shard_optimizer_state=2`.
+            an unknown `shard_optimizer_state`, or a compression with `shard_optimizer_state=2`; on every
+            rank, when the ranks passed different settings above or built different layers (types, settings).
+        RuntimeError: later, when the wrapped model's own `backward` is called (its gradients would not be
+            averaged: call `dp.backward`), or when ZeRO trains a second step without `dp.optimizer(...)`.
     """
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
@@ -117,7 +128,9 @@ class DataParallel(WholeModelStrategy):
         self.ranks = DataParallelRanks(self.comm, gradient_shards=shard_optimizer_state == 2)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
-            check_same_model(module, self.comm)
+            check_same_model(module, self.comm, settings={
+                "bucket_cap_mb": bucket_cap_mb, "compression": compression, "broadcast_buffers": broadcast_buffers,
+                "shared_memory": shared_memory, "shard_optimizer_state": shard_optimizer_state})
         except ValueError:
             if self.comm is not comm:  # every rank raises, so freeing our clone is collective-safe
                 self.comm.free()
@@ -138,6 +151,8 @@ class DataParallel(WholeModelStrategy):
         self._accumulated_without_sync = False
         self._shard_weight = ShardWeight(self.comm)
         self._has_buffers = any(True for _ in module.named_buffers())
+        self._own_backward = WrappedBackward(module, "DataParallel", "dp.backward(dout)")
+        self._sharded_optimizer_made, self._training_forwards = False, 0
 
     # --- forward and backward ------------------------------------------------------------
     def forward(self, x: Array) -> tuple[Array, Any]:
@@ -156,6 +171,10 @@ class DataParallel(WholeModelStrategy):
             return self.module(x)
 
     def _before_forward(self, x: Array) -> None:
+        if self.module.training:
+            self._training_forwards += 1
+            if self.shard_optimizer_state and self._training_forwards == 2 and not self._sharded_optimizer_made:
+                raise RuntimeError(_NO_SHARDED_OPTIMIZER.format(self.shard_optimizer_state))
         if self.module.training and self.broadcast_buffers and self._has_buffers:
             self.sync_buffers()
         if self.module.training and self.comm.size > 1:
@@ -219,6 +238,10 @@ class DataParallel(WholeModelStrategy):
         return self.gradient_sync.last_stats
 
     def _run_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
+        with self._own_backward.allowed():
+            return self._run_module_backward(dout, cache, input_grad, on_parameters_final)
+
+    def _run_module_backward(self, dout: Array, cache: Any, input_grad: bool, on_parameters_final) -> Array | None:
         written = self.gradient_sync.mark_written
         if isinstance(self.module, Sequential):
             return self.module.backward(dout, cache, input_grad=input_grad, on_parameters_final=on_parameters_final,
@@ -247,6 +270,7 @@ class DataParallel(WholeModelStrategy):
         params = self.parameters() if params is None else params
         if not self.shard_optimizer_state:
             return optimizer_class(params, **hyperparameters)
+        self._sharded_optimizer_made = True
         return ShardedOptimizer(optimizer_class, params, self.comm, self.owner_of,
                                 [bucket.params for bucket in self.buckets],
                                 shared_memory=self._parameters_in_shared_memory, **hyperparameters)

@@ -5,6 +5,7 @@ from typing import Any, Callable, Iterable
 
 import numpy
 
+from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.parameter import Parameter
 
@@ -46,6 +47,10 @@ class DataParallelRanks:
 
     def gather(self, value: Any) -> list[Any]:
         return self.comm.allgather_object(value)
+
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise the same ValueError on every rank unless all passed equal `settings`; collective."""
+        check_agreement(self.comm, owner, settings)
 
     def gather_model(self, value: Any) -> list[Any]:
         return self.comm.allgather_object(value) if self.gradient_shards else [value]

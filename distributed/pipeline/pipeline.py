@@ -12,7 +12,7 @@ from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
 from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.pipeline.micro_batches import BatchPlan
@@ -24,6 +24,7 @@ from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, sim
 from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
 from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
+from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
 from mpiprop.network.compute import rng
@@ -110,10 +111,16 @@ class Pipeline:
         self.last_output: Array | None = None
         self.ranks = PipelineRanks(self)
         self.splits = named_splits(model)
-        self._join_ranks(comm, stages, tensor_group_of(model))
+        agreed = Communicator(comm)
+        try:
+            check_same_model(model, agreed, "Pipeline", settings={
+                "micro_batches": micro_batches, "schedule": schedule, "virtual_stages": self.virtual_stages,
+                "balance": balance, "stages": stages, "bucket_cap_mb": bucket_cap_mb, "shared_memory": shared_memory})
+            self._join_ranks(agreed, stages, tensor_group_of(model))
+        finally:
+            agreed.free()
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
         self.schedule = spec.build(self.num_stages, self.micro_batches, self.virtual_stages)
-        check_same_model(model, self.comm, owner="Pipeline")
         self.balance = self._resolve_balance(model, balance, sample_input)
         all_ranges = layer_ranges(self.balance)
         self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
@@ -123,6 +130,7 @@ class Pipeline:
                               [*model.named_parameters(), *model.named_buffers()]}
         self._state_shapes.update({name: split.whole for name, split in self.splits.items()})
         self._receive_parameters_from_rank_zero(model, all_ranges)
+        self.tied = TiedParameters(model, all_ranges, self.pipeline_comm)
         self._agree_within_tensor_group()
         check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
         simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
@@ -131,6 +139,7 @@ class Pipeline:
         self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
         self._tensor_draws_checked = self.tensor_comm is None
+        self._output_split = getattr(model[len(model) - 1], "splits_output", False)
 
     def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
                     tensor_comm: Communicator | None) -> None:
@@ -193,9 +202,10 @@ class Pipeline:
             return None
         for array in [p.data for p in self.parameters()] + [buffer for _, buffer in self.named_buffers()]:
             self.data_comm.bcast(array, root=0)
-        final_order = [p for chunk in reversed(self.chunks)
-                       for layer_params in reversed(chunk.parameters_final_after_each_layer()) for p in layer_params]
-        return GradientSync(final_order, self.data_comm, bucket_cap_mb=bucket_cap_mb, shared_memory=shared_memory)
+        final_order = {id(p): p for chunk in reversed(self.chunks)
+                       for layer_params in reversed(chunk.parameters_final_after_each_layer()) for p in layer_params}
+        return GradientSync(list(final_order.values()), self.data_comm, bucket_cap_mb=bucket_cap_mb,
+                            shared_memory=shared_memory)
 
     # --- where this rank stands ---------------------------------------------------------------
     @property
@@ -247,6 +257,8 @@ class Pipeline:
             sync.finish()
             sync.scale(1.0 / self.replicas)
             self._broadcast_buffers_over_replicas()
+        # after the replicas' average (the two commute), so no rank waits on the tied stages inside a replica sync
+        self.tied.sum_gradients()
         self.last_output = self._joined(result.outputs)
         return loss
 
@@ -277,7 +289,10 @@ class Pipeline:
 
     @property
     def _reports_outputs(self) -> bool:
-        return self.is_last and self.tensor_rank == 0
+        """The last stage's first tensor rank reports the output, or each of them its share when the model's
+        last layer splits its output (a vocabulary-parallel head: each rank's shard of the logits, which
+        a vocabulary-parallel loss takes on every tensor rank)."""
+        return self.is_last and (self.tensor_rank == 0 or self._output_split)
 
     @staticmethod
     def _joined(outputs: list[Array] | None) -> Array | None:
@@ -291,14 +306,21 @@ class Pipeline:
 
     # --- parameters and state ---------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """This rank's parameters under their names in the whole model, e.g. ("4.weight", p)."""
+        """This rank's parameters under their names in the whole model, e.g. ("4.weight", p).
+
+        A copy of a parameter tied to an earlier stage (the GPT's head, tied to the first stage's embedding)
+        comes first under that stage's name, then under its own, as one process lists a tied weight.
+        """
         for first, chunk in zip(self.chunk_first_layers, self.chunks):
             for name, p in chunk.named_parameters():
+                tied_name = self.tied.first_name(p)
+                if tied_name is not None:
+                    yield prefix + tied_name, p
                 yield prefix + _renumbered(name, first), p
 
     def parameters(self) -> list[Parameter]:
-        """This rank's parameters (give them to the optimizer)."""
-        return [p for _, p in self.named_parameters()]
+        """This rank's parameters, each once (give them to the optimizer)."""
+        return list({id(p): p for _, p in self.named_parameters()}.values())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
@@ -395,7 +417,7 @@ class Pipeline:
             parts = self.model_comm.mpi_comm.gather(part, root=0)
         if parts is None or not self.is_main:
             return None
-        return join_parts(parts, self._state_shapes)
+        return join_parts(parts, self._state_shapes, split_blocks(self.splits))
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""

@@ -5,6 +5,7 @@ from typing import Any, Callable, Iterable
 
 import numpy
 
+from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.network.layers.parameter import Parameter
 
 
@@ -44,6 +45,10 @@ class PipelineRanks:
     def gather(self, value: Any) -> list[Any]:
         return self.pipe.comm.allgather_object(value)
 
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise the same ValueError on every rank unless all passed equal `settings`; collective."""
+        check_agreement(self.pipe.comm, owner, settings)
+
     def gather_model(self, value: Any) -> list[Any]:
         return self.pipe.stage_allgather(value)
 
@@ -55,8 +60,8 @@ class PipelineRanks:
 
     def counted_once(self, named: Iterable[tuple[str, Parameter]]) -> list[Parameter]:
         if self.pipe.tensor_rank == 0:
-            return [p for _, p in named]
-        return [p for name, p in named if name in self.pipe.splits]
+            return [p for _, p in named if self.pipe.tied.counted_here(p)]
+        return [p for name, p in named if name in self.pipe.splits and self.pipe.tied.counted_here(p)]
 
     def max_later(self, value: int) -> Callable[[], int]:
         largest = numpy.array([value], dtype=numpy.int64)

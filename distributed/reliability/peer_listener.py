@@ -11,13 +11,16 @@ from mpi4py import MPI
 
 from mpiprop.distributed.reliability.abort import abort_job
 from mpiprop.distributed.reliability.shared_memory_files import remember_local_peers
-from mpiprop.distributed.reliability.waits import current_wait
+from mpiprop.distributed.reliability.waits import current_wait, current_wait_among
 
 DEPARTURE_TAG, QUESTION_TAG, ANSWER_TAG = 1, 2, 3
 LISTEN_EVERY_S = 0.1
 DEPARTURE_GRACE_S = 3.0  # a wait that outlasts a departure by this much cannot be one the leaver took part in
 DEPARTED_EXIT_CODE = 5
 NOTICE_WITHIN_S = 1.0
+EVERY_RANK_CALLS = ("A collective call must run on every rank of its communicator: one made on some ranks only "
+                    "(trainer.evaluate or trainer.fit, a strategy's train_step, dp.backward, a checkpoint's save or "
+                    "load under `if rank == 0:`) waits for the others forever")
 
 _listener: "PeerListener | None" = None
 
@@ -29,8 +32,9 @@ class PeerListener:
     other rank before MPI finalizes (`announce_departure`, run at exit). A rank on the same
     node whose process is gone without that notice (`os._exit`, killed) is noticed by its
     process id (`local_pids`), as the launcher does not always end the job then. A rank that,
-    after either, waits DEPARTURE_GRACE_S in a communication (the library's, or the user's inside
-    `waiting_in`) can never complete it, so it aborts the job naming the rank that left. The
+    after either, waits DEPARTURE_GRACE_S in a communication that rank takes part in (the library's, or
+    the user's inside `waiting_in`, whose communicator's ranks are known or else taken to be all) can
+    never complete it, so it aborts the job naming the rank that left. The
     stall watchdog asks every rank where it is (`ask_where_everyone_is`), to name the rank that
     stopped arriving rather than one of those waiting for it.
 
@@ -76,16 +80,20 @@ class PeerListener:
                 self.vanished.add(rank)
 
     def _abort_if_waiting_for_departed(self) -> None:
-        waiting = current_wait()
+        """Abort when the wait in progress has lasted DEPARTURE_GRACE_S since a rank taking part in it left."""
+        waiting = current_wait_among()
         if not self.departed or waiting is None:
             return
-        operation, waited = waiting
-        leaver, noticed = min(self.departed.items(), key=lambda item: item[1])
+        operation, waited, ranks = waiting
+        departed = [(rank, noticed) for rank, noticed in self.departed.items() if ranks is None or rank in ranks]
+        if not departed:
+            return
+        leaver, noticed = min(departed, key=lambda item: item[1])
         if min(waited, time.monotonic() - noticed) >= DEPARTURE_GRACE_S:
             how = ("its process ended without finishing the program: os._exit, or killed" if leaver in self.vanished
                    else "its program ended or called sys.exit")
             abort_job(f"rank {self.rank}: rank {leaver} has left the job ({how}) while rank {self.rank} waits for "
-                      f"it in {operation} ({waited:.1f} s); aborting all {self.size} ranks",
+                      f"it in {operation} ({waited:.1f} s); aborting all {self.size} ranks. {EVERY_RANK_CALLS}",
                       exit_code=DEPARTED_EXIT_CODE)
 
     def ask_where_everyone_is(self, timeout_s: float) -> dict[int, str]:

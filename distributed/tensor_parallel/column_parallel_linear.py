@@ -25,15 +25,17 @@ class ColumnParallelLinear(SplitLinear):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x, self.in_features)
-        y = matmul(x, self.weight.data)
+        y = matmul(x.reshape(-1, x.shape[-1]), self.weight.data)
         if self.bias is not None:
             y += self.bias.data
-        return y, x
+        return y.reshape(x.shape[:-1] + (y.shape[-1],)), x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
-        return self.group.allreduce(matmul(dy, self.weight.data, transpose_b=True))
+        dx = matmul(dy.reshape(-1, dy.shape[-1]), self.weight.data, transpose_b=True)
+        return self.group.allreduce(dx).reshape(x.shape)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
-        add_matmul_(self.weight.grad, x.T, dy)
+        dy = dy.reshape(-1, dy.shape[-1])
+        add_matmul_(self.weight.grad, x.reshape(-1, x.shape[-1]).T, dy)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import numpy
 
-from mpiprop.distributed.tensor_parallel.split_linear import SplitLinear
+from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.network.backend import Array, to_numpy
 from mpiprop.network.layers.layer import Layer
 
@@ -15,7 +15,8 @@ def full_state_dict(model: Layer) -> dict[str, numpy.ndarray]:
     every tensor-parallel group in `model`.
 
     Args:
-        model: a layer or Sequential holding `ColumnParallelLinear`/`RowParallelLinear` layers.
+        model: a layer or Sequential holding tensor-parallel layers (`ColumnParallelLinear`,
+            `RowParallelLinear`, the split attention and vocabulary layers: any `SplitLayer`).
 
     Returns:
         Host arrays under the full names ("2.weight"), loadable into the single-process model
@@ -36,14 +37,14 @@ def load_full_state_dict(model: Layer, state: dict[str, Array]) -> None:
     """
     local = dict(state)
     for prefix, layer in named_split_layers(model):
-        whole = {name: state[prefix + name] for name in ("weight", "bias") if prefix + name in state}
+        whole = {name: state[prefix + name] for name, _ in layer.named_parameters() if prefix + name in state}
         local.update({prefix + name: share for name, share in layer.shares_of(whole).items()})
     model.load_state_dict(local)
 
 
-def named_split_layers(layer: Layer, prefix: str = "") -> Iterator[tuple[str, SplitLinear]]:
+def named_split_layers(layer: Layer, prefix: str = "") -> Iterator[tuple[str, SplitLayer]]:
     """(name prefix, layer) for each split layer in `layer`, e.g. ("2.", ColumnParallelLinear(...))."""
-    if isinstance(layer, SplitLinear):
+    if isinstance(layer, SplitLayer):
         yield prefix, layer
         return
     for name, child in layer.children():

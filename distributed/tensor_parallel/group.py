@@ -1,6 +1,7 @@
 """The tensor-parallel group: consecutive ranks of a communicator that together hold each split layer."""
 from __future__ import annotations
 
+from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 
 
@@ -18,9 +19,11 @@ def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = Non
         A Communicator over this rank's group.
 
     Raises:
-        ValueError: when `size` is not positive or does not divide the number of ranks.
+        ValueError: on every rank, when the ranks pass different sizes; when `size` is not positive or does
+            not divide the number of ranks.
     """
     comm = as_communicator(comm)
+    check_agreement(comm, "tensor_parallel_group", {"size": size})
     if not isinstance(size, int) or size < 1 or comm.size % size:
         raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {comm.size} ranks; "
                          f"use a divisor of {comm.size}")

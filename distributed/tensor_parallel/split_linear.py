@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import numpy
 
+from mpiprop.distributed.reliability.consistency import check_agreement
+from mpiprop.distributed.tensor_parallel.split import Split
+from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
-from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.linear import Linear
 from mpiprop.network.layers.parameter import Parameter
 
 
-class SplitLinear(Layer):
+class SplitLinear(SplitLayer):
     """A Linear layer whose weight is split along `split_axis` over the ranks of `group`.
 
     Subclasses set `split_axis` (1: output columns, 0: input rows) and whether the bias is
@@ -22,7 +24,8 @@ class SplitLinear(Layer):
 
     Raises:
         TypeError: when `linear` is not a Linear or `group` not a Communicator.
-        ValueError: when the split dimension is not a multiple of the group size.
+        ValueError: on every rank of `group`, when the ranks' layers differ in shape, bias or dtype; when the
+            split dimension is not a multiple of the group size.
     """
 
     split_axis = 1
@@ -36,6 +39,9 @@ class SplitLinear(Layer):
             raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
                             f"(tensor_parallel_group(size)), got {type(group).__name__}")
         self.group = group
+        check_agreement(group, type(self).__name__, {
+            "in_features": linear.in_features, "out_features": linear.out_features,
+            "bias": linear.bias is not None, "dtype": str(linear.weight.dtype)})
         self.in_features, self.out_features = linear.in_features, linear.out_features
         whole = linear.weight.shape[self.split_axis]
         if whole % group.size:
@@ -48,6 +54,13 @@ class SplitLinear(Layer):
         if linear.bias is not None:
             bias = group.bcast(linear.bias.data.copy())
             self.bias = Parameter(self._slice(bias, 0) if self.bias_split else bias)
+
+    def parameter_splits(self) -> dict[str, Split]:
+        """{"weight": Split, "bias": Split} for the parameters held as shares (a whole bias is not listed)."""
+        splits = {"weight": Split(self.split_axis, (self.in_features, self.out_features), self.group.size)}
+        if self.bias is not None and self.bias_split:
+            splits["bias"] = Split(0, (self.out_features,), self.group.size)
+        return splits
 
     def _slice(self, array: Array, axis: int) -> Array:
         """This rank's contiguous share of `array` along `axis`, as a copy."""
@@ -95,8 +108,9 @@ class SplitLinear(Layer):
         return numpy.concatenate(shares, axis=axis)
 
     def _check_input(self, x: Array, width: int) -> None:
-        if x.ndim != 2 or x.shape[1] != width:
-            raise ValueError(f"{self!r} expects input of shape (batch, {width}) but got {tuple(x.shape)}")
+        if x.ndim < 2 or x.shape[-1] != width:
+            leading = "batch" if x.ndim <= 2 else "batch, ..."
+            raise ValueError(f"{self!r} expects input of shape ({leading}, {width}) but got {tuple(x.shape)}")
         if get_array_module(x) is not get_array_module(self.weight.data) or x.dtype != self.weight.dtype:
             raise TypeError(f"{self!r} has {self.weight.dtype} weights on {device_of(self.weight.data)} but got a "
                             f"{x.dtype} input on {device_of(x)}; move or cast the input, or call model.to(...)")

@@ -4,19 +4,11 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
-import threadpoolctl
-
 from mpiprop.distributed.transport.world import NodePlacement, print_warning
+from mpiprop.network.compute.threads import THREAD_VARIABLES, limit_threads, user_thread_setting
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def user_thread_setting(environ: MutableMapping[str, str]) -> str | None:
-    """The first of THREAD_VARIABLES set in `environ`, as "NAME=VALUE", or None when none is."""
-    for name in THREAD_VARIABLES:
-        if environ.get(name, "").strip():
-            return f"{name}={environ[name]}"
-    return None
+__all__ = ["THREAD_VARIABLES", "user_thread_setting", "threads_per_rank", "set_blas_threads",
+           "oversubscription_warning", "place_threads"]
 
 
 def threads_per_rank(node: NodePlacement) -> int:
@@ -25,11 +17,12 @@ def threads_per_rank(node: NodePlacement) -> int:
 
 
 def set_blas_threads(node: NodePlacement, environ: MutableMapping[str, str] = os.environ) -> int | None:
-    """Limit this rank's BLAS and OpenMP threads to `threads_per_rank(node)`, unless the user set a count.
+    """Limit this rank's BLAS and OpenMP threads to `threads_per_rank(node)`, unless the user set a count
+    (MPIPROP_THREADS or one of THREAD_VARIABLES; see `mpiprop.network.compute.threads`).
 
     Without a limit each rank's BLAS starts a thread per core, and the ranks of a node fight
     over the same cores (20 to 60 times slower for a small MLP on 2 ranks). The limit applies to
-    the libraries already loaded (threadpoolctl) and, through THREAD_VARIABLES, to those loaded later.
+    the libraries already loaded and, through THREAD_VARIABLES, to those loaded later (`limit_threads`).
 
     Args:
         node: this rank's place on its node.
@@ -41,9 +34,7 @@ def set_blas_threads(node: NodePlacement, environ: MutableMapping[str, str] = os
     if user_thread_setting(environ) is not None:
         return None
     threads = threads_per_rank(node)
-    for name in THREAD_VARIABLES:
-        environ[name] = str(threads)
-    threadpoolctl.threadpool_limits(limits=threads)
+    limit_threads(threads, environ)
     return threads
 
 

@@ -1,6 +1,7 @@
 """Communicator: a private clone of an MPI communicator with array-based collectives and messages."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from mpi4py import MPI
@@ -71,6 +72,16 @@ class Communicator:
     def size(self) -> int:
         return self.mpi_comm.Get_size()
 
+    @functools.cached_property
+    def world_ranks(self) -> frozenset[int]:
+        """The COMM_WORLD ranks of this communicator's ranks: those its waits depend on."""
+        group, world = self.mpi_comm.Get_group(), MPI.COMM_WORLD.Get_group()
+        try:
+            return frozenset(MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world))
+        finally:
+            group.Free()
+            world.Free()
+
     @property
     def is_main(self) -> bool:
         """True on rank 0, the rank that prints, logs and writes checkpoints."""
@@ -90,7 +101,8 @@ class Communicator:
         mpi_op = _reduce_op(op)
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="iallreduce")
         mpi_request = self.mpi_comm.Iallreduce(MPI.IN_PLACE, buffer, op=mpi_op)
-        return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}")
+        return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}",
+                       ranks=self.world_ranks)
 
     def bcast(self, array: Array, root: int = 0) -> Array:
         """Overwrite `array` on every rank with root's values, in place; returns `array`."""
@@ -99,7 +111,7 @@ class Communicator:
             self._nccl_transport().bcast(array, root)
             return array
         buffer, copy_back = self._receive_buffer(array, keep_contents=self.rank == root, what="bcast")
-        with waiting_in(f"broadcast of {_describe(array)} from rank {root}"):
+        with waiting_in(f"broadcast of {_describe(array)} from rank {root}", self.world_ranks):
             self.mpi_comm.Bcast(buffer, root=root)
         if copy_back is not None and self.rank != root:
             copy_back()
@@ -107,13 +119,13 @@ class Communicator:
 
     def barrier(self) -> None:
         """Wait until every rank reaches this call."""
-        with waiting_in("barrier"):
+        with waiting_in("barrier", self.world_ranks):
             self.mpi_comm.Barrier()
 
     def ibarrier(self, what: str = "a barrier") -> Request:
         """Start a barrier; the request completes once every rank has started it. `what` it
         stands for is named in the stall watchdog's report."""
-        return Request(self.mpi_comm.Ibarrier(), what=what)
+        return Request(self.mpi_comm.Ibarrier(), what=what, ranks=self.world_ranks)
 
     # --- point to point on arrays -------------------------------------------------------
     def send(self, array: Array, dest: int, tag: int = 0) -> None:
@@ -130,7 +142,7 @@ class Communicator:
         self._check_rank(dest, "dest")
         buffer = self._send_buffer(array, what="isend")
         return Request(self.mpi_comm.Isend(buffer, dest=dest, tag=tag), keep_alive=buffer,
-                       what=f"send of {_describe(array)} to rank {dest} (tag {tag})")
+                       what=f"send of {_describe(array)} to rank {dest} (tag {tag})", ranks=self.world_ranks)
 
     def irecv(self, array: Array, source: int, tag: int = 0) -> Request:
         """Start receiving into `array` from `source` (MPI.ANY_SOURCE allowed); valid after `wait()`."""
@@ -138,7 +150,8 @@ class Communicator:
             self._check_rank(source, "source")
         buffer, copy_back = self._receive_buffer(array, keep_contents=False, what="irecv")
         return Request(self.mpi_comm.Irecv(buffer, source=source, tag=tag), copy_back, keep_alive=buffer,
-                       what=f"receive of {_describe(array)} from rank {source} (tag {tag})")
+                       what=f"receive of {_describe(array)} from rank {source} (tag {tag})",
+                       ranks=self.world_ranks)
 
     def sendrecv(self, send_array: Array, dest: int, recv_array: Array, source: int,
                  send_tag: int = 0, recv_tag: int = 0) -> Array:
@@ -152,13 +165,13 @@ class Communicator:
     # --- small Python objects (pickled) -------------------------------------------------
     def allgather_object(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank."""
-        with waiting_in("allgather of a Python object"):
+        with waiting_in("allgather of a Python object", self.world_ranks):
             return self.mpi_comm.allgather(value)
 
     def bcast_object(self, value: Any, root: int = 0) -> Any:
         """Root's `value` on every rank."""
         self._check_rank(root, "root")
-        with waiting_in(f"broadcast of a Python object from rank {root}"):
+        with waiting_in(f"broadcast of a Python object from rank {root}", self.world_ranks):
             return self.mpi_comm.bcast(value, root=root)
 
     # --- sub-communicators and cleanup ---------------------------------------------------

@@ -5,7 +5,7 @@ import os
 from typing import Sequence
 
 from mpiprop.distributed.transport.request import Request, describe, poll_all
-from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.reliability.waits import ranks_of_all, waiting_in
 
 
 def wait_politely(requests: Sequence[Request]) -> None:
@@ -17,6 +17,6 @@ def wait_politely(requests: Sequence[Request]) -> None:
     """
     if poll_all(requests):
         return
-    with waiting_in(describe(requests)):
+    with waiting_in(describe(requests), ranks_of_all([request.ranks for request in requests])):
         while not poll_all(requests):
             os.sched_yield()

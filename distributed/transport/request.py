@@ -5,7 +5,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mpi4py import MPI
 
-from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.reliability.waits import ranks_of_all, waiting_in
 
 
 class Request:
@@ -14,13 +14,15 @@ class Request:
     `wait()` blocks until it is done and then runs its completion step (for example the
     copy of a host-staged receive back into GPU memory), exactly once. The buffers MPI
     reads or writes are kept alive here until then. `what` names the operation for the
-    stall watchdog's report ("receive of 4096 float32 from rank 2").
+    stall watchdog's report ("receive of 4096 float32 from rank 2"); `ranks` are the COMM_WORLD
+    ranks of its communicator (None: unknown), whose departure from the job ends a wait on it.
     """
 
     def __init__(self, mpi_request: MPI.Request, on_complete: Callable[[], None] | None = None,
-                 keep_alive: Any = None, what: str = "an MPI operation"):
+                 keep_alive: Any = None, what: str = "an MPI operation", ranks: frozenset[int] | None = None):
         self._mpi_request = mpi_request
         self.what = what
+        self.ranks = ranks
         self._on_complete = on_complete
         self._keep_alive = keep_alive
         self._done = False
@@ -39,7 +41,7 @@ class Request:
     def wait(self) -> None:
         """Block until the operation completes, then run its completion step."""
         if not self._done:
-            with waiting_in(self.what):
+            with waiting_in(self.what, self.ranks):
                 self._mpi_request.Wait()
             self._complete()
 
@@ -53,7 +55,7 @@ class Request:
 def wait_all(requests: Iterable[Request]) -> None:
     """Wait for every request (one `MPI.Request.Waitall`), then run their completion steps in order."""
     pending = [request for request in requests if not request.done]
-    with waiting_in(describe(pending)):
+    with waiting_in(describe(pending), ranks_of_all([request.ranks for request in pending])):
         MPI.Request.Waitall([request._mpi_request for request in pending])
     for request in pending:
         request._complete()

@@ -8,7 +8,10 @@ import numpy
 from mpiprop.network.backend import Array, get_array_module, gpu_add_matmul_
 from mpiprop.network.compute.matmul import mkl_add_matmul_, product_in_precision
 from mpiprop.network.compute.precision import current_precision
+from mpiprop.network.compute.threads import run_product
 
+# measured on one thread: numpy's 1.7 us against axpy's 2.7 us at 64 x 64, even at 128 x 128, axpy ahead above
+NUMPY_AXPY_BELOW = 128 * 128
 _BLAS_PREFIXES = {numpy.dtype(numpy.float32): "s", numpy.dtype(numpy.float64): "d"}
 
 
@@ -30,6 +33,10 @@ def add_matmul_(out: Array, a: Array, b: Array) -> None:
         if not gpu_add_matmul_(out, a, b):
             out += a @ b
         return
+    run_product(out.size * (a.shape[-1] if a.ndim else 1), lambda: _numpy_add_matmul_(out, a, b))
+
+
+def _numpy_add_matmul_(out: numpy.ndarray, a: numpy.ndarray, b: numpy.ndarray) -> None:
     if mkl_add_matmul_(out, a, b):
         return
     prefix = _blas_prefix(out, a, b)
@@ -47,9 +54,14 @@ def add_matmul_(out: Array, a: Array, b: Array) -> None:
 def add_scaled_(out: Array, x: Array, alpha: float) -> None:
     """out += alpha * x, in place, for arrays of the same shape.
 
-    Numpy float32/float64 contiguous arrays go through one BLAS axpy (one pass, no temporary;
-    the product and sum may be fused, so the last bit can differ from `out += alpha * x`).
+    Numpy float32/float64 contiguous arrays of NUMPY_AXPY_BELOW elements or more go through one
+    BLAS axpy (one pass, no temporary; the product and sum may be fused, so the last bit can
+    differ from `out += alpha * x`); smaller ones take numpy's `out += alpha * x`, which is faster
+    than the checks and the call into BLAS.
     """
+    if type(out) is numpy.ndarray and out.size < NUMPY_AXPY_BELOW:
+        out += alpha * x
+        return
     prefix = _blas_prefix(out, x)
     if prefix is not None and out.shape == x.shape and x.flags.c_contiguous:
         _blas(prefix + "axpy")(x.reshape(-1), out.reshape(-1), a=alpha)

@@ -6,6 +6,7 @@ import numpy
 from mpiprop.network.compute import mkl_gemm
 from mpiprop.network.backend import Array, get_array_module, tensor_core_float32
 from mpiprop.network.compute.precision import Precision, current_precision, round_for_product
+from mpiprop.network.compute.threads import run_product
 
 
 def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
@@ -13,7 +14,14 @@ def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
     precision = current_precision()
     if precision.mixed or precision.tf32:
         return product_in_precision(a, b.T if transpose_b else b, precision)
-    if type(a) is numpy.ndarray and a.ndim == 2 and b.ndim == 2 and mkl_gemm.available():
+    if type(a) is not numpy.ndarray:
+        return a @ (b.T if transpose_b else b)
+    columns = b.shape[0] if transpose_b else b.shape[-1]
+    return run_product(a.size * columns, lambda: _numpy_matmul(a, b, transpose_b))
+
+
+def _numpy_matmul(a: numpy.ndarray, b: numpy.ndarray, transpose_b: bool) -> numpy.ndarray:
+    if a.ndim == 2 and b.ndim == 2 and mkl_gemm.available():
         out = numpy.empty((a.shape[0], b.shape[0] if transpose_b else b.shape[1]), dtype=a.dtype)
         if mkl_gemm.gemm(a, b, out, trans_b=transpose_b):
             return out

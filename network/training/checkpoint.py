@@ -158,7 +158,9 @@ def optimizer_parameter_names(model: Any, optimizer: Any) -> list[str] | None:
         model: anything with `named_parameters()` (a layer or a training strategy).
         optimizer: anything with a `params` list.
     """
-    name_of = {id(p): name for name, p in model.named_parameters()} if hasattr(model, "named_parameters") else {}
+    name_of: dict[int, str] = {}
+    for name, p in model.named_parameters() if hasattr(model, "named_parameters") else ():
+        name_of.setdefault(id(p), name)  # a tied weight by its first name, which every layout lists
     names = [name_of.get(id(p)) for p in getattr(optimizer, "params", [])]
     return None if not names or None in names else names
 

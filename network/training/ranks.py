@@ -71,6 +71,20 @@ class OneProcess:
     def max_later(self, value: int) -> Callable[[], int]:
         return lambda: value
 
+    def check_agreement(self, owner: str, settings: dict[str, Any]) -> None:
+        """Raise on every rank unless all passed equal `settings` (here: one process, nothing to compare).
+
+        A layout over several ranks compares, collectively, a small description of each value (scalars,
+        an optimizer's class and hyperparameters, a schedule's values, an object's public settings).
+
+        Args:
+            owner: what the settings configure, for the message (e.g. "Trainer").
+            settings: name -> this rank's value.
+
+        Raises:
+            ValueError: on every rank, naming the first setting that differs and each rank's value.
+        """
+
     def __repr__(self) -> str:
         return "OneProcess()"
 

@@ -83,7 +83,9 @@ class Trainer:
             given here scales the loss in any precision); its state is kept in checkpoints.
 
     Raises:
-        ValueError: for a precision the model's device cannot use (all but "fp32" on the CPU).
+        ValueError: for a precision the model's device cannot use (all but "fp32" on the CPU); on every
+            rank, when the ranks' optimizers (class, hyperparameters), losses or settings above differ
+            (construction is collective with a distributed strategy).
     """
 
 
@@ -118,6 +120,10 @@ class Trainer:
                                  non_finite=non_finite, accuracy=self.accuracy)
         self.state = RunState()
         self._preemption = PreemptionWatch(enabled=False)
+        getattr(self.ranks, "check_agreement", lambda owner, settings: None)("Trainer", {
+            "optimizer": optimizer, "loss_fn": loss_fn, "lr_schedule": lr_schedule, "schedule_per": schedule_per,
+            "clip_grad_norm": clip, "precision": self.precision.name, "grad_scaler": self.grad_scaler,
+            "non_finite": non_finite, "checkpoint_every": self.checkpoint_every})
 
     # --- what callbacks and scripts read ----------------------------------------------
     @property
