@@ -14,7 +14,9 @@ batches; rounds of ours and torch's interleave, medians are compared. The model 
 reaches on one thread for the model's largest product, is the CPU model-FLOPs utilisation.
 The CNN part runs bench_cnn. The data-parallel part launches `mpiexec` itself: 2 ranks with
 DataParallel against 2 independent ranks doing the same work with no gradient sync (the
-ceiling). `compare-training` runs examples/train_gpt.py's training (its default run unless
+ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2) and in 2
+pipeline stages, each taking the 2 ranks' windows per step, against the ceiling (the
+pipeline's bound is the ceiling times 1 - its schedule's bubble). `compare-training` runs examples/train_gpt.py's training (its default run unless
 --epochs/--windows say otherwise) and the torch mirror from the same weights on the same
 batches with the same schedule, and prints both validation losses per epoch.
 """
@@ -47,8 +49,6 @@ DEFAULT_PARTS = "gpt,cnn,data-parallel"
 TARGETS = {"gpt_ratio": 1.0, "mfu": 0.5, "val_loss_relative_difference": 0.02}
 AGREEMENT_STEPS, AGREEMENT_TOLERANCE = 2, 1e-4
 WEIGHT_DECAY, BETAS = 0.1, (0.9, 0.95)
-NOT_MEASURED = {"tensor_parallel": "the tensor-parallel GPT is not on main yet",
-                "pipeline": "the pipeline with tied weights is not on main yet"}
 
 
 # --- counting ----------------------------------------------------------------------------------------
@@ -248,17 +248,56 @@ def data_parallel_worker(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
     from mpiprop.distributed import DataParallel
-    from examples.benchmarks.workers import print_result
 
     world = MPI.COMM_WORLD
     ids, vocab_size = character_ids(args.max_chars)
     nn.manual_seed(args.seed)
     model = nn.gpt(vocab_size, args.context, args.layers, args.heads, args.embed_dim)
-    synchronised = world.size > 1 and args.worker == "data-parallel"
-    strategy = DataParallel(model) if synchronised else model
     step = OurGptStep(model, args.lr)
-    step.model = strategy
+    if world.size > 1 and args.worker == "data-parallel":
+        step.model = DataParallel(model)
     batches = gpt_batches(ids, args.context, args.batch, 4, args.seed + 1 + world.rank)
+    _time_on_ranks(step, batches, args, world, args.batch)
+
+
+def layout_worker(args: argparse.Namespace) -> None:
+    """Under mpiexec: time GPT training steps split over the ranks, tensor parallel or in pipeline stages.
+
+    The model takes `ranks * batch` windows per step, the work of `ranks` data-parallel ranks.
+    """
+    from mpi4py import MPI
+
+    from examples import train_gpt
+    from mpiprop import distributed
+
+    world = MPI.COMM_WORLD
+    ids, vocab_size = character_ids(args.max_chars)
+    nn.manual_seed(args.seed)
+    model = nn.gpt(vocab_size, args.context, args.layers, args.heads, args.embed_dim)
+    split = {"tensor_parallel": world.size if args.worker == "tensor-parallel" else 1,
+             "pipeline_stages": world.size if args.worker == "pipeline" else 1}
+    strategy = train_gpt.build_strategy(model, argparse.Namespace(
+        **split, micro_batches=args.micro_batches, schedule=args.schedule, zero=False, heads=args.heads), world.size)
+    tensor_comm = getattr(strategy, "tensor_comm", None)
+    loss_fn = NextTokenLoss() if tensor_comm is None else distributed.VocabParallelCrossEntropy(tensor_comm)
+    unique = list({id(p): p for p in strategy.parameters()}.values())
+    optimizer = nn.optim.AdamW(decay_groups(unique, lambda p: p.data.ndim), lr=args.lr, betas=BETAS)
+
+    def step(x: numpy.ndarray, y: numpy.ndarray) -> None:
+        optimizer.zero_grad()
+        strategy.train_step(x, y, loss_fn)
+        optimizer.step()
+
+    batch = world.size * args.batch
+    _time_on_ranks(step, gpt_batches(ids, args.context, batch, 4, args.seed + 1), args, world, batch // world.size)
+
+
+def _time_on_ranks(step: Callable, batches: list, args: argparse.Namespace, world: Any, batch_per_rank: int) -> None:
+    """Warm up, time `args.steps` steps (the slowest rank's time) and print the RESULT record on rank 0."""
+    from mpi4py import MPI
+
+    from examples.benchmarks.workers import print_result
+
     steps_runner(step, batches, args.warmup_steps)()
     world.Barrier()
     started = time.perf_counter()
@@ -267,18 +306,29 @@ def data_parallel_worker(args: argparse.Namespace) -> None:
     world.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
     if world.rank == 0:
         print_result({"ranks": world.size, "step_s": float(elapsed[0]) / args.steps,
-                      "tokens_per_s": world.size * args.batch * args.context * args.steps / float(elapsed[0])})
+                      "tokens_per_s": world.size * batch_per_rank * args.context * args.steps / float(elapsed[0])})
+
+
+LAYOUTS = (("single", 1, "independent"), ("independent", None, "independent"),
+           ("data_parallel", None, "data-parallel"), ("tensor_parallel", None, "tensor-parallel"),
+           ("pipeline", None, "pipeline"))
 
 
 def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved runs of 1 rank, `--ranks` independent ranks and `--ranks` DataParallel ranks; medians."""
+    """Interleaved runs of 1 rank, `--ranks` independent ranks (the ceiling) and the layouts on `--ranks`; medians.
+
+    Data parallel and tensor parallel are compared with the ceiling; the pipeline with the ceiling
+    times (1 - its schedule's bubble), the bubble from the schedule registry's formula.
+    """
     from examples.benchmarks.workers import run_worker
+    from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 
     shared = ["--layers", str(args.layers), "--heads", str(args.heads), "--embed-dim", str(args.embed_dim),
               "--context", str(args.context), "--batch", str(args.batch), "--steps", str(args.steps),
-              "--warmup-steps", str(args.warmup_steps), "--max-chars", str(args.max_chars), "--seed", str(args.seed)]
-    contestants = [("single", 1, "independent"), ("independent", args.ranks, "independent"),
-                   ("data_parallel", args.ranks, "data-parallel")]
+              "--warmup-steps", str(args.warmup_steps), "--max-chars", str(args.max_chars), "--seed", str(args.seed),
+              "--micro-batches", str(args.micro_batches), "--schedule", args.schedule]
+    contestants = [(name, ranks or args.ranks, worker) for name, ranks, worker in LAYOUTS
+                   if name not in ("tensor_parallel", "pipeline") or name in args.layouts]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in contestants}
     for round_number in range(args.rounds):
         shift = round_number % len(contestants)
@@ -286,25 +336,37 @@ def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
             runs[name].append(run_worker(__file__, ranks, ["--worker", worker, *shared], timeout=args.timeout))
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
             f"{name} {records[-1]['tokens_per_s']:.0f} tokens/s" for name, records in runs.items()), flush=True)
-    summary = {name: statistics.median(r["tokens_per_s"] for r in records) for name, records in runs.items()}
-    return {"ranks": args.ranks, "tokens_per_s": summary,
-            "of_ceiling": statistics.median(p["tokens_per_s"] / i["tokens_per_s"]
-                                            for p, i in zip(runs["data_parallel"], runs["independent"])),
+    bubble = schedule_spec(args.schedule).bubble(args.ranks, args.micro_batches)
+    bounds = {"data_parallel": 1.0, "tensor_parallel": 1.0, "pipeline": 1.0 - bubble}
+    return {"ranks": args.ranks, "batch_per_rank": args.batch,
+            "tokens_per_s": {name: statistics.median(r["tokens_per_s"] for r in records)
+                             for name, records in runs.items()},
+            "of_ceiling": {name: statistics.median(p["tokens_per_s"] / i["tokens_per_s"]
+                                                   for p, i in zip(runs[name], runs["independent"]))
+                           for name in runs if name in bounds},
+            "bound_of_ceiling": {name: bounds[name] for name in runs if name in bounds},
+            "pipeline_schedule": {"name": args.schedule, "micro_batches": args.micro_batches, "bubble": bubble},
             "weak_scaling_efficiency": statistics.median(
                 p["tokens_per_s"] / (args.ranks * s["tokens_per_s"]) for p, s in zip(runs["data_parallel"],
-                                                                                      runs["single"])),
-            "not_measured": NOT_MEASURED}
+                                                                                      runs["single"]))}
 
 
 def report_data_parallel(result: dict[str, Any], rounds: int) -> None:
     n, t = result["ranks"], result["tokens_per_s"]
-    print(f"\nGPT data parallel, {n} ranks, one BLAS thread each, median of {rounds} interleaved rounds (global tokens/s):")
-    print(f"  1 rank:                {t['single']:9.0f}")
-    print(f"  {n} independent ranks:   {t['independent']:9.0f}  (same per-rank work, no gradient sync: the ceiling)")
-    print(f"  {n} ranks DataParallel:  {t['data_parallel']:9.0f}  {result['of_ceiling']:.3f} of the ceiling, "
-          f"weak-scaling efficiency {result['weak_scaling_efficiency']:.3f}")
-    for layout, why in result["not_measured"].items():
-        print(f"  {layout}: not measured ({why})")
+    print(f"\nGPT on {n} ranks, one BLAS thread each, {result['batch_per_rank']} windows per rank per step, median of "
+          f"{rounds} interleaved rounds (global tokens/s; of the ceiling: the median of the rounds' ratios):")
+    print(f"  1 rank:                 {t['single']:9.0f}")
+    print(f"  {n} independent ranks:    {t['independent']:9.0f}  (same per-rank work, no communication: the ceiling)")
+    print(f"  {n} ranks data parallel:  {t['data_parallel']:9.0f}  {result['of_ceiling']['data_parallel']:.3f} of the "
+          f"ceiling (bound 1), weak-scaling efficiency {result['weak_scaling_efficiency']:.3f}")
+    if "tensor_parallel" in t:
+        print(f"  tensor parallel T={n}:    {t['tensor_parallel']:9.0f}  {result['of_ceiling']['tensor_parallel']:.3f} "
+              "of the ceiling (bound 1)")
+    if "pipeline" in t:
+        s = result["pipeline_schedule"]
+        print(f"  {n} pipeline stages:      {t['pipeline']:9.0f}  {result['of_ceiling']['pipeline']:.3f} of the ceiling "
+              f"(bound {result['bound_of_ceiling']['pipeline']:.3f}: {s['name']}, {s['micro_batches']} "
+              f"micro-batches, bubble {s['bubble']:.3f})")
 
 
 # --- training both GPTs side by side --------------------------------------------------------------------------
@@ -432,19 +494,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cnn-steps", type=int, default=50)
     parser.add_argument("--cnn-batch", type=int, default=128)
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel runs (default 2)")
+    parser.add_argument("--layouts", default="tensor_parallel,pipeline",
+                        help="the model-parallel layouts run beside data parallel (default tensor_parallel,pipeline)")
+    parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches per step (default 4)")
+    parser.add_argument("--schedule", default="1f1b", help="pipeline schedule (default 1f1b)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a data-parallel run is stopped")
     parser.add_argument("--epochs", type=int, help="compare-training: the example's --epochs (default: its own)")
     parser.add_argument("--windows", type=int, help="compare-training: the example's --windows (default: its own)")
     parser.add_argument("--plot", help="compare-training: write the loss curves to this PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--worker", choices=["data-parallel", "independent"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["data-parallel", "independent", "tensor-parallel", "pipeline"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.part_list = [part.strip() for part in args.parts.split(",") if part.strip()]
+    args.layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
     unknown = sorted(set(args.part_list) - set(PARTS))
     if unknown:
         parser.error(f"--parts {args.parts}: unknown {unknown}; choose among {', '.join(PARTS)}")
-    for name in ("steps", "rounds", "batch", "ranks"):
+    unknown = sorted(set(args.layouts) - {"tensor_parallel", "pipeline"})
+    if unknown:
+        parser.error(f"--layouts {','.join(args.layouts)}: unknown {unknown}; choose among tensor_parallel, pipeline")
+    for name in ("steps", "rounds", "batch", "ranks", "micro_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -453,6 +524,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the parts asked for, print them with their ratios and return {part: result}."""
     args = parse_args(argv)
+    if args.worker in ("tensor-parallel", "pipeline"):
+        return layout_worker(args)
     if args.worker:
         return data_parallel_worker(args)
     import torch
