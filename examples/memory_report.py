@@ -64,6 +64,7 @@ def build_model(hidden: int, blocks: int, layout: str, recompute: bool) -> nn.Se
 def main(argv: Sequence[str] | None = None) -> tuple[list[MemoryReport], float]:
     """Run the example; returns every rank's report and the throughput in samples per second."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size = distributed.size()
     data_parallel = args.layout != "tensor"
     if data_parallel and args.batch_size % world_size:

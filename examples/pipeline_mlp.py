@@ -60,6 +60,7 @@ def load_data() -> tuple[tuple[numpy.ndarray, numpy.ndarray], tuple[numpy.ndarra
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy (on every rank)."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size = distributed.size()
     if args.replicas < 1 or world_size % args.replicas:
         raise SystemExit(f"--replicas {args.replicas} must divide the {world_size} ranks")

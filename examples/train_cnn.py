@@ -97,6 +97,7 @@ def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: in
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size = distributed.size()
     if args.pipeline_stages < 1 or world_size % args.pipeline_stages:
         raise SystemExit(f"--pipeline-stages {args.pipeline_stages} must divide the {world_size} ranks")

@@ -111,6 +111,7 @@ def make_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: in
 def main(argv: Sequence[str] | None = None) -> float:
     """Run the example; returns the test accuracy."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size = distributed.size()
     model_ranks = args.pipeline_stages * args.tensor_parallel
     if args.pipeline_stages < 1 or args.tensor_parallel < 1 or world_size % model_ranks:
@@ -129,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> float:
         model.to("cuda")
     strategy = make_strategy(model, args, world_size)
     shard, shards = (0, 1) if strategy is model else strategy.data_shard
-    if shards > 1:
-        nn.manual_seed(args.seed + shard)  # independent dropout masks per replica
+    if shards > 1 and not isinstance(strategy, distributed.DataParallel):
+        nn.manual_seed(args.seed + shard)  # independent dropout masks per pipeline replica (DataParallel's ranks
+        # draw their rows of the global batch's masks from one seed)
     shards_of = {"rank": shard, "world_size": shards}
     train_loader = DataLoader(ArrayDataset(*splits["train"]), args.batch_size // shards, shuffle=True,
                               drop_last=True, seed=args.seed, **shards_of)  # whole batches cut into micro-batches

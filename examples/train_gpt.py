@@ -236,6 +236,7 @@ class TokensPerSecond(nn.callbacks.Callback):
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns {"val_loss", "unigram_entropy", "sample", "history"}."""
     args = parse_args(argv)
+    distributed.start()  # the job's guards, before anything can fail on one rank only
     world_size, rank = distributed.size(), distributed.rank()
     replicas = world_size // max(1, args.pipeline_stages * args.tensor_parallel)
     if args.batch_size % max(1, replicas):

@@ -1,4 +1,4 @@
-"""What each rank runs under `mpiprop run`: pick its GPU, install the abort handler, then run the user's script."""
+"""What each rank runs under `mpiprop run`: pick its GPU, start the job's guards, then run the user's script."""
 from __future__ import annotations
 
 import os
@@ -74,12 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     if not program or program == ["-m"]:
         raise SystemExit(USAGE)
     bind_gpu(os.environ)
-    from mpiprop.distributed.reliability.abort import install_abort_handler  # imports mpi4py, so after the GPU is chosen
-    from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment
-    from mpi4py import MPI
+    from mpiprop.distributed import start
 
-    install_abort_handler()
-    start_watchdog_from_environment(MPI.COMM_WORLD.Get_rank())
+    start()  # MPI and the job's guards on every rank, before the script runs; after the GPU is chosen
     try:
         run_program(program)
     except SystemExit:

@@ -384,7 +384,7 @@ def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from mpiprop.distributed.reliability.timeline import merge_rank_files, rank_file
+    from mpiprop.distributed.reliability import merge_rank_files, rank_file
 
     if merge_rank_files(args.path) is None:
         raise FileNotFoundError(f"no per-rank trace files such as {rank_file(args.path, 0)!r} to merge; record "

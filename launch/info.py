@@ -29,16 +29,11 @@ def mpi_description() -> dict[str, Any]:
     Raises:
         ImportError: when there is no MPI library (its message says how to install one).
     """
-    # mpiprop.distributed loads MPI first (a singleton job outside mpiexec; the CUDA query needs it)
-    from mpiprop.distributed.transport.staging import mpi_cuda_aware
+    from mpiprop.distributed import mpi_cuda_aware, mpi_library_facts
 
-    import mpi4py
-    from mpi4py import MPI
-
-    major, minor = MPI.Get_version()
-    return {"mpi_library": summarize_library_version(MPI.Get_library_version()),
-            "mpi_standard": f"{major}.{minor}", "mpi4py": mpi4py.__version__, "cuda_aware_mpi": mpi_cuda_aware(),
-            "ranks": MPI.COMM_WORLD.Get_size()}
+    facts = mpi_library_facts()  # loads MPI first (a singleton job outside mpiexec; the CUDA query needs it)
+    return {"mpi_library": summarize_library_version(facts["library_version"]), "mpi_standard": facts["standard"],
+            "mpi4py": facts["mpi4py"], "cuda_aware_mpi": mpi_cuda_aware(), "ranks": facts["ranks"]}
 
 
 def launcher_description() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""mpiprop.distributed's launcher-variable module, loaded without starting MPI (importing mpiprop.distributed would)."""
+"""mpiprop.distributed's launcher-variable module, loaded alone (importing mpiprop.distributed loads the whole package)."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +12,9 @@ MODULE_NAME = "mpiprop.launch.launcher_variables.launcher_environment"  # a name
 def launcher_environment() -> ModuleType:
     """`mpiprop.distributed.transport.launcher_environment`, read from its file.
 
-    Importing it by name would first run `mpiprop.distributed`'s `__init__`, which starts MPI;
-    `mpiprop run` must not start MPI, and a rank must choose its GPU before MPI starts.
+    Importing it by name would first run `mpiprop.distributed`'s `__init__`, which imports every module
+    of the package (and with them the array libraries): `mpiprop run` starts faster without, and a rank
+    chooses its GPU before any of them is loaded.
     """
     if MODULE_NAME in sys.modules:
         return sys.modules[MODULE_NAME]

@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    from mpiprop.distributed.transport.communicator import Communicator
+    from mpiprop.distributed import Communicator, start
 
+    start()
     comm = Communicator()
     links = measure_links(comm, repeats=args.repeats)
     if comm.rank == 0:

@@ -7,11 +7,8 @@ from typing import Sequence
 
 import numpy
 
-from mpiprop.distributed.data_parallel.bucket_reduce_scatter import IN_FLIGHT
-from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB, bucket_lengths
-from mpiprop.distributed.data_parallel.parameter_shards import rank_counts, shard_owners
-from mpiprop.distributed.pipeline.partition import balance_costs
-from mpiprop.distributed.pipeline.stage import RECEIVE_AHEAD
+from mpiprop.distributed.data_parallel import DEFAULT_BUCKET_CAP_MB, IN_FLIGHT, bucket_lengths, rank_counts, shard_owners
+from mpiprop.distributed.pipeline import RECEIVE_AHEAD, balance_costs
 from mpiprop.network.training.memory_report import MemoryReport
 
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2}

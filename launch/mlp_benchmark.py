@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     steps for the throughput; with `--no-communication` the timed steps stay local (`communication=0`).
     """
     args = build_parser().parse_args(argv)
-    from mpiprop.distributed.transport.communicator import Communicator
-    from mpiprop.distributed.data_parallel.data_parallel import DataParallel
+    from mpiprop.distributed import Communicator, DataParallel, start
 
+    start()
     comm = Communicator()
     batch = local_batch_size(args.mode, args.batch, comm.size)
     nn.manual_seed(0)

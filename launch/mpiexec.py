@@ -38,8 +38,8 @@ class RunOptions:
             `["-m", "package.module", ...]` to run a module.
         hostfile: file naming the hosts, for runs across nodes.
         gpus_per_node: bind each rank to GPU `local_rank % gpus_per_node` when given.
-        threads_per_rank: BLAS/OpenMP threads per rank; None leaves them to each rank's import of
-            mpiprop.distributed (its node's cores divided by the ranks on the node).
+        threads_per_rank: BLAS/OpenMP threads per rank; None leaves them to each rank's
+            `mpiprop.distributed.start()` (its node's cores divided by the ranks on the node).
         trace: path of a Chrome trace to record (sets MPIPROP_TRACE on every rank).
         stall_timeout: seconds one communication may wait before the stall watchdog aborts the
             job (sets MPIPROP_STALL_TIMEOUT on every rank); None leaves the watchdog off.
@@ -156,7 +156,7 @@ def ranks_per_node(ranks: int, hosts: int) -> int:
 def launch_environment(options: RunOptions) -> list[tuple[str, str]]:
     """The environment variables every rank is given, in command-line order.
 
-    Threads per rank only when asked for: otherwise importing mpiprop.distributed on each rank sets
+    Threads per rank only when asked for: otherwise `mpiprop.distributed.start()` on each rank sets
     them from its node's cores and ranks, the same under `mpiprop run` as under plain mpiexec or srun.
     """
     variables = []

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy
 
+from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
+
 
 @dataclass(frozen=True)
 class LinkCost:
@@ -114,17 +116,19 @@ def ring_allreduce_seconds(nbytes: float, ranks: int, link: LinkCost) -> float:
     return 2 * (ranks - 1) / ranks * nbytes / link.bandwidth_bytes_per_s + 2 * (ranks - 1) * link.latency_s
 
 
-def pipeline_bubble_fraction(stages: int, micro_batches: int) -> float:
-    """Fraction of a GPipe/1F1B step a stage sits idle: (p-1)/(m+p-1)."""
-    return (stages - 1) / (micro_batches + stages - 1)
+def pipeline_bubble_fraction(stages: int, micro_batches: int, schedule: str = "1f1b") -> float:
+    """Fraction of a step a stage sits idle under `schedule`, as the schedule registry states it ((p-1)/(m+p-1) for
+    GPipe and 1F1B)."""
+    return schedule_spec(schedule).bubble(stages, micro_batches)
 
 
 def predict(measurements: Measurements, workload: Workload, layout: Layout) -> Prediction:
     """Predict one optimizer step of `workload` on `layout`.
 
     Each data group takes `global_batch / data` samples in `micro_batches` micro-batches; a stage does
-    `1/stages` of the compute of each; a pipeline step lasts `(m + p - 1)` slots of one micro-batch's stage
-    compute plus its activation send and gradient send. Gradients (`parameter_bytes / stages` per stage) are
+    `1/stages` of the compute of each; a pipeline step lasts `m / (1 - bubble)` slots (1F1B's bubble, from the
+    schedule registry: `m + p - 1` slots) of one micro-batch's stage compute plus its activation send and
+    gradient send. Gradients (`parameter_bytes / stages` per stage) are
     then ring-allreduced over the data groups; the step pays the `exposed_allreduce` fraction of that time
     (all of it by default: an upper bound where the implementation overlaps the allreduce with backward).
     """
@@ -133,7 +137,7 @@ def predict(measurements: Measurements, workload: Workload, layout: Layout) -> P
     slot_compute = measurements.compute_s_per_sample * micro_batch / layout.stages
     slot_p2p = 2 * measurements.p2p.seconds(workload.activation_bytes_per_sample * micro_batch) \
         if layout.stages > 1 else 0.0
-    slots = layout.micro_batches + layout.stages - 1
+    slots = layout.micro_batches / (1.0 - pipeline_bubble_fraction(layout.stages, layout.micro_batches))
     compute = layout.micro_batches * slot_compute
     allreduce = measurements.exposed_allreduce * ring_allreduce_seconds(workload.parameter_bytes / layout.stages,
                                                                          layout.data, measurements.allreduce)

@@ -38,3 +38,21 @@ def test_the_random_state_restores_every_stream():
     model[0].forward(x)
     rng.set_rng_state(state)
     assert all(numpy.array_equal(layer.forward(x)[0], mask) for layer, mask in zip(model, expected))
+
+
+def test_two_models_built_after_the_same_seed_draw_alike_from_streams_of_their_own():
+    x = numpy.ones((4, 30), dtype=numpy.float32)
+    first, second = two_dropouts(), two_dropouts()
+    masks = [first[0].forward(x)[0] for _ in range(2)]
+    assert numpy.array_equal(second[0].forward(x)[0], masks[0])  # the first model's draws left it where it was
+    assert numpy.array_equal(second[0].forward(x)[0], masks[1])
+
+
+def test_a_row_window_gives_a_shard_the_rows_of_the_global_batchs_mask_and_moves_past_the_whole_batch():
+    x = numpy.ones((7, 9), dtype=numpy.float32)
+    whole = two_dropouts()[1]
+    expected = [whole.forward(x)[0], whole.forward(x)[0]]
+    layer = two_dropouts()[1]
+    with rng.row_window(3, 7):
+        shards = [layer.forward(x[3:5])[0], layer.forward(x[3:5])[0]]
+    assert all(numpy.array_equal(shard, mask[3:5]) for shard, mask in zip(shards, expected))

@@ -18,7 +18,7 @@ def test_bind_gpu_without_a_gpu_says_to_run_on_the_cpu():
 
 @needs_no_gpu
 def test_without_a_gpu_nccl_is_not_chosen_and_host_copies_are_plain():
-    assert distributed.Communicator(abort_on_exception=False).nccl_enabled is False
+    assert distributed.Communicator().nccl_enabled is False
     source = numpy.arange(12.0).reshape(3, 4)[:, ::2]
     copy = gpu.copy_to_host(source)
     assert copy.flags.c_contiguous and numpy.array_equal(copy, source)
@@ -26,20 +26,20 @@ def test_without_a_gpu_nccl_is_not_chosen_and_host_copies_are_plain():
 
 def test_use_nccl_accepts_only_auto_or_false():
     with pytest.raises(ValueError, match="use_nccl must be 'auto' or False, got 'yes'"):
-        distributed.Communicator(use_nccl="yes", abort_on_exception=False)
+        distributed.Communicator(use_nccl="yes")
 
 
 @needs_gpu
 def test_one_rank_owning_its_gpu_reduces_and_broadcasts_through_nccl():
     cupy = backend.module_for_device("cuda")
     assert distributed.bind_gpu() == 0
-    comm = distributed.Communicator(abort_on_exception=False)
+    comm = distributed.Communicator()
     assert comm.nccl_enabled
     values = cupy.arange(6, dtype=cupy.float32)
     comm.allreduce(values)
     comm.bcast(values, root=0)
     assert cupy.array_equal(values, cupy.arange(6, dtype=cupy.float32))
-    forced = distributed.Communicator(force_host_staging=True, abort_on_exception=False)
+    forced = distributed.Communicator(force_host_staging=True)
     assert not forced.nccl_enabled
     forced.allreduce(values)
     assert cupy.array_equal(values, cupy.arange(6, dtype=cupy.float32))

@@ -1,4 +1,4 @@
-"""Which MPI library is in use: `mpiprop info` names it, and without one importing mpiprop.distributed says how to get one."""
+"""Which MPI library is in use: `mpiprop info` names it, and without one the first DataParallel says how to get one."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,9 @@ def python(*arguments: str, environment: dict[str, str] | None = None) -> subpro
 
 
 def test_without_an_mpi_library_the_import_error_says_how_to_install_one():
-    completed = python("-c", "import mpiprop.distributed", environment=NO_MPI_LIBRARY)
+    """Importing needs no MPI library; the first collective construction does."""
+    program = "import mpiprop.distributed as d, mpiprop.network as nn; d.DataParallel(nn.Linear(2, 2))"
+    completed = python("-c", program, environment=NO_MPI_LIBRARY)
     assert completed.returncode == 1
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line == (

@@ -1,6 +1,6 @@
 """Where each rank sits on its node (from MPI, not from stale launcher variables), and its BLAS threads.
 
-Real `mpiexec` jobs print threadpoolctl's view of each rank after importing mpiprop.distributed;
+Real `mpiexec` jobs print threadpoolctl's view of each rank after `mpiprop.distributed.start()`;
 the expectations come from this machine's cores, counted here.
 """
 from __future__ import annotations

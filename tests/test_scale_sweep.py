@@ -9,7 +9,7 @@ import pytest
 from mpiprop.launch import cli
 from mpiprop.launch.mpiexec import MPIEXEC
 from mpiprop.launch.runner import Launcher
-from mpiprop.distributed.data_parallel import data_parallel
+from mpiprop import distributed
 from mpiprop.launch import mlp_benchmark
 from mpiprop.launch.mlp_benchmark import local_batch_size
 from mpiprop.launch.scale import (ScaleConfig, ScalePoint, format_table, measure_points, parse_rank_list,
@@ -112,7 +112,7 @@ def test_a_workload_without_the_variant_is_run_alone_once_only():
 
 def test_benchmark_without_communication_never_builds_data_parallel(monkeypatch, capsys):
     built = []
-    monkeypatch.setattr(data_parallel, "DataParallel", lambda *args, **kwargs: built.append(args) or 1 / 0)
+    monkeypatch.setattr(distributed, "DataParallel", lambda *args, **kwargs: built.append(args) or 1 / 0)
     values = mlp_benchmark.main([*TINY_BENCHMARK[2:], "--no-communication"])
     assert built == [] and values["communication"] == 0
     assert parse_throughput_line(capsys.readouterr().out)["communication"] == 0

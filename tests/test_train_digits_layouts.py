@@ -26,8 +26,8 @@ def test_one_run_goes_on_through_pipeline_data_parallel_grid_and_tensor_parallel
     pytest.importorskip("matplotlib")
     checkpoint, metrics = tmp_path / "digits.ckpt", tmp_path / "digits.jsonl"
     files = ["--checkpoint", str(checkpoint), "--metrics-out", str(metrics)]
-    legs = [(2, ["--pipeline-stages", "2"], 1), (2, [], 2), (4, ["--pipeline-stages", "2"], 3),
-            (2, ["--tensor-parallel", "2"], 4), (4, ["--pipeline-stages", "2", "--tensor-parallel", "2"], 5), (1, [], 6)]
+    legs = [(2, [], 1), (2, ["--tensor-parallel", "2"], 2), (2, ["--pipeline-stages", "2"], 3),
+            (4, ["--pipeline-stages", "2"], 4), (4, ["--pipeline-stages", "2", "--tensor-parallel", "2"], 5), (1, [], 6)]
     for ranks, layout, epochs in legs:
         resume = ["--resume", str(checkpoint)] if epochs > 1 else []
         plot = tmp_path / f"curves{epochs}.png"

@@ -193,8 +193,8 @@ def test_zero2_over_a_layer_that_is_not_a_sequential_matches_plain_training():
     sharded, plain = train(2), train(0)
     for p, q in zip(sharded.parameters(), plain.parameters()):
         numpy.testing.assert_array_equal(p.data, q.data)
-    # one rank owns all 8 gradient values; two flags, the tally and the zero element stay beside them
-    assert sharded.gradient_sync.held_bytes == (8 + 2 + 1 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8
+    # one rank owns all 8 gradient values; two flags and the zero element stay beside them
+    assert sharded.gradient_sync.held_bytes == (8 + 2 + 1) * 8 == sharded.gradient_sync.peak_held_bytes - 8 * 8
 
 
 @pytest.mark.mpi
@@ -268,3 +268,10 @@ def test_a_sharded_bucket_in_lent_space_counts_no_bytes_and_moving_into_it_frees
     assert theirs.grad.tolist() == [[3, 3]]
     with pytest.raises(RuntimeError, match="memory of its own can move into lent space"):
         bucket.move_into(numpy.zeros(5))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_clip_grad_norm_of_zero2_parameters_clips_by_the_norm_over_every_ranks_share(ranks):
+    result = run_mpi("zero2_clip.py", ranks, timeout=180)
+    assert sorted(re.findall(r"CLIP-OK rank=(\d)", result.stdout)) == [str(rank) for rank in range(ranks)]

@@ -1,4 +1,4 @@
-"""BucketAllreduce: what GradientReducer drives, sums of flat buffers over ranks started one buffer at a time."""
+"""BucketAllreduce: what GradientSync drives, sums of flat buffers over ranks started one buffer at a time."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -39,7 +39,7 @@ class HierarchicalBucketAllreduce(SharedMemoryBucketAllreduce):
         super().__init__(sizes, dtypes, node)
         self.leaders = leaders
         # barriers of their own: MPI matches the node's barriers by order, and the announcements go in launch order
-        self._summed_slices_comm = Communicator(node, abort_on_exception=False, use_nccl=False)
+        self._summed_slices_comm = node.clone()
         self._slices_summed: list[Request] = []
         self._between_nodes: list[Request] = []
 
@@ -69,9 +69,9 @@ class HierarchicalBucketAllreduce(SharedMemoryBucketAllreduce):
                 wait_all(self._between_nodes)
                 self._write_totals_into_node_buffers()
             wait_all(self._slices_summed)
-            self._window.Sync()
+            self._window.sync()
             self.comm.barrier()
-            self._window.Sync()
+            self._window.sync()
         self._end_traces()
         return sum(int(buffer.nbytes) for buffer in self.buffers)
 
@@ -79,7 +79,7 @@ class HierarchicalBucketAllreduce(SharedMemoryBucketAllreduce):
         """A non-blocking barrier over the node per bucket whose slice this rank has summed, in bucket order."""
         while len(self._slices_summed) < len(self.buffers) and self._summed[len(self._slices_summed)]:
             index = len(self._slices_summed)
-            self._window.Sync()
+            self._window.sync()
             self._slices_summed.append(self._summed_slices_comm.ibarrier(
                 what=f"node sum of gradient bucket {index} ({self.buffers[index].size} {self.buffers[index].dtype})"))
 
@@ -93,7 +93,7 @@ class HierarchicalBucketAllreduce(SharedMemoryBucketAllreduce):
                 node_summed.wait()
             elif not node_summed.test():
                 return
-            self._window.Sync()
+            self._window.sync()
             self._between_nodes.append(self.leaders.iallreduce(self.buffers[len(self._between_nodes)], "sum"))
 
     def _write_totals_into_node_buffers(self) -> None:

@@ -2,7 +2,7 @@
 
 MPI's allreduce between processes of one node copies each buffer into shared cells,
 reduces there and copies the result back out. When the buffers themselves live in an
-MPI-3 shared window (`MPI.Win.Allocate_shared`), each rank adds its peers' values for one
+MPI-3 shared window (`Communicator.allocate_shared`), each rank adds its peers' values for one
 slice of a buffer straight into its own copy and writes the sum back into theirs, with no
 copies in between: 0.56 ms instead of 1.40 ms through MPI's allreduce for the 7.4 MB of
 gradients of a 784-1024-1024-10 MLP on 2 ranks (examples/benchmarks/bench_data_parallel.py).
@@ -12,7 +12,7 @@ each owns one slice of it: it adds the other ranks' values of that slice into it
 writes the sum into theirs (in `progress` during backward, else in `finish`). The slices
 are disjoint, so no rank writes what another reads. `finish` ends with a barrier: after
 it every buffer holds the whole sum, and a rank may write its buffers again. Each slice is
-summed by one rank only, so every rank ends with bit-identical sums. `MPI.Win.Sync` around
+summed by one rank only, so every rank ends with bit-identical sums. `SharedWindow.sync` around
 each barrier orders the loads and stores on processors that may reorder them.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.transport.communicator import Communicator
@@ -49,7 +48,7 @@ def window_prints_errors() -> bool:
     as `mpiprop run` passes): where UCX finds no network, that component prints an error on every rank for
     every window it is asked about, and it cannot be left out once MPI has started.
     """
-    return is_open_mpi(MPI) and not leaves_out_ucx(os.environ.get(OPEN_MPI_ONE_SIDED_VARIABLE, ""))
+    return is_open_mpi() and not leaves_out_ucx(os.environ.get(OPEN_MPI_ONE_SIDED_VARIABLE, ""))
 
 
 def leaves_out_ucx(components: str) -> bool:
@@ -117,8 +116,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
     def __init__(self, sizes: Sequence[int], dtypes: Sequence[numpy.dtype], comm: Communicator):
         self.sizes, self.dtypes = list(sizes), [numpy.dtype(dtype) for dtype in dtypes]
         offsets, total = _aligned_offsets(self.sizes, self.dtypes)
-        self._window = MPI.Win.Allocate_shared(total, 1, comm=comm.mpi_comm)
-        self._window.Lock_all(MPI.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
+        self._window = comm.allocate_shared(total)
         self._all_buffers = [self._buffers_of(rank, offsets) for rank in range(comm.size)]
         super().__init__(self._all_buffers[comm.rank], comm)
         self._slices = [[_slice_of(size, rank, comm.size) for rank in range(comm.size)] for size in self.sizes]
@@ -134,7 +132,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         """Announce, with a non-blocking barrier, that this rank's buffer `index` is final."""
         buffer = self.buffers[index]
         self._trace(index, int(buffer.nbytes))
-        self._window.Sync()
+        self._window.sync()
         self._requests[index] = self.comm.ibarrier(what=self._announcements[index])
 
     def progress(self) -> None:
@@ -150,9 +148,9 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
             for index in range(len(self.buffers)):
                 if not self._summed[index]:
                     self._sum_my_slice(index)
-            self._window.Sync()
+            self._window.sync()
             self.comm.barrier()
-            self._window.Sync()
+            self._window.sync()
         self._end_traces()
         return sum(int(buffer.nbytes) for buffer in self.buffers)
 
@@ -161,7 +159,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
 
         In pieces of CHUNK_BYTES, so that each piece of the sum is still in cache when it is copied.
         """
-        self._window.Sync()
+        self._window.sync()
         mine = self._slices[index][self.comm.rank]
         buffer = self.buffers[index]
         others = [buffers[index] for rank, buffers in enumerate(self._all_buffers) if rank != self.comm.rank]
@@ -176,7 +174,7 @@ class SharedMemoryBucketAllreduce(BucketAllreduce):
         self._summed[index] = True
 
     def _buffers_of(self, rank: int, offsets: list[int]) -> list[numpy.ndarray]:
-        memory, _ = self._window.Shared_query(rank)
+        memory = self._window.memory(rank)
         return [numpy.frombuffer(memory, dtype=dtype, count=size, offset=offset)
                 for size, dtype, offset in zip(self.sizes, self.dtypes, offsets)]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.distributed.transport.request import Request, wait_all
+from mpiprop.distributed.transport.request import wait_all
 
 IN_FLIGHT = 2  # buckets reduce-scattering at once; launching one more first waits for the oldest
 
@@ -23,7 +22,7 @@ class MpiBucketReduceScatter(BucketAllreduce):
     completes (seen while progressing, waiting or finishing) the bucket is released, so its whole
     gradient space lives only from backward's first write into it until then. At most IN_FLIGHT
     buckets reduce-scatter at once: launching another first waits for the oldest one. `finish()`
-    waits for them all and sums every bucket's flags and tally on every rank in one allreduce;
+    waits for them all and sums every bucket's flags on every rank in one allreduce;
     then every rank's own gradients hold their sums over the ranks and the others read as zero.
 
     Args:
@@ -50,10 +49,8 @@ class MpiBucketReduceScatter(BucketAllreduce):
         bucket = self.buckets[index]
         bucket.materialize()
         self._trace(index, int(bucket.full.nbytes))
-        mpi = self.comm.mpi_comm
-        self._requests[index] = Request(mpi.Ireduce_scatter(bucket.full, bucket.own, bucket.counts, MPI.SUM),
-                                        on_complete=bucket.release, keep_alive=bucket.full,
-                                        what=f"reduce-scatter of gradient bucket {index}")
+        self._requests[index] = self.comm.ireduce_scatter(bucket.full, bucket.own, bucket.counts).then(
+            bucket.release, what=f"reduce-scatter of gradient bucket {index}")
         self._in_flight = [launched for launched in self._in_flight if not self._requests[launched].done] + [index]
         while len(self._in_flight) > IN_FLIGHT:
             self._wait_for_reduce_scatter(self._in_flight.pop(0))
@@ -81,12 +78,12 @@ class MpiBucketReduceScatter(BucketAllreduce):
         return sum(bucket.nbytes for bucket in self.buckets)
 
     def _sum_tails(self) -> None:
-        """Sum every bucket's flags and tally over the ranks: one allreduce per dtype, not one per bucket."""
+        """Sum every bucket's flags over the ranks: one allreduce per dtype, not one per bucket."""
         for dtype in dict.fromkeys(bucket.dtype for bucket in self.buckets):
             tails = [bucket.tail for bucket in self.buckets if bucket.dtype == dtype]
             joined = numpy.concatenate(tails)
             with waiting_in(f"allreduce of the flags of {len(tails)} gradient buckets"):
-                self.comm.mpi_comm.Allreduce(MPI.IN_PLACE, joined, MPI.SUM)
+                self.comm.allreduce(joined)
             start = 0
             for tail in tails:
                 tail[...] = joined[start:start + tail.size]

@@ -24,7 +24,7 @@ announcement, its MPI reduce-scatter, its read barrier) a rank sums its runs of 
 launched before it (waiting for their announcements): what the earliest blocked wait of the
 job needs is then done or under way on every rank, so no wait waits on another in a circle.
 `finish` sums what is left and waits for every read barrier, so each backward starts with
-empty slots. `MPI.Win.Sync` around every barrier orders the loads and stores, as in
+empty slots. `SharedWindow.sync` around every barrier orders the loads and stores, as in
 bucket_allreduce_shared. Every wait is a watched `Request.wait`/`wait_all`.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SharedMemoryBucketReduceScatter(MpiBucketReduceScatter):
     def __init__(self, buckets: Sequence[ShardedGradientBucket], comm: Communicator, slots: GradientSlots):
         super().__init__(buckets, comm)
         self.slots = slots
-        self._read_comm = Communicator(comm.mpi_comm, abort_on_exception=False, use_nccl=False)
+        self._read_comm = comm.clone()
         self._synchronising = False
         self._placed: list[bool] = []
         self._occupant: list[int | None] = []

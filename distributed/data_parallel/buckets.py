@@ -60,10 +60,9 @@ def _compatible_runs(params: Sequence[Parameter]) -> list[list[Parameter]]:
     return runs
 
 
-def bucket_size(params: Sequence[Parameter], tally: bool = False) -> int:
-    """Elements of the flat buffer that holds the gradients of `params`, a has-gradient flag for each,
-    and, with `tally`, one number summed along with them."""
-    return sum(p.size for p in params) + len(params) + int(tally)
+def bucket_size(params: Sequence[Parameter]) -> int:
+    """Elements of the flat buffer that holds the gradients of `params` and a has-gradient flag for each."""
+    return sum(p.size for p in params) + len(params)
 
 
 def _compatible(a: Parameter, b: Parameter) -> bool:
@@ -80,16 +79,15 @@ class GradientBucket:
     lost. Backward passes keep adding into `p.grad` in place, which writes the buffer. The last
     `len(params)` elements, `flags`, carry each parameter's `has_grad` (1 or 0) through the
     same sum over ranks: a parameter has a gradient after the sum when it had one on any rank.
-    With `tally`, one more element, `tally`, carries a number through the sum (see GradientSync).
     """
 
-    def __init__(self, params: Sequence[Parameter], buffer: Array | None = None, *, tally: bool = False):
+    def __init__(self, params: Sequence[Parameter], buffer: Array | None = None):
         if not params:
             raise ValueError("a gradient bucket needs at least one parameter")
         first = params[0].data
         self.params = list(params)
         if buffer is None:
-            buffer = get_array_module(first).zeros(bucket_size(params, tally), dtype=first.dtype)
+            buffer = get_array_module(first).zeros(bucket_size(params), dtype=first.dtype)
         self.buffer: Array = buffer
         self.views: list[Array] = []
         offset = 0
@@ -100,7 +98,6 @@ class GradientBucket:
             self.views.append(view)
             offset += p.size
         self.flags: Array = self.buffer[offset:offset + len(self.params)]
-        self.tally: Array | None = self.buffer[offset + len(self.params):] if tally else None
 
     def write_flags(self) -> None:
         """Put each parameter's `has_grad` into `flags`, before the buffer is summed."""
@@ -111,11 +108,11 @@ class GradientBucket:
         read_has_grad_flags(self.params, self.flags)
 
     def scale(self, factor: float) -> None:
-        """Multiply the buffer by `factor`."""
+        """Multiply the buffer by `factor` (the flags too: `write_flags` rewrites them before a sum)."""
         self.buffer *= self.buffer.dtype.type(factor)
 
     def zero(self) -> None:
-        """Reset the gradients, flags and tally to zero."""
+        """Reset the gradients and flags to zero."""
         self.buffer.fill(0)
 
     @property

@@ -1,25 +1,30 @@
 """DataParallel: each rank backpropagates its shard; bucketed allreduces average the gradients."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_possible
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.data_parallel.compression import NoCompression
 from mpiprop.distributed.data_parallel.data_parallel_ranks import DataParallelRanks
-from mpiprop.distributed.data_parallel.gradient_reducer import SyncStats
-from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
-from mpiprop.distributed.data_parallel.node_groups import node_groups
+from mpiprop.distributed.data_parallel.gradient_sync import GradientSync, SyncStats
 from mpiprop.distributed.data_parallel.parameter_shards import shard_owners
 from mpiprop.distributed.data_parallel.sharded_optimizer import ShardedOptimizer
-from mpiprop.distributed.data_parallel.shard_weights import ShardWeight
+from mpiprop.distributed.data_parallel.sharded_parameters import ShardedParameters
+from mpiprop.distributed.data_parallel.shard_weights import ShardWeight, loss_gradient_and_denominator
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.reliability.wrapped_backward import WrappedBackward
 from mpiprop.distributed.tensor_parallel.named_shares import tensor_group_of
-from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
-from mpiprop.network.backend import Array, device_of
+from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.transport.closing import ReleasesCommunicator
+from mpiprop.distributed.transport.communicator import Communicator, MpiComm
+from mpiprop.network.backend import Array
+from mpiprop.network.compute import rng
+from mpiprop.network.layers.dropout import Dropout
 from mpiprop.network.layers.layer import REMEMBERED, Layer
+from mpiprop.network.layers.losses import Loss
 from mpiprop.network.training.whole_model import WholeModelStrategy
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
@@ -33,7 +38,7 @@ _NO_SHARDED_OPTIMIZER = (
     "the zeros that stand in for the gradients other ranks own; build it with dp.optimizer(...)")
 
 
-class DataParallel(WholeModelStrategy):
+class DataParallel(WholeModelStrategy, ReleasesCommunicator):
     """Data-parallel training of `module` over the ranks of `comm`.
 
     Every rank holds a full replica and runs forward and backward on its own shard of the
@@ -43,14 +48,15 @@ class DataParallel(WholeModelStrategy):
     bucket's non-blocking allreduce starts, so communication overlaps the rest of backward. When
     `backward` returns, every gradient is the gradient of the mean loss over the global batch
     when each rank's loss is the mean over its shard, even for shards of unequal sizes (4, 3
-    and 3 rows): backward multiplies the output gradient by this rank's share of the global
-    batch's rows, so the allreduces' sums are the row-weighted means. The ranks exchange their
-    rows once; after that each rank's rows are summed along with the gradients, and on a step
-    whose total differs from the last one (the short last batch of an epoch) the summed
-    gradients are multiplied by old total / new total (see ShardWeight). Under `no_sync()`,
-    with a compression, and for the first synchronised backward after `no_sync()`, the rows
-    are exchanged before that backward instead. Gradients added to `.grad` outside `backward`
-    are therefore summed over ranks, not averaged (and scaled with the others on such a step).
+    and 3 rows): each rank passes its share of the global batch to the `GradientSync`, which
+    weighs its buckets by it before summing them (see ShardWeight). `train_step` takes that share
+    from the loss's denominator (`Loss.denominator`: rows, elements, or the total class weight of
+    the kept targets, from the targets), so every loss option (class weights, ignore_index) gives torch's mean over
+    the global batch, and returns that mean; `backward` alone counts the rows of the last forward.
+    The shares are summed over the ranks in one small non-blocking allreduce per step. Under
+    `no_sync()` each backward weighs its output gradient by its share instead, and the first
+    synchronised backward after it sums with weight 1. Gradients added to `.grad` outside `backward`
+    are weighted with the others.
     Switching to evaluation (`eval()`) gives every rank rank 0's buffers, so all ranks
     evaluate alike.
 
@@ -71,16 +77,20 @@ class DataParallel(WholeModelStrategy):
     Args:
         module: the model (a Sequential gets overlapped communication; any other Layer has
             its buckets reduced after its whole backward).
-        comm: an mpi4py communicator or Communicator; None clones MPI.COMM_WORLD.
+        comm: an mpi4py communicator or Communicator, of which it works on a clone; None: MPI.COMM_WORLD.
+            The first DataParallel, Pipeline or tensor-parallel group starts the job's guards
+            (`mpiprop.distributed.start`). `close()` it, or build it in a `with` block, to release its
+            communicators and shared memory.
         bucket_cap_mb: target size of a gradient bucket in MiB (default 4).
-        compression: None, or "float16" to allreduce float16 copies of the gradient buffers
-            (half the bytes, about 3 significant digits per averaged gradient).
+        compression: a compression object (`NoCompression()`, `Float16Compression()`: float16 copies
+            of the gradient buffers, half the bytes, about 3 significant digits per averaged
+            gradient), None for none, or the name "float16" (see compression.py).
         broadcast_buffers: broadcast rank 0's buffers (BatchNorm running statistics) before every
             training-mode forward, as PyTorch DDP does, so all ranks evaluate alike.
         shared_memory: when every rank is on one node and the gradients are numpy arrays,
             keep the buckets in memory all ranks can read and sum them there (about twice
             as fast as MPI's allreduce; see mpiprop.distributed.data_parallel.bucket_allreduce_shared). The window
-            stays allocated until the process ends, as the gradients are views into it.
+            stays allocated until `close()`, as the gradients are views into it.
             False, a compression, GPU arrays or ranks on several nodes use MPI's allreduce,
             and so does a node whose /dev/shm lacks room for the buckets (with a warning).
             Under ZeRO-2 it chooses how the gradients are reduce-scattered (in a ring of shared
@@ -94,7 +104,7 @@ class DataParallel(WholeModelStrategy):
             memory; the others' gradients read as zero and hold no memory. A bucket is whole only
             from backward's first write into it until its reduce-scatter completes: on one node
             with `shared_memory`, in one of three bucket-sized slots per rank of a window shared by
-            the node's ranks (kept for the process) and summed there; else with MPI, at most two
+            the node's ranks (kept until `close()`) and summed there; else with MPI, at most two
             reduce-scattering at once. Under `no_sync()` the buckets backward writes stay whole, in
             memory of their own, until the synchronised backward. No compression). Both need numpy
             parameters.
@@ -111,7 +121,7 @@ class DataParallel(WholeModelStrategy):
     """
 
     def __init__(self, module: Layer, comm: "MpiComm | Communicator | None" = None, *,
-                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: str | None = None,
+                 bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, compression: "NoCompression | str | None" = None,
                  broadcast_buffers: bool = True, shared_memory: bool = True, shard_optimizer_state: int = 0):
         super().__init__(module)
         if not bucket_cap_mb > 0:
@@ -124,7 +134,8 @@ class DataParallel(WholeModelStrategy):
                              "train data x tensor-parallel layouts with Pipeline(model, micro_batches, stages=1), "
                              "which places the groups and joins their shares in checkpoints")
         self.shard_optimizer_state = shard_optimizer_state
-        self.comm = as_communicator(comm)
+        start()
+        self.comm = Communicator(comm)
         self.ranks = DataParallelRanks(self.comm, gradient_shards=shard_optimizer_state == 2)
         self.broadcast_buffers = bool(broadcast_buffers)
         try:
@@ -136,21 +147,22 @@ class DataParallel(WholeModelStrategy):
                 self.comm.free()
             raise
         self._broadcast_state()
-        self.compression = compression
         in_final_order = _parameters_in_final_order(module)
         owners = shard_owners([p.size for p in in_final_order], self.comm.size)
         self.owner_of = {id(p): owner for p, owner in zip(in_final_order, owners)}
         self.gradient_sync = GradientSync(in_final_order, self.comm, bucket_cap_mb=bucket_cap_mb,
                                           compression=compression, shared_memory=shared_memory,
-                                          owners=owners if shard_optimizer_state == 2 else None, tally=True)
+                                          owners=owners if shard_optimizer_state == 2 else None)
+        self.compression = self.gradient_sync.compression
         self.buckets = self.gradient_sync.buckets
-        self._parameters_in_shared_memory = (self.allreduce_kind.startswith("shared memory") or
-                                             (shard_optimizer_state == 2 and shared_memory and
-                                              _on_one_node_in_shared_memory(in_final_order, self.comm)))
+        self._parameters_in_shared_memory = self.allreduce_kind.startswith("shared memory")
         self._sync_gradients = True
         self._accumulated_without_sync = False
         self._shard_weight = ShardWeight(self.comm)
+        self._count_rows = True
+        self._global_loss = math.nan
         self._has_buffers = any(True for _ in module.named_buffers())
+        self._draws_dropout = any(isinstance(layer, Dropout) and layer.p > 0 for layer in module.descendants())
         self._own_backward = WrappedBackward(module, "DataParallel", "dp.backward(dout)")
         self._sharded_optimizer_made, self._training_forwards = False, 0
 
@@ -162,13 +174,23 @@ class DataParallel(WholeModelStrategy):
         summed with the gradients.
         """
         self._before_forward(x)
-        with span("forward"):
+        with span("forward"), self._rows_of_the_global_batch(x):
             return self.module.forward(x)
 
     def __call__(self, x: Array) -> Array:
         self._before_forward(x)
-        with span("forward"):
+        with span("forward"), self._rows_of_the_global_batch(x):
             return self.module(x)
+
+    @contextmanager
+    def _rows_of_the_global_batch(self, x: Array) -> Iterator[None]:
+        """With dropout in training: this rank's rows draw the masks one process draws for them in the global batch."""
+        if not (self._draws_dropout and self.module.training and self.comm.size > 1):
+            yield
+            return
+        rows = self.comm.allgather_object(int(x.shape[0]))
+        with rng.row_window(sum(rows[:self.comm.rank]), sum(rows)):
+            yield
 
     def _before_forward(self, x: Array) -> None:
         if self.module.training:
@@ -177,13 +199,34 @@ class DataParallel(WholeModelStrategy):
                 raise RuntimeError(_NO_SHARDED_OPTIMIZER.format(self.shard_optimizer_state))
         if self.module.training and self.broadcast_buffers and self._has_buffers:
             self.sync_buffers()
-        if self.module.training and self.comm.size > 1:
-            self._shard_weight.start(int(x.shape[0]), exchange=not self._rows_summed_with_gradients())
+        if self.module.training and self.comm.size > 1 and self._count_rows:
+            self._shard_weight.start(int(x.shape[0]), rows=True)
 
-    def _rows_summed_with_gradients(self) -> bool:
-        """Whether the next backward sums every rank's rows with the gradients (else they are exchanged first):
-        when it sums gradients that can carry them, all of them from this backward."""
-        return self._sync_gradients and self.gradient_sync.carries_tally and not self._accumulated_without_sync
+    def train_step(self, x: Array, y: Array, loss_fn: Loss) -> float:
+        """Forward, the loss and backward of this rank's shard; the gradients and the returned loss are those
+        of the loss over the global batch (each rank weighted by its share of the loss's denominator).
+
+        A NaN or Inf output or loss turns every rank's gradients and loss NaN; all-ignored targets add nothing.
+
+        Args:
+            x: this rank's shard of the batch.
+            y: its targets.
+            loss_fn: a loss reducing by "mean" (or "sum": the losses then add up over the ranks).
+
+        Returns:
+            The loss over the global batch, the same on every rank.
+        """
+        self._count_rows = False
+        try:
+            output = self(x)
+        finally:
+            self._count_rows = True
+        value, output_grad, local = loss_gradient_and_denominator(loss_fn, output, y)
+        if self.comm.size > 1:
+            self._shard_weight.start(local, value, mean=loss_fn.reduction != "sum")
+        self.backward(output_grad)
+        self.last_output = output
+        return self._global_loss if self.comm.size > 1 else value
 
     def backward(self, dout: Array, cache: Any = REMEMBERED, *, input_grad: bool = False) -> Array | None:
         """Backpropagate `dout` and return once every gradient is averaged over ranks.
@@ -198,29 +241,32 @@ class DataParallel(WholeModelStrategy):
         Returns:
             The input gradient when `input_grad`, else None.
         """
-        weight, rows = self._shard_weight.take(exchange=not self._rows_summed_with_gradients())
-        dout = dout if self.comm.size == 1 else dout * weight  # backward is linear: sums become weighted means
-        if not self._sync_gradients:
-            with span("backward", synchronised=False):
-                input_gradient = self._run_backward(dout, cache, input_grad, on_parameters_final=None)
-            self._accumulated_without_sync = True
-        else:
-            self.gradient_sync.start(tally=rows or 0)
-            with span("backward"):
-                input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
-            self.gradient_sync.finish()
-            self._accumulated_without_sync = False
-            if rows is not None and self.gradient_sync.carries_tally:
-                self._correct_for_the_rows_of_all_ranks(rows)
-        if input_gradient is not None and self.comm.size > 1 and weight > 0:
-            input_gradient *= input_gradient.dtype.type(1.0 / weight)
+        weight, self._global_loss = self._shard_weight.take() if self.comm.size > 1 else (1.0, math.nan)
+        if not self._sync_gradients or self._accumulated_without_sync:
+            return self._backward_accumulating(dout, cache, input_grad, weight)
+        self.gradient_sync.start(weight)
+        with span("backward"):
+            input_gradient = self._run_backward(dout, cache, input_grad, self.gradient_sync.mark_final)
+        self.gradient_sync.finish()
         return input_gradient
 
-    def _correct_for_the_rows_of_all_ranks(self, rows: int) -> None:
-        """Scale the summed gradients when the ranks' rows, summed with them, differ from the total assumed."""
-        factor = self._shard_weight.correction(rows, self.gradient_sync.summed_tally, self.gradient_sync.tally_limit)
-        if factor != 1.0:
-            self.gradient_sync.scale(factor)
+    def _backward_accumulating(self, dout: Array, cache: Any, input_grad: bool, weight: float) -> Array | None:
+        """A backward under `no_sync()`, or the first synchronised one after: gradients from several backwards
+        share the buckets, so each weighs its output gradient by its own share, and the sum has weight 1."""
+        weighted = dout if weight == 1.0 else dout * dout.dtype.type(weight)
+        if not self._sync_gradients:
+            with span("backward", synchronised=False):
+                input_gradient = self._run_backward(weighted, cache, input_grad, on_parameters_final=None)
+            self._accumulated_without_sync = True
+        else:
+            self.gradient_sync.start(1.0)
+            with span("backward"):
+                input_gradient = self._run_backward(weighted, cache, input_grad, self.gradient_sync.mark_final)
+            self.gradient_sync.finish()
+            self._accumulated_without_sync = False
+        if input_gradient is not None and weight != 1.0 and weight > 0:
+            input_gradient *= input_gradient.dtype.type(1.0 / weight)
+        return input_gradient
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -251,6 +297,11 @@ class DataParallel(WholeModelStrategy):
         if on_parameters_final is not None:
             on_parameters_final(self.module.parameters())
         return dx if input_grad else None
+
+    def parameters(self) -> list[Parameter]:
+        """The parameters; under ZeRO-2 a `ShardedParameters`, whose clip_grad_norm_ spans every rank's share."""
+        params = super().parameters()
+        return ShardedParameters(params, self.comm) if self.shard_optimizer_state == 2 else params
 
     # --- the optimizer ---------------------------------------------------------------------
     def optimizer(self, optimizer_class: type[Optimizer], params: ParamsOrGroups | None = None,
@@ -340,15 +391,6 @@ class DataParallel(WholeModelStrategy):
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
                 f"allreduce={self.allreduce_kind!r}, compression={self.compression!r},\n  module={self.module!r})")
-
-
-def _on_one_node_in_shared_memory(params: list[Parameter], comm: Communicator) -> bool:
-    """Whether every rank of `comm` is on one node and could share memory for these parameters. Collective."""
-    if not shared_memory_possible(comm, [p.dtype for p in params], all(device_of(p.data) == "cpu" for p in params)):
-        return False
-    groups = node_groups(comm)
-    groups.free()
-    return groups.nodes == 1
 
 
 def _parameters_in_final_order(module: Layer) -> list[Parameter]:

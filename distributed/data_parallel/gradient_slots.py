@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
@@ -41,7 +40,7 @@ class GradientSlots:
 
     Bucket `b` may take slot `b % count`. `space(rank, b)` is rank `rank`'s slot of bucket `b`
     seen as `gradient_size` elements of the bucket's dtype: a rank writes its own, reads every
-    rank's. The window is made once (collective; all ranks on one node) and stays for the process.
+    rank's. The window is made once (collective; all ranks on one node) and stays until its communicator is freed.
 
     Args:
         buckets: the sharded buckets, the same on every rank.
@@ -53,9 +52,8 @@ class GradientSlots:
         self.count = slot_count(len(buckets), slots)
         offsets, self.nbytes = slot_offsets([bucket.gradient_size * bucket.dtype.itemsize for bucket in buckets],
                                             self.count)
-        self._window = MPI.Win.Allocate_shared(self.nbytes, 1, comm=comm.mpi_comm)
-        self._window.Lock_all(MPI.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
-        memories = [self._window.Shared_query(rank)[0] for rank in range(comm.size)]
+        self._window = comm.allocate_shared(self.nbytes)
+        memories = [self._window.memory(rank) for rank in range(comm.size)]
         self._spaces = [[numpy.frombuffer(memory, dtype=bucket.dtype, count=bucket.gradient_size,
                                           offset=offsets[index % self.count])
                          for index, bucket in enumerate(buckets)] for memory in memories]
@@ -70,4 +68,4 @@ class GradientSlots:
 
     def sync(self) -> None:
         """Order this rank's loads and stores of the window before what follows (around barriers)."""
-        self._window.Sync()
+        self._window.sync()

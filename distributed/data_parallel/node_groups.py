@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mpi4py import MPI
-
 from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.mpi_library import world_rank_and_size
 
 PRETEND_NODES_VARIABLE = "MPIPROP_PRETEND_NODES"
 
@@ -44,7 +43,7 @@ def pretend_nodes() -> int | None:
     text = os.environ.get(PRETEND_NODES_VARIABLE)
     if text is None:
         return None
-    ranks = MPI.COMM_WORLD.Get_size()
+    ranks = world_rank_and_size()[1]
     if not text.strip().isdigit() or int(text) < 1 or ranks % int(text):
         raise ValueError(f"{PRETEND_NODES_VARIABLE}={text!r} must be a positive integer dividing the {ranks} ranks "
                          f"of the job, e.g. {PRETEND_NODES_VARIABLE}=2 for 4 ranks as 2 nodes of 2")
@@ -61,12 +60,10 @@ def node_groups(comm: Communicator) -> NodeGroups:
     """
     nodes = pretend_nodes()
     if nodes is None:
-        raw_node = comm.mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        node = comm.split_by_node()
     else:
-        world_rank, world_size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        raw_node = comm.mpi_comm.Split(world_rank * nodes // world_size, comm.rank)
-    node = Communicator(raw_node, clone=False, abort_on_exception=False, use_nccl=False)
+        world_rank, world_size = world_rank_and_size()
+        node = comm.split(world_rank * nodes // world_size)
     is_leader = node.rank == 0
-    raw_leaders = comm.mpi_comm.Split(0 if is_leader else MPI.UNDEFINED, comm.rank)
-    leaders = Communicator(raw_leaders, clone=False, abort_on_exception=False, use_nccl=False) if is_leader else None
-    return NodeGroups(node, leaders, comm.mpi_comm.allreduce(int(is_leader)))
+    leaders = comm.split(0 if is_leader else None)
+    return NodeGroups(node, leaders, comm.allreduce_object(int(is_leader)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.parameter_shards import rank_counts
 from mpiprop.distributed.reliability.waits import waiting_in
@@ -16,7 +15,7 @@ class ParameterAllgather:
     """Copies each rank's own parameters into every other rank's, one group of parameters at a time.
 
     A group (a gradient bucket's parameters: one dtype) goes through one flat staging buffer,
-    as large as the largest group, with one `Allgatherv`; the owners inside a group must be in
+    as large as the largest group, with one `allgatherv`; the owners inside a group must be in
     rank order (as `shard_owners` gives them).
 
     Args:
@@ -45,9 +44,8 @@ class ParameterAllgather:
             own = [(p, start) for p, start in zip(group, offsets) if self.owner_of[id(p)] == self.comm.rank]
             for p, start in own:
                 staging[start:start + p.size] = p.data.ravel()
-            displacements = numpy.cumsum([0] + counts[:-1]).tolist()
             with waiting_in(f"allgather of the parameters of bucket {index}"):
-                self.comm.mpi_comm.Allgatherv(MPI.IN_PLACE, [staging, (counts, displacements)])
+                self.comm.allgatherv(staging, counts)
             for p, start in zip(group, offsets):
                 if self.owner_of[id(p)] != self.comm.rank:
                     p.data[...] = staging[start:start + p.size].reshape(p.shape)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
 from mpiprop.distributed.reliability.timeline import span
@@ -32,9 +31,8 @@ class SharedMemoryParameterAllgather:
         self.params = list(params)
         self.owner_of = dict(owner_of)
         offsets, used = _segments(self.params, self.owner_of, comm.size)
-        self._window = MPI.Win.Allocate_shared(max(used[comm.rank], ALIGNMENT), 1, comm=comm.mpi_comm)
-        self._window.Lock_all(MPI.MODE_NOCHECK)  # an open epoch, so Sync() may order loads and stores
-        memories = [self._window.Shared_query(rank)[0] for rank in range(comm.size)]
+        self._window = comm.allocate_shared(max(used[comm.rank], ALIGNMENT))
+        memories = [self._window.memory(rank) for rank in range(comm.size)]
         self._views = [numpy.frombuffer(memories[self.owner_of[id(p)]], dtype=p.dtype, count=p.size,
                                         offset=offsets[id(p)]).reshape(p.shape) for p in self.params]
 
@@ -51,9 +49,9 @@ class SharedMemoryParameterAllgather:
                     p.data[...] = view
 
     def _barrier(self) -> None:
-        self._window.Sync()
+        self._window.sync()
         self.comm.barrier()
-        self._window.Sync()
+        self._window.sync()
 
 
 def parameter_window_shortage(params: Sequence[Parameter], owner_of: dict[int, int], comm: Communicator) -> str | None:

@@ -32,8 +32,7 @@ class ShardedGradientBucket:
     Owners are in rank order (`shard_owners`), so the gradient space of the bucket, the
     parameters' elements one after the other, gives each rank one run: `counts[r]` elements
     from `own_start` for this rank. Kept all the time: `own` (this rank's run), `tail` (one
-    has-gradient flag per parameter, `flags`, then, with `tally`, the number summed along,
-    `tally`) and one zero element. `materialize()`, called before backward first writes a
+    has-gradient flag per parameter, `flags`) and one zero element. `materialize()`, called before backward first writes a
     gradient of the bucket, makes `full`, the whole gradient space, with `own`'s values in
     their place and zeros elsewhere, and points every parameter's `grad` into it: in new memory,
     or in space the caller lends (a slot of a window shared by the node's ranks, whose bytes its
@@ -51,14 +50,13 @@ class ShardedGradientBucket:
         rank: this rank.
         ranks: the number of data-parallel ranks.
         gradient_bytes: the tally of held bytes this bucket adds to and takes from.
-        tally: keep one more element in `tail` for a number summed along with the flags.
 
     Raises:
         ValueError: for no parameters, or parameters of several dtypes.
     """
 
     def __init__(self, params: Sequence[Parameter], owners: Sequence[int], rank: int, ranks: int,
-                 gradient_bytes: GradientBytes, *, tally: bool = False):
+                 gradient_bytes: GradientBytes):
         if not params or len({numpy.dtype(p.dtype) for p in params}) != 1:
             raise ValueError(f"a sharded gradient bucket needs parameters of one dtype, got "
                              f"{sorted({str(p.dtype) for p in params})}")
@@ -69,9 +67,8 @@ class ShardedGradientBucket:
         self.gradient_size = sum(self.counts)
         self.dtype = numpy.dtype(self.params[0].dtype)
         self.own = numpy.zeros(self.counts[rank], dtype=self.dtype)
-        self.tail = numpy.zeros(len(self.params) + int(tally), dtype=self.dtype)
+        self.tail = numpy.zeros(len(self.params), dtype=self.dtype)
         self.flags = self.tail[:len(self.params)]
-        self.tally = self.tail[len(self.params):] if tally else None
         self._zero = numpy.zeros(1, dtype=self.dtype)
         self.full: numpy.ndarray | None = None
         self._full_is_lent = False
@@ -188,13 +185,13 @@ class ShardedGradientBucket:
         values *= self.dtype.type(factor)
 
     def zero(self) -> None:
-        """Reset the gradients, flags and tally to zero."""
+        """Reset the gradients and flags to zero."""
         for values in (self.own, self.tail, self._zero) + (() if self.full is None else (self.full,)):
             values.fill(0)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the whole bucket: every rank's gradients, the flags and the tally."""
+        """Bytes of the whole bucket: every rank's gradients and the flags."""
         return (self.gradient_size + self.tail.size) * self.dtype.itemsize
 
     @property

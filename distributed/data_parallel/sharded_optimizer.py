@@ -117,7 +117,7 @@ class ShardedOptimizer:
         state = self.optimizer.state_dict()
         mine = {index: entry for index, (entry, owned) in enumerate(zip(state["state"], self.owned)) if owned}
         with waiting_in("gather of the optimizer state's shards"):
-            shards = self.comm.mpi_comm.gather(mine, root=0)
+            shards = self.comm.gather_object(mine)
         if shards is not None:
             for shard in shards:
                 for index, entry in shard.items():

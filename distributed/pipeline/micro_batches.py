@@ -1,6 +1,7 @@
 """Cutting a batch into micro-batches: sizes as equal as possible, and the loss weight of each."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mpiprop.network.checks import positive_int
@@ -47,6 +48,13 @@ def micro_batch_slices(sizes: list[int]) -> list[slice]:
         slices.append(slice(start, start + size))
         start += size
     return slices
+
+
+def loss_shares(denominators: list[float], total: float) -> list[float]:
+    """Weight of each micro-batch's mean loss in the mean over a batch whose losses' denominator is `total`
+    (summed over the replicas' shares too): its denominator over `total` (NaN each when `total` is 0, as torch's
+    mean over nothing)."""
+    return [denominator / total if total else math.nan for denominator in denominators]
 
 
 def loss_weights(sizes: list[int]) -> list[float]:

@@ -24,7 +24,7 @@ def first_non_finite_stage_layer(pipe: Any, x: Array | None) -> str:
     Returns:
         On every rank, e.g. "layer 3 (Linear(16, 16)) on rank 1 (stage 1 of 2)", or "the input batch".
     """
-    comm = pipe.pipeline_comm.mpi_comm
+    comm = pipe.pipeline_comm
     stages = pipe.num_stages
     carried: tuple[Array | None, str | None] = (x, None if x is None or is_finite(x) else "the input batch")
     last_owner = (len(pipe.chunks) * stages - 1) % stages
@@ -34,11 +34,11 @@ def first_non_finite_stage_layer(pipe: Any, x: Array | None) -> str:
             continue
         if virtual_stage > 0:
             with waiting_in(f"receive of an activation from stage {(virtual_stage - 1) % stages} (NaN search)"):
-                carried = comm.recv(source=(virtual_stage - 1) % stages, tag=SEARCH_TAG)
+                carried = comm.recv_object((virtual_stage - 1) % stages, SEARCH_TAG)
         carried = _search_chunk(pipe, virtual_stage // stages, *carried)
         if virtual_stage < len(pipe.chunks) * stages - 1:
-            comm.send(carried, dest=(virtual_stage + 1) % stages, tag=SEARCH_TAG)
-    found = comm.bcast(carried[1] if pipe.stage_index == last_owner else None, root=last_owner)
+            comm.send_object(carried, (virtual_stage + 1) % stages, SEARCH_TAG)
+    found = comm.bcast_object(carried[1] if pipe.stage_index == last_owner else None, root=last_owner)
     return found or "no layer on a second pass (the values depend on random draws such as dropout)"
 
 

@@ -13,9 +13,11 @@ from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.topology import make_grid
 from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
+from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
 from mpiprop.distributed.reliability.consistency import check_same_model
-from mpiprop.distributed.pipeline.micro_batches import BatchPlan
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan, loss_shares, micro_batch_slices
 from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
                                    parameter_counts)
 from mpiprop.distributed.pipeline.pipeline_stats import StageStats
@@ -38,7 +40,7 @@ from mpiprop.network.training.shares import join_parts
 BALANCE_RULES = ("parameters", "time")
 
 
-class Pipeline:
+class Pipeline(ReleasesCommunicator):
     """Pipeline parallelism: the layers of `model` split across the ranks of `comm`, in rank order.
 
     Every rank constructs the same `model` (as for data parallelism); each rank then keeps
@@ -82,7 +84,8 @@ class Pipeline:
             "interleaved"); None or "parameters" balances the parameter count; "time"
             balances forward+backward time measured on `sample_input` on rank 0.
         comm: an mpi4py communicator or Communicator whose ranks are the stages (or, with
-            `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it.
+            `stages`, the grid); None uses all of MPI.COMM_WORLD. The pipeline works on a private clone of it,
+            released by `close()` or at the end of a `with` block (with its shared memory).
         virtual_stages: model chunks per rank; default: the schedule's (2 for "interleaved", else 1).
         sample_input: one micro-batch of input, needed on rank 0 when `balance="time"`.
         stages: stages per pipeline; stages x T must divide the number of ranks; None: all of
@@ -105,6 +108,7 @@ class Pipeline:
             raise TypeError(f"Pipeline splits a network Sequential, got {type(model).__name__}; "
                             "wrap the layers in nn.Sequential(...)")
         spec = schedule_spec(schedule)
+        start()
         self.micro_batches = positive_int(micro_batches, "micro_batches")
         self.schedule_name = schedule
         self.virtual_stages = spec.virtual_stages(virtual_stages)
@@ -224,7 +228,9 @@ class Pipeline:
 
         Gradients are added to each local parameter's `.grad` (zero them first, as before a
         plain backward); afterwards they equal the whole model's gradients for the batch
-        (with replicas: averaged over the replicas, each of which passes its share of the batch).
+        (with replicas, each of which passes its share of the batch: the gradients over the whole batch,
+        each micro-batch weighted by its share of the loss's denominator summed over the replicas, so
+        ignored targets and class weights give torch's mean over the whole batch).
         On the last stage `last_output` holds the batch's output (on its first tensor rank only, so
         that each output is counted once).
         Layers see one micro-batch at a time, as in torch's pipelining: dropout draws each
@@ -239,7 +245,7 @@ class Pipeline:
             loss_fn: a mean-reducing loss such as nn.CrossEntropyLoss().
 
         Returns:
-            the batch's mean loss, on every rank of the pipeline.
+            the batch's mean loss (over every replica's share), on every rank.
 
         Raises:
             ValueError: on every rank, when x or y is missing or their sizes do not fit.
@@ -247,17 +253,18 @@ class Pipeline:
         plan = self._agree_on_batch(x, y, needs_targets=True)
         if not self._tensor_draws_checked:
             self._check_tensor_ranks_draw_alike()
+        weights = self._loss_shares(plan, y, loss_fn, over_replicas=True) if self.is_last else None
         sync = self.gradient_sync
         if sync is not None:
-            sync.start()
+            sync.start(1.0)  # each micro-batch's loss already counts with its share of every replica's denominator
         result = self._executor.run(self.steps, plan, x, y, loss_fn, keep_outputs=self._reports_outputs,
-                                    on_parameters_final=None if sync is None else sync.mark_final)
+                                    on_parameters_final=None if sync is None else sync.mark_final, weights=weights)
         loss = self._finish(result)
         if sync is not None:
             sync.finish()
-            sync.scale(1.0 / self.replicas)
             self._broadcast_buffers_over_replicas()
-        # after the replicas' average (the two commute), so no rank waits on the tied stages inside a replica sync
+            loss = self._summed_over_replicas(loss)
+        # after the replicas' sum (the two commute), so no rank waits on the tied stages inside a replica sync
         self.tied.sum_gradients()
         self.last_output = self._joined(result.outputs)
         return loss
@@ -269,7 +276,8 @@ class Pipeline:
         """
         plan = self._agree_on_batch(x, y, needs_targets=True, forward_only_run=True)
         schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
-        result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn)
+        weights = self._loss_shares(plan, y, loss_fn, over_replicas=False) if self.is_last else None
+        result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn, weights=weights)
         return self._finish(result)
 
     def predict(self, x: Array | None) -> Array | None:
@@ -414,7 +422,7 @@ class Pipeline:
         Entries of split parameters are joined from the tensor ranks' shares into whole arrays.
         """
         with waiting_in("gather of the stages' state on stage 0"):
-            parts = self.model_comm.mpi_comm.gather(part, root=0)
+            parts = self.model_comm.gather_object(part)
         if parts is None or not self.is_main:
             return None
         return join_parts(parts, self._state_shapes, split_blocks(self.splits))
@@ -489,6 +497,23 @@ class Pipeline:
         if forward_only_run:
             micro_batches = max(1, min(micro_batches, batch_rows(header)))
         return plan_batch(header, micro_batches, needs_targets)
+
+    def _loss_shares(self, plan: BatchPlan, y: Array, loss_fn: Loss, over_replicas: bool) -> list[float]:
+        """Each micro-batch's weight in the batch's loss: its share of the loss's denominator (rows, elements,
+        the class weight of the kept targets), summed over the replicas' shares `over_replicas`; 1 for a sum."""
+        if loss_fn.reduction == "sum":
+            return [1.0] * len(plan.sizes)
+        denominators = [loss_fn.denominator(y[rows]) for rows in micro_batch_slices(list(plan.sizes))]
+        total = numpy.array([sum(denominators)], dtype=numpy.float64)
+        if over_replicas and self.data_comm is not None:
+            wait_politely([self.data_comm.iallreduce(total, "sum")])
+        return loss_shares(denominators, float(total[0]))
+
+    def _summed_over_replicas(self, loss: float) -> float:
+        """The replicas' shares of the loss, summed: the loss over every replica's share of the batch."""
+        summed = numpy.array([loss], dtype=numpy.float64)
+        wait_politely([self.data_comm.iallreduce(summed, "sum")])
+        return float(summed[0])
 
     def _finish(self, result: RunResult) -> float | None:
         """Share the last stage's loss with every rank; the run's span ends here on all of them."""

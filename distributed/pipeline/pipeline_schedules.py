@@ -45,11 +45,6 @@ class Step:
         return self.kind == FORWARD
 
     @property
-    def sends_input_gradient(self) -> bool:
-        """Whether this step produces the gradient that goes to the previous stage."""
-        return self.kind in (BACKWARD, BACKWARD_INPUT)
-
-    @property
     def releases_stash(self) -> bool:
         """Whether this is the last step that needs the micro-batch's stashed activations."""
         return self.kind in (BACKWARD, BACKWARD_WEIGHT)

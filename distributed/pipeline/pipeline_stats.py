@@ -45,7 +45,3 @@ class StageStats:
         """Idle share of the batch: 1 - busy / total."""
         return 1.0 - self.busy / self.total if self.total > 0 else 0.0
 
-
-def mean_bubble(stats: list[StageStats]) -> float:
-    """The bubble fraction averaged over ranks."""
-    return sum(s.bubble for s in stats) / len(stats) if stats else 0.0

@@ -59,7 +59,7 @@ class StageExecutor:
 
     def run(self, steps: list[Step], plan: BatchPlan, inputs: Array | None = None, targets: Array | None = None,
             loss_fn: Loss | None = None, keep_outputs: bool = False,
-            on_parameters_final: ParametersFinal | None = None) -> RunResult:
+            on_parameters_final: ParametersFinal | None = None, weights: list[float] | None = None) -> RunResult:
         """Execute `steps` for one batch.
 
         Args:
@@ -71,8 +71,12 @@ class StageExecutor:
             keep_outputs: keep the last stage's outputs (prediction).
             on_parameters_final: passed to each chunk's last weight-gradient step (see
                 `Sequential.backward`), so the replicas' gradient sync overlaps that backward.
+            weights: each micro-batch's weight in the loss (last rank): its share of the loss's
+                denominator (see `loss_shares`); None for its share of the rows.
         """
         run = _Run(self, steps, plan, inputs, targets, loss_fn, keep_outputs)
+        if weights is not None:
+            run.weights = list(weights)
         run.final_weight_steps = {step.chunk: step for step in steps if step.releases_stash}
         run.on_parameters_final = on_parameters_final
         return run.execute()
@@ -191,8 +195,10 @@ class _Run:
         if not is_finite(y):  # NaN loss and gradient: every stage's gradients turn NaN, and the step is skipped
             self.loss = math.nan
             return self.executor.xp.full_like(y, math.nan) if self.training else None
-        value, loss_cache = self.loss_fn.forward(y, self.targets[self.rows[micro_batch]])
         weight = self.weights[micro_batch]
+        if weight == 0:  # nothing of this micro-batch counts (every target ignored)
+            return self.executor.xp.zeros_like(y) if self.training else None
+        value, loss_cache = self.loss_fn.forward(y, self.targets[self.rows[micro_batch]])
         self.loss += value * weight
         if not self.training:
             return None

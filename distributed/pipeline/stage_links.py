@@ -5,7 +5,6 @@ import time
 from typing import Any
 
 import numpy
-from mpi4py import MPI
 
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.distributed.transport.polite_wait import wait_politely
@@ -56,7 +55,7 @@ class StageLinks:
         self.comm = comm
         self.ranks = comm.size
         self.virtual_stages = virtual_stages
-        tag_bound = comm.mpi_comm.Get_attr(MPI.TAG_UB)
+        tag_bound = comm.tag_bound
         needed = self.tag(micro_batches - 1, virtual_stages - 1, HEADER)
         if tag_bound is not None and needed > tag_bound:
             raise ValueError(f"{micro_batches} micro-batches over {virtual_stages} virtual stages need message tags "

@@ -6,10 +6,9 @@ import threading
 import traceback
 from types import TracebackType
 
-from mpi4py import MPI
-
 from mpiprop.distributed.reliability.last_words import exit_after, write_last_words
 from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
+from mpiprop.distributed.transport.mpi_library import abort_world, mpi_running, world_rank_and_size
 
 ABORT_EXIT_CODE = 1
 ABORT_WITHIN_S = 5.0  # past this, a rank whose MPI_Abort blocks (its launcher gone) ends by itself
@@ -25,7 +24,7 @@ def install_abort_handler() -> None:
     printed to stderr as "rank R: <traceback line>" lines, the streams are flushed, and
     `MPI.COMM_WORLD.Abort(1)` ends the job, so `mpiexec` exits non-zero within seconds.
     In a single-process run the usual Python hook runs instead. Calling it again is a no-op;
-    DataParallel and Communicator install it when they are created.
+    `mpiprop.distributed.start()` installs it (DataParallel, Pipeline and tensor_parallel_group call that).
     """
     if _state["installed"]:
         return
@@ -67,19 +66,19 @@ def abort_job(message: str = "", exit_code: int = ABORT_EXIT_CODE) -> None:
     exit_after(ABORT_WITHIN_S, exit_code)
     write_last_words(message)
     remove_job_files()
-    MPI.COMM_WORLD.Abort(exit_code)
+    abort_world(exit_code)
 
 
 def _several_ranks_running() -> bool:
-    return MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1
+    return mpi_running() and world_rank_and_size()[1] > 1
 
 
 def _abort_on_exception(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     if not _several_ranks_running():
         _state["previous_excepthook"](exc_type, exc, tb)
         return
-    rank = MPI.COMM_WORLD.Get_rank()
-    abort_job(f"rank {rank}: uncaught exception; aborting all {MPI.COMM_WORLD.Get_size()} ranks\n"
+    rank, size = world_rank_and_size()
+    abort_job(f"rank {rank}: uncaught exception; aborting all {size} ranks\n"
               + format_rank_traceback(rank, exc_type, exc, tb))
 
 

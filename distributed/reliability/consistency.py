@@ -1,11 +1,13 @@
 """Check collectively, once, that every rank built the same model and chose the same settings."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpiprop.distributed.reliability.settings_description import Plain, describe, layer_entries
-from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.layer import Layer
+
+if TYPE_CHECKING:
+    from mpiprop.distributed.transport.communicator import Communicator
 
 Entry = tuple[str, str, tuple[int, ...], str]
 SAME_SCRIPT = "every rank must run the same script with the same arguments"

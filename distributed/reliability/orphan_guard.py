@@ -5,10 +5,9 @@ import os
 import threading
 import time
 
-from mpi4py import MPI
-
 from mpiprop.distributed.reliability.last_words import exit_with_last_words
 from mpiprop.distributed.reliability.shared_memory_files import remove_job_files
+from mpiprop.distributed.transport.mpi_library import world_rank_and_size
 
 ORPHAN_EXIT_CODE = 4
 
@@ -25,10 +24,13 @@ def exit_when_orphaned(check_every_s: float = 1.0) -> None:
     watched; calling this again does nothing.
     """
     global _started
-    if _started or MPI.COMM_WORLD.Get_size() == 1:
+    if _started:
+        return
+    rank, size = world_rank_and_size()
+    if size == 1:
         return
     _started = True
-    watch_parent(MPI.COMM_WORLD.Get_rank(), check_every_s)
+    watch_parent(rank, check_every_s)
 
 
 def watch_parent(rank: int, check_every_s: float = 1.0) -> threading.Thread:

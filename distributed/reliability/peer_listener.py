@@ -7,11 +7,13 @@ import sys
 import threading
 import time
 
-from mpi4py import MPI
-
 from mpiprop.distributed.reliability.abort import abort_job
 from mpiprop.distributed.reliability.shared_memory_files import remember_local_peers
 from mpiprop.distributed.reliability.waits import current_wait, current_wait_among
+from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.mpi_library import (mpi_finalized, processor_name, threads_can_talk,
+                                                       world_rank_and_size)
+from mpiprop.distributed.transport.request import Request, poll_all
 
 DEPARTURE_TAG, QUESTION_TAG, ANSWER_TAG = 1, 2, 3
 LISTEN_EVERY_S = 0.1
@@ -39,16 +41,16 @@ class PeerListener:
     stopped arriving rather than one of those waiting for it.
 
     Args:
-        comm: a duplicate of COMM_WORLD used by nothing else.
+        comm: a clone of COMM_WORLD used by nothing else.
     """
 
-    def __init__(self, comm: MPI.Comm):
-        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+    def __init__(self, comm: Communicator):
+        self.comm, self.rank, self.size = comm, comm.rank, comm.size
         self.departed: dict[int, float] = {}  # rank -> monotonic time its notice arrived, or its process was gone
         self.vanished: set[int] = set()  # departed ranks whose process ended without a notice
         self.local_pids: dict[int, int] = {}  # the other ranks on this node: rank -> process id
         self.answers: dict[int, str] = {}
-        self._questions: list[MPI.Request] = []
+        self._questions: list[Request] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="mpiprop-peer-listener", daemon=True)
 
@@ -57,19 +59,18 @@ class PeerListener:
         return self
 
     def _listen(self) -> None:
-        status = MPI.Status()
-        while not self._stopped.wait(LISTEN_EVERY_S) and not MPI.Is_finalized():
-            while not self._stopped.is_set() and self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
-                self._handle(status.Get_source(), status.Get_tag())
+        while not self._stopped.wait(LISTEN_EVERY_S) and not mpi_finalized():
+            while not self._stopped.is_set() and (waiting := self.comm.probe()) is not None:
+                self._handle(*waiting)
             self._notice_vanished_local_ranks()
             self._abort_if_waiting_for_departed()
 
     def _handle(self, source: int, tag: int) -> None:
-        message = self.comm.recv(source=source, tag=tag)
+        message = self.comm.recv_object(source, tag)
         if tag == DEPARTURE_TAG:
             self.departed[source] = time.monotonic()
         elif tag == QUESTION_TAG:
-            self.comm.send(where_this_rank_is(), dest=source, tag=ANSWER_TAG)
+            self.comm.send_object(where_this_rank_is(), source, ANSWER_TAG)
         elif tag == ANSWER_TAG:
             self.answers[source] = message
 
@@ -106,7 +107,7 @@ class PeerListener:
             Each answering rank's `where_this_rank_is`, by rank; ranks that did not answer in time are absent.
         """
         self.answers.clear()
-        self._questions = [self.comm.isend(None, dest=rank, tag=QUESTION_TAG)
+        self._questions = [self.comm.isend_object(None, rank, QUESTION_TAG)
                            for rank in range(self.size) if rank != self.rank]
         deadline = time.monotonic() + timeout_s
         while len(self.answers) < self.size - 1 and time.monotonic() < deadline:
@@ -117,12 +118,12 @@ class PeerListener:
         """Stop listening, then tell every other rank that this one is leaving (within NOTICE_WITHIN_S)."""
         self._stopped.set()
         self._thread.join(NOTICE_WITHIN_S)
-        if MPI.Is_finalized():  # the program finalized MPI itself
+        if mpi_finalized():  # the program finalized MPI itself
             return
-        requests = [self.comm.isend(None, dest=rank, tag=DEPARTURE_TAG)
+        requests = [self.comm.isend_object(None, rank, DEPARTURE_TAG)
                     for rank in range(self.size) if rank != self.rank]
         deadline = time.monotonic() + NOTICE_WITHIN_S
-        while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
+        while not poll_all(requests) and time.monotonic() < deadline:
             time.sleep(0.01)
 
 
@@ -154,7 +155,7 @@ def where_this_rank_is() -> str:
 
 
 def start_peer_listener() -> PeerListener | None:
-    """Start this rank's listener (collective over COMM_WORLD: every rank calls it, as importing distributed does).
+    """Start this rank's listener (collective over COMM_WORLD: every rank calls it, in `mpiprop.distributed.start()`).
 
     It also learns the process ids of the ranks on this node, whose files in /dev/shm an
     aborting rank removes and whose end it watches.
@@ -163,12 +164,11 @@ def start_peer_listener() -> PeerListener | None:
     (the listener talks while the main thread waits). Calling it again returns the running listener.
     """
     global _listener
-    world = MPI.COMM_WORLD
-    if _listener is not None or world.Get_size() == 1 or MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+    if _listener is not None or world_rank_and_size()[1] == 1 or not threads_can_talk():
         return _listener
-    _listener = PeerListener(world.Dup()).start()
-    ranks = _listener.comm.allgather((MPI.Get_processor_name(), os.getpid()))
-    local = {rank: pid for rank, (node, pid) in enumerate(ranks) if node == MPI.Get_processor_name()}
+    _listener = PeerListener(Communicator(use_nccl=False)).start()
+    ranks = _listener.comm.allgather_object((processor_name(), os.getpid()))
+    local = {rank: pid for rank, (node, pid) in enumerate(ranks) if node == processor_name()}
     remember_local_peers(list(local.values()))
     _listener.local_pids = {rank: pid for rank, pid in local.items()  # those this process can see
                             if rank != _listener.rank and not process_gone(pid)}

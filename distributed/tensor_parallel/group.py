@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mpiprop.distributed.reliability.consistency import check_agreement
+from mpiprop.distributed.reliability.job_guards import start
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, as_communicator
 
 
@@ -16,15 +17,26 @@ def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = Non
         comm: the communicator to split (a Communicator, an mpi4py communicator, or None for the world).
 
     Returns:
-        A Communicator over this rank's group.
+        A Communicator over this rank's group; `close()` it (or use it in a `with` block) to release it.
 
     Raises:
         ValueError: on every rank, when the ranks pass different sizes; when `size` is not positive or does
             not divide the number of ranks.
     """
-    comm = as_communicator(comm)
-    check_agreement(comm, "tensor_parallel_group", {"size": size})
-    if not isinstance(size, int) or size < 1 or comm.size % size:
-        raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {comm.size} ranks; "
-                         f"use a divisor of {comm.size}")
-    return comm.split(color=comm.rank // size)
+    start()
+    base = as_communicator(comm)
+    ranks = base.size
+    try:
+        check_agreement(base, "tensor_parallel_group", {"size": size})
+        if not isinstance(size, int) or size < 1 or ranks % size:
+            raise ValueError(f"a tensor-parallel size of {size!r} does not divide the {ranks} ranks; "
+                             f"use a divisor of {ranks}")
+    except ValueError:
+        if base is not comm:  # every rank raises: freeing the clone made here is collective-safe
+            base.free()
+        raise
+    group = base.split(color=base.rank // size)
+    if base is not comm:  # a clone made here: the group outlives it
+        base.detach(group)
+        base.free()
+    return group

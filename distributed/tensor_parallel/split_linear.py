@@ -9,6 +9,7 @@ from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
 from mpiprop.network.layers.linear import Linear
+from mpiprop.network.layers.linear_math import linear_weight_grad_
 from mpiprop.network.layers.parameter import Parameter
 
 
@@ -106,6 +107,10 @@ class SplitLinear(SplitLayer):
     def _gathered(self, share: Array, axis: int) -> numpy.ndarray:
         shares = self.group.allgather_object(to_numpy(share))
         return numpy.concatenate(shares, axis=axis)
+
+    def backward_weight(self, dy: Array, x: Array) -> None:
+        """Linear's weight gradient of this rank's share: no communication in either split."""
+        linear_weight_grad_(self.weight.grad, None if self.bias is None else self.bias.grad, x, dy)
 
     def _check_input(self, x: Array, width: int) -> None:
         if x.ndim < 2 or x.shape[-1] != width:

@@ -1,22 +1,23 @@
-"""Communicator: a private clone of an MPI communicator with array-based collectives and messages."""
+"""Communicator: a private clone of an MPI communicator, and the one door into MPI (one method per collective)."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from mpi4py import MPI
-
-from mpiprop.distributed.reliability.abort import install_abort_handler
+from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.transport.mpi_library import load_mpi, mpi_finalized
 from mpiprop.distributed.transport.nccl_transport import NCCL_REDUCE_OPS, NcclTransport, nccl_usable
 from mpiprop.distributed.transport.request import Request
+from mpiprop.distributed.transport.shared_window import SharedWindow
 from mpiprop.distributed.transport.staging import mpi_cuda_aware, must_stage, receive_buffer, send_buffer
-from mpiprop.distributed.reliability.waits import waiting_in
-from mpiprop.distributed.reliability.watchdog import start_watchdog_from_environment
 from mpiprop.network.backend import Array, device_of, is_array
 
-REDUCE_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm as MpiComm, Op as MpiOp
+else:
+    MpiComm = MpiOp = Any
 
-MpiComm = MPI.Comm
+REDUCE_OP_NAMES = {"sum": "SUM", "max": "MAX", "min": "MIN", "prod": "PROD", "and": "LAND", "or": "LOR"}
 
 
 class Communicator:
@@ -28,40 +29,60 @@ class Communicator:
     synchronising the current stream), else through a page-locked host copy that is
     copied back once the operation completes. Reductions and receives write into the
     array passed in (in place); non-blocking calls return a `Request` whose `wait()`
-    finishes that copy.
+    finishes that copy. Making one starts no thread and installs no handler.
+
+    Sub-communicators (`split`, `split_by_node`, `clone`) and shared windows (`allocate_shared`)
+    made through it are freed with it: `free()`, `close()` or leaving a `with` block (other than
+    by an exception) releases them all (collective); using it afterwards raises RuntimeError.
 
     Args:
-        comm: an mpi4py communicator, another Communicator, or None for MPI.COMM_WORLD.
+        comm: an mpi4py communicator, another Communicator (whose host staging and NCCL choices the
+            clone keeps), or None for MPI.COMM_WORLD.
         clone: duplicate `comm` (the default); False adopts it as is (e.g. the result of a Split).
         force_host_staging: stage every array through host memory even when MPI could read
             it directly (exercises the GPU copy path with numpy arrays).
-        abort_on_exception: install `install_abort_handler()` so any rank's exception ends the job,
-            and start the stall watchdog when MPIPROP_STALL_TIMEOUT is set (see `mpiprop.distributed.reliability.watchdog`).
         use_nccl: "auto" (NCCL for cupy collectives when every rank has its own GPU), or False.
 
     Raises:
         TypeError: when `comm` is neither None, an mpi4py Comm nor a Communicator.
+        ImportError: when there is no MPI library (saying how to install one).
     """
 
     def __init__(self, comm: "MpiComm | Communicator | None" = None, *, clone: bool = True,
-                 force_host_staging: bool = False, abort_on_exception: bool = True,
-                 use_nccl: str | bool = "auto"):
+                 force_host_staging: bool = False, use_nccl: str | bool = "auto"):
         if use_nccl not in ("auto", False):
             raise ValueError(f"use_nccl must be 'auto' or False, got {use_nccl!r}")
+        if isinstance(comm, Communicator):  # its clone keeps its choices
+            force_host_staging = force_host_staging or comm.force_host_staging
+            use_nccl = use_nccl if comm.nccl_enabled else False
+        self._mpi = load_mpi()
         base = mpi_comm_of(comm)
-        self.mpi_comm: MpiComm = base.Clone() if clone else base
+        self._mpi_comm: MpiComm = base.Clone() if clone else base
+        self._resources: list[Any] = []  # sub-communicators and windows made through this one, freed with it
+        self._on_free: Any = None
+        self._freed = False
         self.force_host_staging = bool(force_host_staging)
         self.cuda_aware = mpi_cuda_aware()
-        node = self.mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.mpi_comm.Get_rank())
+        node = self._mpi_comm.Split_type(self._mpi.COMM_TYPE_SHARED, key=self._mpi_comm.Get_rank())
         try:
             self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-            self.nccl_enabled = use_nccl == "auto" and not force_host_staging and nccl_usable(self.mpi_comm, node)
+            self.nccl_enabled = (use_nccl == "auto" and not force_host_staging
+                                 and nccl_usable(self._mpi_comm, node))
         finally:
             node.Free()
         self._nccl: NcclTransport | None = None  # made at the first GPU collective (NCCL setup is costly)
-        if abort_on_exception:
-            install_abort_handler()
-            start_watchdog_from_environment(MPI.COMM_WORLD.Get_rank())
+
+    @property
+    def mpi_comm(self) -> MpiComm:
+        """The mpi4py communicator underneath (for the user's own MPI calls).
+
+        Raises:
+            RuntimeError: once this communicator was freed.
+        """
+        if self._freed:
+            raise RuntimeError("this Communicator was closed (freed), with the DataParallel, Pipeline or group "
+                               "that held it; build a new one")
+        return self._mpi_comm
 
     # --- who am I -----------------------------------------------------------------
     @property
@@ -75,9 +96,9 @@ class Communicator:
     @functools.cached_property
     def world_ranks(self) -> frozenset[int]:
         """The COMM_WORLD ranks of this communicator's ranks: those its waits depend on."""
-        group, world = self.mpi_comm.Get_group(), MPI.COMM_WORLD.Get_group()
+        group, world = self.mpi_comm.Get_group(), self._mpi.COMM_WORLD.Get_group()
         try:
-            return frozenset(MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world))
+            return frozenset(self._mpi.Group.Translate_ranks(group, list(range(group.Get_size())), world))
         finally:
             group.Free()
             world.Free()
@@ -87,22 +108,44 @@ class Communicator:
         """True on rank 0, the rank that prints, logs and writes checkpoints."""
         return self.rank == 0
 
+    @property
+    def tag_bound(self) -> int | None:
+        """The largest message tag MPI accepts on this communicator (None where MPI does not say)."""
+        return self.mpi_comm.Get_attr(self._mpi.TAG_UB)
+
     # --- collectives on arrays --------------------------------------------------------
-    def allreduce(self, array: Array, op: str | MPI.Op = "sum") -> Array:
+    def allreduce(self, array: Array, op: "str | MpiOp" = "sum") -> Array:
         """Reduce `array` over all ranks, in place; returns `array`."""
         self.iallreduce(array, op).wait()
         return array
 
-    def iallreduce(self, array: Array, op: str | MPI.Op = "sum") -> Request:
+    def iallreduce(self, array: Array, op: "str | MpiOp" = "sum") -> Request:
         """Start an in-place reduction of `array` over all ranks; `wait()` the returned request."""
         if self._goes_through_nccl(array) and isinstance(op, str) and op in NCCL_REDUCE_OPS:
             self._nccl_transport().allreduce(array, op)
-            return Request(MPI.REQUEST_NULL)  # ordered on the array's stream: nothing left to wait for
-        mpi_op = _reduce_op(op)
+            return Request(self._mpi.REQUEST_NULL)  # ordered on the array's stream: nothing left to wait for
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="iallreduce")
-        mpi_request = self.mpi_comm.Iallreduce(MPI.IN_PLACE, buffer, op=mpi_op)
+        mpi_request = self.mpi_comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._reduce_op(op))
         return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}",
                        ranks=self.world_ranks)
+
+    def ireduce_scatter(self, array: Array, part: Array, counts: Sequence[int], op: "str | MpiOp" = "sum") -> Request:
+        """Start reducing `array` over all ranks into `part`, rank r receiving `counts[r]` elements in order."""
+        _check_array(array, "ireduce_scatter")
+        _check_array(part, "ireduce_scatter")
+        mpi_request = self.mpi_comm.Ireduce_scatter(array, part, list(counts), self._reduce_op(op))
+        return Request(mpi_request, keep_alive=(array, part), what=f"reduce-scatter of {_describe(array)}",
+                       ranks=self.world_ranks)
+
+    def allgatherv(self, array: Array, counts: Sequence[int]) -> Array:
+        """Rank r's `counts[r]` elements, at their place in `array` (ranks in order), on every rank; in place."""
+        buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="allgatherv")
+        displacements = [sum(counts[:rank]) for rank in range(len(counts))]
+        with waiting_in(f"allgather of {_describe(array)}", self.world_ranks):
+            self.mpi_comm.Allgatherv(self._mpi.IN_PLACE, [buffer, (list(counts), displacements)])
+        if copy_back is not None:
+            copy_back()
+        return array
 
     def bcast(self, array: Array, root: int = 0) -> Array:
         """Overwrite `array` on every rank with root's values, in place; returns `array`."""
@@ -146,7 +189,7 @@ class Communicator:
 
     def irecv(self, array: Array, source: int, tag: int = 0) -> Request:
         """Start receiving into `array` from `source` (MPI.ANY_SOURCE allowed); valid after `wait()`."""
-        if source != MPI.ANY_SOURCE:
+        if source != self._mpi.ANY_SOURCE:
             self._check_rank(source, "source")
         buffer, copy_back = self._receive_buffer(array, keep_contents=False, what="irecv")
         return Request(self.mpi_comm.Irecv(buffer, source=source, tag=tag), copy_back, keep_alive=buffer,
@@ -168,26 +211,121 @@ class Communicator:
         with waiting_in("allgather of a Python object", self.world_ranks):
             return self.mpi_comm.allgather(value)
 
+    def gather_object(self, value: Any, root: int = 0) -> list[Any] | None:
+        """Every rank's `value`, in rank order, on `root`; None on the other ranks."""
+        self._check_rank(root, "root")
+        with waiting_in(f"gather of a Python object to rank {root}", self.world_ranks):
+            return self.mpi_comm.gather(value, root=root)
+
+    def allreduce_object(self, value: Any, op: "str | MpiOp" = "sum") -> Any:
+        """`value` reduced over all ranks with `op` ("sum", "max", "min", "prod", "and", "or")."""
+        with waiting_in("allreduce of a Python object", self.world_ranks):
+            return self.mpi_comm.allreduce(value, op=self._reduce_op(op))
+
     def bcast_object(self, value: Any, root: int = 0) -> Any:
         """Root's `value` on every rank."""
         self._check_rank(root, "root")
         with waiting_in(f"broadcast of a Python object from rank {root}", self.world_ranks):
             return self.mpi_comm.bcast(value, root=root)
 
-    # --- sub-communicators and cleanup ---------------------------------------------------
-    def split(self, color: int, key: int | None = None) -> "Communicator":
-        """Ranks passing the same `color` form a new Communicator, ordered by `key` (default: rank)."""
-        sub = self.mpi_comm.Split(color, self.rank if key is None else key)
-        return Communicator(sub, clone=False, force_host_staging=self.force_host_staging, abort_on_exception=False,
-                            use_nccl="auto" if self.nccl_enabled else False)
+    def send_object(self, value: Any, dest: int, tag: int = 0) -> None:
+        """Send `value` to rank `dest` (blocking)."""
+        self._check_rank(dest, "dest")
+        self.mpi_comm.send(value, dest=dest, tag=tag)
 
+    def isend_object(self, value: Any, dest: int, tag: int = 0) -> Request:
+        """Start sending `value` to rank `dest`."""
+        self._check_rank(dest, "dest")
+        return Request(self.mpi_comm.isend(value, dest=dest, tag=tag), what=f"send of an object to rank {dest}",
+                       ranks=self.world_ranks)
+
+    def recv_object(self, source: int, tag: int = 0) -> Any:
+        """The next object from `source` with `tag` (blocking)."""
+        return self.mpi_comm.recv(source=source, tag=tag)
+
+    def probe(self) -> tuple[int, int] | None:
+        """(source, tag) of a message from any rank with any tag that waits to be received, or None (never blocks)."""
+        status = self._mpi.Status()
+        if not self.mpi_comm.Iprobe(self._mpi.ANY_SOURCE, self._mpi.ANY_TAG, status):
+            return None
+        return status.Get_source(), status.Get_tag()
+
+    # --- sub-communicators and shared memory, freed with this one ---------------------------
+    def split(self, color: int | None, key: int | None = None) -> "Communicator | None":
+        """Ranks passing the same `color` form a new Communicator, ordered by `key` (default: rank); None
+        for a rank passing None."""
+        mpi = self._mpi
+        sub = self.mpi_comm.Split(mpi.UNDEFINED if color is None else color, self.rank if key is None else key)
+        return None if sub == mpi.COMM_NULL else self._adopt(sub)
+
+    def split_by_node(self) -> "Communicator":
+        """The ranks of this communicator on this node (they can share memory), in rank order."""
+        return self._adopt(self.mpi_comm.Split_type(self._mpi.COMM_TYPE_SHARED, key=self.rank))
+
+    def clone(self) -> "Communicator":
+        """The same ranks on a communicator of their own (messages never meet this one's)."""
+        return self._adopt(self.mpi_comm.Clone())
+
+    def allocate_shared(self, nbytes: int) -> SharedWindow:
+        """A window of `nbytes` bytes per rank that every rank of this communicator (all on one node) can read."""
+        with waiting_in(f"allocation of a shared window of {nbytes} bytes", self.world_ranks):
+            return self._track(SharedWindow(nbytes, self.mpi_comm))
+
+    def detach(self, resource: "Communicator | SharedWindow") -> None:
+        """Stop freeing `resource` with this communicator; it then lives until its own `free()`."""
+        self._forget(resource)
+        resource._on_free = None
+
+    # --- end of life ---------------------------------------------------------------------------
     def free(self) -> None:
-        """Release the cloned MPI communicator (collective); the object is unusable afterwards."""
-        if self.mpi_comm != MPI.COMM_NULL and self.mpi_comm not in (MPI.COMM_WORLD, MPI.COMM_SELF):
-            self.mpi_comm.Free()
+        """Release the MPI communicator and everything made through it (collective); calling it again does
+        nothing, and any other use afterwards raises RuntimeError."""
+        if self._freed:
+            return
+        for resource in reversed(list(self._resources)):
+            resource.free()
+        if self._on_free is not None:
+            self._on_free(self)
+        self._freed = True
+        if self._nccl is not None:
+            self._nccl.free()
+            self._nccl = None
+        mpi = self._mpi
+        if not mpi_finalized() and self._mpi_comm not in (mpi.COMM_NULL, mpi.COMM_WORLD, mpi.COMM_SELF):
+            self._mpi_comm.Free()
+
+    close = free
+
+    @property
+    def closed(self) -> bool:
+        """True once `free()` or `close()` ran."""
+        return self._freed
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:  # an exception may have left the other ranks elsewhere: freeing then could hang
+            self.free()
 
     def __repr__(self) -> str:
+        if self._freed:
+            return "Communicator(closed)"
         return f"Communicator(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def _adopt(self, sub: MpiComm) -> "Communicator":
+        return self._track(Communicator(sub, clone=False, force_host_staging=self.force_host_staging,
+                                        use_nccl="auto" if self.nccl_enabled else False))
+
+    def _track(self, resource: Any) -> Any:
+        resource._on_free = self._forget
+        self._resources.append(resource)
+        return resource
+
+    def _forget(self, resource: Any) -> None:
+        if resource in self._resources:
+            self._resources.remove(resource)
 
     # --- how arrays reach MPI or NCCL -------------------------------------------------------
     def _goes_through_nccl(self, array: Array) -> bool:
@@ -212,6 +350,13 @@ class Communicator:
             raise ValueError(f"{name}={rank} is not a rank of this communicator of size {self.size}; "
                              f"use 0..{self.size - 1}")
 
+    def _reduce_op(self, op: "str | MpiOp") -> MpiOp:
+        if isinstance(op, self._mpi.Op):
+            return op
+        if op not in REDUCE_OP_NAMES:
+            raise ValueError(f"unknown reduction {op!r}; use one of {sorted(REDUCE_OP_NAMES)} or an mpi4py MPI.Op")
+        return getattr(self._mpi, REDUCE_OP_NAMES[op])
+
 
 def mpi_comm_of(comm: "MpiComm | Communicator | None") -> MpiComm:
     """The mpi4py communicator behind `comm` (MPI.COMM_WORLD for None).
@@ -219,11 +364,12 @@ def mpi_comm_of(comm: "MpiComm | Communicator | None") -> MpiComm:
     Raises:
         TypeError: when `comm` is neither None, an mpi4py Comm nor a Communicator.
     """
-    if comm is None:
-        return MPI.COMM_WORLD
     if isinstance(comm, Communicator):
         return comm.mpi_comm
-    if isinstance(comm, MPI.Comm):
+    mpi = load_mpi()
+    if comm is None:
+        return mpi.COMM_WORLD
+    if isinstance(comm, mpi.Comm):
         return comm
     raise TypeError(f"comm must be an mpi4py communicator, a Communicator or None, got {type(comm).__name__}")
 
@@ -231,14 +377,6 @@ def mpi_comm_of(comm: "MpiComm | Communicator | None") -> MpiComm:
 def as_communicator(comm: "MpiComm | Communicator | None" = None) -> Communicator:
     """`comm` itself when it is a Communicator, else a new Communicator over a clone of it (or of COMM_WORLD)."""
     return comm if isinstance(comm, Communicator) else Communicator(comm)
-
-
-def _reduce_op(op: str | MPI.Op) -> MPI.Op:
-    if isinstance(op, MPI.Op):
-        return op
-    if op not in REDUCE_OPS:
-        raise ValueError(f"unknown reduction {op!r}; use one of {sorted(REDUCE_OPS)} or an mpi4py MPI.Op")
-    return REDUCE_OPS[op]
 
 
 def _check_array(array: Array, what: str) -> None:

@@ -21,4 +21,7 @@ def gather_memory_reports(report: MemoryReport, comm: "MpiComm | Communicator | 
     if not isinstance(report, MemoryReport):
         raise TypeError(f"gather_memory_reports needs a MemoryReport (from memory_report(...)), "
                         f"got {type(report).__name__}")
-    return as_communicator(comm).allgather_object(report)
+    if isinstance(comm, Communicator):
+        return comm.allgather_object(report)
+    with Communicator(comm) as own:
+        return own.allgather_object(report)

@@ -1,9 +1,10 @@
 """NCCL collectives on cupy arrays, for ranks that each drive a GPU of their own."""
 from __future__ import annotations
 
-from mpi4py import MPI
+from typing import Any
 
 from mpiprop.distributed.transport.gpu import current_gpu, current_stream_pointer, gpu_count, nccl_module
+from mpiprop.distributed.transport.mpi_library import load_mpi
 from mpiprop.network.backend import Array
 
 NCCL_REDUCE_OPS = {"sum": "NCCL_SUM", "prod": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
@@ -11,7 +12,7 @@ NCCL_DTYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": 
                "int32": "NCCL_INT32", "int64": "NCCL_INT64", "uint8": "NCCL_UINT8", "int8": "NCCL_INT8"}
 
 
-def nccl_usable(comm: MPI.Comm, node: MPI.Comm) -> bool:
+def nccl_usable(comm: Any, node: Any) -> bool:
     """Whether every rank of `comm` can use NCCL: NCCL present and one distinct GPU per rank on each node.
 
     `node` holds the ranks of `comm` on this node (a shared-memory split of it). Collective:
@@ -20,7 +21,7 @@ def nccl_usable(comm: MPI.Comm, node: MPI.Comm) -> bool:
     own_gpu = nccl_module() is not None and node.Get_size() <= gpu_count()
     gpus_on_node = node.allgather(current_gpu() if own_gpu else -1)
     own_gpu = own_gpu and len(set(gpus_on_node)) == len(gpus_on_node)
-    return bool(comm.allreduce(own_gpu, op=MPI.LAND))
+    return bool(comm.allreduce(own_gpu, op=load_mpi().LAND))
 
 
 class NcclTransport:
@@ -34,7 +35,7 @@ class NcclTransport:
             unique id reaches the others through it). Collective.
     """
 
-    def __init__(self, comm: MPI.Comm):
+    def __init__(self, comm: Any):
         self.nccl = nccl_module()
         if self.nccl is None:
             raise RuntimeError("NCCL is not available: it needs cupy built with NCCL and a GPU")
@@ -54,6 +55,10 @@ class NcclTransport:
     def bcast(self, array: Array, root: int) -> None:
         """Overwrite `array` with root's values, in place."""
         self.nccl_comm.bcast(array.data.ptr, array.size, self._dtype(array), root, current_stream_pointer())
+
+    def free(self) -> None:
+        """Release the NCCL communicator."""
+        self.nccl_comm.destroy()
 
     def _dtype(self, array: Array) -> int:
         name = NCCL_DTYPES.get(array.dtype.name)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from mpi4py import MPI
-
 from mpiprop.distributed.reliability.waits import ranks_of_all, waiting_in
+from mpiprop.distributed.transport.mpi_library import load_mpi
 
 
 class Request:
@@ -18,7 +17,7 @@ class Request:
     ranks of its communicator (None: unknown), whose departure from the job ends a wait on it.
     """
 
-    def __init__(self, mpi_request: MPI.Request, on_complete: Callable[[], None] | None = None,
+    def __init__(self, mpi_request: Any, on_complete: Callable[[], None] | None = None,
                  keep_alive: Any = None, what: str = "an MPI operation", ranks: frozenset[int] | None = None):
         self._mpi_request = mpi_request
         self.what = what
@@ -45,6 +44,14 @@ class Request:
                 self._mpi_request.Wait()
             self._complete()
 
+    def then(self, step: Callable[[], None], what: str | None = None) -> "Request":
+        """Run `step` once the operation completes, after its own completion step; returns self. `what`, when
+        given, renames the operation for the stall watchdog."""
+        first = self._on_complete
+        self._on_complete = step if first is None else lambda: (first(), step())
+        self.what = self.what if what is None else what
+        return self
+
     def _complete(self) -> None:
         self._done = True
         on_complete, self._on_complete, self._keep_alive = self._on_complete, None, None
@@ -56,7 +63,7 @@ def wait_all(requests: Iterable[Request]) -> None:
     """Wait for every request (one `MPI.Request.Waitall`), then run their completion steps in order."""
     pending = [request for request in requests if not request.done]
     with waiting_in(describe(pending), ranks_of_all([request.ranks for request in pending])):
-        MPI.Request.Waitall([request._mpi_request for request in pending])
+        load_mpi().Request.Waitall([request._mpi_request for request in pending])
     for request in pending:
         request._complete()
 

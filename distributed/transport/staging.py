@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from typing import Callable
 
@@ -33,6 +34,7 @@ def mpi_cuda_aware() -> bool:
     return _libmpi_reports_cuda_support()
 
 
+@functools.cache  # the library loaded stays for the process: ask it once
 def _libmpi_reports_cuda_support() -> bool:
     try:
         with open("/proc/self/maps") as maps:

@@ -5,11 +5,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from mpi4py import MPI
-
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm, mpi_comm_of
 from mpiprop.distributed.transport.gpu import gpu_count, use_gpu
 from mpiprop.distributed.transport.launcher_environment import LocalRank, launcher_local_rank
+from mpiprop.distributed.transport.mpi_library import load_mpi
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def available_cores() -> set[int]:
 def world_node() -> NodePlacement:
     """This rank's place on its node in MPI.COMM_WORLD, from MPI's shared-memory split of it.
 
-    Computed once: the first call is collective (importing mpiprop.distributed makes it on every
+    Computed once: the first call is collective (`mpiprop.distributed.start()` makes it on every
     rank). Local ranks follow MPI's order of the node's ranks, as in a Communicator. The launcher's
     local ranks (see `launcher_local_rank`), which chose the GPUs under `mpiprop run` before MPI
     started, are checked: when they do not number the node's ranks 0 to N-1 each once (a variable
@@ -70,10 +69,11 @@ def world_node() -> NodePlacement:
 
 
 def _split_world_by_node() -> NodePlacement:
-    world, mine, told = MPI.COMM_WORLD, available_cores(), launcher_local_rank(os.environ)
+    mpi = load_mpi()
+    world, mine, told = mpi.COMM_WORLD, available_cores(), launcher_local_rank(os.environ)
     if world.Get_size() == 1:
         return NodePlacement(0, 1, len(mine), len(mine))
-    node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    node = world.Split_type(mpi.COMM_TYPE_SHARED, key=world.Get_rank())
     try:
         gathered = node.allgather((mine, None if told is None else told.value))
         told_ranks = [value for _, value in gathered]
@@ -113,7 +113,7 @@ def local_rank(comm: "MpiComm | Communicator | None" = None) -> int:
         return comm.local_rank
     if comm is None:
         return world_node().local_rank
-    node = mpi_comm_of(comm).Split_type(MPI.COMM_TYPE_SHARED, key=rank(comm))
+    node = mpi_comm_of(comm).Split_type(load_mpi().COMM_TYPE_SHARED, key=rank(comm))
     try:
         return node.Get_rank()
     finally:

@@ -4,7 +4,7 @@
     python examples/benchmarks/bench_launch.py --rounds 5 --epochs 10
 
 Both start `examples/train_digits.py` with every BLAS thread variable removed from the environment,
-so each rank's threads come from importing mpiprop.distributed (the node's cores divided by its
+so each rank's threads come from its first DataParallel (the node's cores divided by its
 ranks) whichever way it was started. A third contestant, plain mpiexec with OMP_NUM_THREADS=1,
 is the reference. Each run's seconds per epoch is the median over its epochs after the first
 (which includes start-up); the table shows the median over rounds, and the target is mpiprop run

@@ -1,14 +1,33 @@
 """Seeded random generators, one per array module, for initialisation, and one stream per dropout layer."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import numpy
 
 _seed: int | None = None
-_generators: dict[str, Any] = {}
+_generators: dict[Any, Any] = {}
+_restored: dict[int, dict] = {}
 _streams_made = 0
+_row_window: tuple[int, int] | None = None
+
+
+class Stream:
+    """A random stream of one layer: its number among the streams made since `manual_seed` names its numbers
+    (and its state in a checkpoint); its generators are its own, so two models built after the same seed
+    draw the same numbers without sharing one generator.
+
+    Args:
+        number: the stream's number.
+    """
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def __repr__(self) -> str:
+        return f"Stream({self.number})"
 
 
 def manual_seed(seed: int) -> None:
@@ -23,6 +42,7 @@ def manual_seed(seed: int) -> None:
     _seed = int(seed)
     _streams_made = 0
     _generators.clear()
+    _restored.clear()
 
 
 def generator(xp: ModuleType = numpy):
@@ -33,36 +53,65 @@ def generator(xp: ModuleType = numpy):
     return _generators[name]
 
 
-def new_stream() -> int:
-    """The number of a new random stream: 0, 1, 2, ... in the order they are asked for since `manual_seed`.
+def new_stream() -> Stream:
+    """A new random stream, numbered 0, 1, 2, ... in the order they are asked for since `manual_seed`.
 
     A layer that draws random numbers in training (Dropout) takes one when it is made, so each
     such layer draws from a stream of its own: the same numbers whether the model runs in one
-    process or is cut into pipeline stages on several.
+    process or is cut into pipeline stages on several, and a model built alike elsewhere (or
+    in this process, after the same seed) draws them too, from generators of its own.
     """
     global _streams_made
     _streams_made += 1
-    return _streams_made - 1
+    return Stream(_streams_made - 1)
 
 
-def stream_generator(stream: int, xp: ModuleType = numpy):
+def stream_generator(stream: "Stream | int", xp: ModuleType = numpy):
     """The generator of random stream `stream` for array module `xp`, seeded from the seed and the stream number.
 
     Its draws follow one another: drawing 3 rows then 5 gives the 8 rows one draw of 8 would
-    (on numpy), so micro-batches get the rows of their batch's numbers.
+    (on numpy), so micro-batches get the rows of their batch's numbers. A `Stream` has generators of
+    its own; a bare number names generators shared by every user of that number.
     """
-    name = f"{xp.__name__} stream {stream}"
-    if name not in _generators:
-        entropy = numpy.random.SeedSequence(_seed, spawn_key=(stream,)).generate_state(1, numpy.uint64)[0]
-        _generators[name] = xp.random.default_rng(int(entropy))
-    return _generators[name]
+    key = ("stream", xp.__name__, stream)
+    if key not in _generators:
+        number = stream.number if isinstance(stream, Stream) else int(stream)
+        entropy = numpy.random.SeedSequence(_seed, spawn_key=(number,)).generate_state(1, numpy.uint64)[0]
+        _generators[key] = xp.random.default_rng(int(entropy))
+        if xp is numpy and number in _restored:
+            _generators[key].bit_generator.state = _restored[number]
+    return _generators[key]
+
+
+@contextmanager
+def row_window(offset: int, total: int) -> Iterator[None]:
+    """Inside, a layer drawing one number per row (Dropout) draws for a batch of `total` rows and keeps the rows
+    from `offset` on: a data-parallel rank holding those rows of the global batch gets the numbers one process
+    would give them, and every rank's stream moves on past the whole batch."""
+    global _row_window
+    saved, _row_window = _row_window, (int(offset), int(total))
+    try:
+        yield
+    finally:
+        _row_window = saved
+
+
+def draw_rows(generator, shape: tuple[int, ...], dtype) -> Any:
+    """`generator.random(shape)`, or, inside `row_window`, this process's rows of the window's whole draw."""
+    if _row_window is None:
+        return generator.random(shape, dtype=dtype)
+    offset, total = _row_window
+    if offset + shape[0] > total:
+        raise ValueError(f"rows {offset} to {offset + shape[0]} lie outside the row window's {total} rows")
+    return generator.random((total,) + tuple(shape[1:]), dtype=dtype)[offset:offset + shape[0]]
 
 
 def get_rng_state() -> dict:
     """The numpy generators' states (shared and streams) and the stream count, to store in a checkpoint."""
-    prefix = "numpy stream "
-    streams = {name[len(prefix):]: generator.bit_generator.state
-               for name, generator in _generators.items() if name.startswith(prefix)}
+    streams = {str(_stream_number(key[2])): generator.bit_generator.state
+               for key, generator in _generators.items() if isinstance(key, tuple) and key[1] == "numpy"}
+    streams = {**{str(number): state for number, state in _restored.items() if str(number) not in streams},
+               **streams}
     return {"seed": _seed, "numpy": generator(numpy).bit_generator.state, "streams": streams,
             "streams_made": _streams_made}
 
@@ -73,9 +122,13 @@ def set_rng_state(state: dict) -> None:
     _seed = state["seed"]
     _streams_made = state.get("streams_made", _streams_made)
     _generators.clear()
+    _restored.clear()
     generator(numpy).bit_generator.state = state["numpy"]
-    for stream, stream_state in state.get("streams", {}).items():
-        stream_generator(int(stream)).bit_generator.state = stream_state
+    _restored.update({int(stream): stream_state for stream, stream_state in state.get("streams", {}).items()})
+
+
+def _stream_number(stream: "Stream | int") -> int:
+    return stream.number if isinstance(stream, Stream) else int(stream)
 
 
 class seeded:
@@ -88,10 +141,10 @@ class seeded:
         self.seed = seed
 
     def __enter__(self) -> None:
-        global _seed, _generators
-        self._saved = (_seed, _generators)
-        _seed, _generators = self.seed, {}
+        global _seed, _generators, _restored
+        self._saved = (_seed, _generators, _restored)
+        _seed, _generators, _restored = self.seed, {}, {}
 
     def __exit__(self, *exc_info) -> None:
-        global _seed, _generators
-        _seed, _generators = self._saved
+        global _seed, _generators, _restored
+        _seed, _generators, _restored = self._saved

@@ -14,7 +14,9 @@ class Dropout(Layer):
     (`mpiprop.network.compute.rng.stream_generator`), seeded by `mpiprop.network.manual_seed` and the
     layer's place among the dropout layers made since: a model built after the same seed
     draws the same masks whether it runs in one process or as pipeline stages, and a batch
-    cut into micro-batches gets the rows of the whole batch's mask (on numpy arrays).
+    cut into micro-batches gets the rows of the whole batch's mask (on numpy arrays). Inside
+    `rng.row_window` (DataParallel's forward) a rank's rows get the global batch's mask rows.
+    Two models built after the same seed draw the same masks, each from generators of its own.
     """
 
     def __init__(self, p: float = 0.5, generator=None):
@@ -31,7 +33,7 @@ class Dropout(Layer):
             return x, None
         xp = get_array_module(x)
         generator = self.generator if self.generator is not None else rng.stream_generator(self.stream, xp)
-        keep = generator.random(x.shape, dtype=x.dtype) >= self.p
+        keep = rng.draw_rows(generator, x.shape, x.dtype) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * mask, mask
 

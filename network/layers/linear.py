@@ -8,14 +8,14 @@ import numpy
 from mpiprop.network.layers import init
 from mpiprop.network.backend import Array, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, positive_int, same_array_module
-from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.layers.layer import Layer
-from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.layers.linear_math import linear_forward, linear_input_grad, linear_weight_grad_
 from mpiprop.network.layers.parameter import Parameter
 
 
 class Linear(Layer):
-    """y = x @ weight + bias, on inputs of shape (..., in_features), giving (..., out_features).
+    """y = x @ weight + bias, on inputs of shape (..., in_features), giving (..., out_features): the parameters
+    of the math in linear_math.py.
 
     Leading dimensions are flattened for the products, so a (batch, time, channels) activation
     needs no reshaping; the weight gradient sums over all of them.
@@ -48,21 +48,15 @@ class Linear(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x)
-        y = matmul(_rows(x), self.weight.data)
-        if self.bias is not None:
-            y += self.bias.data
-        return y.reshape(x.shape[:-1] + (self.out_features,)), x
+        return linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data), x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        return matmul(_rows(dy), self.weight.data, transpose_b=True).reshape(x.shape)
+        return linear_input_grad(dy, self.weight.data)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)
-        dy = _rows(dy)
-        add_matmul_(self.weight.grad, _rows(x).T, dy)
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+        linear_weight_grad_(self.weight.grad, None if self.bias is None else self.bias.grad, x, dy)
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
@@ -89,8 +83,3 @@ class Linear(Layer):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
-
-
-def _rows(x: Array) -> Array:
-    """`x` of shape (..., width) as a 2-D (rows, width) array: a view where the layout allows."""
-    return x if x.ndim == 2 else x.reshape(-1, x.shape[-1])

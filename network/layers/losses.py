@@ -90,6 +90,11 @@ class Loss:
             return 1.0
         return 1.0 / count if count else math.nan
 
+    def denominator(self, target: Array) -> float:
+        """What "mean" divides the summed losses for targets `target` by (here their elements): a shard's share of
+        the whole batch's sum of them is its weight in torch's mean over the whole batch."""
+        return float(target.size)
+
     def _check_finite(self, pred: Array, target: Array) -> None:
         name = type(self).__name__
         all_finite(pred, f"{name} prediction")
@@ -240,6 +245,13 @@ class CrossEntropyLoss(Loss):
         log_softmax, coefficients = cache
         xp = get_array_module(log_softmax)
         return (xp.exp(log_softmax) * coefficients.sum(axis=1, keepdims=True) - coefficients).reshape(shape)
+
+    def denominator(self, target: Array) -> float:
+        """Rows for probabilities; for class indices the total class weight of the labels not `ignore_index`."""
+        kept = None if target.dtype.kind == "f" else target[target != self.ignore_index]
+        if kept is None or self.weight is None:
+            return float(target.shape[0] if kept is None else kept.size)
+        return float(to_device(self.weight, device_of(kept))[kept.clip(0, self.weight.shape[0] - 1)].sum())
 
     def _class_weights(self, logits: Array) -> Array:
         xp = get_array_module(logits)

@@ -10,7 +10,14 @@ from mpiprop.network.layers.parameter import Parameter
 
 
 def total_grad_norm(params: Iterable[Parameter], norm_type: float = 2.0) -> float:
-    """The norm of all gradients taken together as one vector (norm_type 2, 1 or inf)."""
+    """The norm of all gradients taken together as one vector (norm_type 2, 1 or inf).
+
+    Parameters that other processes hold in part (a list with a `grad_norm(norm_type)` method, as
+    DataParallel's under ZeRO-2) give the norm over every process's part, from that method.
+    """
+    across_processes = getattr(params, "grad_norm", None)
+    if callable(across_processes):
+        return across_processes(norm_type)
     params = list(params)
     if not params:
         return 0.0
@@ -31,15 +38,16 @@ def clip_grad_norm_(params: Iterable[Parameter], max_norm: float, norm_type: flo
     """Scale all gradients so their total norm is at most `max_norm`; return the norm before clipping.
 
     Args:
-        params: the parameters whose gradients are scaled.
+        params: the parameters whose gradients are scaled (with a `grad_norm` method, as DataParallel's
+            under ZeRO-2, the norm is over every process's part of them: see `total_grad_norm`).
         max_norm: the largest total norm allowed.
         norm_type: 2, 1 or inf.
         total_norm: the norm when it is already known, e.g. over every stage of a pipelined
             model (whose other parameters live in other processes); None computes it from `params`.
     """
-    params = list(params)
     max_norm = non_negative_float(max_norm, "max_norm")
     norm = total_grad_norm(params, norm_type) if total_norm is None else total_norm
+    params = list(params)
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
         for p in params:

@@ -131,6 +131,9 @@ class ScaledLoss(Loss):
     def forward(self, pred: Array, target: Array) -> tuple[Any, Any]:
         return self.loss_fn.forward(pred, target)
 
+    def denominator(self, target: Array) -> float:
+        return self.loss_fn.denominator(target)
+
     def backward(self, cache: Any = REMEMBERED, grad_output: Any = None) -> Array:
         if cache is REMEMBERED:
             if self._last_cache is REMEMBERED:

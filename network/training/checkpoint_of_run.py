@@ -23,15 +23,17 @@ def save_run(path: str, strategy: TrainingStrategy, optimizer: Any, state: RunSt
     stored once, whatever the number of ranks; each rank adds its random state and metric sums.
     """
     ranks = strategy.ranks
-    everyone = ranks.gather((rng.get_rng_state(), state.train_totals.state_dict()))
+    everyone = ranks.gather((rng.get_rng_state(), state.train_totals.state_dict(), list(ranks.data_shard)))
     model_state = ranks.join({name: to_numpy(array) for name, array in strategy.state_dict().items()})
     named = named_optimizer_state(optimizer.state_dict(), optimizer_names(strategy, optimizer))
     optimizer_state = merged_optimizer_state(named, ranks.join)
     callback_states = [joined_mappings(callback.state_dict(), ranks.join) for callback in callbacks]
     if ranks.is_main:
-        meta = state.to_meta([sums for _, sums in everyone], [r for r, _ in everyone] if ranks.size > 1 else None,
+        meta = state.to_meta([sums for _, sums, _ in everyone],
+                             [r for r, _, _ in everyone] if ranks.size > 1 else None,
                              [type(c).__name__ for c in callbacks], callback_states,
                              None if grad_scaler is None else grad_scaler.state_dict())
+        meta["rank_shards"] = [shard for _, _, shard in everyone]
         write_checkpoint(path, model_state, optimizer_state, trainer=meta)
 
 
@@ -64,15 +66,29 @@ def resume_run(path: str, strategy: TrainingStrategy, optimizer: Any, state: Run
                          optimizer_names(strategy, optimizer))
     strategy.load_state_dict(saved["model"])
     ranks = strategy.ranks
-    rng.set_rng_state(saved["rng"])
-    if meta.get("rank_rng") is not None and len(meta["rank_rng"]) == ranks.size:
-        rng.set_rng_state(meta["rank_rng"][ranks.rank])
+    rng.set_rng_state(saved_random_state(meta, ranks, saved["rng"]))
     for callback, callback_state in zip(callbacks, callback_states(meta, strategy.state_shapes())):
         callback.load_state_dict(callback_state)
     state.load_meta(meta, ranks.rank, ranks.size, ranks.is_main)
     if grad_scaler is not None and meta.get("grad_scaler") is not None:
         grad_scaler.load_state_dict(meta["grad_scaler"])
     return meta
+
+
+def saved_random_state(meta: dict[str, Any], ranks: Any, main_rank_state: dict) -> dict:
+    """The random state a rank goes on from: that of the first saved rank that read the same data shard (ranks
+    reading one shard, such as a stage's tensor ranks, must draw alike), else of the saved rank numbered as this
+    rank's shard; for checkpoints without shards, the saved rank of this rank's number in the same number of ranks."""
+    rank_rng, shards = meta.get("rank_rng"), meta.get("rank_shards")
+    if rank_rng is None:
+        return main_rank_state
+    if shards is None:
+        return rank_rng[ranks.rank] if len(rank_rng) == ranks.size else main_rank_state
+    mine = list(ranks.data_shard)
+    same = [index for index, shard in enumerate(shards) if list(shard) == mine]
+    if same:
+        return rank_rng[same[0]]
+    return rank_rng[mine[0]] if mine[0] < len(rank_rng) else main_rank_state
 
 
 def check_callbacks_and_loader(path: str, meta: dict[str, Any], callbacks: Sequence[Callback],

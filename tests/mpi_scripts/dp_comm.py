@@ -48,6 +48,51 @@ def check_collectives(comm: Communicator) -> None:
     assert (received == (r - 1) % n).all(), received
 
 
+def check_collectives_of_the_door(comm: Communicator) -> None:
+    """The calls DataParallel, ZeRO and the pipeline make through the Communicator, against closed forms."""
+    n, r = comm.size, comm.rank
+    assert comm.gather_object(r + 10, root=n - 1) == ([k + 10 for k in range(n)] if r == n - 1 else None)
+    assert comm.allreduce_object(r, "max") == n - 1 and comm.allreduce_object(r + 1) == n * (n + 1) // 2
+
+    counts = [k + 1 for k in range(n)]  # rank k holds k + 1 elements, at offset k * (k + 1) / 2
+    parts = numpy.zeros(sum(counts))
+    parts[r * (r + 1) // 2:][:r + 1] = r
+    assert comm.allgatherv(parts, counts) is parts
+    numpy.testing.assert_array_equal(parts, numpy.repeat(numpy.arange(n), counts))
+
+    whole = numpy.arange(sum(counts), dtype=numpy.float32) * (r + 1)
+    mine = numpy.zeros(counts[r], dtype=numpy.float32)
+    comm.ireduce_scatter(whole, mine, counts).then(lambda: mine.__imul__(2)).wait()
+    start = r * (r + 1) // 2
+    numpy.testing.assert_array_equal(mine, 2 * numpy.arange(start, start + r + 1) * n * (n + 1) / 2)
+
+    odd_left_out = comm.split(None if r % 2 else 0)
+    assert (odd_left_out is None) == bool(r % 2)
+    if odd_left_out is not None:
+        assert odd_left_out.size == (n + 1) // 2 and odd_left_out.rank == r // 2
+    assert comm.split_by_node().size == comm.local_size == n  # one node
+    assert comm.tag_bound >= 32767
+
+    window = comm.allocate_shared(8)
+    numpy.frombuffer(window.memory(r), dtype=numpy.int64)[0] = 100 + r
+    window.sync()
+    comm.barrier()
+    window.sync()
+    assert [int(numpy.frombuffer(window.memory(k), dtype=numpy.int64)[0]) for k in range(n)] == \
+        [100 + k for k in range(n)]
+    comm.barrier()
+    window.free()
+
+    if n > 1 and r < 2:
+        if r == 0:
+            comm.send_object({"to": 1}, 1, tag=5)
+        else:
+            while comm.probe() is None:
+                pass
+            assert comm.probe() == (0, 5) and comm.recv_object(0, 5) == {"to": 1}
+    assert comm.probe() is None
+
+
 def check_helpers(comm: Communicator) -> None:
     n, r = comm.size, comm.rank
     assert (distributed.rank(), distributed.size()) == (r, n)
@@ -77,13 +122,19 @@ def check_helpers(comm: Communicator) -> None:
 def main() -> None:
     comm = Communicator()
     staged = Communicator(force_host_staging=True)
+    assert not distributed.abort_handler_installed()  # a Communicator starts nothing
+    distributed.start()
+    distributed.start()  # again: nothing happens
     assert distributed.abort_handler_installed()
     for each in (comm, staged):
         check_isolated_from_user_traffic(each)
         check_collectives(each)
+    check_collectives_of_the_door(comm)
     check_helpers(comm)
     comm.barrier()
-    print(f"rank {comm.rank} ok", flush=True)
+    rank = comm.rank
+    comm.close()
+    print(f"rank {rank} ok", flush=True)
 
 
 if __name__ == "__main__":

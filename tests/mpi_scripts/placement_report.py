@@ -1,4 +1,4 @@
-"""Prints one JSON line per rank: its place on the node, and the BLAS threads threadpoolctl sees after the import.
+"""Prints one JSON line per rank: its place on the node, and the BLAS threads threadpoolctl sees after `mpiprop.distributed.start()`.
 
 `--set NAME=VALUE` sets an environment variable before mpiprop.distributed is imported (a launcher
 variable that disagrees with MPI's placement, say); `{rank}` in VALUE becomes the rank, `{swapped}`
@@ -22,6 +22,8 @@ for assignment in parser.parse_args().set:
 
 import mpiprop.distributed  # noqa: E402
 from mpiprop.distributed.transport.world import world_node  # noqa: E402
+
+mpiprop.distributed.start()
 
 node = world_node()
 blas = sorted({pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"})

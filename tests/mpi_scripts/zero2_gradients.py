@@ -5,7 +5,7 @@
 Twelve Linear(128, 128) layers in float64, buckets of one layer each (bias 128 + weight 16384 values),
 shard_owners giving each rank whole layers. After a synchronised step each rank measures the bytes
 its gradient arrays span (its own parameters' gradients, plus one zero element per bucket that
-stands in for the others'), the bytes the sync object holds (those plus the flags and tally, and,
+stands in for the others'), the bytes the sync object holds (those plus the flags, and,
 reduce-scattering in shared memory, the ring of three bucket-sized slots that stays allocated) and
 the memory report's gradients, beside hand counts; and, for the backward, the most bytes of
 gradients the sync object held at once and tracemalloc's peak beyond ZeRO-1's, beside its own share
@@ -95,7 +95,7 @@ def memory_figures():
     dp, optimizer, zero2_peak = one_step(2)
     _, _, zero1_peak = one_step(1)
     whole_bucket = BUCKET_BYTES
-    flags_and_zeros = LAYERS * (2 * ITEM + ITEM) + ITEM  # two flags and a zero element per bucket, the tally
+    flags_and_zeros = LAYERS * (2 * ITEM + ITEM)  # two flags and a zero element per bucket
     slots = 3 * whole_bucket if dp.allreduce_kind == "shared memory reduce-scatter" else 0
     return {
         "rank": WORLD.rank,

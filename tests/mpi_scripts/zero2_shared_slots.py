@@ -109,7 +109,7 @@ def train_zero2():
                     dp.backward(dout)
                 continue
             dp.backward(dout)
-        shared_buckets += len(dp.gradient_sync._reducer.allreduce._in_slot_order)
+        shared_buckets += len(dp.gradient_sync.allreduce._in_slot_order)
         if micro_batches(step) == 1 and not TIED:
             sync = dp.gradient_sync
             assert sync.peak_held_bytes == sync.held_bytes, (step, sync.peak_held_bytes, sync.held_bytes)

@@ -1,0 +1,49 @@
+"""The math of a linear layer, written once: forward, input gradient and weight gradient as functions."""
+from __future__ import annotations
+
+from mpiprop.network.backend import Array
+from mpiprop.network.compute.inplace import add_matmul_
+from mpiprop.network.compute.matmul import matmul
+
+
+def _rows(array: Array) -> Array:
+    """`array` of shape (..., width) as (rows, width), a view where it can be one."""
+    return array if array.ndim == 2 else array.reshape(-1, array.shape[-1])
+
+
+def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> Array:
+    """y = x @ weight + bias, for `x` of shape (..., in) and `weight` of shape (in, out).
+
+    Args:
+        x: the input, of shape (..., in).
+        weight: the (in, out) matrix.
+        bias: the (out,) vector, or None.
+
+    Returns:
+        A new array of shape (..., out).
+    """
+    y = matmul(_rows(x), weight)
+    if bias is not None:
+        y += bias
+    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def linear_input_grad(dy: Array, weight: Array) -> Array:
+    """dx = dy @ weight.T, for `dy` of shape (..., out): a new array of shape (..., in)."""
+    dx = matmul(_rows(dy), weight, transpose_b=True)
+    return dx if dy.ndim == 2 else dx.reshape(*dy.shape[:-1], weight.shape[0])
+
+
+def linear_weight_grad_(weight_grad: Array, bias_grad: Array | None, x: Array, dy: Array) -> None:
+    """Add x.T @ dy into `weight_grad` and dy summed over every leading axis into `bias_grad` (when not None), in place.
+
+    Args:
+        weight_grad: the (in, out) gradient to accumulate into.
+        bias_grad: the (out,) gradient to accumulate into, or None without a bias.
+        x: the forward's input, of shape (..., in).
+        dy: the gradient of the output, of shape (..., out).
+    """
+    rows = _rows(dy)
+    add_matmul_(weight_grad, _rows(x).T, rows)
+    if bias_grad is not None:
+        bias_grad += rows.sum(axis=0)
