@@ -104,3 +104,13 @@ def test_data_parallel_part_reports_against_its_ceiling(bench, capsys):
     assert 0 < figures["pipeline_schedule"]["bubble"] < 1
     out = capsys.readouterr().out
     assert "tensor parallel T=2" in out and "2 pipeline stages" in out and "of the ceiling" in out
+
+
+def test_plot_curves_refuses_no_curves_and_uneven_ones(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mpiprop.network.training.plots import plot_curves
+
+    with pytest.raises(ValueError, match="no curves"):
+        plot_curves({}, tmp_path / "x.png", xlabel="epoch", ylabel="loss")
+    with pytest.raises(ValueError, match="'torch' has 2 x values but 3 y values"):
+        plot_curves({"torch": ([1, 2], [3, 2, 1])}, tmp_path / "x.png", xlabel="epoch", ylabel="loss")

@@ -16,9 +16,10 @@ The CNN part runs bench_cnn. The data-parallel part launches `mpiexec` itself: 2
 DataParallel against 2 independent ranks doing the same work with no gradient sync (the
 ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2) and in 2
 pipeline stages, each taking the 2 ranks' windows per step, against the ceiling (the
-pipeline's bound is the ceiling times 1 - its schedule's bubble). `compare-training` runs examples/train_gpt.py's training (its default run unless
---epochs/--windows say otherwise) and the torch mirror from the same weights on the same
-batches with the same schedule, and prints both validation losses per epoch.
+pipeline's bound is the ceiling times 1 - its schedule's bubble). `compare-training` runs
+examples/train_gpt.py's training (its default run unless --epochs/--windows say otherwise) and
+the torch mirror from the same weights on the same batches with the same schedule, and prints
+both validation losses per epoch.
 """
 from __future__ import annotations
 
@@ -364,7 +365,8 @@ def report_data_parallel(result: dict[str, Any], rounds: int) -> None:
               "of the ceiling (bound 1)")
     if "pipeline" in t:
         s = result["pipeline_schedule"]
-        print(f"  {n} pipeline stages:      {t['pipeline']:9.0f}  {result['of_ceiling']['pipeline']:.3f} of the ceiling "
+        print(f"  {n} pipeline stages:      {t['pipeline']:9.0f}  {result['of_ceiling']['pipeline']:.3f} "
+              "of the ceiling "
               f"(bound {result['bound_of_ceiling']['pipeline']:.3f}: {s['name']}, {s['micro_batches']} "
               f"micro-batches, bubble {s['bubble']:.3f})")
 
@@ -456,7 +458,8 @@ def report_training(result: dict[str, Any]) -> None:
     for ours, theirs in zip(result["mpiprop"], result["torch"]):
         print(f"  {ours['epoch']:5d}  {ours['loss']:.4f} / {ours['val_loss']:.4f}     "
               f"{theirs['loss']:.4f} / {theirs['val_loss']:.4f}")
-    print(f"  final validation loss: mpiprop {result['val_loss']['mpiprop']:.4f}, torch {result['val_loss']['torch']:.4f}"
+    final = result["val_loss"]
+    print(f"  final validation loss: mpiprop {final['mpiprop']:.4f}, torch {final['torch']:.4f}"
           f" (relative difference {result['relative_difference']:.4f}; target <= "
           f"{TARGETS['val_loss_relative_difference']}); {result['seconds']['mpiprop']:.0f} s and "
           f"{result['seconds']['torch']:.0f} s")
