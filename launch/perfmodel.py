@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy
 
-from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
+from mpiprop.distributed.pipeline import schedule_spec
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,16 @@ from mpiprop.network.compute.precision import Precision, current_precision, roun
 from mpiprop.network.compute.threads import run_product
 
 
-def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
-    """a @ b, or a @ b.T with `transpose_b`, as a new array, in the current precision (`using_precision`)."""
+def matmul(a: Array, b: Array, *, transpose_b: bool = False, out: Array | None = None) -> Array:
+    """a @ b, or a @ b.T with `transpose_b`, in the current precision (`using_precision`): a new array, or
+    written into `out` (which may be a strided view: numpy's BLAS writes a view with unit column stride
+    in place) and returned."""
     precision = current_precision()
+    if out is not None:
+        if type(out) is numpy.ndarray and not (precision.mixed or precision.tf32):
+            return numpy.matmul(a, b.T if transpose_b else b, out=out)
+        out[...] = matmul(a, b, transpose_b=transpose_b)
+        return out
     if precision.mixed or precision.tf32:
         return product_in_precision(a, b.T if transpose_b else b, precision)
     if type(a) is not numpy.ndarray:

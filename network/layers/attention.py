@@ -64,8 +64,10 @@ class CausalSelfAttention(Layer):
         self._check_input(x)
         fused, qkv_cache = self.qkv.forward(x)
         q, k, v = core.split_heads(fused, self.num_heads)
-        heads, attention_cache = core.causal_attention(q, k, v, self._attention_dropout_mask(q.shape, q.dtype, x))
-        y, proj_cache = self.proj.forward(core.merge_heads(heads))
+        merged = get_array_module(x).empty(x.shape[:-1] + (q.shape[1] * q.shape[3],), dtype=v.dtype)
+        _, attention_cache = core.causal_attention(q, k, v, self._attention_dropout_mask(q.shape, q.dtype, x),
+                                                   into=merged)
+        y, proj_cache = self.proj.forward(merged)
         y, dropout_cache = self.output_dropout.forward(y)
         return y, AttentionLayerCache(x.shape, qkv_cache, attention_cache, proj_cache, dropout_cache)
 
@@ -95,8 +97,9 @@ class CausalSelfAttention(Layer):
                              f"{tuple(cache.shape)}; pass the gradient of the loss with respect to the output")
         dproj = self.output_dropout.backward_input(dy, cache.dropout)
         dheads = self.proj.backward_input(dproj, cache.proj)
-        dq, dk, dv = core.causal_attention_backward(core.unmerge_heads(dheads, self.num_heads), cache.attention)
-        return core.join_heads_grad(dq, dk, dv), dproj
+        dqkv = get_array_module(dy).empty(dheads.shape[:-1] + (3 * dheads.shape[-1],), dtype=cache.attention.q.dtype)
+        core.causal_attention_backward(core.unmerge_heads(dheads, self.num_heads), cache.attention, into=dqkv)
+        return dqkv, dproj
 
     def _attention_dropout_mask(self, heads_shape: tuple[int, ...], dtype: Any, x: Array) -> Array | None:
         if not self.training or self.dropout == 0.0:

@@ -25,7 +25,8 @@ def statistics_dtype(dtype: Any) -> numpy.dtype:
     return numpy.promote_types(dtype, numpy.float32)
 
 
-def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = None) -> tuple[Array, AttentionCache]:
+def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = None, *,
+                     into: Array | None = None) -> tuple[Array, AttentionCache]:
     """softmax(q kᵀ / sqrt(D) with the future masked out) v, for every batch row and head at once.
 
     Query i sees keys 0..i (with fewer queries than keys, the queries are the last ones). The
@@ -37,9 +38,12 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
         k, v: keys and values (B, H, S, D), S >= T.
         dropout_mask: None, or multipliers of the softmax weights (B, H, T, S): 0 where dropped,
             1/(1-p) where kept (see `draw_dropout_mask`).
+        into: None, or a (B, T, H·D) array of v's dtype that receives the output with the heads side by
+            side (`merge_heads`' layout, written by the product itself: no copy).
 
     Returns:
-        (output of shape (B, H, T, D) in v's dtype, cache for `causal_attention_backward`).
+        (output of shape (B, H, T, D) in v's dtype (a view of `into` when given), cache for
+        `causal_attention_backward`).
 
     Raises:
         ValueError: for shapes that do not fit together.
@@ -49,23 +53,28 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
     stats = statistics_dtype(q.dtype)
     scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = xp.where(future_mask(q.shape[-2], k.shape[-2], xp), stats.type(-numpy.inf), scores)
+    scores += future_bias(q.shape[-2], k.shape[-2], stats, xp)
     scores -= scores.max(axis=-1, keepdims=True)
     weights = xp.exp(scores, out=scores)
     weights /= weights.sum(axis=-1, keepdims=True)
     used = weights if dropout_mask is None else weights * dropout_mask
-    return matmul(used.astype(v.dtype, copy=False), v), AttentionCache(q, k, v, weights, dropout_mask)
+    out = None if into is None else unmerge_heads(into, q.shape[1])
+    return matmul(used.astype(v.dtype, copy=False), v, out=out), AttentionCache(q, k, v, weights, dropout_mask)
 
 
-def causal_attention_backward(dy: Array, cache: AttentionCache) -> tuple[Array, Array, Array]:
+def causal_attention_backward(dy: Array, cache: AttentionCache, *,
+                              into: Array | None = None) -> tuple[Array, Array, Array]:
     """Gradients of the loss with respect to q, k and v, given its gradient `dy` with respect to the output.
 
     Args:
         dy: (B, H, T, D), the output's shape.
         cache: from `causal_attention`.
+        into: None, or a (B, T, 3·H·D) array (q, k, v of one length and dtype) that receives the three
+            gradients in `split_heads`' layout, the fused projection's gradient (`join_heads_grad`
+            without its copy).
 
     Returns:
-        (dq, dk, dv), each of its input's shape and dtype.
+        (dq, dk, dv), each of its input's shape and dtype (views of `into` when given).
 
     Raises:
         ValueError: when dy does not have the output's shape.
@@ -75,7 +84,8 @@ def causal_attention_backward(dy: Array, cache: AttentionCache) -> tuple[Array, 
         raise ValueError(f"attention output gradient has shape {tuple(dy.shape)} but the output has shape "
                          f"{tuple(q.shape[:-1]) + (v.shape[-1],)}")
     used = weights if dropout_mask is None else weights * dropout_mask
-    dv = matmul(used.astype(v.dtype, copy=False).swapaxes(-1, -2), dy)
+    grads_into = (None, None, None) if into is None else split_heads(into, q.shape[1])
+    dv = matmul(used.astype(v.dtype, copy=False).swapaxes(-1, -2), dy, out=grads_into[2])
     dweights = matmul(dy, v.swapaxes(-1, -2)).astype(weights.dtype, copy=False)
     if dropout_mask is not None:
         dweights *= dropout_mask
@@ -84,12 +94,17 @@ def causal_attention_backward(dy: Array, cache: AttentionCache) -> tuple[Array, 
     dscores *= weights
     dscores *= weights.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dscores = dscores.astype(q.dtype, copy=False)
-    return matmul(dscores, k), matmul(dscores.swapaxes(-1, -2), q), dv
+    return matmul(dscores, k, out=grads_into[0]), matmul(dscores.swapaxes(-1, -2), q, out=grads_into[1]), dv
 
 
 def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
     """(queries, keys) booleans, True where a key lies in a query's future (the queries are the last `queries`)."""
     return xp.triu(xp.ones((queries, keys), dtype=bool), k=keys - queries + 1)
+
+
+def future_bias(queries: int, keys: int, dtype: Any, xp: Any = numpy) -> Array:
+    """(queries, keys) of `dtype`: -inf where a key lies in a query's future, 0 elsewhere (added to the scores)."""
+    return xp.where(future_mask(queries, keys, xp), numpy.dtype(dtype).type(-numpy.inf), numpy.dtype(dtype).type(0))
 
 
 def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:
@@ -109,8 +124,10 @@ def split_heads(qkv: Array, num_heads: int) -> tuple[Array, Array, Array]:
 def join_heads_grad(dq: Array, dk: Array, dv: Array) -> Array:
     """The inverse of `split_heads` for gradients: (B, H, T, D) each into one (B, T, 3·H·D) array."""
     batch, heads, time, size = dq.shape
-    xp = get_array_module(dq)
-    return xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4).reshape(batch, time, 3 * heads * size)
+    joined = get_array_module(dq).empty((batch, time, 3, heads, size), dtype=dq.dtype)
+    for index, part in enumerate((dq, dk, dv)):
+        joined[:, :, index] = part.transpose(0, 2, 1, 3)
+    return joined.reshape(batch, time, 3 * heads * size)
 
 
 def merge_heads(y: Array) -> Array:

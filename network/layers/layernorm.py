@@ -50,27 +50,30 @@ class LayerNorm(Layer):
         self._check_input(x)
         xp = get_array_module(x)
         statistics = x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False)
-        mean = statistics.mean(axis=self._axes, keepdims=True)
-        centred = statistics - mean
-        inverse_std = 1.0 / xp.sqrt((centred * centred).mean(axis=self._axes, keepdims=True) + self.eps)
-        normalised = centred * inverse_std
-        y = normalised
-        if self.weight is not None:
-            y = y * self.weight.data
+        normalised = statistics - statistics.mean(axis=self._axes, keepdims=True)
+        variance = xp.square(normalised).mean(axis=self._axes, keepdims=True)
+        variance += self.eps
+        inverse_std = xp.sqrt(variance, out=variance)
+        xp.divide(1.0, inverse_std, out=inverse_std)
+        normalised *= inverse_std
+        if self.weight is None:
+            return normalised.astype(x.dtype, copy=True), (normalised, inverse_std)
+        y = normalised * self.weight.data
         if self.bias is not None:
-            y = y + self.bias.data
+            y += self.bias.data
         return y.astype(x.dtype, copy=False), (normalised, inverse_std)
 
     def backward_input(self, dy: Array, cache: tuple[Array, Array]) -> Array:
         normalised, inverse_std = cache
         self._check_output_grad(dy, normalised)
-        g = dy.astype(normalised.dtype, copy=False)
-        if self.weight is not None:
-            g = g * self.weight.data
-        axes = self._axes
-        dx = inverse_std * (g - g.mean(axis=axes, keepdims=True)
-                            - normalised * (g * normalised).mean(axis=axes, keepdims=True))
-        return dx.astype(dy.dtype, copy=False)
+        xp, axes = get_array_module(dy), self._axes
+        g = dy * self.weight.data if self.weight is not None else dy.astype(normalised.dtype, copy=True)
+        g = g.astype(normalised.dtype, copy=False)
+        projection = xp.multiply(g, normalised).mean(axis=axes, keepdims=True)
+        g -= g.mean(axis=axes, keepdims=True)
+        g -= normalised * projection
+        g *= inverse_std
+        return g.astype(dy.dtype, copy=False)
 
     def backward_weight(self, dy: Array, cache: tuple[Array, Array]) -> None:
         if self.weight is None:

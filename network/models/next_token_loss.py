@@ -44,6 +44,10 @@ class NextTokenLoss(Loss):
             value = value.reshape(target.shape)
         return value, (cache, tuple(pred.shape))
 
+    def denominator(self, target: Array) -> float:
+        """What "mean" divides the summed losses by: the positions whose target is not `ignore_index`."""
+        return self.rows.denominator(target.reshape(-1))
+
     def backward(self, cache: Any = REMEMBERED, grad_output: float | Array | None = None) -> Array:
         """Gradient of the loss with respect to the logits, of their shape (B, T, V).
 

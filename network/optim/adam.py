@@ -9,6 +9,7 @@ import numpy
 
 from mpiprop.network.backend import elementwise_kernel, get_array_module
 from mpiprop.network.checks import non_negative_float
+from mpiprop.network.compute.inplace import add_scaled_
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
 
@@ -64,15 +65,17 @@ class Adam(Optimizer):
         state["step"] += 1
         m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
         m *= beta1
-        m += (1.0 - beta1) * g
+        add_scaled_(m, g, 1.0 - beta1)
         v *= beta2
-        v += (1.0 - beta2) * (g * g)
+        add_scaled_(v, g * g, 1.0 - beta2)
         if group["amsgrad"]:
             v = xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
         step_size = lr / (1.0 - beta1**t)
-        denominator = xp.sqrt(v) * (1.0 / math.sqrt(1.0 - beta2**t))
-        denominator += group["eps"]
-        p.data -= step_size * (m / denominator)
+        update = xp.sqrt(v)  # the one temporary beside g * g: sqrt, scale, eps and division in place
+        update *= 1.0 / math.sqrt(1.0 - beta2**t)
+        update += group["eps"]
+        xp.divide(m, update, out=update)
+        add_scaled_(p.data, update, -step_size)
 
     def _fused_gpu_update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> None:
         """The update above without amsgrad in one GPU pass (cupy would otherwise run a kernel per operation)."""

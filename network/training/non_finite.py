@@ -33,6 +33,9 @@ def non_finite_grads(named_params: Iterable[tuple[str, Parameter]]) -> list[str]
     return [name for name, p in named_params if not bool(get_array_module(p.grad).isfinite(p.grad).all())]
 
 
+NOT_REPRODUCED = "no layer on a second pass (the values depend on random draws such as dropout)"
+
+
 def first_non_finite_layer(model: Any, x: Array) -> str:
     """Where a forward pass of `x` first yields NaN or Inf: "the input batch", or "layer 3 (Linear(128, 10))".
 
@@ -48,4 +51,4 @@ def first_non_finite_layer(model: Any, x: Array) -> str:
         x, _ = layer.forward(x)
         if not is_finite(x):
             return f"layer {index} ({layer!r})"
-    return "no layer on a second pass (the values depend on random draws such as dropout)"
+    return NOT_REPRODUCED

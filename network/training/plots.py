@@ -67,6 +67,40 @@ def plot_reconstructions(originals: numpy.ndarray, reconstructions: numpy.ndarra
     figure.savefig(os.fspath(path), dpi=100)
 
 
+def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                xlabel: str, ylabel: str, title: str | None = None, dashed: Sequence[str] = ()) -> None:
+    """Save several named curves on one set of axes as a small PNG (e.g. two runs' losses per epoch).
+
+    Args:
+        curves: label -> (x values, y values), drawn in order.
+        path: the PNG file to write.
+        xlabel, ylabel: the axis labels.
+        title: a title above the axes, if any.
+        dashed: labels of the curves drawn dashed (the others are solid).
+
+    Raises:
+        ImportError: when matplotlib is missing.
+        ValueError: for no curves, or a curve whose x and y differ in length.
+    """
+    if not curves:
+        raise ValueError("plot_curves got no curves; pass {label: (xs, ys)}")
+    for label, (xs, ys) in curves.items():
+        if len(xs) != len(ys):
+            raise ValueError(f"curve {label!r} has {len(xs)} x values but {len(ys)} y values")
+    figure = _figure_class()(figsize=(5.5, 3.6))
+    axes = figure.add_subplot(1, 1, 1)
+    for label, (xs, ys) in curves.items():
+        axes.plot(xs, ys, marker=".", label=label, linestyle="--" if label in dashed else "-")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=80)
+
+
 def _figure_class():
     """matplotlib's Figure, used without pyplot so no window system or global state is involved."""
     try:

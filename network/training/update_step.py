@@ -14,7 +14,7 @@ from mpiprop.network.optim.clipping import clip_grad_norm_, grad_power_sum
 from mpiprop.network.optim.grad_scaler import GradScaler, ScaledLoss
 from mpiprop.network.optim.lr_schedules import set_lr
 from mpiprop.network.training.metrics import count_correct
-from mpiprop.network.training.non_finite import NonFiniteError, grads_finite, non_finite_grads
+from mpiprop.network.training.non_finite import NOT_REPRODUCED, NonFiniteError, grads_finite, non_finite_grads
 from mpiprop.network.training.run_state import RunState
 from mpiprop.network.training.strategy import TrainingStrategy
 
@@ -123,11 +123,12 @@ class UpdateStep:
         ranks, where = self.strategy.ranks, step_name(state, self.strategy.ranks.position)
         located = None
         if not math.isfinite(loss):
-            located = (f"{where}: the model's output or loss holds NaN or Inf, first in "
-                       f"{self.strategy.locate_non_finite(x)}; {NON_FINITE_FIX}")
-        found = [message for message in ranks.gather(located) if message is not None]
-        if found:
-            return found[0]
+            place = self.strategy.locate_non_finite(x)
+            located = (place != NOT_REPRODUCED, f"{where}: the model's output or loss holds NaN or Inf, first in "
+                                                 f"{place}; {NON_FINITE_FIX}")
+        found = [pair for pair in ranks.gather(located) if pair is not None]
+        if found:  # the loss is the global mean, so prefer a rank whose own batch reproduces the NaN
+            return max(found, key=lambda pair: pair[0])[1]
         parts = ranks.gather_model((ranks.position, non_finite_grads(self.strategy.named_parameters())))
         named = [f"{name!r}" + (f" on {position}" if len(parts) > 1 else "")
                  for position, names in parts for name in names]
