@@ -6,6 +6,7 @@ from typing import Any, Iterator, Sequence
 import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
 from mpiprop.distributed.pipeline.partition import layer_ranges
 from mpiprop.distributed.pipeline.pipeline_batches import agree_on_batch, joined, loss_weights, shared_loss
@@ -237,7 +238,7 @@ class Pipeline(ReleasesCommunicator):
         return self.is_last and (self.tensor_rank == 0 or self._output_split)
 
     def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool,
-                        forward_only_run: bool = False):
+                        forward_only_run: bool = False) -> BatchPlan:
         return agree_on_batch(self.pipeline_comm, x, y, self.is_first, self.is_last, self.micro_batches,
                               needs_targets, forward_only_run)
 
