@@ -20,12 +20,17 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from mpiprop.launch.mpiexec import MPICH, OPENMPI
+
 JOB_MARKER_VARIABLE = "MPIPROP_JOB"
 GRACE_S = 5.0
 DEFAULT_GRACE_S = 60.0  # for a signalled job to end by itself (`mpiprop run --grace`)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 # MPICH's mpiexec dies at once on SIGHUP and SIGUSR2, leaving its ranks behind; it forwards the others
 FORWARDED_AS = {signal.SIGHUP: signal.SIGTERM, signal.SIGUSR2: signal.SIGTERM}
+# Open MPI's mpirun ends the job on SIGTERM, SIGINT and SIGHUP (SIGTERM to every rank, SIGKILL soon after), and
+# forwards SIGUSR1 and SIGUSR2 to every rank on every node; SIGUSR1 is what a preempted Trainer also checkpoints on
+OPENMPI_PASSED_AS = {signal.SIGTERM: signal.SIGUSR1, signal.SIGINT: signal.SIGUSR1, signal.SIGHUP: signal.SIGUSR1}
 
 
 class JobInterrupted(SystemExit):
@@ -74,7 +79,7 @@ def kill_job_processes(marker: str, wait_s: float = GRACE_S) -> None:
 
 def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, str] | None = None,
                   cwd: str | Path | None = None, capture: bool = True,
-                  grace: float | None = None) -> subprocess.CompletedProcess:
+                  grace: float | None = None, flavour: str = MPICH) -> subprocess.CompletedProcess:
     """Run `command`; past `timeout` seconds, on a stop signal or on any exception, stop it whole.
 
     Stopping sends mpiexec SIGTERM (or the signal this process got; mpiexec forwards it to
@@ -91,6 +96,8 @@ def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, s
             the job (see `pass_signal`), which has that long to end by itself (a preempted
             training writes its checkpoint and exits with status 75); its status is returned
             as if no signal had come. Only past the grace is the job killed.
+        flavour: the MPI that `command` launches (MPICH or OPENMPI), which tells how a signal
+            is passed on (see `pass_signal`).
 
     Raises:
         subprocess.TimeoutExpired: past `timeout` seconds, with the output so far in `.stdout` and `.stderr`.
@@ -114,7 +121,8 @@ def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, s
                 _say(f"mpiprop: got {signal.Signals(interrupted.signum).name}; stopped the job "
                      f"(`{os.path.basename(command[0])}` ended with status {process.returncode})")
                 raise
-            stdout, stderr = wait_after_signal(process, marker, interrupted.signum, grace, shares_terminal=not capture)
+            stdout, stderr = wait_after_signal(process, marker, interrupted.signum, grace,
+                                               shares_terminal=not capture, flavour=flavour)
         except BaseException:
             stop_job(process, marker)
             raise
@@ -123,8 +131,8 @@ def run_whole_job(command: list[str], timeout: float | None, *, env: dict[str, s
 
 
 def wait_after_signal(process: subprocess.Popen, marker: str, signum: int, grace: float, *,
-                      shares_terminal: bool) -> tuple[str, str]:
-    """Pass `signum` on to the job and wait up to `grace` seconds for it to end; past that, kill it.
+                      shares_terminal: bool, flavour: str = MPICH) -> tuple[str, str]:
+    """Pass `signum` on to the job (see `pass_signal`) and wait up to `grace` seconds for it to end; past that, kill it.
 
     Returns:
         The rest of the job's output, once it has ended by itself.
@@ -133,7 +141,8 @@ def wait_after_signal(process: subprocess.Popen, marker: str, signum: int, grace
         JobInterrupted: when the job was still running after `grace` seconds (it is killed first).
     """
     name = signal.Signals(signum).name
-    pass_signal(process, marker, signum, from_terminal=shares_terminal and _from_this_terminal(signum))
+    pass_signal(process, marker, signum, from_terminal=shares_terminal and _from_this_terminal(signum),
+                flavour=flavour)
     try:
         output = _rest_of_output(process.communicate(timeout=grace))
     except subprocess.TimeoutExpired:
@@ -146,18 +155,32 @@ def wait_after_signal(process: subprocess.Popen, marker: str, signum: int, grace
     return output
 
 
-def pass_signal(process: subprocess.Popen, marker: str, signum: int, *, from_terminal: bool = False) -> None:
+def pass_signal(process: subprocess.Popen, marker: str, signum: int, *, from_terminal: bool = False,
+                flavour: str = MPICH) -> None:
     """Give the job `signum`, as if each rank had got it.
 
-    mpiexec (MPICH's, Open MPI's) and srun forward SIGTERM, SIGINT and SIGUSR1 to every rank.
-    SIGHUP becomes SIGTERM: MPICH's mpiexec dies of SIGHUP at once, MPICH's ranks ignore it,
-    and SIGTERM is the signal a preempted Trainer checkpoints on. MPICH's mpiexec dies of
-    SIGUSR2 too, so SIGUSR2 goes straight to the ranks on this node (the processes of the job
-    that run this Python); when none is found there, mpiexec gets SIGTERM instead. A SIGINT
-    typed at the terminal the job shares (`from_terminal`) has reached mpiexec already: a
-    second one would make it abort the job.
+    MPICH's mpiexec (and srun) forward SIGTERM, SIGINT and SIGUSR1 to every rank. SIGHUP
+    becomes SIGTERM: MPICH's mpiexec dies of SIGHUP at once, MPICH's ranks ignore it, and
+    SIGTERM is the signal a preempted Trainer checkpoints on. MPICH's mpiexec dies of SIGUSR2
+    too, so SIGUSR2 goes straight to the ranks on this node (the processes of the job that run
+    this Python); when none is found there, mpiexec gets SIGTERM instead.
+
+    Open MPI's mpirun (`flavour` OPENMPI) takes SIGTERM, SIGINT and SIGHUP as an order to end
+    the job: it sends every rank SIGTERM and kills it moments later, before any checkpoint is
+    written. It forwards SIGUSR1 and SIGUSR2 to every rank on every node, so those go to
+    mpirun as they came, and the other three go to it as SIGUSR1, on which a preempted
+    Trainer checkpoints exactly as on SIGTERM (a program of the user's own sees SIGUSR1).
+    Through mpirun the signal reaches the ranks on other nodes too, which signalling this
+    node's ranks directly would miss.
+
+    A SIGINT typed at the terminal the job shares (`from_terminal`) has reached mpiexec
+    already: a second one would make it abort the job (Open MPI's mpirun aborts it on the first).
     """
     if from_terminal:
+        return
+    if flavour == OPENMPI:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(OPENMPI_PASSED_AS.get(signum, signum))
         return
     if signum == signal.SIGUSR2:
         ranks = job_ranks(marker)

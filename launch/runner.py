@@ -93,10 +93,10 @@ class Launcher:
             subprocess.TimeoutExpired: past `timeout` seconds, once the whole job has been stopped.
         """
         if options.hostfile is not None:  # the marks would be written on other nodes' disks
-            return exit_status(run_whole_job(self.command(options), timeout, capture=False, grace=grace).returncode)
+            return self._run_on_terminal(self.command(options), timeout, grace)
         with tempfile.TemporaryDirectory(prefix="mpiprop-finish-marks-") as folder:
             marked = replace(options, environment=(*options.environment, (FINISH_MARKS_VARIABLE, folder)))
-            status = exit_status(run_whole_job(self.command(marked), timeout, capture=False, grace=grace).returncode)
+            status = self._run_on_terminal(self.command(marked), timeout, grace)
             unfinished = unmarked_ranks(folder, options.ranks)
         if status == 0 and unfinished:
             print(f"mpiprop run: rank{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))} of "
@@ -104,6 +104,10 @@ class Launcher:
                   "others and reports success); exiting with status 1", file=sys.stderr)
             return 1
         return status
+
+    def _run_on_terminal(self, command: list[str], timeout: float | None, grace: float) -> int:
+        completed = run_whole_job(command, timeout, capture=False, grace=grace, flavour=self.flavour)
+        return exit_status(completed.returncode)
 
     def run_captured(self, options: RunOptions, timeout: float | None = None) -> str:
         """Run the job and return its standard output.
