@@ -8,6 +8,7 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.compute.reductions import row_maxima, row_sums
 
 
 class AttentionCache(NamedTuple):
@@ -54,7 +55,7 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
     scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
     scores += future_bias(q.shape[-2], k.shape[-2], stats, xp)
-    scores -= row_maxima(scores, xp)
+    scores -= row_maxima(scores)
     weights = xp.exp(scores, out=scores)
     weights /= row_sums(weights)
     used = weights if dropout_mask is None else weights * dropout_mask
@@ -95,24 +96,6 @@ def causal_attention_backward(dy: Array, cache: AttentionCache, *,
     dscores *= weights.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dscores = dscores.astype(q.dtype, copy=False)
     return matmul(dscores, k, out=grads_into[0]), matmul(dscores.swapaxes(-1, -2), q, out=grads_into[1]), dv
-
-
-def row_sums(x: Array) -> Array:
-    """x summed along its last axis, keeping it (as `x.sum(axis=-1, keepdims=True)`), by a product with a
-    column of ones: BLAS sums short rows about twice as fast as numpy's reduction."""
-    return x @ get_array_module(x).ones((x.shape[-1], 1), dtype=x.dtype)
-
-
-def row_maxima(x: Array, xp: Any = numpy) -> Array:
-    """x's maxima along its last axis, keeping it (as `x.max(axis=-1, keepdims=True)`), by folding the
-    rows in halves: elementwise maxima of wide slices beat numpy's reduction over short rows."""
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        folded = xp.maximum(x[..., :half], x[..., half:2 * half])
-        if x.shape[-1] % 2:
-            xp.maximum(folded[..., :1], x[..., -1:], out=folded[..., :1])
-        x = folded
-    return x
 
 
 def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
