@@ -12,7 +12,10 @@ from mpiprop.network.layers.gradcheck import GradcheckError, gradcheck
 from mpiprop.network.optim.grad_scaler import GradScaler
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.linear import Linear
-from mpiprop.network.layers.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
+from mpiprop.network.layers.bce_with_logits import BCEWithLogitsLoss
+from mpiprop.network.layers.cross_entropy import CrossEntropyLoss
+from mpiprop.network.layers.losses import Loss
+from mpiprop.network.layers.mse import MSELoss
 from mpiprop.network.training.memory_report import MemoryReport, PeakMemory, memory_report, memory_table
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.compute.precision import PRECISIONS, Precision, using_precision

@@ -6,6 +6,7 @@ import pytest
 
 import mpiprop.network as nn
 from mpi_launch import run_mpi
+from mpiprop.network.models.next_token_loss import NextTokenLoss
 
 LAYOUTS = ("data-parallel", "zero1", "zero2", "pipeline-stages=1")
 LOSSES = ("ce-weight-ignore", "ce-ignore-smoothing", "ce-weight", "mse", "bce")
@@ -20,6 +21,14 @@ def test_each_loss_counts_the_denominator_its_mean_divides_by():
     assert nn.MSELoss().denominator(numpy.zeros((5, 3))) == 15
     assert nn.BCEWithLogitsLoss().denominator(numpy.zeros((4, 2))) == 8
 
+
+
+def test_next_token_loss_divides_by_the_positions_not_ignored():
+    ids = numpy.array([[3, -1, 0], [-1, -1, 2]])
+    logits = numpy.random.default_rng(1).standard_normal((2, 3, 4))
+    mean, summed = NextTokenLoss(ignore_index=-1), NextTokenLoss(ignore_index=-1, reduction="sum")
+    assert mean.denominator(ids) == 3
+    assert mean(logits, ids) == pytest.approx(summed(logits, ids) / 3, rel=1e-12)
 
 @pytest.mark.parametrize("loss_fn,target", [
     (nn.CrossEntropyLoss(weight=numpy.array([0.5, 2.0, 3.0]), ignore_index=-1), numpy.array([0, 2, -1, 1, 2])),

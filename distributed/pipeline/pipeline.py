@@ -1,43 +1,40 @@
 """Pipeline: a Sequential cut into stages over MPI ranks, trained with a micro-batch schedule."""
 from __future__ import annotations
 
-import time
 from typing import Any, Iterator, Sequence
 
 import numpy
 
 from mpiprop.distributed.data_parallel.buckets import DEFAULT_BUCKET_CAP_MB
-from mpiprop.distributed.data_parallel.gradient_sync import GradientSync
-from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
-from mpiprop.distributed.pipeline.batch_header import batch_rows, describe_batch, plan_batch
+from mpiprop.distributed.pipeline.micro_batches import BatchPlan
 from mpiprop.distributed.pipeline.non_finite_search import first_non_finite_stage_layer
-from mpiprop.distributed.pipeline.topology import make_grid
-from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, split_blocks, tensor_group_of
+from mpiprop.distributed.pipeline.partition import layer_ranges
+from mpiprop.distributed.pipeline.pipeline_batches import agree_on_batch, joined, loss_weights, shared_loss
+from mpiprop.distributed.pipeline.pipeline_comms import join_ranks
+from mpiprop.distributed.pipeline.pipeline_ranks import PipelineRanks
+from mpiprop.distributed.pipeline.pipeline_replicas import finish_replica_step, replica_gradient_sync
+from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
+from mpiprop.distributed.pipeline.pipeline_setup import receive_parameters_from_rank_zero, resolve_balance
+from mpiprop.distributed.pipeline.pipeline_state import (in_layer_order, join_over_stages, load_chunks,
+                                                         named_chunk_buffers, named_chunk_parameters,
+                                                         whole_state_shapes)
+from mpiprop.distributed.pipeline.pipeline_stats import StageStats
+from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
+from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
+from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
+from mpiprop.distributed.pipeline.tensor_group import agree_within_tensor_group, check_draws_alike
+from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
+from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.job_guards import start
+from mpiprop.distributed.reliability.waits import waiting_in
+from mpiprop.distributed.tensor_parallel.named_shares import named_splits, share_of, tensor_group_of
 from mpiprop.distributed.transport.closing import ReleasesCommunicator
 from mpiprop.distributed.transport.communicator import Communicator, MpiComm
-from mpiprop.distributed.reliability.consistency import check_same_model
-from mpiprop.distributed.pipeline.micro_batches import BatchPlan, loss_shares, micro_batch_slices
-from mpiprop.distributed.pipeline.partition import (balance_costs, check_balance, layer_ranges, measure_layer_times,
-                                   parameter_counts)
-from mpiprop.distributed.pipeline.pipeline_stats import StageStats
-from mpiprop.distributed.transport.polite_wait import wait_politely
-from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
-from mpiprop.distributed.pipeline.pipeline_schedules import Step, forward_only
-from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
-from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
-from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
-from mpiprop.distributed.reliability.waits import waiting_in
-from mpiprop.network.backend import Array, get_array_module, is_array, to_numpy
-from mpiprop.network.compute import rng
+from mpiprop.network.backend import Array, to_numpy
 from mpiprop.network.checks import positive_int
-from mpiprop.network.layers.dropout import Dropout
 from mpiprop.network.layers.losses import Loss
 from mpiprop.network.layers.parameter import Parameter
 from mpiprop.network.layers.sequential import Sequential
-from mpiprop.network.training.shares import join_parts
-
-BALANCE_RULES = ("parameters", "time")
 
 
 class Pipeline(ReleasesCommunicator):
@@ -120,96 +117,35 @@ class Pipeline(ReleasesCommunicator):
             check_same_model(model, agreed, "Pipeline", settings={
                 "micro_batches": micro_batches, "schedule": schedule, "virtual_stages": self.virtual_stages,
                 "balance": balance, "stages": stages, "bucket_cap_mb": bucket_cap_mb, "shared_memory": shared_memory})
-            self._join_ranks(agreed, stages, tensor_group_of(model))
+            comms = join_ranks(agreed, stages, tensor_group_of(model))
         finally:
             agreed.free()
+        self.comm, self.pipeline_comm, self.model_comm = comms.comm, comms.pipeline_comm, comms.model_comm
+        self.data_comm, self.replica, self.replicas = comms.data_comm, comms.replica, comms.replicas
+        self.tensor_comm, self.tensor_rank, self.tensor_size = comms.tensor_comm, comms.tensor_rank, comms.tensor_size
         self.stage_index, self.num_stages = self.pipeline_comm.rank, self.pipeline_comm.size
         self.schedule = spec.build(self.num_stages, self.micro_batches, self.virtual_stages)
-        self.balance = self._resolve_balance(model, balance, sample_input)
+        self.balance = resolve_balance(model, balance, sample_input, self.num_stages * self.virtual_stages,
+                                       self.comm, tensor_parallel=self.tensor_comm is not None)
         all_ranges = layer_ranges(self.balance)
         self.chunk_ranges = [all_ranges[c * self.num_stages + self.stage_index] for c in range(self.virtual_stages)]
         self.chunks = [model[start:stop] for start, stop in self.chunk_ranges]
         self.chunk_first_layers = [len(list(model[:start].children())) for start, _ in self.chunk_ranges]
-        self._state_shapes = {name: tuple(array.shape) for name, array in
-                              [*model.named_parameters(), *model.named_buffers()]}
-        self._state_shapes.update({name: split.whole for name, split in self.splits.items()})
-        self._receive_parameters_from_rank_zero(model, all_ranges)
+        self._state_shapes = whole_state_shapes(model, self.splits)
+        receive_parameters_from_rank_zero(model, all_ranges, self.pipeline_comm)
         self.tied = TiedParameters(model, all_ranges, self.pipeline_comm)
-        self._agree_within_tensor_group()
+        if self.tensor_comm is not None:
+            agree_within_tensor_group([*self.named_parameters(), *self.named_buffers()], self.splits, self.tensor_comm)
         check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
         simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
         self.steps: list[Step] = self.schedule[self.stage_index]
         self._executor = StageExecutor(self.chunks, self.pipeline_comm)
-        self.gradient_sync = self._replica_gradient_sync(bucket_cap_mb, shared_memory)
+        self.gradient_sync = None if self.data_comm is None else replica_gradient_sync(
+            self.chunks, self.parameters(), [buffer for _, buffer in self.named_buffers()], self.data_comm,
+            bucket_cap_mb, shared_memory)
         self.last_stats: StageStats | None = None
         self._tensor_draws_checked = self.tensor_comm is None
         self._output_split = getattr(model[len(model) - 1], "splits_output", False)
-
-    def _join_ranks(self, comm: "MpiComm | Communicator | None", stages: int | None,
-                    tensor_comm: Communicator | None) -> None:
-        """`pipeline_comm`: this pipeline's stages; `data_comm`: this stage's replicas (None for one);
-        `model_comm`: the ranks holding this copy of the model; `tensor_comm`: this stage's tensor-parallel
-        ranks (None without split layers); `comm`: every rank of the strategy."""
-        self.tensor_comm, self.tensor_rank, self.tensor_size = tensor_comm, 0, 1
-        if stages is None and tensor_comm is None:
-            self.pipeline_comm = self.model_comm = self.comm = Communicator(comm)
-            self.data_comm, self.replica, self.replicas = None, 0, 1
-            return
-        grid = make_grid(stages, comm, 1 if tensor_comm is None else tensor_comm.size)
-        self.comm, self.pipeline_comm, self.model_comm = grid.comm, grid.pipeline_comm, grid.model_comm
-        self.data_comm, self.replica, self.replicas = grid.data_comm, grid.replica, grid.replicas
-        if grid.replicas == 1:
-            self.data_comm = None
-        if tensor_comm is not None:
-            self._check_tensor_group(grid.tensor_rank)
-            self.tensor_rank, self.tensor_size = grid.tensor_rank, grid.tensor
-
-    def _check_tensor_group(self, tensor_rank: int) -> None:
-        """Raise on every rank unless the split layers' group is the grid's: T consecutive ranks of `comm`."""
-        first = self.comm.rank - tensor_rank
-        members = self.tensor_comm.allgather_object(self.comm.rank)
-        fits = self.tensor_comm.rank == tensor_rank and members == list(range(first, first + self.tensor_comm.size))
-        if not all(self.comm.allgather_object(fits)):
-            raise ValueError(f"Pipeline: the model's tensor-parallel layers are split over groups that are not "
-                             f"{self.tensor_comm.size} consecutive ranks of the pipeline's communicator; build "
-                             "them with tensor_parallel_group(T, comm) over the communicator given to Pipeline")
-
-    def _check_tensor_ranks_draw_alike(self) -> None:
-        """Raise on the stage's tensor ranks when they would draw different dropout masks for the activations
-        they hold alike, so that their copies of the unsplit layers would part ways."""
-        self._tensor_draws_checked = True
-        draws = any(isinstance(layer, Dropout) for chunk in self.chunks for layer in chunk.descendants())
-        seeds = self.tensor_comm.allgather_object(rng.get_rng_state()["seed"] if draws else None)
-        if len(set(seeds)) > 1:
-            raise ValueError(f"the tensor ranks of stage {self.stage_index} draw dropout masks from different seeds "
-                             f"({seeds}), so they would drop different units of the activations they hold alike; "
-                             "seed them alike, e.g. nn.manual_seed(seed + pipe.replica) instead of seed + rank")
-
-    def _agree_within_tensor_group(self) -> None:
-        """The state that every tensor rank of a stage holds whole (unsplit layers, row-parallel biases)
-        takes the group's first rank's values, so each line of the pipeline trains the same model."""
-        if self.tensor_comm is None:
-            return
-        for name, array in [*self.named_parameters(), *self.named_buffers()]:
-            if name not in self.splits:
-                self.tensor_comm.bcast(array.data if isinstance(array, Parameter) else array, root=0)
-
-    def _broadcast_buffers_over_replicas(self) -> None:
-        """Replica 0's buffers (BatchNorm running statistics) on every replica after each step, so every
-        replica evaluates alike and the checkpoint's statistics are every replica's."""
-        for _, buffer in self.named_buffers():
-            self.data_comm.bcast(buffer, root=0)
-
-    def _replica_gradient_sync(self, bucket_cap_mb: float, shared_memory: bool) -> GradientSync | None:
-        """Every replica starts from replica 0's values; gradients are then averaged by one GradientSync."""
-        if self.data_comm is None:
-            return None
-        for array in [p.data for p in self.parameters()] + [buffer for _, buffer in self.named_buffers()]:
-            self.data_comm.bcast(array, root=0)
-        final_order = {id(p): p for chunk in reversed(self.chunks)
-                       for layer_params in reversed(chunk.parameters_final_after_each_layer()) for p in layer_params}
-        return GradientSync(list(final_order.values()), self.data_comm, bucket_cap_mb=bucket_cap_mb,
-                            shared_memory=shared_memory)
 
     # --- where this rank stands ---------------------------------------------------------------
     @property
@@ -252,8 +188,9 @@ class Pipeline(ReleasesCommunicator):
         """
         plan = self._agree_on_batch(x, y, needs_targets=True)
         if not self._tensor_draws_checked:
-            self._check_tensor_ranks_draw_alike()
-        weights = self._loss_shares(plan, y, loss_fn, over_replicas=True) if self.is_last else None
+            self._tensor_draws_checked = True
+            check_draws_alike(self.chunks, self.tensor_comm, self.stage_index)
+        weights = loss_weights(plan, y, loss_fn, self.data_comm) if self.is_last else None
         sync = self.gradient_sync
         if sync is not None:
             sync.start(1.0)  # each micro-batch's loss already counts with its share of every replica's denominator
@@ -261,12 +198,10 @@ class Pipeline(ReleasesCommunicator):
                                     on_parameters_final=None if sync is None else sync.mark_final, weights=weights)
         loss = self._finish(result)
         if sync is not None:
-            sync.finish()
-            self._broadcast_buffers_over_replicas()
-            loss = self._summed_over_replicas(loss)
+            loss = finish_replica_step(sync, [buffer for _, buffer in self.named_buffers()], self.data_comm, loss)
         # after the replicas' sum (the two commute), so no rank waits on the tied stages inside a replica sync
         self.tied.sum_gradients()
-        self.last_output = self._joined(result.outputs)
+        self.last_output = joined(result.outputs)
         return loss
 
     def evaluate(self, x: Array | None, y: Array | None, loss_fn: Loss) -> float:
@@ -276,7 +211,7 @@ class Pipeline(ReleasesCommunicator):
         """
         plan = self._agree_on_batch(x, y, needs_targets=True, forward_only_run=True)
         schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
-        weights = self._loss_shares(plan, y, loss_fn, over_replicas=False) if self.is_last else None
+        weights = loss_weights(plan, y, loss_fn, None) if self.is_last else None
         result = self._executor.run(schedule[self.stage_index], plan, x, y, loss_fn, weights=weights)
         return self._finish(result)
 
@@ -293,7 +228,7 @@ class Pipeline(ReleasesCommunicator):
         schedule = forward_only(self.num_stages, len(plan.sizes), self.virtual_stages)
         result = self._executor.run(schedule[self.stage_index], plan, x, keep_outputs=self._reports_outputs)
         self._finish(result)
-        return self._joined(result.outputs)
+        return joined(result.outputs)
 
     @property
     def _reports_outputs(self) -> bool:
@@ -302,11 +237,16 @@ class Pipeline(ReleasesCommunicator):
         a vocabulary-parallel loss takes on every tensor rank)."""
         return self.is_last and (self.tensor_rank == 0 or self._output_split)
 
-    @staticmethod
-    def _joined(outputs: list[Array] | None) -> Array | None:
-        if outputs is None:
-            return None
-        return get_array_module(outputs[0]).concatenate(outputs, axis=0)
+    def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool,
+                        forward_only_run: bool = False) -> BatchPlan:
+        return agree_on_batch(self.pipeline_comm, x, y, self.is_first, self.is_last, self.micro_batches,
+                              needs_targets, forward_only_run)
+
+    def _finish(self, result: RunResult) -> float:
+        """Share the last stage's loss with every rank and keep the run's timeline as `last_stats`."""
+        loss = shared_loss(self.pipeline_comm, result)
+        self.last_stats = result.stats
+        return loss
 
     def gather_stats(self) -> list[StageStats]:
         """Every rank's timeline of the last batch (bubble fraction, peak stash), on every rank; collective."""
@@ -319,12 +259,7 @@ class Pipeline(ReleasesCommunicator):
         A copy of a parameter tied to an earlier stage (the GPT's head, tied to the first stage's embedding)
         comes first under that stage's name, then under its own, as one process lists a tied weight.
         """
-        for first, chunk in zip(self.chunk_first_layers, self.chunks):
-            for name, p in chunk.named_parameters():
-                tied_name = self.tied.first_name(p)
-                if tied_name is not None:
-                    yield prefix + tied_name, p
-                yield prefix + _renumbered(name, first), p
+        return named_chunk_parameters(self.chunks, self.chunk_first_layers, self.tied, prefix)
 
     def parameters(self) -> list[Parameter]:
         """This rank's parameters, each once (give them to the optimizer)."""
@@ -332,9 +267,7 @@ class Pipeline(ReleasesCommunicator):
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         """This rank's buffers (e.g. BatchNorm statistics) under their whole-model names."""
-        for first, chunk in zip(self.chunk_first_layers, self.chunks):
-            for name, buffer in chunk.named_buffers():
-                yield prefix + _renumbered(name, first), buffer
+        return named_chunk_buffers(self.chunks, self.chunk_first_layers, prefix)
 
     def state_dict(self) -> dict[str, Array]:
         """Copies of this rank's parameters and buffers (its shares of split ones), keyed by whole-model name."""
@@ -354,7 +287,7 @@ class Pipeline(ReleasesCommunicator):
         merged = self.merge_over_stages({name: to_numpy(array) for name, array in self.state_dict().items()})
         if merged is None:
             return None
-        return dict(sorted(merged.items(), key=lambda item: _layer_index(item[0])))
+        return in_layer_order(merged)
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Load this rank's entries of a whole-model state dict (from a checkpoint of any layout).
@@ -363,11 +296,7 @@ class Pipeline(ReleasesCommunicator):
             KeyError: when an entry of a local layer is missing or unexpected.
             ValueError: when a shape differs.
         """
-        state = self.local_part(state)
-        for first, chunk in zip(self.chunk_first_layers, self.chunks):
-            layers = len(list(chunk.children()))
-            chunk.load_state_dict({_renumbered(name, -first): value for name, value in state.items()
-                                   if first <= _layer_index(name) < first + layers})
+        load_chunks(self.chunks, self.chunk_first_layers, self.local_part(state))
 
     def local_part(self, named: dict[str, Any]) -> dict[str, Any]:
         """`named` (whole-model values keyed by parameter name) with split entries cut to this rank's shares."""
@@ -421,11 +350,7 @@ class Pipeline(ReleasesCommunicator):
 
         Entries of split parameters are joined from the tensor ranks' shares into whole arrays.
         """
-        with waiting_in("gather of the stages' state on stage 0"):
-            parts = self.model_comm.gather_object(part)
-        if parts is None or not self.is_main:
-            return None
-        return join_parts(parts, self._state_shapes, split_blocks(self.splits))
+        return join_over_stages(part, self.model_comm, self.is_main, self._state_shapes, self.splits)
 
     def all_tensor_ranks(self, flag: bool) -> bool:
         """Whether `flag` holds on every tensor rank of this stage (collective over them; `flag` without any)."""
@@ -443,98 +368,3 @@ class Pipeline(ReleasesCommunicator):
     def __repr__(self) -> str:
         return (f"Pipeline(stage {self.stage_index} of {self.num_stages}, schedule={self.schedule_name!r}, "
                 f"micro_batches={self.micro_batches}, balance={self.balance}, layers={self.chunk_ranges})")
-
-    # --- construction helpers -----------------------------------------------------------------------
-    def _resolve_balance(self, model: Sequential, balance, sample_input: Array | None) -> list[int]:
-        parts = self.num_stages * self.virtual_stages
-        if balance is None or balance == "parameters":
-            return balance_costs(parameter_counts(model), parts)
-        if balance == "time":
-            return balance_costs(self._layer_times_from_rank_zero(model, sample_input), parts)
-        if isinstance(balance, str):
-            raise ValueError(f"unknown balance rule {balance!r}; use one of {BALANCE_RULES} or a list of layer counts")
-        return check_balance(balance, len(model), parts)
-
-    def _layer_times_from_rank_zero(self, model: Sequential, sample_input: Array | None) -> list[float]:
-        """Every pipeline of the grid takes rank 0's measurement, so all of them cut the model alike."""
-        if self.tensor_comm is not None:
-            raise ValueError("balance='time' times the layers on one rank, which tensor-parallel layers cannot run "
-                             "alone; give balance as layer counts per stage or 'parameters'")
-        times: Any = None
-        if self.comm.rank == 0:
-            if is_array(sample_input):
-                times = measure_layer_times(model, sample_input)
-            else:
-                times = "balance='time' needs sample_input (one micro-batch of input) on rank 0"
-        times = self.comm.bcast_object(times, root=0)
-        if isinstance(times, str):
-            raise ValueError(times)
-        return times
-
-    def _receive_parameters_from_rank_zero(self, model: Sequential, all_ranges: list[tuple[int, int]]) -> None:
-        """Overwrite each rank's stage with rank 0's values, so the pipeline trains rank 0's model."""
-        for stage, (start, stop) in enumerate(all_ranges):
-            owner = stage % self.num_stages
-            if owner == 0 or self.pipeline_comm.rank not in (0, owner):
-                continue
-            for index, array in enumerate(_state_arrays(model[start:stop])):
-                if self.pipeline_comm.rank == 0:
-                    self.pipeline_comm.send(array, owner, tag=index)
-                else:
-                    self.pipeline_comm.recv(array, 0, tag=index)
-
-    # --- per-batch agreement and results ---------------------------------------------------------------
-    def _agree_on_batch(self, x: Array | None, y: Array | None, needs_targets: bool,
-                        forward_only_run: bool = False) -> BatchPlan:
-        """All ranks learn the batch's size and input signature from the first rank, and check the targets.
-
-        A forward-only run cuts a batch of fewer rows than `micro_batches` into one-row micro-batches
-        (the last, smaller batch of an evaluation loader); training needs every micro-batch.
-        """
-        header = describe_batch(x, y, self.is_first, self.is_last, needs_targets)
-        wait_politely([self.pipeline_comm.iallreduce(header, "max")])
-        micro_batches = self.micro_batches
-        if forward_only_run:
-            micro_batches = max(1, min(micro_batches, batch_rows(header)))
-        return plan_batch(header, micro_batches, needs_targets)
-
-    def _loss_shares(self, plan: BatchPlan, y: Array, loss_fn: Loss, over_replicas: bool) -> list[float]:
-        """Each micro-batch's weight in the batch's loss: its share of the loss's denominator (rows, elements,
-        the class weight of the kept targets), summed over the replicas' shares `over_replicas`; 1 for a sum."""
-        if loss_fn.reduction == "sum":
-            return [1.0] * len(plan.sizes)
-        denominators = [loss_fn.denominator(y[rows]) for rows in micro_batch_slices(list(plan.sizes))]
-        total = numpy.array([sum(denominators)], dtype=numpy.float64)
-        if over_replicas and self.data_comm is not None:
-            wait_politely([self.data_comm.iallreduce(total, "sum")])
-        return loss_shares(denominators, float(total[0]))
-
-    def _summed_over_replicas(self, loss: float) -> float:
-        """The replicas' shares of the loss, summed: the loss over every replica's share of the batch."""
-        summed = numpy.array([loss], dtype=numpy.float64)
-        wait_politely([self.data_comm.iallreduce(summed, "sum")])
-        return float(summed[0])
-
-    def _finish(self, result: RunResult) -> float | None:
-        """Share the last stage's loss with every rank; the run's span ends here on all of them."""
-        started = time.perf_counter()
-        loss = numpy.array([result.loss if result.loss is not None else 0.0])
-        wait_politely([self.pipeline_comm.iallreduce(loss, "sum")])
-        result.stats.total += time.perf_counter() - started
-        self.last_stats = result.stats
-        return float(loss[0])
-
-
-def _state_arrays(layers: Sequential) -> list[Array]:
-    arrays = [p.data for p in layers.parameters()]
-    return arrays + [buffer for _, buffer in layers.named_buffers()]
-
-
-def _renumbered(name: str, shift: int) -> str:
-    """"2.weight" shifted by 3 is "5.weight": a chunk's names in the whole model's numbering and back."""
-    number, rest = name.split(".", 1)
-    return f"{int(number) + shift}.{rest}"
-
-
-def _layer_index(name: str) -> int:
-    return int(name.split(".", 1)[0])

@@ -5,7 +5,8 @@ from typing import Any
 
 from mpiprop.network.backend import Array
 from mpiprop.network.layers.layer import REMEMBERED
-from mpiprop.network.layers.losses import CrossEntropyLoss, Loss
+from mpiprop.network.layers.cross_entropy import CrossEntropyLoss
+from mpiprop.network.layers.losses import Loss
 
 
 class NextTokenLoss(Loss):
@@ -42,6 +43,10 @@ class NextTokenLoss(Loss):
         if self.reduction == "none":
             value = value.reshape(target.shape)
         return value, (cache, tuple(pred.shape))
+
+    def denominator(self, target: Array) -> float:
+        """What "mean" divides the summed losses by: the positions whose target is not `ignore_index`."""
+        return self.rows.denominator(target.reshape(-1))
 
     def backward(self, cache: Any = REMEMBERED, grad_output: float | Array | None = None) -> Array:
         """Gradient of the loss with respect to the logits, of their shape (B, T, V).

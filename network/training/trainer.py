@@ -11,7 +11,9 @@ from typing import Any, Callable, Sequence
 from mpiprop.network.backend import to_numpy
 from mpiprop.network.checks import non_negative_float, positive_int
 from mpiprop.network.compute.precision import precision_for_device
-from mpiprop.network.layers.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from mpiprop.network.layers.bce_with_logits import BCEWithLogitsLoss
+from mpiprop.network.layers.cross_entropy import CrossEntropyLoss
+from mpiprop.network.layers.losses import Loss
 from mpiprop.network.optim.grad_scaler import GradScaler
 from mpiprop.network.optim.lr_schedules import set_lr
 from mpiprop.network.training.callbacks import Callback
