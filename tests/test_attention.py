@@ -5,6 +5,7 @@ import numpy
 import pytest
 
 import mpiprop.network as nn
+from mpiprop.network.compute import reductions
 from mpiprop.network.layers import attention_math
 from mpiprop.network.layers.attention import CausalSelfAttention
 
@@ -157,3 +158,21 @@ def test_a_batch_in_two_pieces_draws_the_rows_of_the_whole_batchs_masks():
     layer = _layer(dropout=0.3)
     pieces = numpy.concatenate([layer.forward(x[:1])[0], layer.forward(x[1:])[0]])
     numpy.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 64), (2, 3, 4, 63), (7, 1), (3, 2), (4, 5)])
+def test_row_maxima_sums_and_means_match_numpy(dtype, shape):
+    x = numpy.random.default_rng(1).standard_normal(shape).astype(dtype)
+    x[..., -1] = -numpy.inf
+    expected_maxima = x.max(axis=-1, keepdims=True)
+    maxima = reductions.row_maxima(x)
+    assert maxima.shape == expected_maxima.shape and maxima.dtype == x.dtype
+    numpy.testing.assert_array_equal(maxima, expected_maxima)
+    finite = numpy.where(numpy.isinf(x), 0, x)
+    sums = reductions.row_sums(finite)
+    expected_sums = finite.astype(numpy.float64).sum(axis=-1, keepdims=True)
+    assert sums.shape == expected_sums.shape and sums.dtype == x.dtype
+    numpy.testing.assert_allclose(sums, expected_sums, rtol=1e-5 if dtype == numpy.float32 else 1e-12, atol=1e-5)
+    numpy.testing.assert_allclose(reductions.row_means(finite), expected_sums / shape[-1],
+                                  rtol=1e-5 if dtype == numpy.float32 else 1e-12, atol=1e-6)

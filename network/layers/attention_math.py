@@ -8,6 +8,7 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.compute.reductions import row_maxima, row_sums
 
 
 class AttentionCache(NamedTuple):
@@ -54,9 +55,9 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
     scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
     scores += future_bias(q.shape[-2], k.shape[-2], stats, xp)
-    scores -= scores.max(axis=-1, keepdims=True)
+    scores -= row_maxima(scores)
     weights = xp.exp(scores, out=scores)
-    weights /= weights.sum(axis=-1, keepdims=True)
+    weights /= row_sums(weights)
     used = weights if dropout_mask is None else weights * dropout_mask
     out = None if into is None else unmerge_heads(into, q.shape[1])
     return matmul(used.astype(v.dtype, copy=False), v, out=out), AttentionCache(q, k, v, weights, dropout_mask)
@@ -90,7 +91,7 @@ def causal_attention_backward(dy: Array, cache: AttentionCache, *,
     if dropout_mask is not None:
         dweights *= dropout_mask
     dscores = dweights
-    dscores -= (dweights * weights).sum(axis=-1, keepdims=True)
+    dscores -= row_sums(dweights * weights)
     dscores *= weights
     dscores *= weights.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dscores = dscores.astype(q.dtype, copy=False)

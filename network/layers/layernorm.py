@@ -5,6 +5,7 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_array_module
+from mpiprop.network.compute.reductions import row_means
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.parameter import Parameter
 
@@ -50,8 +51,8 @@ class LayerNorm(Layer):
         self._check_input(x)
         xp = get_array_module(x)
         statistics = x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False)
-        normalised = statistics - statistics.mean(axis=self._axes, keepdims=True)
-        variance = xp.square(normalised).mean(axis=self._axes, keepdims=True)
+        normalised = statistics - self._mean(statistics)
+        variance = self._mean(xp.square(normalised))
         variance += self.eps
         inverse_std = xp.sqrt(variance, out=variance)
         xp.divide(1.0, inverse_std, out=inverse_std)
@@ -66,11 +67,11 @@ class LayerNorm(Layer):
     def backward_input(self, dy: Array, cache: tuple[Array, Array]) -> Array:
         normalised, inverse_std = cache
         self._check_output_grad(dy, normalised)
-        xp, axes = get_array_module(dy), self._axes
+        xp = get_array_module(dy)
         g = dy * self.weight.data if self.weight is not None else dy.astype(normalised.dtype, copy=True)
         g = g.astype(normalised.dtype, copy=False)
-        projection = xp.multiply(g, normalised).mean(axis=axes, keepdims=True)
-        g -= g.mean(axis=axes, keepdims=True)
+        projection = self._mean(xp.multiply(g, normalised))
+        g -= self._mean(g)
         g -= normalised * projection
         g *= inverse_std
         return g.astype(dy.dtype, copy=False)
@@ -84,6 +85,9 @@ class LayerNorm(Layer):
         self.weight.grad += (dy * normalised).sum(axis=leading)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=leading)
+
+    def _mean(self, x: Array) -> Array:
+        return row_means(x) if len(self.normalized_shape) == 1 else x.mean(axis=self._axes, keepdims=True)
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
