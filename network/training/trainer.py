@@ -260,8 +260,7 @@ class Trainer:
         if self._preemption.agreed_now(self.ranks):
             if nothing_trained:  # else the last epoch's or the stop's checkpoint holds the run as it ended
                 self._save_checkpoint()
-            raise self._preemption.stop(self.ranks.rank, f"the last step, step {self.state.step}",
-                                        os.fspath(self.checkpoint_path))
+            self._stop_for_preemption(f"the last step, step {self.state.step}")
 
     def _report_end(self, line: str) -> None:
         if self.is_main and not self.quiet:
@@ -291,7 +290,7 @@ class Trainer:
                 self._save_checkpoint()
             if self._preemption.agreed(self.ranks):
                 self._save_checkpoint()
-                raise self._preemption.stop(self.ranks.rank, f"step {state.step}", os.fspath(self.checkpoint_path))
+                self._stop_for_preemption(f"step {state.step}")
         return True
 
     def train_step(self, inputs: Any, targets: Any) -> float:
@@ -345,6 +344,12 @@ class Trainer:
             return
         with open(self.metrics_path, "w") as stream:
             stream.writelines(json.dumps(record) + "\n" for record in self.state.history)
+
+    def _stop_for_preemption(self, where: str) -> None:
+        """Raise `Preempted` on every rank once the main rank has written the checkpoint: a launcher that ends
+        the job at the first non-zero exit (Open MPI's) must not cut the write short."""
+        self.ranks.gather(None)
+        raise self._preemption.stop(self.ranks.rank, where, os.fspath(self.checkpoint_path))
 
     def _save_checkpoint(self) -> None:
         """The main rank writes the checkpoint; every rank contributes its part (collective)."""
