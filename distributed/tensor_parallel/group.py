@@ -40,3 +40,15 @@ def tensor_parallel_group(size: int, comm: "MpiComm | Communicator | None" = Non
         base.detach(group)
         base.free()
     return group
+
+
+def require_group(group: object, owner: str) -> Communicator:
+    """`group`, checked to be the tensor-parallel Communicator that `owner` (a name for messages) needs.
+
+    Raises:
+        TypeError: when `group` is not a Communicator.
+    """
+    if not isinstance(group, Communicator):
+        raise TypeError(f"{owner} needs the tensor-parallel group as a Communicator "
+                        f"(tensor_parallel_group(size)), got {type(group).__name__}")
+    return group

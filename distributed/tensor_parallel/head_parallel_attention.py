@@ -5,6 +5,7 @@ from typing import Any
 
 from mpiprop.distributed.tensor_parallel.fused_column_parallel_linear import FusedColumnParallelLinear
 from mpiprop.distributed.tensor_parallel.row_parallel_linear import RowParallelLinear
+from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array
 from mpiprop.network.layers.attention import CausalSelfAttention
@@ -38,9 +39,7 @@ class HeadParallelSelfAttention(CausalSelfAttention):
         if not isinstance(attention, CausalSelfAttention):
             raise TypeError(f"{type(self).__name__} is built from a network CausalSelfAttention, "
                             f"got {type(attention).__name__}")
-        if not isinstance(group, Communicator):
-            raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
-                            f"(tensor_parallel_group(size)), got {type(group).__name__}")
+        require_group(group, type(self).__name__)
         if attention.num_heads % group.size:
             raise ValueError(f"{attention!r} has {attention.num_heads} heads, which do not split over a "
                              f"tensor-parallel group of {group.size} ranks; choose a number of heads divisible by "

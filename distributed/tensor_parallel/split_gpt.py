@@ -9,6 +9,7 @@ from mpiprop.distributed.tensor_parallel.row_parallel_linear import RowParallelL
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import VocabParallelEmbedding
 from mpiprop.distributed.tensor_parallel.vocab_parallel_head import VocabParallelTiedLinear
+from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.attention import CausalSelfAttention
 from mpiprop.network.layers.embedding import Embedding
@@ -48,9 +49,7 @@ def tensor_parallel_gpt(model: Sequential, group: Communicator) -> Sequential:
     if not isinstance(model, Sequential):
         raise TypeError(f"tensor_parallel_gpt splits a network Sequential built by gpt(...), "
                         f"got {type(model).__name__}")
-    if not isinstance(group, Communicator):
-        raise TypeError(f"tensor_parallel_gpt needs the tensor-parallel group as a Communicator "
-                        f"(tensor_parallel_group(size)), got {type(group).__name__}")
+    require_group(group, "tensor_parallel_gpt")
     embeddings: dict[int, VocabParallelEmbedding] = {}
     split = Sequential(*[_split_layer(layer, group, embeddings) for layer in model])
     _broadcast_unsplit(split, group)

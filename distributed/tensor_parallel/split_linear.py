@@ -6,6 +6,7 @@ import numpy
 from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.tensor_parallel.split import Split
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
+from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, device_of, get_array_module, to_numpy
 from mpiprop.network.layers.linear import Linear
@@ -36,9 +37,7 @@ class SplitLinear(SplitLayer):
         super().__init__()
         if not isinstance(linear, Linear):
             raise TypeError(f"{type(self).__name__} is built from a network Linear, got {type(linear).__name__}")
-        if not isinstance(group, Communicator):
-            raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
-                            f"(tensor_parallel_group(size)), got {type(group).__name__}")
+        require_group(group, type(self).__name__)
         self.group = group
         check_agreement(group, type(self).__name__, {
             "in_features": linear.in_features, "out_features": linear.out_features,

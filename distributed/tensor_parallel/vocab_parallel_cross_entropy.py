@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import numpy
 
+from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.layers.losses import Loss
@@ -46,9 +47,7 @@ class VocabParallelCrossEntropy(Loss):
 
     def __init__(self, group: Communicator, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(reduction)
-        if not isinstance(group, Communicator):
-            raise TypeError(f"VocabParallelCrossEntropy needs the tensor-parallel group as a Communicator "
-                            f"(tensor_parallel_group(size)), got {type(group).__name__}")
+        require_group(group, "VocabParallelCrossEntropy")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, numpy.integer)):
             raise TypeError(f"VocabParallelCrossEntropy ignore_index must be an integer, got {ignore_index!r}")
         self.group = group

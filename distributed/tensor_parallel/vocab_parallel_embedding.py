@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mpiprop.distributed.tensor_parallel.split import Split, cut_share
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
+from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.layers.embedding import Embedding, scatter_add_rows_
@@ -40,9 +41,7 @@ class VocabParallelEmbedding(SplitLayer):
         super().__init__()
         if not isinstance(embedding, Embedding):
             raise TypeError(f"{type(self).__name__} is built from a network Embedding, got {type(embedding).__name__}")
-        if not isinstance(group, Communicator):
-            raise TypeError(f"{type(self).__name__} needs the tensor-parallel group as a Communicator "
-                            f"(tensor_parallel_group(size)), got {type(group).__name__}")
+        require_group(group, type(self).__name__)
         self.group = group
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         self.padding_idx = embedding.padding_idx
