@@ -162,17 +162,18 @@ def test_a_batch_in_two_pieces_draws_the_rows_of_the_whole_batchs_masks():
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 64), (2, 3, 4, 63), (7, 1), (3, 2), (4, 5)])
-def test_row_maxima_sums_and_means_match_numpy(dtype, shape):
+def test_row_and_column_sums_dots_and_means_match_numpy(dtype, shape):
     x = numpy.random.default_rng(1).standard_normal(shape).astype(dtype)
-    x[..., -1] = -numpy.inf
-    expected_maxima = x.max(axis=-1, keepdims=True)
-    maxima = reductions.row_maxima(x)
-    assert maxima.shape == expected_maxima.shape and maxima.dtype == x.dtype
-    numpy.testing.assert_array_equal(maxima, expected_maxima)
-    finite = numpy.where(numpy.isinf(x), 0, x)
-    sums = reductions.row_sums(finite)
-    expected_sums = finite.astype(numpy.float64).sum(axis=-1, keepdims=True)
-    assert sums.shape == expected_sums.shape and sums.dtype == x.dtype
-    numpy.testing.assert_allclose(sums, expected_sums, rtol=1e-5 if dtype == numpy.float32 else 1e-12, atol=1e-5)
-    numpy.testing.assert_allclose(reductions.row_means(finite), expected_sums / shape[-1],
-                                  rtol=1e-5 if dtype == numpy.float32 else 1e-12, atol=1e-6)
+    tolerance = {"rtol": 1e-5 if dtype == numpy.float32 else 1e-12, "atol": 1e-5}
+    for ours, axis in ((reductions.row_sums(x), -1), (reductions.column_sums(x), -2)):
+        expected = x.astype(numpy.float64).sum(axis=axis, keepdims=True)
+        assert ours.shape == expected.shape and ours.dtype == x.dtype
+        numpy.testing.assert_allclose(ours, expected, **tolerance)
+    numpy.testing.assert_allclose(reductions.row_means(x), x.astype(numpy.float64).mean(axis=-1, keepdims=True),
+                                  **tolerance)
+    y = numpy.random.default_rng(2).standard_normal(shape).astype(dtype)
+    exact = x.astype(numpy.float64) * y
+    for ours, expected in ((reductions.row_dots(x, y), exact.sum(axis=-1, keepdims=True)),
+                           (reductions.column_dots(x, y), exact.reshape(-1, shape[-1]).sum(axis=0))):
+        assert ours.shape == expected.shape and ours.dtype == x.dtype
+        numpy.testing.assert_allclose(ours, expected, **tolerance)

@@ -133,6 +133,16 @@ def test_gelu_matches_torch(xp, dtype, approximate):
     compare_with_torch(nn.GELU(approximate), lambda _: torch.nn.GELU(approximate), x, {}, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh_gelu_over_several_cache_blocks_matches_torch(xp, dtype):
+    from mpiprop.network.compute.blocks import BLOCK_BYTES
+
+    width = 700
+    rows = 3 * BLOCK_BYTES // (numpy.dtype(dtype).itemsize * width) + 5  # three blocks and a short one
+    x = float_input(xp, (rows, 1, width), dtype) * 3
+    compare_with_torch(nn.GELU("tanh"), lambda _: torch.nn.GELU("tanh"), x, {}, dtype)
+
+
 def test_gelu_tanh_gradcheck(xp):
     nn.gradcheck(nn.GELU(approximate="tanh"), float_input(xp, (4, 6), numpy.float64) * 3)
 

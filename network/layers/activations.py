@@ -5,6 +5,7 @@ import math
 
 from mpiprop.network.backend import Array, erf, get_array_module
 from mpiprop.network.checks import float_array
+from mpiprop.network.compute.blocks import as_rows, row_blocks
 from mpiprop.network.layers.layer import Layer
 
 
@@ -106,15 +107,7 @@ class GELU(Activation):
 
     def _forward(self, x):
         if self.approximate == "tanh":
-            t = x * x  # each step in place: one pass over one array, no temporaries
-            t *= _TANH_SCALE * _TANH_CUBIC
-            t += _TANH_SCALE
-            t *= x
-            get_array_module(x).tanh(t, out=t)
-            t += 1.0
-            y = t * x
-            y *= 0.5
-            return y, (x, t)
+            return _tanh_gelu(x)
         cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
         return (x * cdf).astype(x.dtype, copy=False), (x, cdf)
 
@@ -133,20 +126,42 @@ _TANH_SCALE = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715
 
 
+def _tanh_gelu(x: Array) -> tuple[Array, tuple[Array, Array]]:
+    """0.5 x u with u = 1 + tanh(s (x + c x³)), and the cache (x, u), block by block, each step in place."""
+    xp = get_array_module(x)
+    rows = as_rows(x)
+    y, u = xp.empty_like(rows), xp.empty_like(rows)
+    for block in row_blocks(rows):
+        xb, ub, yb = rows[block], u[block], y[block]
+        xp.multiply(xb, xb, out=ub)
+        ub *= _TANH_SCALE * _TANH_CUBIC
+        ub += _TANH_SCALE
+        ub *= xb
+        xp.tanh(ub, out=ub)
+        ub += 1.0
+        xp.multiply(ub, xb, out=yb)
+        yb *= 0.5
+    return y.reshape(x.shape), (x, u.reshape(x.shape))
+
+
 def _tanh_gelu_grad(dy: Array, x: Array, u: Array) -> Array:
     """dy * d/dx of 0.5 x u, u = 1 + tanh(s (x + c x³)): dy * u (0.5 + 0.5 s x (1 + 3 c x²) (2 - u)),
-    since 1 - tanh² = u (2 - u); in place on two arrays (the elementwise passes dominate a transformer's
-    MLP otherwise)."""
-    slope = x * x
-    slope *= 1.5 * _TANH_SCALE * _TANH_CUBIC
-    slope += 0.5 * _TANH_SCALE
-    slope *= x
-    grad = get_array_module(u).subtract(2.0, u)
-    grad *= slope
-    grad += 0.5
-    grad *= u
-    grad *= dy
-    return grad
+    since 1 - tanh² = u (2 - u); block by block, each step in place."""
+    xp = get_array_module(dy)
+    rows, x_rows, u_rows = as_rows(dy), as_rows(x), as_rows(u)
+    grad, slope = xp.empty_like(u_rows), xp.empty_like(u_rows)
+    for block in row_blocks(u_rows):
+        xb, ub, gb, sb = x_rows[block], u_rows[block], grad[block], slope[block]
+        xp.multiply(xb, xb, out=sb)
+        sb *= 1.5 * _TANH_SCALE * _TANH_CUBIC
+        sb += 0.5 * _TANH_SCALE
+        sb *= xb
+        xp.subtract(2.0, ub, out=gb)
+        gb *= sb
+        gb += 0.5
+        gb *= ub
+        gb *= rows[block]
+    return grad.reshape(dy.shape)
 
 
 class Softmax(Activation):

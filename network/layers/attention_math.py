@@ -1,6 +1,7 @@
 """Causal scaled dot-product attention over heads as a batch dimension: forward and backward as plain functions."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -8,17 +9,22 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.compute.matmul import matmul
-from mpiprop.network.compute.reductions import row_maxima, row_sums
+from mpiprop.network.compute.reductions import column_sums, row_dots
 
 
 class AttentionCache(NamedTuple):
-    """What `causal_attention_backward` needs: the inputs, the softmax weights and the dropout mask."""
+    """What `causal_attention_backward` needs: the inputs, the softmax weights, the dropout mask and the output.
+
+    `weights` is (B, H, T, S) like the scores, a transposed view of a (B, H, S, T) array: the core
+    works keys by queries, so that the softmax's reductions run across rows, where numpy is fastest.
+    """
 
     q: Array
     k: Array
     v: Array
     weights: Array
     dropout_mask: Array | None
+    output: Array
 
 
 def statistics_dtype(dtype: Any) -> numpy.dtype:
@@ -44,7 +50,7 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
 
     Returns:
         (output of shape (B, H, T, D) in v's dtype (a view of `into` when given), cache for
-        `causal_attention_backward`).
+        `causal_attention_backward`, which holds views of the inputs and of the output).
 
     Raises:
         ValueError: for shapes that do not fit together.
@@ -52,15 +58,16 @@ def causal_attention(q: Array, k: Array, v: Array, dropout_mask: Array | None = 
     _check_shapes(q, k, v, dropout_mask)
     xp = get_array_module(q)
     stats = statistics_dtype(q.dtype)
-    scores = matmul(q, k.swapaxes(-1, -2)).astype(stats, copy=False)
+    scores = matmul(k, q.swapaxes(-1, -2)).astype(stats, copy=False)  # (B, H, S, T): keys by queries
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
-    scores += future_bias(q.shape[-2], k.shape[-2], stats, xp)
-    scores -= row_maxima(scores)
+    scores += future_bias(q.shape[-2], k.shape[-2], stats, xp).T
+    scores -= scores.max(axis=-2, keepdims=True)
     weights = xp.exp(scores, out=scores)
-    weights /= row_sums(weights)
-    used = weights if dropout_mask is None else weights * dropout_mask
+    weights /= column_sums(weights)
+    used = weights if dropout_mask is None else weights * dropout_mask.swapaxes(-1, -2)
     out = None if into is None else unmerge_heads(into, q.shape[1])
-    return matmul(used.astype(v.dtype, copy=False), v, out=out), AttentionCache(q, k, v, weights, dropout_mask)
+    out = matmul(used.astype(v.dtype, copy=False).swapaxes(-1, -2), v, out=out)
+    return out, AttentionCache(q, k, v, weights.swapaxes(-1, -2), dropout_mask, out)
 
 
 def causal_attention_backward(dy: Array, cache: AttentionCache, *,
@@ -80,22 +87,27 @@ def causal_attention_backward(dy: Array, cache: AttentionCache, *,
     Raises:
         ValueError: when dy does not have the output's shape.
     """
-    q, k, v, weights, dropout_mask = cache
-    if tuple(dy.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
+    q, k, v, weights, dropout_mask, output = cache
+    if tuple(dy.shape) != tuple(output.shape):
         raise ValueError(f"attention output gradient has shape {tuple(dy.shape)} but the output has shape "
-                         f"{tuple(q.shape[:-1]) + (v.shape[-1],)}")
-    used = weights if dropout_mask is None else weights * dropout_mask
+                         f"{tuple(output.shape)}")
+    weights = weights.swapaxes(-1, -2)  # (B, H, S, T) as stored
+    mask = None if dropout_mask is None else dropout_mask.swapaxes(-1, -2)
+    used = weights if mask is None else weights * mask
     grads_into = (None, None, None) if into is None else split_heads(into, q.shape[1])
-    dv = matmul(used.astype(v.dtype, copy=False).swapaxes(-1, -2), dy, out=grads_into[2])
-    dweights = matmul(dy, v.swapaxes(-1, -2)).astype(weights.dtype, copy=False)
-    if dropout_mask is not None:
-        dweights *= dropout_mask
+    dv = matmul(used.astype(v.dtype, copy=False), dy, out=grads_into[2])
+    dweights = matmul(v, dy.swapaxes(-1, -2)).astype(weights.dtype, copy=False)
+    if mask is not None:
+        dweights *= mask
+    # the softmax's backward subtracts, per query, the sum over keys of dweights * weights, which is dy · output
+    query_sums = row_dots(dy.astype(weights.dtype, copy=False), output.astype(weights.dtype, copy=False))
     dscores = dweights
-    dscores -= row_sums(dweights * weights)
+    dscores -= query_sums.swapaxes(-1, -2)
     dscores *= weights
     dscores *= weights.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dscores = dscores.astype(q.dtype, copy=False)
-    return matmul(dscores, k, out=grads_into[0]), matmul(dscores.swapaxes(-1, -2), q, out=grads_into[1]), dv
+    dq = matmul(dscores.swapaxes(-1, -2), k, out=grads_into[0])
+    return dq, matmul(dscores, q, out=grads_into[1]), dv
 
 
 def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
@@ -104,8 +116,20 @@ def future_mask(queries: int, keys: int, xp: Any = numpy) -> Array:
 
 
 def future_bias(queries: int, keys: int, dtype: Any, xp: Any = numpy) -> Array:
-    """(queries, keys) of `dtype`: -inf where a key lies in a query's future, 0 elsewhere (added to the scores)."""
+    """(queries, keys) of `dtype`: -inf where a key lies in a query's future, 0 elsewhere (added to the scores).
+
+    numpy's is made once per shape and dtype and shared, read-only.
+    """
+    if xp is numpy:
+        return _shared_future_bias(queries, keys, numpy.dtype(dtype))
     return xp.where(future_mask(queries, keys, xp), numpy.dtype(dtype).type(-numpy.inf), numpy.dtype(dtype).type(0))
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_future_bias(queries: int, keys: int, dtype: numpy.dtype) -> numpy.ndarray:
+    bias = numpy.where(future_mask(queries, keys), dtype.type(-numpy.inf), dtype.type(0))
+    bias.flags.writeable = False
+    return bias
 
 
 def draw_dropout_mask(shape: tuple[int, ...], p: float, generator: Any, dtype: Any) -> Array:

@@ -5,7 +5,7 @@ import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
 from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_array_module
-from mpiprop.network.compute.reductions import row_means
+from mpiprop.network.compute.reductions import column_dots, column_sums, row_dots, row_means
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.parameter import Parameter
 
@@ -43,51 +43,50 @@ class LayerNorm(Layer):
         self.weight = Parameter(xp.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
         self.bias = Parameter(xp.zeros(self.normalized_shape, dtype=dtype)) if elementwise_affine and bias else None
 
-    @property
-    def _axes(self) -> tuple[int, ...]:
-        return tuple(range(-len(self.normalized_shape), 0))
-
     def forward(self, x: Array) -> tuple[Array, tuple[Array, Array]]:
         self._check_input(x)
         xp = get_array_module(x)
-        statistics = x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False)
-        normalised = statistics - self._mean(statistics)
-        variance = self._mean(xp.square(normalised))
-        variance += self.eps
-        inverse_std = xp.sqrt(variance, out=variance)
+        statistics = self._rows(x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False))
+        normalised = statistics - row_means(statistics)
+        inverse_std = row_dots(normalised, normalised)
+        inverse_std *= inverse_std.dtype.type(1.0 / normalised.shape[-1])
+        inverse_std += self.eps
+        xp.sqrt(inverse_std, out=inverse_std)
         xp.divide(1.0, inverse_std, out=inverse_std)
         normalised *= inverse_std
         if self.weight is None:
-            return normalised.astype(x.dtype, copy=True), (normalised, inverse_std)
-        y = normalised * self.weight.data
+            return normalised.astype(x.dtype, copy=True).reshape(x.shape), (normalised, inverse_std)
+        y = normalised * self.weight.data.reshape(-1)
         if self.bias is not None:
-            y += self.bias.data
-        return y.astype(x.dtype, copy=False), (normalised, inverse_std)
+            y += self.bias.data.reshape(-1)
+        return y.astype(x.dtype, copy=False).reshape(x.shape), (normalised, inverse_std)
 
     def backward_input(self, dy: Array, cache: tuple[Array, Array]) -> Array:
         normalised, inverse_std = cache
         self._check_output_grad(dy, normalised)
-        xp = get_array_module(dy)
-        g = dy * self.weight.data if self.weight is not None else dy.astype(normalised.dtype, copy=True)
+        rows = self._rows(dy)
+        g = rows * self.weight.data.reshape(-1) if self.weight is not None else rows.astype(normalised.dtype)
         g = g.astype(normalised.dtype, copy=False)
-        projection = self._mean(xp.multiply(g, normalised))
-        g -= self._mean(g)
+        projection = row_dots(g, normalised)
+        projection *= projection.dtype.type(1.0 / normalised.shape[-1])
+        g -= row_means(g)
         g -= normalised * projection
         g *= inverse_std
-        return g.astype(dy.dtype, copy=False)
+        return g.astype(dy.dtype, copy=False).reshape(dy.shape)
 
     def backward_weight(self, dy: Array, cache: tuple[Array, Array]) -> None:
         if self.weight is None:
             return
         normalised, _ = cache
         self._check_output_grad(dy, normalised)
-        leading = tuple(range(dy.ndim - len(self.normalized_shape)))
-        self.weight.grad += (dy * normalised).sum(axis=leading)
+        rows = dy.reshape(-1, normalised.shape[-1])
+        self.weight.grad += column_dots(rows, normalised).reshape(self.normalized_shape)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=leading)
+            self.bias.grad += column_sums(rows).reshape(self.normalized_shape)
 
-    def _mean(self, x: Array) -> Array:
-        return row_means(x) if len(self.normalized_shape) == 1 else x.mean(axis=self._axes, keepdims=True)
+    def _rows(self, x: Array) -> Array:
+        """x with the normalised dimensions as one last axis (a view where it can be one)."""
+        return x.reshape(x.shape[:x.ndim - len(self.normalized_shape)] + (-1,))
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
@@ -104,9 +103,10 @@ class LayerNorm(Layer):
                             f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
 
     def _check_output_grad(self, dy: Array, normalised: Array) -> None:
-        if tuple(dy.shape) != tuple(normalised.shape):
+        if tuple(self._rows(dy).shape) != tuple(normalised.shape):
+            output_shape = tuple(normalised.shape[:-1]) + self.normalized_shape
             raise ValueError(f"{self!r} got an output gradient of shape {tuple(dy.shape)} but its output has shape "
-                             f"{tuple(normalised.shape)}; pass the gradient of the loss with respect to the output")
+                             f"{output_shape}; pass the gradient of the loss with respect to the output")
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -1,9 +1,10 @@
 """The math of a linear layer, written once: forward, input gradient and weight gradient as functions."""
 from __future__ import annotations
 
-from mpiprop.network.backend import Array
+from mpiprop.network.backend import Array, get_array_module
 from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.compute.matmul import matmul
+from mpiprop.network.compute.reductions import column_sums
 
 
 def _rows(array: Array) -> Array:
@@ -22,9 +23,13 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> Array:
     Returns:
         A new array of shape (..., out).
     """
-    y = matmul(_rows(x), weight)
-    if bias is not None:
-        y += bias
+    rows = _rows(x)
+    if bias is None:
+        y = matmul(rows, weight)
+    else:  # the product added onto rows of the bias: one gemm, no separate pass to add the bias
+        y = get_array_module(rows).empty((rows.shape[0], weight.shape[1]), dtype=rows.dtype)
+        y[...] = bias
+        add_matmul_(y, rows, weight)
     return y if x.ndim == 2 else y.reshape(*x.shape[:-1], weight.shape[1])
 
 
@@ -46,4 +51,4 @@ def linear_weight_grad_(weight_grad: Array, bias_grad: Array | None, x: Array, d
     rows = _rows(dy)
     add_matmul_(weight_grad, _rows(x).T, rows)
     if bias_grad is not None:
-        bias_grad += rows.sum(axis=0)
+        bias_grad += column_sums(rows)[0]
