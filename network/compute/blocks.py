@@ -3,7 +3,7 @@
 numpy makes one pass over memory per operation. A chain of them over an array larger than the
 cache reads and writes main memory at every step; done block by block, each block stays in the
 cache for the whole chain (the tanh GELU's 8 passes over a (2048, 512) float32 activation take
-about a third less time). On the GPU one block is the whole array.
+about 30% less time). On the GPU one block is the whole array.
 """
 from __future__ import annotations
 
