@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence  # noqa: E402
 import numpy  # noqa: E402
 
 import mpiprop.network as nn  # noqa: E402
+from mpiprop.network.compute import mkl_gemm  # noqa: E402
 from mpiprop.network.compute.matmul import matmul  # noqa: E402
 from mpiprop.network.models.next_token_loss import NextTokenLoss  # noqa: E402
 
@@ -534,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     import torch
 
     torch.set_num_threads(1)
-    print(f"numpy {numpy.__version__}, torch {torch.__version__} ({torch.get_num_threads()} thread)", flush=True)
+    print(f"numpy {numpy.__version__}, torch {torch.__version__} ({torch.get_num_threads()} thread); mpiprop's "
+          f"matrix products through {'MKL' if mkl_gemm.available() else 'numpy'}", flush=True)
     results: dict[str, Any] = {}
     if "gpt" in args.part_list:
         results["gpt"] = bench_gpt(args)
