@@ -28,8 +28,7 @@ DEFAULT_TIMEOUT_S = 120
 # "[host:123] .../osc_ucx_component.c:375  Error: OSC UCX component priority set inside component query failed"
 MPI_LIBRARY_ERROR = re.compile(r"\.c:\d+\b.*\berror\b", re.IGNORECASE)
 ONE_THREAD_PER_RANK = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Open MPI's launcher now and then fails to open the socket of its PMIx server
-# ("ptl_tool: problems getting address for index 0") and ends before starting any rank
+# Open MPI's launcher now and then fails to start its PMIx server and ends before starting any rank
 LAUNCHER_DID_NOT_START = "The PMIx server's listener thread failed to start"
 
 
