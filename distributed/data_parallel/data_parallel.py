@@ -367,26 +367,26 @@ class DataParallel(WholeModelStrategy, ReleasesCommunicator):
         """"shared memory" (one node), "hierarchical" (several nodes) or "mpi" (MPI's allreduce)."""
         return self.gradient_sync.allreduce_kind
 
+    # --- the strategy's place among the ranks, as `self.ranks` says it ---------------------------
     @property
     def rank(self) -> int:
-        return self.comm.rank
+        return self.ranks.rank
 
     @property
     def size(self) -> int:
-        return self.comm.size
+        return self.ranks.size
 
-    # --- the strategy's place among the ranks ---------------------------------------------------
     @property
     def data_shard(self) -> tuple[int, int]:
-        return self.comm.rank, self.comm.size
+        return self.ranks.data_shard
 
     @property
     def is_main(self) -> bool:
-        return self.comm.rank == 0
+        return self.ranks.is_main
 
     @property
     def position(self) -> str:
-        return f"rank {self.comm.rank}"
+        return self.ranks.position
 
     def __repr__(self) -> str:
         return (f"DataParallel(ranks={self.comm.size}, buckets={len(self.buckets)}, "
