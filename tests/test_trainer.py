@@ -19,6 +19,7 @@ from mpiprop.network.training.progress import ProgressLines, progress_display, p
 from mpiprop.network.optim.lr_schedules import CosineAnnealingLR, LinearWarmup
 from mpiprop.network.data.synthetic import synthetic_classification
 from mpi_launch import run_mpi
+from mpi_scripts.stop_after_step import StopAfterStep
 from packages import require
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -46,15 +47,6 @@ def assert_same_weights(a, b):
 
 def without_time(history):
     return [{key: value for key, value in record.items() if key != "time"} for record in history]
-
-
-class StopAfterStep(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, trainer, step, loss):
-        if step == self.step:
-            trainer.stop_training = True
 
 
 class RecordLearningRates(Callback):

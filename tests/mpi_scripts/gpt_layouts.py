@@ -23,6 +23,7 @@ import mpiprop.network as nn
 from mpiprop.distributed import DataParallel, Pipeline
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.models.next_token_loss import NextTokenLoss
+from stop_after_step import StopAfterStep
 
 TOLERANCE = 1e-10
 VOCAB, CONTEXT, BLOCKS, HEADS, WIDTH = 13, 6, 2, 2, 8
@@ -74,15 +75,6 @@ class Losses(nn.callbacks.Callback):
 
     def on_batch_end(self, trainer, step, loss):
         self.values.append(loss)
-
-
-class StopAfterStep(nn.callbacks.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, trainer, step, loss):
-        if step == self.step:
-            trainer.stop_training = True
 
 
 def train(layout, stop_step=None, checkpoint=None, resume=None):

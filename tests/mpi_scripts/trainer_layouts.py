@@ -22,25 +22,17 @@ from mpi4py import MPI
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel, Pipeline
 from mpiprop.distributed.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_group
-from mpiprop.network.training.callbacks import Callback, EarlyStopping
+from mpiprop.network.training.callbacks import EarlyStopping
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.training.non_finite import NonFiniteError
 from mpiprop.network.optim.lr_schedules import CosineAnnealingLR
 from mpiprop.network.data.synthetic import synthetic_classification
+from stop_after_step import StopAfterStep
 
 TOLERANCE = 1e-10
 GLOBAL_BATCH, MICRO_BATCHES, EPOCHS, STOP_STEP = 16, 2, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
 NAN_SAMPLE = 5  # one sample of the training data, met once per epoch by one rank of a replica
 WORLD = MPI.COMM_WORLD
-
-
-class StopAfterStep(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, trainer, step, loss):
-        if step == self.step:
-            trainer.stop_training = True
 
 
 def layouts():

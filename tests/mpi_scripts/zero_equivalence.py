@@ -24,6 +24,7 @@ from mpiprop.distributed import DataParallel
 from mpiprop.network.data.loader import ArrayDataset, DataLoader
 from mpiprop.network.optim.lr_schedules import CosineAnnealingLR
 from mpiprop.network.data.synthetic import synthetic_classification
+from stop_after_step import StopAfterStep
 
 TOLERANCE = 1e-6
 GLOBAL_BATCH, EPOCHS, STOP_STEP = 16, 2, 6  # 4 steps per epoch: STOP_STEP is inside epoch 2
@@ -85,15 +86,6 @@ def run(layout, optimizer_name, *, seed=0, stop_step=None, checkpoint=None, resu
     if nan_sample is not None:
         assert [record["skipped_steps"] for record in history] == [1] * EPOCHS, history
     return strategy, optimizer
-
-
-class StopAfterStep(nn.callbacks.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, trainer, step, loss):
-        if step == self.step:
-            trainer.stop_training = True
 
 
 def largest_difference(strategy, reference):
