@@ -1,7 +1,9 @@
 """The GPT against a PyTorch mirror loaded with its weights: outputs, 20 AdamW steps, safetensors both ways, errors."""
 from __future__ import annotations
 
+import importlib
 import math
+from pathlib import Path
 
 import numpy
 import pytest
@@ -16,60 +18,20 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 
 VOCAB, CONTEXT, LAYERS, HEADS, WIDTH = 23, 8, 2, 2, 16
+SIZES = (VOCAB, CONTEXT, LAYERS, HEADS, WIDTH)
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class TorchEmbedding(tnn.Module):
-    def __init__(self, vocab, context, width, dropout):
-        super().__init__()
-        self.wte, self.wpe = tnn.Embedding(vocab, width), tnn.Embedding(context, width)
-        self.dropout = tnn.Dropout(dropout)
-
-    def forward(self, ids):
-        return self.dropout(self.wte(ids) + self.wpe(torch.arange(ids.shape[1])))
-
-
-class TorchAttention(tnn.Module):
-    def __init__(self, width, heads, bias):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = tnn.Linear(width, 3 * width, bias=bias), tnn.Linear(width, width, bias=bias)
-
-    def forward(self, x):
-        batch, time, width = x.shape
-        q, k, v = (part.view(batch, time, self.heads, width // self.heads).transpose(1, 2)
-                   for part in self.qkv(x).split(width, dim=2))
-        y = tnn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(batch, time, width))
-
-
-class TorchResidual(tnn.Sequential):
-    def forward(self, x):
-        return x + super().forward(x)
-
-
-def torch_gpt(bias=True):
-    """nanoGPT's model with the nesting (and so the parameter names) of `nn.gpt`."""
-    embedding = TorchEmbedding(VOCAB, CONTEXT, WIDTH, 0.0)
-    blocks = []
-    for _ in range(LAYERS):
-        blocks.append(TorchResidual(tnn.LayerNorm(WIDTH, bias=bias), TorchAttention(WIDTH, HEADS, bias)))
-        blocks.append(TorchResidual(tnn.LayerNorm(WIDTH, bias=bias), tnn.Linear(WIDTH, 4 * WIDTH, bias=bias),
-                                    tnn.GELU(approximate="tanh"), tnn.Linear(4 * WIDTH, WIDTH, bias=bias),
-                                    tnn.Dropout(0.0)))
-    head = tnn.Linear(WIDTH, VOCAB, bias=False)
-    head.weight = embedding.wte.weight
-    return tnn.Sequential(embedding, *blocks, tnn.LayerNorm(WIDTH, bias=bias), head).double()
+@pytest.fixture
+def mirrors(monkeypatch):
+    """examples/benchmarks/torch_gpt.py, nanoGPT's model in torch with `nn.gpt`'s names (examples/ is not installed)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    return importlib.import_module("examples.benchmarks.torch_gpt")
 
 
 def our_gpt(bias=True, seed=0):
     return nn.gpt(VOCAB, CONTEXT, LAYERS, HEADS, WIDTH, bias=bias, dtype=numpy.float64,
                   generator=numpy.random.default_rng(seed))
-
-
-def mirrored(model):
-    reference = torch_gpt(bias=model[1][0].bias is not None)
-    reference.load_state_dict({name: torch.tensor(value) for name, value in torch_state_dict(model).items()})
-    return reference
 
 
 def ids(seed, batch=4, time=CONTEXT):
@@ -88,9 +50,9 @@ def torch_logits_of(module, x):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_logits_and_gradients_match_the_torch_mirror(bias):
+def test_logits_and_gradients_match_the_torch_mirror(bias, mirrors):
     model = our_gpt(bias)
-    reference = mirrored(model)
+    reference = mirrors.mirror(model, *SIZES)
     x, y = ids(1), ids(2)
     logits = model(x)
     loss_fn = NextTokenLoss()
@@ -116,9 +78,9 @@ def decay_groups(named, weight_decay):
             {"params": [p for p in params if len(p.shape) < 2], "weight_decay": 0.0}]
 
 
-def test_twenty_adamw_steps_give_the_same_losses_as_torch():
+def test_twenty_adamw_steps_give_the_same_losses_as_torch(mirrors):
     model = our_gpt()
-    reference = mirrored(model)
+    reference = mirrors.mirror(model, *SIZES)
     settings = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8}
     ours = nn.optim.AdamW(decay_groups(model.parameters(), 0.1), **settings)
     theirs = torch.optim.AdamW(decay_groups(reference.parameters(), 0.1), **settings)
@@ -145,24 +107,24 @@ def test_twenty_adamw_steps_give_the_same_losses_as_torch():
     numpy.testing.assert_allclose(logits_of(model, ids(7)), torch_logits_of(reference, ids(7)), rtol=0, atol=1e-8)
 
 
-def test_safetensors_from_ours_to_torch_and_from_torch_to_ours(tmp_path):
+def test_safetensors_from_ours_to_torch_and_from_torch_to_ours(tmp_path, mirrors):
     safetensors_torch = pytest.importorskip("safetensors.torch")
     model = our_gpt(seed=3)
     save_safetensors(model, tmp_path / "ours.safetensors")
-    reference = torch_gpt()
+    reference = mirrors.torch_gpt(*SIZES).double()
     reference.load_state_dict(safetensors_torch.load_file(tmp_path / "ours.safetensors"))
     numpy.testing.assert_allclose(torch_logits_of(reference, ids(4)), logits_of(model, ids(4)), rtol=0, atol=1e-12)
 
-    other = torch_gpt()  # torch's own initialisation
+    other = mirrors.torch_gpt(*SIZES).double()  # torch's own initialisation
     safetensors_torch.save_model(other, tmp_path / "torch.safetensors")  # keeps one name of the tied weight
     load_safetensors(model, tmp_path / "torch.safetensors")
     numpy.testing.assert_allclose(logits_of(model, ids(5)), torch_logits_of(other, ids(5)), rtol=0, atol=1e-12)
     assert model[0].wte.weight is model[-1].weight
 
 
-def test_a_torch_state_dict_of_tensors_loads_and_the_tied_weight_is_listed_under_both_names():
+def test_a_torch_state_dict_of_tensors_loads_and_the_tied_weight_is_listed_under_both_names(mirrors):
     model = our_gpt(seed=4)
-    reference = torch_gpt()
+    reference = mirrors.torch_gpt(*SIZES).double()
     load_torch_state_dict(model, reference.state_dict())
     numpy.testing.assert_allclose(logits_of(model, ids(6)), torch_logits_of(reference, ids(6)), rtol=0, atol=1e-12)
     state = torch_state_dict(model)

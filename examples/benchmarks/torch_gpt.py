@@ -10,8 +10,10 @@ from typing import Any
 from mpiprop.network.training.torch_weights import torch_state_dict
 
 
-def torch_gpt(vocab_size: int, context_length: int, num_layers: int, num_heads: int, embed_dim: int) -> Any:
-    """nanoGPT's model (no dropout, biases, tied head) as a torch `nn.Sequential` named like `nn.gpt`'s layers."""
+def torch_gpt(vocab_size: int, context_length: int, num_layers: int, num_heads: int, embed_dim: int,
+              bias: bool = True) -> Any:
+    """nanoGPT's model (no dropout, tied head; biases in Linear and LayerNorm unless `bias` is False) as a torch
+    `nn.Sequential` named like `nn.gpt`'s layers."""
     import torch
     tnn = torch.nn
 
@@ -26,7 +28,8 @@ def torch_gpt(vocab_size: int, context_length: int, num_layers: int, num_heads: 
     class Attention(tnn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv, self.proj = tnn.Linear(embed_dim, 3 * embed_dim), tnn.Linear(embed_dim, embed_dim)
+            self.qkv = tnn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+            self.proj = tnn.Linear(embed_dim, embed_dim, bias=bias)
 
         def forward(self, x):
             batch, time, width = x.shape
@@ -42,12 +45,13 @@ def torch_gpt(vocab_size: int, context_length: int, num_layers: int, num_heads: 
     embedding = Embedding()
     blocks = []
     for _ in range(num_layers):
-        blocks.append(Residual(tnn.LayerNorm(embed_dim), Attention()))
-        blocks.append(Residual(tnn.LayerNorm(embed_dim), tnn.Linear(embed_dim, 4 * embed_dim),
-                               tnn.GELU(approximate="tanh"), tnn.Linear(4 * embed_dim, embed_dim), tnn.Dropout(0.0)))
+        blocks.append(Residual(tnn.LayerNorm(embed_dim, bias=bias), Attention()))
+        blocks.append(Residual(tnn.LayerNorm(embed_dim, bias=bias), tnn.Linear(embed_dim, 4 * embed_dim, bias=bias),
+                               tnn.GELU(approximate="tanh"), tnn.Linear(4 * embed_dim, embed_dim, bias=bias),
+                               tnn.Dropout(0.0)))
     head = tnn.Linear(embed_dim, vocab_size, bias=False)
     head.weight = embedding.wte.weight
-    return tnn.Sequential(embedding, *blocks, tnn.LayerNorm(embed_dim), head)
+    return tnn.Sequential(embedding, *blocks, tnn.LayerNorm(embed_dim, bias=bias), head)
 
 
 def mirror(model: Any, vocab_size: int, context_length: int, num_layers: int, num_heads: int, embed_dim: int) -> Any:
@@ -55,7 +59,7 @@ def mirror(model: Any, vocab_size: int, context_length: int, num_layers: int, nu
     import torch
 
     state = torch_state_dict(model)
-    reference = torch_gpt(vocab_size, context_length, num_layers, num_heads, embed_dim)
+    reference = torch_gpt(vocab_size, context_length, num_layers, num_heads, embed_dim, bias="1.0.bias" in state)
     reference = reference.to(torch.from_numpy(next(iter(state.values()))).dtype)
     reference.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
     return reference
