@@ -71,6 +71,15 @@ def same_array_module(x: Array, reference: Array, what: str) -> None:
         )
 
 
+def same_kind_as_weights(x: Array, weight: Array, owner: str) -> None:
+    """Raise TypeError unless `x` is on `weight`'s device (numpy or cupy) and of its dtype; the message names
+    `owner` (a layer's repr) and the fix."""
+    same_array_module(x, weight, owner)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{owner} has {weight.dtype} weights but got a {x.dtype} input; "
+                        f"use x.astype('{weight.dtype}') or model.to(dtype=...)")
+
+
 def all_finite(x: Array, what: str, fix: str = "lower the learning rate or clip gradients") -> None:
     """Raise when `x` holds NaN or Inf; the message ends with `fix`."""
     xp = get_array_module(x)

@@ -5,7 +5,7 @@ from mpiprop.distributed.tensor_parallel.split import Split
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import VocabParallelEmbedding
 from mpiprop.network.backend import Array
-from mpiprop.network.checks import float_array, same_array_module
+from mpiprop.network.checks import float_array, same_kind_as_weights
 from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.compute.matmul import matmul
 
@@ -65,10 +65,7 @@ class VocabParallelTiedLinear(SplitLayer):
         if x.ndim < 2 or x.shape[-1] != self.embedding_dim:
             raise ValueError(f"{self!r} expects input of shape (..., {self.embedding_dim}) with a batch dimension "
                              f"first, but got {tuple(x.shape)}")
-        same_array_module(x, self.weight.data, repr(self))
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
-                            f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
+        same_kind_as_weights(x, self.weight.data, repr(self))
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
         expected = tuple(x.shape[:-1]) + (self.held,)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
-from mpiprop.network.checks import float_array, float_dtype, non_negative_int, positive_int, same_array_module
+from mpiprop.network.checks import float_array, float_dtype, non_negative_int, positive_int, same_kind_as_weights
 from mpiprop.network.compute.matmul import matmul
 from mpiprop.network.compute.windows import col2im, interior, output_sizes, pad, windows
 from mpiprop.network.layers import init
@@ -183,10 +183,7 @@ class _ConvNd(Layer):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} input channels but got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); check the previous layer's out_channels")
-        same_array_module(x, self.weight.data, type(self).__name__)
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
-                            f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
+        same_kind_as_weights(x, self.weight.data, repr(self))
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
-from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_array_module
+from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_kind_as_weights
 from mpiprop.network.compute.reductions import column_dots, column_sums, row_dots, row_means
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.parameter import Parameter
@@ -97,10 +97,7 @@ class LayerNorm(Layer):
                              f"here {tuple(x.shape[-count:]) if x.ndim >= count else tuple(x.shape)}")
         if self.weight is None:
             return
-        same_array_module(x, self.weight.data, repr(self))
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"{self!r} has {self.weight.dtype} parameters but got a {x.dtype} input; "
-                            f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
+        same_kind_as_weights(x, self.weight.data, repr(self))
 
     def _check_output_grad(self, dy: Array, normalised: Array) -> None:
         if tuple(self._rows(dy).shape) != tuple(normalised.shape):

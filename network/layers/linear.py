@@ -7,7 +7,7 @@ import numpy
 
 from mpiprop.network.layers import init
 from mpiprop.network.backend import Array, module_for_device
-from mpiprop.network.checks import float_array, float_dtype, positive_int, same_array_module
+from mpiprop.network.checks import float_array, float_dtype, positive_int, same_kind_as_weights
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.linear_math import linear_forward, linear_input_grad, linear_weight_grad_
 from mpiprop.network.layers.parameter import Parameter
@@ -66,12 +66,7 @@ class Linear(Layer):
                 f"but got {tuple(x.shape)}; check the previous layer's width, add Flatten(), or give a "
                 "single sample a batch dimension with x[None]"
             )
-        same_array_module(x, self.weight.data, repr(self))
-        if x.dtype != self.weight.dtype:
-            raise TypeError(
-                f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
-                f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)"
-            )
+        same_kind_as_weights(x, self.weight.data, repr(self))
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
         expected = tuple(x.shape[:-1]) + (self.out_features,)

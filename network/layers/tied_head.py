@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mpiprop.network.backend import Array
-from mpiprop.network.checks import float_array, same_array_module
+from mpiprop.network.checks import float_array, same_kind_as_weights
 from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.compute.matmul import matmul
 from mpiprop.network.layers.embedding import Embedding
@@ -51,10 +51,7 @@ class TiedLinear(Layer):
         if x.ndim < 2 or x.shape[-1] != self.embedding_dim:
             raise ValueError(f"{self!r} expects input of shape (..., {self.embedding_dim}) with a batch dimension "
                              f"first, but got {tuple(x.shape)}; the head's width is its embedding's embedding_dim")
-        same_array_module(x, self.weight.data, repr(self))
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"{self!r} has {self.weight.dtype} weights but got a {x.dtype} input; "
-                            f"use x.astype('{self.weight.dtype}') or model.to(dtype=...)")
+        same_kind_as_weights(x, self.weight.data, repr(self))
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
         expected = tuple(x.shape[:-1]) + (self.num_embeddings,)
