@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import numpy
-
 from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.parameter import Parameter
@@ -65,13 +63,7 @@ class DataParallelRanks:
         return [p for _, p in named]
 
     def max_later(self, value: int) -> Callable[[], int]:
-        largest = numpy.array([value], dtype=numpy.int64)
-        request = self.comm.iallreduce(largest, "max")
-
-        def result() -> int:
-            request.wait()
-            return int(largest[0])
-        return result
+        return self.comm.max_later(value)
 
     def __repr__(self) -> str:
         return f"DataParallelRanks(rank={self.rank}, size={self.size}, gradient_shards={self.gradient_shards})"

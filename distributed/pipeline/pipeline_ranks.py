@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import numpy
-
 from mpiprop.distributed.reliability.consistency import check_agreement
 from mpiprop.network.layers.parameter import Parameter
 
@@ -64,13 +62,7 @@ class PipelineRanks:
         return [p for name, p in named if name in self.pipe.splits and self.pipe.tied.counted_here(p)]
 
     def max_later(self, value: int) -> Callable[[], int]:
-        largest = numpy.array([value], dtype=numpy.int64)
-        request = self.pipe.comm.iallreduce(largest, "max")
-
-        def result() -> int:
-            request.wait()
-            return int(largest[0])
-        return result
+        return self.pipe.comm.max_later(value)
 
     def __repr__(self) -> str:
         return f"PipelineRanks({self.position})"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy
 
 from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.mpi_library import load_mpi, mpi_finalized
@@ -128,6 +130,16 @@ class Communicator:
         mpi_request = self.mpi_comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._reduce_op(op))
         return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}",
                        ranks=self.world_ranks)
+
+    def max_later(self, value: int) -> Callable[[], int]:
+        """Start the maximum of the integer `value` over all ranks; the returned function waits for it and gives it."""
+        largest = numpy.array([value], dtype=numpy.int64)
+        request = self.iallreduce(largest, "max")
+
+        def result() -> int:
+            request.wait()
+            return int(largest[0])
+        return result
 
     def ireduce_scatter(self, array: Array, part: Array, counts: Sequence[int], op: "str | MpiOp" = "sum") -> Request:
         """Start reducing `array` over all ranks into `part`, rank r receiving `counts[r]` elements in order."""
