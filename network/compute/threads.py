@@ -157,7 +157,3 @@ def limit_threads(count: int, environ: MutableMapping[str, str] = os.environ) ->
     if _policy:
         _policy[0].adaptive, _policy[0].current = False, count
 
-
-def reset_thread_policy() -> None:
-    """Forget the policy, so that the next product starts it again from the environment (for tests)."""
-    _policy.clear()
