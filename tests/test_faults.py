@@ -23,8 +23,8 @@ import pytest
 
 from mpiprop.distributed.transport.launcher_environment import RANK_VARIABLES
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
-from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, mpiexec_command, run_bounded, run_mpi,
-                        start_mpi_job)
+from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, launcher_did_not_start, local_launcher, mpi_env, mpiexec_command,
+                        run_bounded, run_mpi, start_mpi_job)
 from mpiprop.launch.mpiexec import MPICH
 from mpiprop.distributed.reliability.shared_memory_files import mapped_shared_memory_files, openmp_registration_file
 from mpiprop.network.training.checkpoint import read_checkpoint
@@ -47,10 +47,16 @@ def seconds_since_marker(result, marker, finished):
 
 # --- every way a rank or the launcher can end ----------------------------------------------------------------------
 def start_leaving_job(ranks, mode, *args):
-    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step."""
-    job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
-    output = read_until(job, "TRAINING-STARTS", ranks, timeout=120)
-    return job, marker, output
+    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step
+    (starting it once more when the launcher could not start)."""
+    for attempt in (1, 2):
+        job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
+        try:
+            return job, marker, read_until(job, "TRAINING-STARTS", ranks, timeout=120)
+        except AssertionError:
+            if attempt == 2 or not launcher_did_not_start(job):
+                stop_job(job, marker)
+                raise
 
 
 def read_until(job, marker, count, timeout):
@@ -304,21 +310,37 @@ def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, statu
 
 
 # --- signals to the launchers --------------------------------------------------------------------------------------
-def start_mpiprop(*arguments):
-    """`python -m mpiprop.launch ARGUMENTS` with output piped; every process it starts carries the returned probe."""
-    probe = new_job_marker()
-    process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
-    return process, probe
+def start_mpiprop(*arguments, script="dp_leave.py", ranks=2):
+    """`python -m mpiprop.launch ARGUMENTS` with output piped, returned once `ranks` ranks of `script` run
+    (started once more when the launcher could not start), with the probe that every process it starts carries."""
+    for attempt in (1, 2):
+        probe = new_job_marker()
+        process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
+        if ranks_started(process, probe, script, ranks):
+            time.sleep(1)  # past MPI's start, into training
+            return process, probe
+        if attempt == 2 or not launcher_did_not_start(process):
+            stderr = process.communicate()[1].decode(errors="replace")
+            pytest.fail(f"mpiprop {' '.join(map(str, arguments))} ended with status {process.returncode} before "
+                        f"{ranks} ranks of {script} ran:\n{stderr}")
 
 
-def wait_for_ranks(probe, script, ranks, timeout=120):
+def ranks_started(process, probe, script, ranks, timeout=120):
+    """True once `ranks` ranks of `script` run, False when `process` has ended first; fails the test (stopping
+    everything) when neither happens within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
-        assert time.monotonic() < deadline, f"{ranks} ranks of {script} did not start within {timeout} s"
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            kill_processes(processes_with("TEST_PROBE", probe))
+            os.killpg(process.pid, signal.SIGKILL)
+            stderr = process.communicate()[1].decode(errors="replace")
+            pytest.fail(f"{ranks} ranks of {script} did not start within {timeout} s; the launcher printed:\n{stderr}")
         time.sleep(0.1)
-    time.sleep(1)  # past MPI's start, into training
+    return True
 
 
 def signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=False):
@@ -354,7 +376,6 @@ def signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=False
 def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
     script = MPI_SCRIPTS / "dp_leave.py"
     process, probe = start_mpiprop("run", "-n", 2, script, "none")
-    wait_for_ranks(probe, "dp_leave.py", 2)
     took = signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=True)
     print(f"JOB-ENDED {signal.Signals(signum).name} to mpiprop run: {took:.1f} s")
 
@@ -362,7 +383,6 @@ def test_a_signal_to_mpiprop_run_stops_the_whole_job(signum):
 def test_sigterm_to_mpiprop_scale_stops_the_job_it_runs(tmp_path):
     script = MPI_SCRIPTS / "dp_leave.py"
     process, probe = start_mpiprop("scale", "--ranks", 2, "--out", tmp_path, "--", script, "none")
-    wait_for_ranks(probe, "dp_leave.py", 2)
     took = signalled_launcher_ends_with_its_job(process, probe, signal.SIGTERM)
     print(f"JOB-ENDED SIGTERM to mpiprop scale: {took:.1f} s")
 

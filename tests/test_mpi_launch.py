@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import mpi_launch
 
@@ -37,3 +38,23 @@ def test_a_job_that_failed_is_not_run_again(monkeypatch):
     calls = launches(monkeypatch, [(1, "Traceback (most recent call last):\nValueError: x\n"), (0, "")])
     assert mpi_launch.run_bounded(["mpiexec"], 5, env={}, cwd=".").returncode == 1
     assert len(calls) == 1
+
+
+def started(stderr: str, status: int) -> subprocess.Popen:
+    """A stand-in launcher that prints `stderr` and ends with `status`, its stderr piped as the fault tests do."""
+    program = f"import sys; sys.stderr.write({stderr!r}); sys.exit({status})"
+    return subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE)
+
+
+def test_a_started_launcher_that_could_not_start_is_recognised():
+    assert mpi_launch.launcher_did_not_start(started(DID_NOT_START, 213))
+
+
+def test_a_started_job_that_failed_or_still_runs_is_not_taken_for_one():
+    assert not mpi_launch.launcher_did_not_start(started("Traceback (most recent call last):\nValueError: x\n", 1))
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE)
+    try:
+        assert not mpi_launch.launcher_did_not_start(running, wait_s=0.5)
+    finally:
+        running.kill()
+        running.wait()
