@@ -46,6 +46,17 @@ def test_add_matmul_adds_the_product_into_a_view_of_a_flat_buffer(dtype, layout,
     assert blas_calls == [("s" if dtype == numpy.float32 else "d") + "gemm"] * 2
 
 
+def test_a_long_inner_dimension_is_multiplied_apart_then_added(blas_calls):
+    x, dy = matrix(8 * inplace.TEMPORARY_PRODUCT_FROM, 3), matrix(8 * inplace.TEMPORARY_PRODUCT_FROM, 8)
+    flat = numpy.arange(1 + 3 * 8, dtype=numpy.float32)
+    out = flat[1:].reshape(3, 8)
+    expected = out + x.T.astype(numpy.float64) @ dy.astype(numpy.float64)
+    add_matmul_(out, x.T, dy)
+    numpy.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert flat[0] == 0
+    assert blas_calls == []
+
+
 @pytest.mark.parametrize("case", ["strided out", "strided operand", "out aliases operand", "float16", "empty"])
 def test_add_matmul_falls_back_to_plus_equals(case, blas_calls):
     a, b = matrix(3, 5), matrix(5, 4)
