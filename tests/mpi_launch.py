@@ -106,15 +106,16 @@ def start_mpi_job(script: str | Path, ranks: int, *args: str,
     return job, marker
 
 
-def launcher_did_not_start(job: subprocess.Popen, wait_s: float = 10) -> bool:
-    """True when `job`, a launcher started with stderr piped, ends within `wait_s` seconds because it could not
-    start (`LAUNCHER_DID_NOT_START` in its stderr): no rank ran, so starting it again is safe."""
+def stderr_once_ended(job: subprocess.Popen, wait_s: float = 10) -> str | None:
+    """All that `job`, started with stderr piped, wrote to stderr, once it has ended (waiting up to `wait_s`
+    seconds for that); None while it still runs. `LAUNCHER_DID_NOT_START` in it means that no rank ran, so
+    starting the job again is safe."""
     try:
         job.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
-        return False
+        return None
     stderr = job.stderr.read()
-    return LAUNCHER_DID_NOT_START in (stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr)
+    return stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
 
 
 def run_bounded(command: list[str], timeout: float, *, env: dict[str, str], cwd: str | Path) -> subprocess.CompletedProcess:

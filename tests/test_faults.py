@@ -23,8 +23,8 @@ import pytest
 
 from mpiprop.distributed.transport.launcher_environment import RANK_VARIABLES
 from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
-from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, launcher_did_not_start, local_launcher, mpi_env, mpiexec_command,
-                        run_bounded, run_mpi, start_mpi_job)
+from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, LAUNCHER_DID_NOT_START, local_launcher, mpi_env, mpiexec_command,
+                        run_bounded, run_mpi, start_mpi_job, stderr_once_ended)
 from mpiprop.launch.mpiexec import MPICH
 from mpiprop.distributed.reliability.shared_memory_files import mapped_shared_memory_files, openmp_registration_file
 from mpiprop.network.training.checkpoint import read_checkpoint
@@ -53,10 +53,12 @@ def start_leaving_job(ranks, mode, *args):
         job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
         try:
             return job, marker, read_until(job, "TRAINING-STARTS", ranks, timeout=120)
-        except AssertionError:
-            if attempt == 2 or not launcher_did_not_start(job):
-                stop_job(job, marker)
-                raise
+        except AssertionError as not_started:
+            stderr = stderr_once_ended(job)
+            if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
+                continue
+            stop_job(job, marker)
+            pytest.fail(f"{not_started}\n--- stderr ---\n{stderr}")
 
 
 def read_until(job, marker, count, timeout):
@@ -321,8 +323,8 @@ def start_mpiprop(*arguments, script="dp_leave.py", ranks=2):
         if ranks_started(process, probe, script, ranks):
             time.sleep(1)  # past MPI's start, into training
             return process, probe
-        if attempt == 2 or not launcher_did_not_start(process):
-            stderr = process.communicate()[1].decode(errors="replace")
+        stderr = stderr_once_ended(process)
+        if attempt == 2 or LAUNCHER_DID_NOT_START not in stderr:
             pytest.fail(f"mpiprop {' '.join(map(str, arguments))} ended with status {process.returncode} before "
                         f"{ranks} ranks of {script} ran:\n{stderr}")
 

@@ -46,15 +46,15 @@ def started(stderr: str, status: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE)
 
 
-def test_a_started_launcher_that_could_not_start_is_recognised():
-    assert mpi_launch.launcher_did_not_start(started(DID_NOT_START, 213))
+def test_the_stderr_of_a_started_launcher_is_read_once_it_has_ended():
+    assert mpi_launch.LAUNCHER_DID_NOT_START in mpi_launch.stderr_once_ended(started(DID_NOT_START, 213))
+    assert "ValueError: x" in mpi_launch.stderr_once_ended(started("Traceback (most recent call last):\nValueError: x\n", 1))
 
 
-def test_a_started_job_that_failed_or_still_runs_is_not_taken_for_one():
-    assert not mpi_launch.launcher_did_not_start(started("Traceback (most recent call last):\nValueError: x\n", 1))
+def test_a_started_job_that_still_runs_has_no_stderr_yet():
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE)
     try:
-        assert not mpi_launch.launcher_did_not_start(running, wait_s=0.5)
+        assert mpi_launch.stderr_once_ended(running, wait_s=0.5) is None
     finally:
         running.kill()
         running.wait()
