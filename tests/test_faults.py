@@ -418,9 +418,8 @@ def test_killed_rank_ends_the_job_and_the_resumed_run_matches_an_uninterrupted_o
     interrupted epoch included (every rank's running sums are in the checkpoint).
     """
     path, metrics = tmp_path / "digits.npz", tmp_path / "metrics.jsonl"
-    job, job_marker = start_mpi_job(TRAIN_DIGITS, 2, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    job, job_marker = start_digits_until_checkpoint(2, path)
     try:
-        wait_for_file(path, job, timeout=120)
         rank_0 = rank_pid(job, 0, marker=str(path))
         pause_when_mid_epoch_checkpoint(rank_0, path, job, timeout=120)
         os.kill(rank_0, signal.SIGKILL)
@@ -464,12 +463,22 @@ def pause_when_mid_epoch_checkpoint(pid, path, job, timeout):
         time.sleep(0.005)
 
 
-def wait_for_file(path, job, timeout):
-    deadline = time.monotonic() + timeout
-    while not Path(path).exists():
-        assert job.poll() is None, f"the job ended (status {job.returncode}) before writing {path}"
-        assert time.monotonic() < deadline, f"no checkpoint at {path} after {timeout} s"
-        time.sleep(0.05)
+def start_digits_until_checkpoint(ranks, path, timeout=120):
+    """Start the digits example on `ranks` ranks, checkpointing to `path`; returns (job, marker) once its first
+    checkpoint is there (starting it once more when the launcher could not start)."""
+    for attempt in (1, 2):
+        job, marker = start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+        deadline = time.monotonic() + timeout
+        while not Path(path).exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(path).exists():
+            return job, marker
+        stderr = stderr_once_ended(job)
+        if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
+            continue
+        stop_job(job, marker)
+        pytest.fail(f"no checkpoint at {path} after {timeout} s; the job's status: {job.poll()}\n"
+                    f"--- stderr ---\n{stderr}")
 
 
 def rank_pid(job, rank, marker):
@@ -493,9 +502,8 @@ def uninterrupted_digits_on_4_ranks(tmp_path_factory):
 def preempt_then_resume(tmp_path, ranks, signum, only_rank, expected):
     """Signal the job (mpiexec, or one rank's process) mid-training; it must checkpoint and exit 75, then resume."""
     path, metrics = tmp_path / "digits.npz", tmp_path / "metrics.jsonl"
-    job, marker = start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    job, marker = start_digits_until_checkpoint(ranks, path)
     with stopped_at_the_end(job, marker):
-        wait_for_file(path, job, timeout=120)
         rank_0 = rank_pid(job, 0, marker=str(path))
         pause_when_mid_epoch_checkpoint(rank_0, path, job, timeout=120)  # so the signal comes before the end
         os.kill(job.pid if only_rank is None else rank_pid(job, only_rank, marker=str(path)), signum)
