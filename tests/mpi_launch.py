@@ -8,16 +8,20 @@ Usage in a test module (tests/ is on sys.path under pytest)::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, run_whole_job
+from mpiprop.launch.job_processes import (JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with,
+                                          run_whole_job)
 from mpiprop.launch.mpiexec import MPIEXEC
 from mpiprop.launch.runner import Launcher
 
@@ -116,6 +120,33 @@ def stderr_once_ended(job: subprocess.Popen, wait_s: float = 10) -> str | None:
         return None
     stderr = job.stderr.read()
     return stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+
+
+def start_until_ready(start: Callable[[], tuple], not_ready: Callable[[tuple], str | None],
+                      stop: Callable[[tuple], None]) -> tuple:
+    """What `start()` gives (the launcher's Popen, stderr piped, first), once `not_ready` of it gives None.
+
+    `not_ready` waits for the job to be ready and otherwise says why not (it ended, or was not ready in
+    time). A launcher that could not start (`LAUNCHER_DID_NOT_START`) is then started once more; any
+    other job is stopped with `stop` and fails the test with the reason and its stderr.
+    """
+    for attempt in (1, 2):
+        started = start()
+        reason = not_ready(started)
+        if reason is None:
+            return started
+        stderr = stderr_once_ended(started[0])
+        if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
+            continue
+        stop(started)
+        pytest.fail(f"{reason}\n--- stderr ---\n{stderr}")
+
+
+def stop_probed(process: subprocess.Popen, probe: str) -> None:
+    """Kill every process whose environment has TEST_PROBE=`probe`, and the process group of `process`."""
+    kill_processes(processes_with("TEST_PROBE", probe))
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_bounded(command: list[str], timeout: float, *, env: dict[str, str], cwd: str | Path) -> subprocess.CompletedProcess:

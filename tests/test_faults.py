@@ -22,9 +22,9 @@ import numpy
 import pytest
 
 from mpiprop.distributed.transport.launcher_environment import RANK_VARIABLES
-from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, kill_processes, new_job_marker, processes_with, stop_job
-from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, LAUNCHER_DID_NOT_START, local_launcher, mpi_env, mpiexec_command,
-                        run_bounded, run_mpi, start_mpi_job, stderr_once_ended)
+from mpiprop.launch.job_processes import JOB_MARKER_VARIABLE, new_job_marker, processes_with, stop_job
+from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, mpiexec_command, run_bounded, run_mpi,
+                        start_mpi_job, start_until_ready, stop_probed)
 from mpiprop.launch.mpiexec import MPICH
 from mpiprop.distributed.reliability.shared_memory_files import mapped_shared_memory_files, openmp_registration_file
 from mpiprop.network.training.checkpoint import read_checkpoint
@@ -47,18 +47,18 @@ def seconds_since_marker(result, marker, finished):
 
 # --- every way a rank or the launcher can end ----------------------------------------------------------------------
 def start_leaving_job(ranks, mode, *args):
-    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step
-    (starting it once more when the launcher could not start)."""
-    for attempt in (1, 2):
-        job, marker = start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE)
+    """Start dp_leave.py with stdout and stderr piped, and wait until every rank has trained a step."""
+    output = []
+
+    def not_ready(started):
         try:
-            return job, marker, read_until(job, "TRAINING-STARTS", ranks, timeout=120)
+            output.append(read_until(started[0], "TRAINING-STARTS", ranks, timeout=120))
         except AssertionError as not_started:
-            stderr = stderr_once_ended(job)
-            if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
-                continue
-            stop_job(job, marker)
-            pytest.fail(f"{not_started}\n--- stderr ---\n{stderr}")
+            return str(not_started)
+
+    job, marker = start_until_ready(lambda: start_mpi_job("dp_leave.py", ranks, mode, *args, stdout=subprocess.PIPE),
+                                    not_ready, lambda started: stop_job(*started))
+    return job, marker, output[-1]
 
 
 def read_until(job, marker, count, timeout):
@@ -312,37 +312,26 @@ def test_the_users_own_communication_under_waiting_in_is_watched_too(mode, statu
 
 
 # --- signals to the launchers --------------------------------------------------------------------------------------
-def start_mpiprop(*arguments, script="dp_leave.py", ranks=2):
-    """`python -m mpiprop.launch ARGUMENTS` with output piped, returned once `ranks` ranks of `script` run
-    (started once more when the launcher could not start), with the probe that every process it starts carries."""
-    for attempt in (1, 2):
+def start_mpiprop(*arguments, script="dp_leave.py", ranks=2, timeout=120):
+    """`python -m mpiprop.launch ARGUMENTS` with output piped, returned once `ranks` ranks of `script` run,
+    with the probe that every process it starts carries."""
+    def start():
         probe = new_job_marker()
-        process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True)
-        if ranks_started(process, probe, script, ranks):
-            time.sleep(1)  # past MPI's start, into training
-            return process, probe
-        stderr = stderr_once_ended(process)
-        if attempt == 2 or LAUNCHER_DID_NOT_START not in stderr:
-            pytest.fail(f"mpiprop {' '.join(map(str, arguments))} ended with status {process.returncode} before "
-                        f"{ranks} ranks of {script} ran:\n{stderr}")
+        return subprocess.Popen([sys.executable, "-m", "mpiprop.launch", *map(str, arguments)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT, start_new_session=True), probe
 
+    def not_ready(started):
+        process, probe = started
+        deadline = time.monotonic() + timeout
+        while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return (f"{ranks} ranks of {script} did not start within {timeout} s "
+                        f"(the launcher's status: {process.poll()})")
+            time.sleep(0.1)
+        time.sleep(1)  # past MPI's start, into training
 
-def ranks_started(process, probe, script, ranks, timeout=120):
-    """True once `ranks` ranks of `script` run, False when `process` has ended first; fails the test (stopping
-    everything) when neither happens within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
-        if process.poll() is not None:
-            return False
-        if time.monotonic() > deadline:
-            kill_processes(processes_with("TEST_PROBE", probe))
-            os.killpg(process.pid, signal.SIGKILL)
-            stderr = process.communicate()[1].decode(errors="replace")
-            pytest.fail(f"{ranks} ranks of {script} did not start within {timeout} s; the launcher printed:\n{stderr}")
-        time.sleep(0.1)
-    return True
+    return start_until_ready(start, not_ready, lambda started: stop_probed(*started))
 
 
 def signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=False):
@@ -369,9 +358,7 @@ def signalled_launcher_ends_with_its_job(process, probe, signum, passed_on=False
             assert f"mpiprop: got {name}; stopped the job" in stderr, stderr
         return took
     finally:
-        kill_processes(processes_with("TEST_PROBE", probe))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_probed(process, probe)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
@@ -465,20 +452,16 @@ def pause_when_mid_epoch_checkpoint(pid, path, job, timeout):
 
 def start_digits_until_checkpoint(ranks, path, timeout=120):
     """Start the digits example on `ranks` ranks, checkpointing to `path`; returns (job, marker) once its first
-    checkpoint is there (starting it once more when the launcher could not start)."""
-    for attempt in (1, 2):
-        job, marker = start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path))
+    checkpoint is there."""
+    def not_ready(started):
         deadline = time.monotonic() + timeout
-        while not Path(path).exists() and job.poll() is None and time.monotonic() < deadline:
+        while not Path(path).exists():
+            if started[0].poll() is not None or time.monotonic() > deadline:
+                return f"no checkpoint at {path} after {timeout} s (the job's status: {started[0].poll()})"
             time.sleep(0.05)
-        if Path(path).exists():
-            return job, marker
-        stderr = stderr_once_ended(job)
-        if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
-            continue
-        stop_job(job, marker)
-        pytest.fail(f"no checkpoint at {path} after {timeout} s; the job's status: {job.poll()}\n"
-                    f"--- stderr ---\n{stderr}")
+
+    return start_until_ready(lambda: start_mpi_job(TRAIN_DIGITS, ranks, *DIGITS_ARGUMENTS, "--checkpoint", str(path)),
+                             not_ready, lambda started: stop_job(*started))
 
 
 def rank_pid(job, rank, marker):

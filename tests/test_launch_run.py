@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from mpi_launch import (LAUNCHER_DID_NOT_START, MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, run_bounded,
-                        stderr_once_ended)
-from mpiprop.launch.job_processes import kill_processes, new_job_marker, processes_with
+from mpi_launch import (MPI_SCRIPTS, REPOSITORY_ROOT, local_launcher, mpi_env, run_bounded, start_until_ready,
+                        stop_probed)
+from mpiprop.launch.job_processes import new_job_marker, processes_with
 from mpiprop.launch.mpiexec import MPICH, OPENMPI
 
 pytestmark = pytest.mark.mpi  # every test here runs real multi-rank jobs
@@ -105,31 +105,24 @@ ENDS_WITHIN_S = 180  # the 4 s the ranks take, with room for a loaded machine
 
 def start_graceful_job(*run_options: str):
     """`mpiprop run -n 2 RUN_OPTIONS graceful_exit.py`, its output piped as a launcher's is; returns once every
-    rank is ready, with the probe that every process of the job carries. A launcher that could not start
-    (`LAUNCHER_DID_NOT_START`) is started once more."""
-    for attempt in (1, 2):
+    rank is ready, with the probe that every process of the job carries."""
+    def start():
         probe = new_job_marker()
-        process = subprocess.Popen([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", *run_options,
-                                    str(GRACEFUL_EXIT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT,
-                                   start_new_session=True)
-        output, deadline = "", time.monotonic() + STARTS_WITHIN_S
+        return subprocess.Popen([sys.executable, "-m", "mpiprop.launch", "run", "-n", "2", *run_options,
+                                 str(GRACEFUL_EXIT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=mpi_env({"TEST_PROBE": probe}), cwd=REPOSITORY_ROOT,
+                                start_new_session=True), probe
+
+    def not_ready(started):
+        process, output, deadline = started[0], "", time.monotonic() + STARTS_WITHIN_S
         while output.count("READY") < 2:
             ready, _, _ = select.select([process.stdout], [], [], max(deadline - time.monotonic(), 0))
             chunk = os.read(process.stdout.fileno(), 65536).decode() if ready else ""
             if not chunk:
-                break
+                return f"the job ended or stalled before both ranks were ready (status {process.poll()}): {output}"
             output += chunk
-        else:
-            return process, probe
-        stderr = stderr_once_ended(process)
-        if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
-            continue
-        kill_processes(processes_with("TEST_PROBE", probe))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"the job ended or stalled before both ranks were ready (status {process.poll()}): {output}\n"
-                    f"--- stderr ---\n{stderr}")
+
+    return start_until_ready(start, not_ready, lambda started: stop_probed(*started))
 
 
 @contextlib.contextmanager
@@ -137,9 +130,7 @@ def nothing_left(process, probe):
     try:
         yield
     finally:
-        kill_processes(processes_with("TEST_PROBE", probe))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_probed(process, probe)
 
 
 def signal_the_ranks_get(signum: int, flavour: str) -> str:

@@ -1,8 +1,10 @@
-"""The test helper that launches MPI jobs tries again only a launch whose launcher never started."""
+"""The test helpers that launch MPI jobs try again only a launch whose launcher never started."""
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
 
 import mpi_launch
 
@@ -58,3 +60,41 @@ def test_a_started_job_that_still_runs_has_no_stderr_yet():
     finally:
         running.kill()
         running.wait()
+
+
+def starts(outcomes):
+    """A `start` for start_until_ready giving stand-in launchers (stderr, status) in turn, and the list of those given."""
+    given = []
+
+    def start():
+        given.append((started(*outcomes[len(given)]),))
+        return given[-1]
+    return start, given
+
+
+def ended_at_once(started_launcher):
+    started_launcher[0].wait()
+    return f"ended with status {started_launcher[0].returncode}"
+
+
+def test_a_job_is_started_once_more_only_when_its_launcher_could_not_start():
+    start, given = starts([(DID_NOT_START, 213), ("", 0)])
+    stopped = []
+    assert mpi_launch.start_until_ready(start, lambda job: None if len(given) == 2 else ended_at_once(job),
+                                        stopped.append) is given[1]
+    assert stopped == []
+
+
+def test_a_job_that_is_not_ready_for_another_reason_is_stopped_and_fails_with_its_stderr():
+    start, given = starts([("Traceback (most recent call last):\nValueError: x\n", 1), ("", 0)])
+    stopped = []
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)ended with status 1.*ValueError: x"):
+        mpi_launch.start_until_ready(start, ended_at_once, stopped.append)
+    assert stopped == given and len(given) == 1
+
+
+def test_a_launcher_that_could_not_start_twice_fails():
+    start, given = starts([(DID_NOT_START, 213), (DID_NOT_START, 213), ("", 0)])
+    with pytest.raises(pytest.fail.Exception, match="ended with status 213"):
+        mpi_launch.start_until_ready(start, ended_at_once, lambda job: None)
+    assert len(given) == 2
