@@ -123,23 +123,24 @@ def stderr_once_ended(job: subprocess.Popen, wait_s: float = 10) -> str | None:
 
 
 def start_until_ready(start: Callable[[], tuple], not_ready: Callable[[tuple], str | None],
-                      stop: Callable[[tuple], None]) -> tuple:
+                      stop: Callable[[tuple], None], wait_s: float = 10) -> tuple:
     """What `start()` gives (the launcher's Popen, stderr piped, first), once `not_ready` of it gives None.
 
     `not_ready` waits for the job to be ready and otherwise says why not (it ended, or was not ready in
-    time). A launcher that could not start (`LAUNCHER_DID_NOT_START`) is then started once more; any
-    other job is stopped with `stop` and fails the test with the reason and its stderr.
+    time). A launcher that could not start (`LAUNCHER_DID_NOT_START`, seen within `wait_s` seconds) is
+    then started once more; any other job is stopped with `stop` and fails the test with the reason and
+    its stderr.
     """
     for attempt in (1, 2):
         started = start()
         reason = not_ready(started)
         if reason is None:
             return started
-        stderr = stderr_once_ended(started[0])
+        stderr = stderr_once_ended(started[0], wait_s)
         if attempt == 1 and LAUNCHER_DID_NOT_START in (stderr or ""):
             continue
         stop(started)
-        pytest.fail(f"{reason}\n--- stderr ---\n{stderr}")
+        pytest.fail(f"{reason}\n--- stderr ---\n{stderr if stderr is not None else stderr_once_ended(started[0])}")
 
 
 def stop_probed(process: subprocess.Popen, probe: str) -> None:

@@ -326,8 +326,8 @@ def start_mpiprop(*arguments, script="dp_leave.py", ranks=2, timeout=120):
         deadline = time.monotonic() + timeout
         while len([pid for pid in processes_with("TEST_PROBE", probe) if script in command_line(pid)]) < ranks:
             if process.poll() is not None or time.monotonic() > deadline:
-                return (f"{ranks} ranks of {script} did not start within {timeout} s "
-                        f"(the launcher's status: {process.poll()})")
+                return (f"{ranks} ranks of {script} were not running after {time.monotonic() - deadline + timeout:.0f}"
+                        f" s (the launcher's status: {process.poll()})")
             time.sleep(0.1)
         time.sleep(1)  # past MPI's start, into training
 

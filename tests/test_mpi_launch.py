@@ -98,3 +98,11 @@ def test_a_launcher_that_could_not_start_twice_fails():
     with pytest.raises(pytest.fail.Exception, match="ended with status 213"):
         mpi_launch.start_until_ready(start, ended_at_once, lambda job: None)
     assert len(given) == 2
+
+
+def test_a_job_still_running_when_not_ready_is_stopped_and_fails_with_its_stderr():
+    program = "import sys, time; sys.stderr.write('still starting'); sys.stderr.flush(); time.sleep(60)"
+    running = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE)
+    with pytest.raises(pytest.fail.Exception, match="(?s)not ready in time.*still starting"):
+        mpi_launch.start_until_ready(lambda: (running,), lambda job: "not ready in time",
+                                     lambda job: job[0].kill(), wait_s=0.5)
