@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.compute.blocks import as_rows
 from mpiprop.network.compute.inplace import add_matmul_
 from mpiprop.network.compute.matmul import matmul
 from mpiprop.network.compute.reductions import column_sums
-
-
-def _rows(array: Array) -> Array:
-    """`array` of shape (..., width) as (rows, width), a view where it can be one."""
-    return array if array.ndim == 2 else array.reshape(-1, array.shape[-1])
 
 
 def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> Array:
@@ -23,7 +19,7 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> Array:
     Returns:
         A new array of shape (..., out).
     """
-    rows = _rows(x)
+    rows = as_rows(x)
     if bias is None:
         y = matmul(rows, weight)
     else:  # the product added onto rows of the bias: one gemm, no separate pass to add the bias
@@ -35,7 +31,7 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None) -> Array:
 
 def linear_input_grad(dy: Array, weight: Array) -> Array:
     """dx = dy @ weight.T, for `dy` of shape (..., out): a new array of shape (..., in)."""
-    dx = matmul(_rows(dy), weight, transpose_b=True)
+    dx = matmul(as_rows(dy), weight, transpose_b=True)
     return dx if dy.ndim == 2 else dx.reshape(*dy.shape[:-1], weight.shape[0])
 
 
@@ -48,7 +44,7 @@ def linear_weight_grad_(weight_grad: Array, bias_grad: Array | None, x: Array, d
         x: the forward's input, of shape (..., in).
         dy: the gradient of the output, of shape (..., out).
     """
-    rows = _rows(dy)
-    add_matmul_(weight_grad, _rows(x).T, rows)
+    rows = as_rows(dy)
+    add_matmul_(weight_grad, as_rows(x).T, rows)
     if bias_grad is not None:
         bias_grad += column_sums(rows)[0]
