@@ -45,7 +45,7 @@ def add_matmul_(out: Array, a: Array, b: Array) -> None:
 def _numpy_add_matmul_(out: numpy.ndarray, a: numpy.ndarray, b: numpy.ndarray) -> None:
     if mkl_add_matmul_(out, a, b):
         return
-    if a.ndim == 2 and a.shape[1] >= TEMPORARY_PRODUCT_FROM * max(out.shape, default=0):
+    if a.ndim == 2 and a.shape[1] >= TEMPORARY_PRODUCT_FROM * max(out.shape):
         out += a @ b
         return
     prefix = _blas_prefix(out, a, b)
