@@ -60,6 +60,11 @@ def check_collectives_of_the_door(comm: Communicator) -> None:
     assert comm.allgatherv(parts, counts) is parts
     numpy.testing.assert_array_equal(parts, numpy.repeat(numpy.arange(n), counts))
 
+    equal = numpy.zeros(3 * n)
+    equal[3 * r:3 * r + 3] = r
+    assert comm.allgatherv(equal, [3] * n) is equal
+    numpy.testing.assert_array_equal(equal, numpy.repeat(numpy.arange(n), 3))
+
     whole = numpy.arange(sum(counts), dtype=numpy.float32) * (r + 1)
     mine = numpy.zeros(counts[r], dtype=numpy.float32)
     comm.ireduce_scatter(whole, mine, counts).then(lambda: mine.__imul__(2)).wait()
