@@ -56,3 +56,13 @@ def test_a_row_window_gives_a_shard_the_rows_of_the_global_batchs_mask_and_moves
     with rng.row_window(3, 7):
         shards = [layer.forward(x[3:5])[0], layer.forward(x[3:5])[0]]
     assert all(numpy.array_equal(shard, mask[3:5]) for shard, mask in zip(shards, expected))
+
+
+def test_rows_within_a_window_count_from_the_windows_offset_and_keep_its_draw():
+    x = numpy.ones((7, 9), dtype=numpy.float32)
+    expected = two_dropouts()[1].forward(x)[0]
+    alone, nested = two_dropouts()[1], two_dropouts()[1]
+    with rng.rows_within(3, 7):  # no enclosing window: the same as row_window(3, 7)
+        assert numpy.array_equal(alone.forward(x[3:5])[0], expected[3:5])
+    with rng.row_window(2, 7), rng.rows_within(1, 4):  # rows 1.. of the window's rows 2..5: global rows 3..
+        assert numpy.array_equal(nested.forward(x[3:5])[0], expected[3:5])

@@ -96,6 +96,19 @@ def row_window(offset: int, total: int) -> Iterator[None]:
         _row_window = saved
 
 
+@contextmanager
+def rows_within(offset: int, total: int) -> Iterator[None]:
+    """`row_window(offset, total)` for an input whose rows `offset`.. of `total` this process holds; inside an
+    enclosing window, whose rows that input is, the offset counts from the window's own and its draw is kept."""
+    if _row_window is None:
+        with row_window(offset, total):
+            yield
+        return
+    outer_offset, outer_total = _row_window
+    with row_window(outer_offset + offset, outer_total):
+        yield
+
+
 def draw_rows(generator, shape: tuple[int, ...], dtype) -> Any:
     """`generator.random(shape)`, or, inside `row_window`, this process's rows of the window's whole draw."""
     if _row_window is None:

@@ -64,7 +64,7 @@ class CausalSelfAttention(Layer):
         self._check_input(x)
         fused, qkv_cache = self.qkv.forward(x)
         q, k, v = core.split_heads(fused, self.num_heads)
-        merged = get_array_module(x).empty(x.shape[:-1] + (q.shape[1] * q.shape[3],), dtype=v.dtype)
+        merged = get_array_module(x).empty(fused.shape[:-1] + (q.shape[1] * q.shape[3],), dtype=v.dtype)
         _, attention_cache = core.causal_attention(q, k, v, self._attention_dropout_mask(q.shape, q.dtype, x),
                                                    into=merged)
         y, proj_cache = self.proj.forward(merged)

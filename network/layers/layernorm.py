@@ -1,6 +1,8 @@
 """LayerNorm: normalise each sample over its last dimensions, then scale and shift, as PyTorch's LayerNorm."""
 from __future__ import annotations
 
+import math
+
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
@@ -86,7 +88,7 @@ class LayerNorm(Layer):
 
     def _rows(self, x: Array) -> Array:
         """x with the normalised dimensions as one last axis (a view where it can be one)."""
-        return x.reshape(x.shape[:x.ndim - len(self.normalized_shape)] + (-1,))
+        return x.reshape(x.shape[:x.ndim - len(self.normalized_shape)] + (math.prod(self.normalized_shape),))
 
     def _check_input(self, x: Array) -> None:
         float_array(x, f"input of {self!r}")
