@@ -7,6 +7,7 @@
     mpiexec -n 4 python examples/train_gpt.py --pipeline-stages 2   # 2 replicas of a 2-stage pipeline
     python examples/train_gpt.py --recompute           # each block half recomputed in backward
     mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2   # each block split over 2 ranks (Megatron)
+    mpiexec -n 2 python examples/train_gpt.py --tensor-parallel 2 --sequence-parallel   # ... norms on 1/2 the rows
     mpiexec -n 8 python examples/train_gpt.py --tensor-parallel 2 --pipeline-stages 2   # 2 x 2 x 2 (3-D)
 
 The text is found at run time on every machine with Python: the .py files directly inside the
@@ -71,6 +72,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="data parallel with sharded optimizer state (1) and gradients (2) (default 0)")
     parser.add_argument("--tensor-parallel", type=int, default=1, metavar="T",
                         help="split each stage over T ranks: attention heads, MLPs and the vocabulary (default 1)")
+    parser.add_argument("--sequence-parallel", action="store_true",
+                        help="with --tensor-parallel, run the LayerNorms, dropout and residual sums on 1/T of the "
+                             "rows each (Megatron's sequence parallelism)")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute each block half's activations in backward instead of keeping them")
     return parser.parse_args(argv)
@@ -197,7 +201,8 @@ def build_strategy(model: nn.Sequential, args: argparse.Namespace, world_size: i
             raise SystemExit("--zero shards a data-parallel optimizer; leave it out with --pipeline-stages "
                              "or --tensor-parallel")
         if args.tensor_parallel > 1:
-            model = distributed.tensor_parallel_gpt(model, distributed.tensor_parallel_group(args.tensor_parallel))
+            model = distributed.tensor_parallel_gpt(model, distributed.tensor_parallel_group(args.tensor_parallel),
+                                                    sequence_parallel=args.sequence_parallel)
         return distributed.Pipeline(model, args.micro_batches, args.schedule, stages=args.pipeline_stages)
     if world_size > 1 or args.zero:
         return distributed.DataParallel(model, shard_optimizer_state=args.zero)

@@ -88,7 +88,7 @@ def test_unknown_parts_are_refused_with_the_choices(bench, capsys):
     assert "unknown ['speed']; choose among gpt, cnn, data-parallel, compare-training" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--layouts", "pipeline,zero"])
-    assert "unknown ['zero']; choose among tensor_parallel, pipeline" in capsys.readouterr().err
+    assert "unknown ['zero']; choose among tensor_parallel, sequence_parallel, pipeline" in capsys.readouterr().err
 
 
 @pytest.mark.mpi
@@ -96,14 +96,15 @@ def test_data_parallel_part_reports_against_its_ceiling(bench, capsys):
     result = bench.main(["--parts", "data-parallel", *TINY_GPT, "--warmup-steps", "0", "--timeout", "240"])
     figures = result["data_parallel"]
     assert figures["ranks"] == 2
-    layouts = {"data_parallel", "tensor_parallel", "pipeline"}
+    layouts = {"data_parallel", "tensor_parallel", "sequence_parallel", "pipeline"}
     assert set(figures["tokens_per_s"]) == {"single", "independent"} | layouts
     assert set(figures["of_ceiling"]) == set(figures["bound_of_ceiling"]) == layouts
     assert all(value > 0 for value in figures["of_ceiling"].values()) and figures["weak_scaling_efficiency"] > 0
     assert figures["bound_of_ceiling"]["pipeline"] == pytest.approx(1 - figures["pipeline_schedule"]["bubble"])
     assert 0 < figures["pipeline_schedule"]["bubble"] < 1
     out = capsys.readouterr().out
-    assert "tensor parallel T=2" in out and "2 pipeline stages" in out and "of the ceiling" in out
+    assert "tensor parallel T=2" in out and "sequence parallel" in out and "2 pipeline stages" in out
+    assert "of the ceiling" in out
 
 
 def test_plot_curves_refuses_no_curves_and_uneven_ones(tmp_path):

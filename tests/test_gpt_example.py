@@ -71,9 +71,14 @@ def alone_val_loss(train_gpt):
 @pytest.mark.parametrize("ranks, flags", [(2, ["--pipeline-stages", "2"]), (2, ["--zero", "1"]), (2, ["--zero", "2"]),
                                           (2, ["--recompute"]), (4, ["--pipeline-stages", "2", "--recompute"]),
                                           (2, ["--tensor-parallel", "2"]), (4, ["--tensor-parallel", "2"]),
-                                          (4, ["--tensor-parallel", "2", "--pipeline-stages", "2", "--recompute"])],
+                                          (4, ["--tensor-parallel", "2", "--pipeline-stages", "2", "--recompute"]),
+                                          (2, ["--tensor-parallel", "2", "--sequence-parallel"]),
+                                          (4, ["--tensor-parallel", "2", "--sequence-parallel",
+                                               "--pipeline-stages", "2", "--recompute"])],
                          ids=["2 stages", "ZeRO-1", "ZeRO-2", "recompute", "2 replicas of 2 stages, recompute",
-                              "2 tensor ranks", "2 replicas of 2 tensor ranks", "2 stages x 2 tensor ranks, recompute"])
+                              "2 tensor ranks", "2 replicas of 2 tensor ranks", "2 stages x 2 tensor ranks, recompute",
+                              "2 tensor ranks, sequence parallel",
+                              "2 stages x 2 tensor ranks, sequence parallel, recompute"])
 def test_layout_flags_match_one_process(alone_val_loss, ranks, flags):
     result = run_mpi(EXAMPLE, ranks, *TINY, *flags, timeout=300)
     found = re.findall(r"val_loss=([0-9.]+)", result.stdout)

@@ -11,6 +11,10 @@ from mpiprop.distributed.tensor_parallel import (
     HeadParallelSelfAttention, VocabParallelCrossEntropy, VocabParallelEmbedding, VocabParallelTiedLinear,
     full_state_dict, tensor_parallel_gpt, tensor_parallel_group,
 )
+from mpiprop.distributed.tensor_parallel.sequence_parallel import shard_counts
+from mpiprop.distributed.tensor_parallel.sequence_parallel_layers import (
+    SequenceParallelDropout, SequenceParallelLayerNorm, SequenceParallelTokenPositionEmbedding,
+)
 from mpiprop.distributed.tensor_parallel.split import Split, cut_share
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import vocab_shard
 from mpiprop.network.models.gpt import gpt
@@ -25,11 +29,16 @@ CHECKS_ALONE = ("dropout=0.0 loss and gradients", "dropout=0.1 loss and gradient
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks, size", [(2, 2), (4, 4), (4, 2)])
-def test_split_gpt_equals_one_process(ranks, size):
-    output = run_mpi("tp_gpt_equivalence.py", ranks, str(size), timeout=300).stdout
+@pytest.mark.parametrize("ranks, size, sequence_parallel", [(2, 2, False), (4, 4, False), (4, 2, False),
+                                                             (2, 2, True), (4, 4, True), (4, 2, True)])
+def test_split_gpt_equals_one_process(ranks, size, sequence_parallel):
+    flags = ["sequence-parallel"] if sequence_parallel else []
+    output = run_mpi("tp_gpt_equivalence.py", ranks, str(size), *flags, timeout=300).stdout
     checks = CHECKS_ALONE if ranks == size else (f"stages=1 replicas={ranks // size} trainer and checkpoint",
                                                  "stages=2 replicas=1 trainer and checkpoint")
+    if sequence_parallel and ranks == size:  # fewer rows than ranks, and rows the ranks do not divide
+        checks += (f"dropout=0.1 rows={size - 1} loss and gradients", f"dropout=0.1 rows={size + 1} loss and gradients",
+                   "layer norms on each rank's shard of the rows")
     for check in checks:
         match = re.search(rf"T={size} {re.escape(check)} max_abs_diff=(\S+)", output)
         assert match and float(match.group(1)) <= TOLERANCE, (check, output)
@@ -81,12 +90,21 @@ def tiny_gpt(seed: int = 0, **overrides) -> nn.Sequential:
     return gpt(**sizes, dtype=numpy.float64)
 
 
-def test_a_group_of_one_rank_is_the_whole_gpt(alone):
-    whole = tiny_gpt()
-    split = tensor_parallel_gpt(tiny_gpt(), alone)
+@pytest.mark.parametrize("rows, ranks", [(4, 2), (5, 2), (1, 2), (7, 4), (3, 4), (0, 3)])
+def test_shards_of_rows_cover_them_in_order_as_array_split_cuts_them(rows, ranks):
+    assert shard_counts(rows, ranks) == [len(part) for part in numpy.array_split(numpy.arange(rows), ranks)]
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_a_group_of_one_rank_is_the_whole_gpt(alone, sequence_parallel):
+    whole = tiny_gpt(dropout=0.1)
+    split = tensor_parallel_gpt(tiny_gpt(dropout=0.1), alone, sequence_parallel=sequence_parallel)
     kinds = {type(layer) for layer in split.descendants()}
     assert {HeadParallelSelfAttention, VocabParallelEmbedding, VocabParallelTiedLinear} <= kinds
     assert split[-1].weight is split[0].wte.weight
+    region = {SequenceParallelDropout, SequenceParallelLayerNorm, SequenceParallelTokenPositionEmbedding}
+    assert region <= kinds if sequence_parallel else not region & kinds
+    whole.eval(), split.eval()
     ids = numpy.random.default_rng(0).integers(0, 11, size=(3, 6))
     targets = numpy.roll(ids, -1, axis=1)
     targets[0, 0] = -100
@@ -95,6 +113,14 @@ def test_a_group_of_one_rank_is_the_whole_gpt(alone):
     state = full_state_dict(split)
     assert state.keys() == whole.state_dict().keys()
     assert all(numpy.array_equal(state[name], value) for name, value in whole.state_dict().items())
+
+
+def test_sequence_parallelism_refuses_a_layer_it_cannot_run_on_a_shard_of_the_rows(alone):
+    layers = list(tiny_gpt().layers)
+    model = nn.Sequential(*layers[:-2], nn.Linear(8, 8), *layers[-2:])
+    with pytest.raises(ValueError, match=r"does not know how to do that for Linear\(8, 8.*pass sequence_parallel=False"):
+        tensor_parallel_gpt(model, alone, sequence_parallel=True)
+    assert tensor_parallel_gpt(model, alone)[-3] is model[-3]
 
 
 def test_wrong_arguments_are_named(alone):

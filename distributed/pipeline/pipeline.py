@@ -22,7 +22,7 @@ from mpiprop.distributed.pipeline.pipeline_stats import StageStats
 from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
 from mpiprop.distributed.pipeline.schedule_simulation import check_schedule, simulate
 from mpiprop.distributed.pipeline.stage import RunResult, StageExecutor
-from mpiprop.distributed.pipeline.tensor_group import agree_within_tensor_group, check_draws_alike
+from mpiprop.distributed.pipeline.tensor_group import agree_within_tensor_group, check_draws_alike, rows_between_stages
 from mpiprop.distributed.pipeline.tied_parameters import TiedParameters
 from mpiprop.distributed.reliability.consistency import check_same_model
 from mpiprop.distributed.reliability.job_guards import start
@@ -139,7 +139,7 @@ class Pipeline(ReleasesCommunicator):
         check_schedule(self.schedule, self.micro_batches, self.virtual_stages)
         simulate(self.schedule)  # raises ScheduleDeadlock if the step order could ever hang
         self.steps: list[Step] = self.schedule[self.stage_index]
-        self._executor = StageExecutor(self.chunks, self.pipeline_comm)
+        self._executor = StageExecutor(self.chunks, self.pipeline_comm, rows_between_stages(model, self.tensor_comm))
         self.gradient_sync = None if self.data_comm is None else replica_gradient_sync(
             self.chunks, self.parameters(), [buffer for _, buffer in self.named_buffers()], self.data_comm,
             bucket_cap_mb, shared_memory)

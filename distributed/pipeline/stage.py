@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
@@ -41,10 +41,14 @@ class StageExecutor:
     Args:
         chunks: this rank's slices of the model, in chunk order.
         comm: the pipeline communicator; its ranks are the stages, in order.
+        activation_rows: the rows of the activation between stages for a micro-batch of so many rows
+            (all of them unless a tensor-parallel model cuts them; see `rows_between_stages`).
     """
 
-    def __init__(self, chunks: list[Sequential], comm: Communicator):
+    def __init__(self, chunks: list[Sequential], comm: Communicator,
+                 activation_rows: Callable[[int], int] = lambda rows: rows):
         self.chunks = chunks
+        self.activation_rows = activation_rows
         self.comm = comm
         self.rank, self.ranks = comm.rank, comm.size
         self.virtual_stages = len(chunks) * self.ranks
@@ -239,7 +243,8 @@ class _Run:
             if feature is None:
                 return
             shape, dtype = feature
-            buffer = self.executor.xp.empty((self.plan.sizes[step.micro_batch], *shape), dtype=dtype)
+            rows = self.executor.activation_rows(self.plan.sizes[step.micro_batch])
+            buffer = self.executor.xp.empty((rows, *shape), dtype=dtype)
             self.links.post_receive(buffer, stage, step.micro_batch, ACTIVATION)
             self.next_incoming += 1
             self.posted_ahead += 1

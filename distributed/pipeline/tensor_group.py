@@ -1,8 +1,9 @@
 """The tensor ranks of a pipeline stage: their group's place in the grid, and the state they must hold alike."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
+from mpiprop.distributed.tensor_parallel.sequence_parallel import shard_counts
 from mpiprop.distributed.tensor_parallel.split import Split
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array
@@ -30,6 +31,14 @@ def check_tensor_group(comm: Communicator, tensor_comm: Communicator, tensor_ran
         raise ValueError(f"Pipeline: the model's tensor-parallel layers are split over groups that are not "
                          f"{tensor_comm.size} consecutive ranks of the pipeline's communicator; build "
                          "them with tensor_parallel_group(T, comm) over the communicator given to Pipeline")
+
+
+def rows_between_stages(model: Sequential, tensor_comm: Communicator | None) -> Callable[[int], int]:
+    """The rows of the activation a stage receives for a micro-batch of so many rows: all of them, or this
+    tensor rank's shard under sequence parallelism (its split layers' activations are cut by rows)."""
+    if tensor_comm is None or not any(getattr(layer, "sequence_parallel", False) for layer in model.descendants()):
+        return lambda rows: rows
+    return lambda rows: shard_counts(rows, tensor_comm.size)[tensor_comm.rank]
 
 
 def check_draws_alike(chunks: list[Sequential], tensor_comm: Communicator, stage_index: int) -> None:

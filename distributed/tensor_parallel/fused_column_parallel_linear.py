@@ -20,19 +20,20 @@ class FusedColumnParallelLinear(ColumnParallelLinear):
         linear: the whole Linear; group rank 0's weights are used on every rank.
         group: the tensor-parallel Communicator (see `tensor_parallel_group`).
         blocks: how many blocks the output columns hold (3 for q, k and v).
+        sequence_parallel: whether the input comes cut by rows over the group (see ColumnParallelLinear).
 
     Raises:
         ValueError: when the output width is not a multiple of blocks x ranks.
     """
 
-    def __init__(self, linear: Linear, group: Communicator, blocks: int = 3):
+    def __init__(self, linear: Linear, group: Communicator, blocks: int = 3, *, sequence_parallel: bool = False):
         self.blocks = blocks
         width = getattr(linear, "out_features", 0)
         if isinstance(group, Communicator) and width % (blocks * group.size):
             raise ValueError(f"{type(self).__name__} splits each of the {blocks} blocks of the {width} output columns "
                              f"of {linear!r} over {group.size} ranks, but {width // blocks} is not a multiple of "
                              f"{group.size}; choose a width divisible by {blocks * group.size}")
-        super().__init__(linear, group)
+        super().__init__(linear, group, sequence_parallel=sequence_parallel)
 
     def parameter_splits(self) -> dict[str, Split]:
         return {name: Split(split.axis, split.whole, split.ranks, self.blocks)

@@ -5,6 +5,7 @@ from typing import Any
 
 from mpiprop.distributed.tensor_parallel.fused_column_parallel_linear import FusedColumnParallelLinear
 from mpiprop.distributed.tensor_parallel.row_parallel_linear import RowParallelLinear
+from mpiprop.distributed.tensor_parallel.sequence_parallel_layers import SequenceParallelDropout
 from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.backend import Array
@@ -24,17 +25,23 @@ class HeadParallelSelfAttention(CausalSelfAttention):
     Attention dropout draws the whole model's mask and keeps the rank's heads, so a seeded
     run drops what one process would.
 
+    With `sequence_parallel`, this rank's shard of the rows (the first axis) comes in and goes out:
+    `qkv` gathers the whole activation (one allgather), `proj` reduce-scatters its sums back into
+    shards, and the output dropout drops the shard's rows of the whole activation's mask; backward
+    runs the same collectives the other way.
+
     Args:
         attention: the whole layer; group rank 0's weights are used on every rank. Its `output_dropout`
             and random stream are shared, not copied.
         group: the tensor-parallel Communicator (see `tensor_parallel_group`).
+        sequence_parallel: whether the activation comes and goes cut by rows over the group.
 
     Raises:
         TypeError: when `attention` is not a CausalSelfAttention or `group` not a Communicator.
         ValueError: when the number of heads is not a multiple of the group size.
     """
 
-    def __init__(self, attention: CausalSelfAttention, group: Communicator):
+    def __init__(self, attention: CausalSelfAttention, group: Communicator, *, sequence_parallel: bool = False):
         Layer.__init__(self)
         if not isinstance(attention, CausalSelfAttention):
             raise TypeError(f"{type(self).__name__} is built from a network CausalSelfAttention, "
@@ -47,10 +54,11 @@ class HeadParallelSelfAttention(CausalSelfAttention):
         self.embed_dim, self.dropout = attention.embed_dim, attention.dropout
         self.total_heads, self.num_heads = attention.num_heads, attention.num_heads // group.size
         self.group = group
-        self.qkv = FusedColumnParallelLinear(attention.qkv, group, blocks=3)
-        self.proj = RowParallelLinear(attention.proj, group)
+        self.qkv = FusedColumnParallelLinear(attention.qkv, group, blocks=3, sequence_parallel=sequence_parallel)
+        self.proj = RowParallelLinear(attention.proj, group, sequence_parallel=sequence_parallel)
         self.attention_stream = attention.attention_stream
-        self.output_dropout = attention.output_dropout
+        self.output_dropout = SequenceParallelDropout(attention.output_dropout, group) if sequence_parallel \
+            else attention.output_dropout
 
     def _attention_dropout_mask(self, heads_shape: tuple[int, ...], dtype: Any, x: Array) -> Array | None:
         batch, heads, time, size = heads_shape

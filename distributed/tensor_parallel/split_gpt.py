@@ -6,14 +6,19 @@ import copy
 from mpiprop.distributed.tensor_parallel.column_parallel_linear import ColumnParallelLinear
 from mpiprop.distributed.tensor_parallel.head_parallel_attention import HeadParallelSelfAttention
 from mpiprop.distributed.tensor_parallel.row_parallel_linear import RowParallelLinear
+from mpiprop.distributed.tensor_parallel.sequence_parallel_layers import (
+    SequenceParallelDropout, SequenceParallelLayerNorm, SequenceParallelTokenPositionEmbedding,
+)
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import VocabParallelEmbedding
 from mpiprop.distributed.tensor_parallel.vocab_parallel_head import VocabParallelTiedLinear
 from mpiprop.distributed.tensor_parallel.group import require_group
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.attention import CausalSelfAttention
+from mpiprop.network.layers.dropout import Dropout
 from mpiprop.network.layers.embedding import Embedding
 from mpiprop.network.layers.layer import Layer
+from mpiprop.network.layers.layernorm import LayerNorm
 from mpiprop.network.layers.linear import Linear
 from mpiprop.network.layers.recompute import Recompute
 from mpiprop.network.layers.residual import Residual
@@ -22,7 +27,7 @@ from mpiprop.network.layers.tied_head import TiedLinear
 from mpiprop.network.layers.token_position_embedding import TokenPositionEmbedding
 
 
-def tensor_parallel_gpt(model: Sequential, group: Communicator) -> Sequential:
+def tensor_parallel_gpt(model: Sequential, group: Communicator, *, sequence_parallel: bool = False) -> Sequential:
     """The tensor-parallel form of `model` (built by `gpt(...)`, the same on every rank) over `group`.
 
     Layer by layer: the token embedding's table by vocabulary shards (`VocabParallelEmbedding`,
@@ -35,66 +40,99 @@ def tensor_parallel_gpt(model: Sequential, group: Communicator) -> Sequential:
     `load_full_state_dict` and a `Pipeline`'s checkpoints join shares into whole arrays and cut
     them back. Collective over `group`.
 
+    With `sequence_parallel` (Megatron's sequence parallelism), the layers between the split ones
+    (LayerNorms, dropout, the residual sums, the positions) run on this rank's shard of the rows
+    (the first axis, the batch) instead of all of them: the embedding and each split pair's output
+    reduce-scatter instead of allreducing, each split layer's input is gathered (allgather), and the
+    LayerNorms' parameter gradients are summed over the group. The numbers are the same; each rank
+    normalises and adds 1/T of the rows, and pipeline stages pass each other their shards.
+
     Args:
         model: the whole GPT; group rank 0's values are used on every rank.
         group: the tensor-parallel Communicator (see `tensor_parallel_group`).
+        sequence_parallel: cut the activation between the split layers by rows over the group.
 
     Returns:
         A Sequential with the same layers and parameter names, holding this rank's shares.
 
     Raises:
         TypeError: for a model that is not a Sequential or a group that is not a Communicator.
-        ValueError: when the heads, the MLP width or the Linear pairs do not split over the group.
+        ValueError: when the heads, the MLP width or the Linear pairs do not split over the group; with
+            `sequence_parallel`, for a layer with parameters that it does not know how to run on a shard of the rows.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"tensor_parallel_gpt splits a network Sequential built by gpt(...), "
                         f"got {type(model).__name__}")
     require_group(group, "tensor_parallel_gpt")
-    embeddings: dict[int, VocabParallelEmbedding] = {}
-    split = Sequential(*[_split_layer(layer, group, embeddings) for layer in model])
+    splitter = _Splitter(group, bool(sequence_parallel))
+    split = Sequential(*[splitter.layer(layer) for layer in model])
     _broadcast_unsplit(split, group)
     return split
 
 
-def _split_layer(layer: Layer, group: Communicator, embeddings: dict[int, VocabParallelEmbedding]) -> Layer:
-    if isinstance(layer, TokenPositionEmbedding):
-        split = copy.copy(layer)
-        split.wte = _vocab_parallel(layer.wte, group, embeddings)
+class _Splitter:
+    """Each layer's tensor-parallel form; remembers the vocabulary-parallel embeddings for the tied heads."""
+
+    def __init__(self, group: Communicator, sequence_parallel: bool):
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.embeddings: dict[int, VocabParallelEmbedding] = {}
+
+    def layer(self, layer: Layer) -> Layer:
+        if isinstance(layer, TokenPositionEmbedding):
+            if self.sequence_parallel:
+                return SequenceParallelTokenPositionEmbedding(layer, self._vocab_parallel(layer.wte))
+            split = copy.copy(layer)
+            split.wte = self._vocab_parallel(layer.wte)
+            return split
+        if isinstance(layer, Embedding):
+            return self._vocab_parallel(layer)
+        if isinstance(layer, TiedLinear):
+            if id(layer.weight) not in self.embeddings:
+                raise ValueError(f"{layer!r} shares the weight of an Embedding that comes after it in the model; "
+                                 "tensor_parallel_gpt needs the embedding first, as gpt(...) builds it")
+            return VocabParallelTiedLinear(self.embeddings[id(layer.weight)])
+        if isinstance(layer, CausalSelfAttention):
+            return HeadParallelSelfAttention(layer, self.group, sequence_parallel=self.sequence_parallel)
+        if isinstance(layer, Residual):
+            return Residual(*self._block(list(layer)))
+        if isinstance(layer, Recompute):
+            return Recompute(*[self.layer(inner) for inner in layer.layers])
+        return self._on_shard(layer) if self.sequence_parallel else layer
+
+    def _block(self, layers: list[Layer]) -> list[Layer]:
+        """A residual branch's layers, its Linear layers paired column then row; between a pair the rows are whole."""
+        linears = [index for index, layer in enumerate(layers) if type(layer) is Linear]
+        if len(linears) % 2:
+            raise ValueError(f"tensor_parallel_gpt pairs the Linear layers of a block column then row, but the block "
+                             f"{[repr(layer) for layer in layers]} holds {len(linears)}; give it an even number")
+        columns, rows = set(linears[0::2]), set(linears[1::2])
+        split, inside_pair = [], False
+        for index, layer in enumerate(layers):
+            if index in columns:
+                split.append(ColumnParallelLinear(layer, self.group, sequence_parallel=self.sequence_parallel))
+            elif index in rows:
+                split.append(RowParallelLinear(layer, self.group, sequence_parallel=self.sequence_parallel))
+            else:
+                split.append(layer if inside_pair else self.layer(layer))
+            inside_pair = (inside_pair or index in columns) and index not in rows
         return split
-    if isinstance(layer, Embedding):
-        return _vocab_parallel(layer, group, embeddings)
-    if isinstance(layer, TiedLinear):
-        if id(layer.weight) not in embeddings:
-            raise ValueError(f"{layer!r} shares the weight of an Embedding that comes after it in the model; "
-                             "tensor_parallel_gpt needs the embedding first, as gpt(...) builds it")
-        return VocabParallelTiedLinear(embeddings[id(layer.weight)])
-    if isinstance(layer, CausalSelfAttention):
-        return HeadParallelSelfAttention(layer, group)
-    if isinstance(layer, Residual):
-        return Residual(*_split_block(list(layer), group, embeddings))
-    if isinstance(layer, Recompute):
-        return Recompute(*[_split_layer(inner, group, embeddings) for inner in layer.layers])
-    return layer
 
+    def _on_shard(self, layer: Layer) -> Layer:
+        """`layer` as it runs on this rank's shard of the rows under sequence parallelism."""
+        if isinstance(layer, LayerNorm):
+            return SequenceParallelLayerNorm(layer, self.group)
+        if isinstance(layer, Dropout):
+            return SequenceParallelDropout(layer, self.group)
+        if layer.parameters():
+            raise ValueError(f"tensor_parallel_gpt with sequence_parallel runs the layers between the split ones on "
+                             f"a shard of the rows, and does not know how to do that for {layer!r}, which has "
+                             "parameters; pass sequence_parallel=False")
+        return layer
 
-def _split_block(layers: list[Layer], group: Communicator,
-                 embeddings: dict[int, VocabParallelEmbedding]) -> list[Layer]:
-    """A residual branch's layers, its Linear layers paired column then row."""
-    linears = [index for index, layer in enumerate(layers) if type(layer) is Linear]
-    if len(linears) % 2:
-        raise ValueError(f"tensor_parallel_gpt pairs the Linear layers of a block column then row, but the block "
-                         f"{[repr(layer) for layer in layers]} holds {len(linears)}; give it an even number")
-    kinds = {index: ColumnParallelLinear if order % 2 == 0 else RowParallelLinear
-             for order, index in enumerate(linears)}
-    return [kinds[index](layer, group) if index in kinds else _split_layer(layer, group, embeddings)
-            for index, layer in enumerate(layers)]
-
-
-def _vocab_parallel(embedding: Embedding, group: Communicator,
-                    embeddings: dict[int, VocabParallelEmbedding]) -> VocabParallelEmbedding:
-    split = VocabParallelEmbedding(embedding, group)
-    embeddings[id(embedding.weight)] = split
-    return split
+    def _vocab_parallel(self, embedding: Embedding) -> VocabParallelEmbedding:
+        split = VocabParallelEmbedding(embedding, self.group, sequence_parallel=self.sequence_parallel)
+        self.embeddings[id(embedding.weight)] = split
+        return split
 
 
 def _broadcast_unsplit(model: Sequential, group: Communicator) -> None:

@@ -23,6 +23,8 @@ class SplitLinear(SplitLayer):
     Args:
         linear: the whole layer; group rank 0's weights are broadcast, so every rank slices the same matrix.
         group: the tensor-parallel Communicator (see `tensor_parallel_group`).
+        sequence_parallel: whether the activation outside the split pair is cut by rows over the group
+            (Megatron's sequence parallelism; see the subclasses for the collectives it changes).
 
     Raises:
         TypeError: when `linear` is not a Linear or `group` not a Communicator.
@@ -33,13 +35,14 @@ class SplitLinear(SplitLayer):
     split_axis = 1
     bias_split = False
 
-    def __init__(self, linear: Linear, group: Communicator):
+    def __init__(self, linear: Linear, group: Communicator, *, sequence_parallel: bool = False):
         super().__init__()
         if not isinstance(linear, Linear):
             raise TypeError(f"{type(self).__name__} is built from a network Linear, got {type(linear).__name__}")
         require_group(group, type(self).__name__)
         self.group = group
-        check_agreement(group, type(self).__name__, {
+        self.sequence_parallel = bool(sequence_parallel)
+        check_agreement(group, type(self).__name__, {"sequence_parallel": self.sequence_parallel,
             "in_features": linear.in_features, "out_features": linear.out_features,
             "bias": linear.bias is not None, "dtype": str(linear.weight.dtype)})
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -120,5 +123,6 @@ class SplitLinear(SplitLayer):
                             f"{x.dtype} input on {device_of(x)}; move or cast the input, or call model.to(...)")
 
     def extra_repr(self) -> str:
+        mode = ", sequence parallel" if self.sequence_parallel else ""
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
-                f"rank {self.group.rank} of {self.group.size}")
+                f"rank {self.group.rank} of {self.group.size}{mode}")

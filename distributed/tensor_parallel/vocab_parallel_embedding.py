@@ -1,6 +1,7 @@
 """VocabParallelEmbedding: an Embedding whose vocabulary rows are split over the tensor-parallel ranks."""
 from __future__ import annotations
 
+from mpiprop.distributed.tensor_parallel.sequence_parallel import gather_rows, reduce_scatter_rows
 from mpiprop.distributed.tensor_parallel.split import Split, cut_share
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.tensor_parallel.group import require_group
@@ -27,9 +28,14 @@ class VocabParallelEmbedding(SplitLayer):
     range, zeros for the others, and sums over the group (one allreduce), so every rank gets
     the whole (..., C) output; backward adds each id's gradient to the rank holding its row.
 
+    With `sequence_parallel`, forward sums the lookups and hands each rank its shard of the rows
+    (the first axis of the ids; one reduce-scatter), and backward gathers the whole output
+    gradient (one allgather).
+
     Args:
         embedding: the whole Embedding; group rank 0's table is used on every rank.
         group: the tensor-parallel Communicator (see `tensor_parallel_group`).
+        sequence_parallel: whether the output leaves cut by rows over the group.
 
     Raises:
         TypeError: when `embedding` is not an Embedding or `group` not a Communicator.
@@ -37,12 +43,13 @@ class VocabParallelEmbedding(SplitLayer):
 
     rank_specific = ("vocab_start", "vocab_stop")
 
-    def __init__(self, embedding: Embedding, group: Communicator):
+    def __init__(self, embedding: Embedding, group: Communicator, *, sequence_parallel: bool = False):
         super().__init__()
         if not isinstance(embedding, Embedding):
             raise TypeError(f"{type(self).__name__} is built from a network Embedding, got {type(embedding).__name__}")
         require_group(group, type(self).__name__)
         self.group = group
+        self.sequence_parallel = bool(sequence_parallel)
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         self.padding_idx = embedding.padding_idx
         self.vocab_start, self.vocab_stop = vocab_shard(self.num_embeddings, group.size, group.rank)
@@ -57,7 +64,7 @@ class VocabParallelEmbedding(SplitLayer):
         local, held = self._local_ids(ids)
         y = self.weight.data[local]
         y *= held[..., None]
-        return self.group.allreduce(y), ids
+        return reduce_scatter_rows(y, self.group) if self.sequence_parallel else self.group.allreduce(y), ids
 
     def backward_input(self, dy: Array, ids: Array) -> None:
         """None: integer ids have no gradient."""
@@ -65,6 +72,10 @@ class VocabParallelEmbedding(SplitLayer):
         return None
 
     def backward_weight(self, dy: Array, ids: Array) -> None:
+        self.add_weight_grad(gather_rows(dy, self.group) if self.sequence_parallel else dy, ids)
+
+    def add_weight_grad(self, dy: Array, ids: Array) -> None:
+        """Add the gradient of the whole output, `dy` (..., C) for all of `ids`, to this rank's rows of the table."""
         Embedding._check_output_grad(self, dy, ids)
         local, held = self._local_ids(ids.reshape(-1))
         if self.padding_idx is not None:
@@ -78,5 +89,6 @@ class VocabParallelEmbedding(SplitLayer):
         return xp.where(held, ids - self.vocab_start, 0), held
 
     def extra_repr(self) -> str:
+        mode = ", sequence parallel" if self.sequence_parallel else ""
         return (f"{self.num_embeddings}, {self.embedding_dim}, ids [{self.vocab_start}, {self.vocab_stop}) on rank "
-                f"{self.group.rank} of {self.group.size}")
+                f"{self.group.rank} of {self.group.size}{mode}")

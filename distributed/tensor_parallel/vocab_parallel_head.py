@@ -1,6 +1,7 @@
 """VocabParallelTiedLinear: the language-model head on a VocabParallelEmbedding's shard, giving the logits' shard."""
 from __future__ import annotations
 
+from mpiprop.distributed.tensor_parallel.sequence_parallel import gather_rows, reduce_scatter_rows
 from mpiprop.distributed.tensor_parallel.split import Split
 from mpiprop.distributed.tensor_parallel.split_layer import SplitLayer
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import VocabParallelEmbedding
@@ -18,6 +19,9 @@ class VocabParallelTiedLinear(SplitLayer):
     output is (..., stop - start), the logits of the ids this rank holds (padding rows give
     none), which `VocabParallelCrossEntropy` takes without ever gathering the V-wide logits.
     Forward needs no communication; backward sums the input gradient over the group (one allreduce).
+    With the embedding's `sequence_parallel`, the input is this rank's shard of the rows (the first
+    axis): forward gathers the whole activation (one allgather), backward reduce-scatters the input
+    gradient back into shards.
 
     As the last layer of a model in a `Pipeline`, every tensor rank of the last stage reports its
     shard as the output (`splits_output`), so a loss on the outputs runs on each of them.
@@ -38,6 +42,7 @@ class VocabParallelTiedLinear(SplitLayer):
             raise TypeError(f"{type(self).__name__} shares the weight of a VocabParallelEmbedding, "
                             f"got {type(embedding).__name__}")
         self.group = embedding.group
+        self.sequence_parallel = embedding.sequence_parallel
         self.weight = embedding.weight
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         self.held = embedding.vocab_stop - embedding.vocab_start
@@ -47,13 +52,15 @@ class VocabParallelTiedLinear(SplitLayer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         self._check_input(x)
+        if self.sequence_parallel:
+            x = gather_rows(x, self.group)
         logits = matmul(x.reshape(-1, self.embedding_dim), self.weight.data[:self.held], transpose_b=True)
         return logits.reshape(x.shape[:-1] + (self.held,)), x
 
     def backward_input(self, dy: Array, x: Array) -> Array:
         self._check_output_grad(dy, x)
-        dx = matmul(dy.reshape(x.size // self.embedding_dim, self.held), self.weight.data[:self.held])
-        return self.group.allreduce(dx).reshape(x.shape)
+        dx = matmul(dy.reshape(x.size // self.embedding_dim, self.held), self.weight.data[:self.held]).reshape(x.shape)
+        return reduce_scatter_rows(dx, self.group) if self.sequence_parallel else self.group.allreduce(dx)
 
     def backward_weight(self, dy: Array, x: Array) -> None:
         self._check_output_grad(dy, x)

@@ -1,6 +1,6 @@
 """Tensor-parallel GPT on T ranks against one process running the whole GPT on the same batch (float64).
 
-Usage: mpiexec -n N python tp_gpt_equivalence.py T. With N == T: the loss and every parameter's
+Usage: mpiexec -n N python tp_gpt_equivalence.py T [sequence-parallel]. With N == T: the loss and every parameter's
 gradient (shares gathered) of one batch, without and with dropout; vocabulary-parallel
 cross-entropy against CrossEntropyLoss (vocabulary not a multiple of T, ignore_index, each
 reduction); a few AdamW steps; the heads error; full state dicts both ways; the Trainer (AdamW,
@@ -8,7 +8,9 @@ clipping, validation) through a Pipeline of one stage, whose checkpoint loads in
 checkpoints with optimizer state resumed across the two layouts. With N == 2T:
 that Pipeline holds two replicas, each on half of the global batch; with N == 4 and T == 2 also
 a grid of 2 stages x 2 tensor ranks (the tied embedding and head on different stages); with N == 2
-also the GPT without tensor parallelism over 2 stages. Prints one line per check on
+also the GPT without tensor parallelism over 2 stages. With "sequence-parallel", every split GPT runs
+with sequence parallelism, the gradients are also checked on batches of fewer rows than ranks and of
+rows that the ranks do not divide. Prints one line per check on
 rank 0 ("<check> max_abs_diff=<x>"), then "rank R ok" for every rank that finished (printed by rank 0, so
 that no line of another rank can fall inside one of its lines).
 """
@@ -25,6 +27,7 @@ from mpiprop.distributed.tensor_parallel import (
     VocabParallelCrossEntropy, full_state_dict, load_full_state_dict, named_split_layers, tensor_parallel_gpt,
     tensor_parallel_group,
 )
+from mpiprop.distributed.tensor_parallel.sequence_parallel import shard_counts
 from mpiprop.distributed.tensor_parallel.vocab_parallel_embedding import vocab_shard
 from mpiprop.network.models.gpt import gpt
 from mpiprop.network.models.next_token_loss import NextTokenLoss
@@ -32,6 +35,11 @@ from mpiprop.network.training.checkpoint import read_checkpoint
 
 VOCAB, CONTEXT, LAYERS, HEADS, EMBED, BATCH, STEPS, SEED = 13, 8, 2, 4, 16, 4, 3, 7
 IGNORE = -100
+SEQUENCE_PARALLEL = sys.argv[2:] == ["sequence-parallel"]
+
+
+def split_gpt(group, dropout: float = 0.0) -> nn.Sequential:
+    return tensor_parallel_gpt(whole_gpt(dropout), group, sequence_parallel=SEQUENCE_PARALLEL)
 
 
 def whole_gpt(dropout: float = 0.0) -> nn.Sequential:
@@ -72,13 +80,29 @@ def one_step(model, loss_fn, ids, targets, dropout_seed: int) -> float:
     return loss
 
 
-def check_gradients(group, say, dropout: float) -> None:
-    reference, split = whole_gpt(dropout), tensor_parallel_gpt(whole_gpt(dropout), group)
-    ids, targets = batch(1)
+def check_gradients(group, say, dropout: float, rows: int = BATCH) -> None:
+    reference, split = whole_gpt(dropout), split_gpt(group, dropout)
+    ids, targets = batch(1, rows)
     expected = one_step(reference, NextTokenLoss(ignore_index=IGNORE), ids, targets, 11)
     loss = one_step(split, VocabParallelCrossEntropy(group, ignore_index=IGNORE), ids, targets, 11)
     worst = max(abs(loss - expected), largest_difference(full_gradients(split), full_gradients(reference), "grad"))
-    say(f"T={group.size} dropout={dropout} loss and gradients max_abs_diff={worst:.3e}")
+    size = "" if rows == BATCH else f" rows={rows}"
+    say(f"T={group.size} dropout={dropout}{size} loss and gradients max_abs_diff={worst:.3e}")
+
+
+def check_shard_rows(group, say) -> None:
+    """Under sequence parallelism the embedding hands each rank its rows of the batch, and the first LayerNorm
+    normalises those rows alone: the reference's rows, on a shard of shard_counts' size."""
+    reference, split = whole_gpt(), split_gpt(group)
+    ids, _ = batch(2, rows=5)
+    rows = shard_counts(5, group.size)
+    start = sum(rows[:group.rank])
+    embedded, expected = split[0].forward(ids)[0], reference[0].forward(ids)[0][start:start + rows[group.rank]]
+    assert embedded.shape == expected.shape, (embedded.shape, expected.shape)
+    norm, reference_norm = split[1].body[0], reference[1].body[0]
+    worst = max(float(numpy.abs(embedded - expected).max(initial=0.0)),
+                float(numpy.abs(norm.forward(embedded)[0] - reference_norm.forward(expected)[0]).max(initial=0.0)))
+    say(f"T={group.size} layer norms on each rank's shard of the rows max_abs_diff={worst:.3e}")
 
 
 def check_cross_entropy(group, say) -> None:
@@ -105,7 +129,7 @@ def check_cross_entropy(group, say) -> None:
 
 
 def check_adamw_steps(group, say) -> None:
-    reference, split = whole_gpt(), tensor_parallel_gpt(whole_gpt(), group)
+    reference, split = whole_gpt(), split_gpt(group)
     losses = (NextTokenLoss(ignore_index=IGNORE), VocabParallelCrossEntropy(group, ignore_index=IGNORE))
     optimizers = [nn.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1) for model in (reference, split)]
     worst = 0.0
@@ -121,7 +145,8 @@ def check_adamw_steps(group, say) -> None:
 def check_heads_error(group, say) -> None:
     nn.manual_seed(SEED)
     try:
-        tensor_parallel_gpt(gpt(VOCAB, CONTEXT, 1, 3, 12, dtype=numpy.float64), group)
+        tensor_parallel_gpt(gpt(VOCAB, CONTEXT, 1, 3, 12, dtype=numpy.float64), group,
+                            sequence_parallel=SEQUENCE_PARALLEL)
     except ValueError as error:
         assert "3 heads" in str(error) and f"{group.size} ranks" in str(error), error
         say(f"T={group.size} heads error: {error}")
@@ -137,7 +162,7 @@ def check_pipeline(group, say, stages: int) -> float:
     checkpoint = os.path.join(path, "tp.ckpt")
     reference = whole_gpt()
     expected = _fit(reference, NextTokenLoss(ignore_index=IGNORE), None)
-    pipe = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=stages)
+    pipe = Pipeline(split_gpt(group), micro_batches=2, stages=stages)
     history = _fit(pipe, VocabParallelCrossEntropy(group, ignore_index=IGNORE), checkpoint)
     world.barrier()
     state = pipe.consolidated_state_dict()
@@ -176,7 +201,7 @@ def check_resume(group, say) -> None:
     single_checkpoint = os.path.join(path, f"single{world.rank}.ckpt")
     reference = whole_gpt()
     _fit(reference, NextTokenLoss(ignore_index=IGNORE), None)
-    pipe = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=1)
+    pipe = Pipeline(split_gpt(group), micro_batches=2, stages=1)
     _fit(pipe, VocabParallelCrossEntropy(group, ignore_index=IGNORE), split_checkpoint, epochs=1)
     world.barrier()
     single = whole_gpt()
@@ -184,7 +209,7 @@ def check_resume(group, say) -> None:
     worst = largest_difference(single.state_dict(), reference.state_dict(), "one process after the split epoch")
     first = whole_gpt()
     _fit(first, NextTokenLoss(ignore_index=IGNORE), single_checkpoint, epochs=1)
-    resumed = Pipeline(tensor_parallel_gpt(whole_gpt(), group), micro_batches=2, stages=1)
+    resumed = Pipeline(split_gpt(group), micro_batches=2, stages=1)
     _fit(resumed, VocabParallelCrossEntropy(group, ignore_index=IGNORE), None, resume_from=single_checkpoint)
     state = resumed.consolidated_state_dict()
     if world.rank == 0:
@@ -206,7 +231,7 @@ def _fit(strategy, loss_fn, checkpoint, epochs: int = 2, resume_from=None):
 
 def check_checkpoint_round_trip(group, say) -> None:
     """A tensor-parallel GPT's full state loads into one process, and a single-process state into it."""
-    split = tensor_parallel_gpt(whole_gpt(), group)
+    split = split_gpt(group)
     state = full_state_dict(split)
     single = whole_gpt()
     nn.manual_seed(SEED + 1)
@@ -227,6 +252,10 @@ def main() -> None:
     if world.size == size:
         for dropout in (0.0, 0.1):
             check_gradients(group, say, dropout)
+        if SEQUENCE_PARALLEL:
+            for rows in (size - 1, size + 1):
+                check_gradients(group, say, 0.1, rows)
+            check_shard_rows(group, say)
         check_cross_entropy(group, say)
         check_adamw_steps(group, say)
         check_heads_error(group, say)
