@@ -14,8 +14,8 @@ batches; rounds of ours and torch's interleave, medians are compared. The model 
 reaches on one thread for the model's largest product, is the CPU model-FLOPs utilisation.
 The CNN part runs bench_cnn. The data-parallel part launches `mpiexec` itself: 2 ranks with
 DataParallel against 2 independent ranks doing the same work with no gradient sync (the
-ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2) and in 2
-pipeline stages, each taking the 2 ranks' windows per step, against the ceiling (the
+ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2, also with
+sequence parallelism) and in 2 pipeline stages, each taking the 2 ranks' windows per step, against the ceiling (the
 pipeline's bound is the ceiling times 1 - its schedule's bubble). `compare-training` runs
 examples/train_gpt.py's training (its default run unless --epochs/--windows say otherwise) and
 the torch mirror from the same weights on the same batches with the same schedule, and prints
@@ -263,7 +263,8 @@ def data_parallel_worker(args: argparse.Namespace) -> None:
 
 
 def layout_worker(args: argparse.Namespace) -> None:
-    """Under mpiexec: time GPT training steps split over the ranks, tensor parallel or in pipeline stages.
+    """Under mpiexec: time GPT training steps split over the ranks, tensor parallel (with or without sequence
+    parallelism) or in pipeline stages.
 
     The model takes `ranks * batch` windows per step, the work of `ranks` data-parallel ranks.
     """
@@ -276,8 +277,10 @@ def layout_worker(args: argparse.Namespace) -> None:
     ids, vocab_size = character_ids(args.max_chars)
     nn.manual_seed(args.seed)
     model = nn.gpt(vocab_size, args.context, args.layers, args.heads, args.embed_dim)
-    split = {"tensor_parallel": world.size if args.worker == "tensor-parallel" else 1,
-             "pipeline_stages": world.size if args.worker == "pipeline" else 1}
+    tensor_parallel = args.worker in ("tensor-parallel", "sequence-parallel")
+    split = {"tensor_parallel": world.size if tensor_parallel else 1,
+             "pipeline_stages": world.size if args.worker == "pipeline" else 1,
+             "sequence_parallel": args.worker == "sequence-parallel"}
     strategy = train_gpt.build_strategy(model, argparse.Namespace(
         **split, micro_batches=args.micro_batches, schedule=args.schedule, zero=False, heads=args.heads), world.size)
     tensor_comm = getattr(strategy, "tensor_comm", None)
@@ -313,7 +316,8 @@ def _time_on_ranks(step: Callable, batches: list, args: argparse.Namespace, worl
 
 LAYOUTS = (("single", 1, "independent"), ("independent", None, "independent"),
            ("data_parallel", None, "data-parallel"), ("tensor_parallel", None, "tensor-parallel"),
-           ("pipeline", None, "pipeline"))
+           ("sequence_parallel", None, "sequence-parallel"), ("pipeline", None, "pipeline"))
+MODEL_PARALLEL = ("tensor_parallel", "sequence_parallel", "pipeline")
 
 
 def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,7 +334,7 @@ def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
               "--warmup-steps", str(args.warmup_steps), "--max-chars", str(args.max_chars), "--seed", str(args.seed),
               "--micro-batches", str(args.micro_batches), "--schedule", args.schedule]
     contestants = [(name, ranks or args.ranks, worker) for name, ranks, worker in LAYOUTS
-                   if name not in ("tensor_parallel", "pipeline") or name in args.layouts]
+                   if name not in MODEL_PARALLEL or name in args.layouts]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in contestants}
     for round_number in range(args.rounds):
         shift = round_number % len(contestants)
@@ -339,7 +343,7 @@ def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
             f"{name} {records[-1]['tokens_per_s']:.0f} tokens/s" for name, records in runs.items()), flush=True)
     bubble = schedule_spec(args.schedule).bubble(args.ranks, args.micro_batches)
-    bounds = {"data_parallel": 1.0, "tensor_parallel": 1.0, "pipeline": 1.0 - bubble}
+    bounds = {"data_parallel": 1.0, "tensor_parallel": 1.0, "sequence_parallel": 1.0, "pipeline": 1.0 - bubble}
     return {"ranks": args.ranks, "batch_per_rank": args.batch,
             "tokens_per_s": {name: statistics.median(r["tokens_per_s"] for r in records)
                              for name, records in runs.items()},
@@ -364,6 +368,9 @@ def report_data_parallel(result: dict[str, Any], rounds: int) -> None:
     if "tensor_parallel" in t:
         print(f"  tensor parallel T={n}:    {t['tensor_parallel']:9.0f}  {result['of_ceiling']['tensor_parallel']:.3f} "
               "of the ceiling (bound 1)")
+    if "sequence_parallel" in t:
+        print(f"  ... sequence parallel:  {t['sequence_parallel']:9.0f}  "
+              f"{result['of_ceiling']['sequence_parallel']:.3f} of the ceiling (bound 1)")
     if "pipeline" in t:
         s = result["pipeline_schedule"]
         print(f"  {n} pipeline stages:      {t['pipeline']:9.0f}  {result['of_ceiling']['pipeline']:.3f} "
@@ -498,8 +505,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cnn-steps", type=int, default=50)
     parser.add_argument("--cnn-batch", type=int, default=128)
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel runs (default 2)")
-    parser.add_argument("--layouts", default="tensor_parallel,pipeline",
-                        help="the model-parallel layouts run beside data parallel (default tensor_parallel,pipeline)")
+    parser.add_argument("--layouts", default="tensor_parallel,sequence_parallel,pipeline",
+                        help="the model-parallel layouts run beside data parallel: tensor_parallel, "
+                             "sequence_parallel (tensor parallel with sequence parallelism), pipeline (default all)")
     parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches per step (default 4)")
     parser.add_argument("--schedule", default="1f1b", help="pipeline schedule (default 1f1b)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a data-parallel run is stopped")
@@ -508,7 +516,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", help="compare-training: write the loss curves to this PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--worker", choices=["data-parallel", "independent", "tensor-parallel", "pipeline"],
+    parser.add_argument("--worker", choices=["data-parallel", "independent", "tensor-parallel", "sequence-parallel",
+                                             "pipeline"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.part_list = [part.strip() for part in args.parts.split(",") if part.strip()]
@@ -516,9 +525,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.part_list) - set(PARTS))
     if unknown:
         parser.error(f"--parts {args.parts}: unknown {unknown}; choose among {', '.join(PARTS)}")
-    unknown = sorted(set(args.layouts) - {"tensor_parallel", "pipeline"})
+    unknown = sorted(set(args.layouts) - set(MODEL_PARALLEL))
     if unknown:
-        parser.error(f"--layouts {','.join(args.layouts)}: unknown {unknown}; choose among tensor_parallel, pipeline")
+        parser.error(f"--layouts {','.join(args.layouts)}: unknown {unknown}; choose among {', '.join(MODEL_PARALLEL)}")
     for name in ("steps", "rounds", "batch", "ranks", "micro_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -528,7 +537,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the parts asked for, print them with their ratios and return {part: result}."""
     args = parse_args(argv)
-    if args.worker in ("tensor-parallel", "pipeline"):
+    if args.worker in ("tensor-parallel", "sequence-parallel", "pipeline"):
         return layout_worker(args)
     if args.worker:
         return data_parallel_worker(args)
