@@ -265,6 +265,14 @@ def test_layer_norm_gradcheck(xp, device):
     nn.gradcheck(layer, float_input(xp, (2, 3, 4), numpy.float64))
 
 
+def test_layer_norm_of_no_rows_is_empty_and_adds_no_gradient():
+    layer = nn.LayerNorm((3, 4))
+    y, cache = layer.forward(numpy.zeros((0, 2, 3, 4), numpy.float32))
+    dx = layer.backward(numpy.zeros((0, 2, 3, 4), numpy.float32), cache)
+    assert y.shape == dx.shape == (0, 2, 3, 4)
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
 def test_layer_norm_rejects_a_trailing_shape_that_differs():
     with pytest.raises(ValueError, match=r"last dimensions of shape \(8,\) but got input of shape \(2, 3, 6\).*here \(6,\)"):
         nn.LayerNorm(8).forward(numpy.zeros((2, 3, 6), numpy.float32))
