@@ -15,11 +15,11 @@ reaches on one thread for the model's largest product, is the CPU model-FLOPs ut
 The CNN part runs bench_cnn. The data-parallel part launches `mpiexec` itself: 2 ranks with
 DataParallel against 2 independent ranks doing the same work with no gradient sync (the
 ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2, also with
-sequence parallelism) and in 2 pipeline stages, each taking the 2 ranks' windows per step, against the ceiling (the
-pipeline's bound is the ceiling times 1 - its schedule's bubble). `compare-training` runs
-examples/train_gpt.py's training (its default run unless --epochs/--windows say otherwise) and
-the torch mirror from the same weights on the same batches with the same schedule, and prints
-both validation losses per epoch.
+sequence parallelism) and in 2 pipeline stages, each taking the 2 ranks' windows per step,
+against the ceiling (the pipeline's bound is the ceiling times 1 - its schedule's bubble).
+`compare-training` runs examples/train_gpt.py's training (its default run unless
+--epochs/--windows say otherwise) and the torch mirror from the same weights on the same batches
+with the same schedule, and prints both validation losses per epoch.
 """
 from __future__ import annotations
 
@@ -318,6 +318,7 @@ LAYOUTS = (("single", 1, "independent"), ("independent", None, "independent"),
            ("data_parallel", None, "data-parallel"), ("tensor_parallel", None, "tensor-parallel"),
            ("sequence_parallel", None, "sequence-parallel"), ("pipeline", None, "pipeline"))
 MODEL_PARALLEL = ("tensor_parallel", "sequence_parallel", "pipeline")
+LAYOUT_WORKERS = tuple(worker for name, _, worker in LAYOUTS if name in MODEL_PARALLEL)
 
 
 def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
@@ -516,8 +517,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", help="compare-training: write the loss curves to this PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--worker", choices=["data-parallel", "independent", "tensor-parallel", "sequence-parallel",
-                                             "pipeline"],
+    parser.add_argument("--worker", choices=sorted({worker for _, _, worker in LAYOUTS}),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.part_list = [part.strip() for part in args.parts.split(",") if part.strip()]
@@ -537,7 +537,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the parts asked for, print them with their ratios and return {part: result}."""
     args = parse_args(argv)
-    if args.worker in ("tensor-parallel", "sequence-parallel", "pipeline"):
+    if args.worker in LAYOUT_WORKERS:
         return layout_worker(args)
     if args.worker:
         return data_parallel_worker(args)
