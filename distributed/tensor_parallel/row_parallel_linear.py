@@ -58,5 +58,5 @@ class RowParallelLinear(SplitLinear):
         if not self.sequence_parallel:
             return dy
         if cache.whole_output_grad is None:
-            cache.whole_output_grad = gather_rows(dy, self.group)
+            cache.whole_output_grad = gather_rows(dy, self.group, cache.x.shape[0])  # the input holds every row
         return cache.whole_output_grad

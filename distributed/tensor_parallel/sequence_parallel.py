@@ -25,9 +25,12 @@ def group_counts(shard: Array, group: Communicator) -> list[int]:
     return [int(count) for count in group.allgatherv(counts, [1] * group.size)]
 
 
-def gather_rows(shard: Array, group: Communicator) -> Array:
-    """Every rank's shard joined along the first axis, in rank order: the whole activation, on every rank."""
-    counts = group_counts(shard, group)
+def gather_rows(shard: Array, group: Communicator, whole_rows: int | None = None) -> Array:
+    """Every rank's shard joined along the first axis, in rank order: the whole activation, on every rank.
+
+    `whole_rows`, where the caller knows it (a shard that `reduce_scatter_rows` cut), spares the
+    allgather of the row counts."""
+    counts = group_counts(shard, group) if whole_rows is None else shard_counts(whole_rows, group.size)
     xp = get_array_module(shard)
     whole = xp.empty((sum(counts),) + tuple(shard.shape[1:]), dtype=shard.dtype)
     start = sum(counts[:group.rank])

@@ -73,7 +73,7 @@ class SequenceParallelTokenPositionEmbedding(TokenPositionEmbedding):
 
     def backward_weight(self, dy: Array, cache: Any) -> None:
         ids, positions, dropout_cache = cache
-        whole = gather_rows(self.dropout.backward_input(dy, dropout_cache), self.group)
+        whole = gather_rows(self.dropout.backward_input(dy, dropout_cache), self.group, ids.shape[0])
         self.wte.add_weight_grad(whole, ids)
         self.wpe.backward_weight(whole.sum(axis=0), positions)
 

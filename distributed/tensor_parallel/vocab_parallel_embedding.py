@@ -72,7 +72,7 @@ class VocabParallelEmbedding(SplitLayer):
         return None
 
     def backward_weight(self, dy: Array, ids: Array) -> None:
-        self.add_weight_grad(gather_rows(dy, self.group) if self.sequence_parallel else dy, ids)
+        self.add_weight_grad(gather_rows(dy, self.group, ids.shape[0]) if self.sequence_parallel else dy, ids)
 
     def add_weight_grad(self, dy: Array, ids: Array) -> None:
         """Add the gradient of the whole output, `dy` (..., C) for all of `ids`, to this rank's rows of the table."""
