@@ -62,8 +62,9 @@ def float_dtype(dtype: Any, name: str) -> Any:
     return dtype
 
 
-def same_array_module(x: Array, reference: Array, what: str) -> None:
-    """Raise when `x` lives on another device than `reference` (numpy vs cupy)."""
+def same_array_module(x: Array, reference: Array, what: object) -> None:
+    """Raise when `x` lives on another device than `reference` (numpy vs cupy); the message starts with `what`
+    (a name, or a layer: its repr is made only for the message)."""
     if get_array_module(x) is not get_array_module(reference):
         raise TypeError(
             f"{what}: input is a {get_array_module(x).__name__} array but the parameters are "
@@ -71,9 +72,9 @@ def same_array_module(x: Array, reference: Array, what: str) -> None:
         )
 
 
-def same_kind_as_weights(x: Array, weight: Array, owner: str) -> None:
+def same_kind_as_weights(x: Array, weight: Array, owner: object) -> None:
     """Raise TypeError unless `x` is on `weight`'s device (numpy or cupy) and of its dtype; the message names
-    `owner` (a layer's repr) and the fix."""
+    `owner` (a layer, by its repr, made only for the message) and the fix."""
     same_array_module(x, weight, owner)
     if x.dtype != weight.dtype:
         raise TypeError(f"{owner} has {weight.dtype} weights but got a {x.dtype} input; "

@@ -1,6 +1,8 @@
 """Bad input raises ValueError or TypeError at the public boundary, with a message naming the values."""
 from __future__ import annotations
 
+import re
+
 import numpy
 import pytest
 
@@ -121,6 +123,13 @@ def test_float64_input_to_a_float32_model():
     model = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(TypeError, match=r"float32 weights but got a float64 input; use x.astype\('float32'\) or model.to"):
         model(floats(2, 3, dtype=numpy.float64))
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(3, 2), nn.LayerNorm(3), nn.Conv1d(3, 2, 1)], ids=repr)
+def test_a_dtype_mismatch_names_the_layer(layer):
+    with pytest.raises(TypeError, match=re.escape(f"{layer!r} has float32 weights but got a float64 input")):
+        layer.forward(floats(2, 3, 4, dtype=numpy.float64) if isinstance(layer, nn.Conv1d) else
+                      floats(2, 3, dtype=numpy.float64))
 
 
 def test_batchnorm_wrong_width_and_single_sample_batches():

@@ -183,7 +183,7 @@ class _ConvNd(Layer):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} input channels but got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); check the previous layer's out_channels")
-        same_kind_as_weights(x, self.weight.data, repr(self))
+        same_kind_as_weights(x, self.weight.data, self)
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

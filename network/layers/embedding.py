@@ -70,7 +70,7 @@ class Embedding(Layer):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{self!r} expects integer ids but got dtype {ids.dtype} of shape {tuple(ids.shape)}; "
                             "pass token ids as integers, e.g. ids.astype('int64')")
-        same_array_module(ids, self.weight.data, repr(self))
+        same_array_module(ids, self.weight.data, self)
         if ids.size == 0:
             return
         low, high = int(ids.min()), int(ids.max())

@@ -99,7 +99,7 @@ class LayerNorm(Layer):
                              f"here {tuple(x.shape[-count:]) if x.ndim >= count else tuple(x.shape)}")
         if self.weight is None:
             return
-        same_kind_as_weights(x, self.weight.data, repr(self))
+        same_kind_as_weights(x, self.weight.data, self)
 
     def _check_output_grad(self, dy: Array, normalised: Array) -> None:
         if tuple(self._rows(dy).shape) != tuple(normalised.shape):

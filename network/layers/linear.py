@@ -66,7 +66,7 @@ class Linear(Layer):
                 f"but got {tuple(x.shape)}; check the previous layer's width, add Flatten(), or give a "
                 "single sample a batch dimension with x[None]"
             )
-        same_kind_as_weights(x, self.weight.data, repr(self))
+        same_kind_as_weights(x, self.weight.data, self)
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
         expected = tuple(x.shape[:-1]) + (self.out_features,)

@@ -51,7 +51,7 @@ class TiedLinear(Layer):
         if x.ndim < 2 or x.shape[-1] != self.embedding_dim:
             raise ValueError(f"{self!r} expects input of shape (..., {self.embedding_dim}) with a batch dimension "
                              f"first, but got {tuple(x.shape)}; the head's width is its embedding's embedding_dim")
-        same_kind_as_weights(x, self.weight.data, repr(self))
+        same_kind_as_weights(x, self.weight.data, self)
 
     def _check_output_grad(self, dy: Array, x: Array) -> None:
         expected = tuple(x.shape[:-1]) + (self.num_embeddings,)
