@@ -89,22 +89,40 @@ def test_unknown_parts_are_refused_with_the_choices(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--layouts", "pipeline,zero"])
     assert "unknown ['zero']; choose among tensor_parallel, sequence_parallel, pipeline" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--batch", "6", "--micro-batches", "4"])
+    assert "--batch 6 must be a multiple of --micro-batches 4 for sequence_parallel" in capsys.readouterr().err
 
 
 @pytest.mark.mpi
 def test_data_parallel_part_reports_against_its_ceiling(bench, capsys):
-    result = bench.main(["--parts", "data-parallel", *TINY_GPT, "--warmup-steps", "0", "--timeout", "240"])
+    result = bench.main(["--parts", "data-parallel", *TINY_GPT, "--warmup-steps", "0", "--micro-batches", "2",
+                         "--timeout", "240"])
     figures = result["data_parallel"]
     assert figures["ranks"] == 2
     layouts = {"data_parallel", "tensor_parallel", "sequence_parallel", "pipeline"}
-    assert set(figures["tokens_per_s"]) == {"single", "independent"} | layouts
-    assert set(figures["of_ceiling"]) == set(figures["bound_of_ceiling"]) == layouts
+    bounds = {"tensor_parallel_bound", "sequence_parallel_bound"}
+    assert set(figures["tokens_per_s"]) == {"single", "independent"} | layouts | bounds
+    assert set(figures["of_ceiling"]) == set(figures["bound_of_ceiling"]) == set(figures["of_bound"]) == layouts
     assert all(value > 0 for value in figures["of_ceiling"].values()) and figures["weak_scaling_efficiency"] > 0
     assert figures["bound_of_ceiling"]["pipeline"] == pytest.approx(1 - figures["pipeline_schedule"]["bubble"])
+    assert figures["of_bound"]["pipeline"] == pytest.approx(figures["of_ceiling"]["pipeline"]
+                                                            / figures["bound_of_ceiling"]["pipeline"])
+    for name in ("tensor_parallel", "sequence_parallel"):  # one round: the ratios of the medians are the ratios
+        tokens = figures["tokens_per_s"]
+        assert figures["bound_of_ceiling"][name] == pytest.approx(tokens[name + "_bound"] / tokens["independent"])
+        assert figures["of_bound"][name] == pytest.approx(tokens[name] / tokens[name + "_bound"])
     assert 0 < figures["pipeline_schedule"]["bubble"] < 1
     out = capsys.readouterr().out
     assert "tensor parallel T=2" in out and "sequence parallel" in out and "2 pipeline stages" in out
-    assert "of the ceiling" in out
+    assert "of the ceiling" in out and "of its bound" in out
+
+
+@pytest.mark.mpi
+def test_communication_free_group_keeps_each_ranks_data_and_waits_for_nobody():
+    from mpi_launch import run_mpi
+
+    assert "collectives: local" in run_mpi("communication_free_group.py", 2, timeout=120).stdout
 
 
 def test_plot_curves_refuses_no_curves_and_uneven_ones(tmp_path):

@@ -16,7 +16,10 @@ The CNN part runs bench_cnn. The data-parallel part launches `mpiexec` itself: 2
 DataParallel against 2 independent ranks doing the same work with no gradient sync (the
 ceiling), and beside them the same model split over the 2 ranks, tensor parallel (T=2, also with
 sequence parallelism) and in 2 pipeline stages, each taking the 2 ranks' windows per step,
-against the ceiling (the pipeline's bound is the ceiling times 1 - its schedule's bubble).
+against the ceiling and against its own bound. The pipeline's bound is the ceiling times 1 - its
+schedule's bubble; tensor parallelism's is measured: the same split with its collectives kept on
+each rank (`communication_free.CommunicationFree`), which leaves the work the split itself adds
+(LayerNorms and residual sums on every rank, narrower products) and takes away the communication.
 `compare-training` runs examples/train_gpt.py's training (its default run unless
 --epochs/--windows say otherwise) and the torch mirror from the same weights on the same batches
 with the same schedule, and prints both validation losses per epoch.
@@ -271,18 +274,26 @@ def layout_worker(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
     from examples import train_gpt
+    from examples.benchmarks.communication_free import CommunicationFree
     from mpiprop import distributed
 
     world = MPI.COMM_WORLD
     ids, vocab_size = character_ids(args.max_chars)
     nn.manual_seed(args.seed)
     model = nn.gpt(vocab_size, args.context, args.layers, args.heads, args.embed_dim)
-    tensor_parallel = args.worker in ("tensor-parallel", "sequence-parallel")
-    split = {"tensor_parallel": world.size if tensor_parallel else 1,
-             "pipeline_stages": world.size if args.worker == "pipeline" else 1,
-             "sequence_parallel": args.worker == "sequence-parallel"}
-    strategy = train_gpt.build_strategy(model, argparse.Namespace(
-        **split, micro_batches=args.micro_batches, schedule=args.schedule, zero=False, heads=args.heads), world.size)
+    sequence_parallel = args.worker.startswith("sequence-parallel")
+    if args.worker.endswith("-bound"):  # the same split, its collectives local: the layout's own work alone
+        group = CommunicationFree(distributed.tensor_parallel_group(world.size), clone=False)
+        split_model = distributed.tensor_parallel_gpt(model, group, sequence_parallel=sequence_parallel)
+        strategy = distributed.Pipeline(split_model, args.micro_batches, args.schedule, stages=1)
+    else:
+        tensor_parallel = args.worker in ("tensor-parallel", "sequence-parallel")
+        split = {"tensor_parallel": world.size if tensor_parallel else 1,
+                 "pipeline_stages": world.size if args.worker == "pipeline" else 1,
+                 "sequence_parallel": sequence_parallel}
+        strategy = train_gpt.build_strategy(model, argparse.Namespace(
+            **split, micro_batches=args.micro_batches, schedule=args.schedule, zero=False, heads=args.heads),
+            world.size)
     tensor_comm = getattr(strategy, "tensor_comm", None)
     loss_fn = NextTokenLoss() if tensor_comm is None else distributed.VocabParallelCrossEntropy(tensor_comm)
     unique = list({id(p): p for p in strategy.parameters()}.values())
@@ -316,16 +327,20 @@ def _time_on_ranks(step: Callable, batches: list, args: argparse.Namespace, worl
 
 LAYOUTS = (("single", 1, "independent"), ("independent", None, "independent"),
            ("data_parallel", None, "data-parallel"), ("tensor_parallel", None, "tensor-parallel"),
-           ("sequence_parallel", None, "sequence-parallel"), ("pipeline", None, "pipeline"))
+           ("tensor_parallel_bound", None, "tensor-parallel-bound"), ("sequence_parallel", None, "sequence-parallel"),
+           ("sequence_parallel_bound", None, "sequence-parallel-bound"), ("pipeline", None, "pipeline"))
 MODEL_PARALLEL = ("tensor_parallel", "sequence_parallel", "pipeline")
-LAYOUT_WORKERS = tuple(worker for name, _, worker in LAYOUTS if name in MODEL_PARALLEL)
+MEASURED_BOUNDS = {"tensor_parallel": "tensor_parallel_bound", "sequence_parallel": "sequence_parallel_bound"}
+LAYOUT_WORKERS = tuple(worker for name, _, worker in LAYOUTS
+                       if name in MODEL_PARALLEL or name in MEASURED_BOUNDS.values())
 
 
 def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved runs of 1 rank, `--ranks` independent ranks (the ceiling) and the layouts on `--ranks`; medians.
 
-    Data parallel and tensor parallel are compared with the ceiling; the pipeline with the ceiling
-    times (1 - its schedule's bubble), the bubble from the schedule registry's formula.
+    Every layout is compared with the ceiling and with its bound: data parallel's is the ceiling,
+    the pipeline's the ceiling times (1 - its schedule's bubble, from the schedule registry's
+    formula), tensor parallelism's the same split run communication-free (MEASURED_BOUNDS).
     """
     from examples.benchmarks.workers import run_worker
     from mpiprop.distributed.pipeline.schedule_registry import schedule_spec
@@ -334,8 +349,10 @@ def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
               "--context", str(args.context), "--batch", str(args.batch), "--steps", str(args.steps),
               "--warmup-steps", str(args.warmup_steps), "--max-chars", str(args.max_chars), "--seed", str(args.seed),
               "--micro-batches", str(args.micro_batches), "--schedule", args.schedule]
+    optional = {*MODEL_PARALLEL, *MEASURED_BOUNDS.values()}
+    chosen = {*args.layouts, *(MEASURED_BOUNDS[name] for name in args.layouts if name in MEASURED_BOUNDS)}
     contestants = [(name, ranks or args.ranks, worker) for name, ranks, worker in LAYOUTS
-                   if name not in MODEL_PARALLEL or name in args.layouts]
+                   if name not in optional or name in chosen]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in contestants}
     for round_number in range(args.rounds):
         shift = round_number % len(contestants)
@@ -344,14 +361,20 @@ def bench_data_parallel(args: argparse.Namespace) -> dict[str, Any]:
         print(f"round {round_number + 1}/{args.rounds}: " + ", ".join(
             f"{name} {records[-1]['tokens_per_s']:.0f} tokens/s" for name, records in runs.items()), flush=True)
     bubble = schedule_spec(args.schedule).bubble(args.ranks, args.micro_batches)
-    bounds = {"data_parallel": 1.0, "tensor_parallel": 1.0, "sequence_parallel": 1.0, "pipeline": 1.0 - bubble}
+
+    def of(name: str, reference: str) -> float:
+        return statistics.median(p["tokens_per_s"] / r["tokens_per_s"] for p, r in zip(runs[name], runs[reference]))
+
+    layouts = [name for name in ("data_parallel", *MODEL_PARALLEL) if name in runs]
+    bounds = {"data_parallel": 1.0, "pipeline": 1.0 - bubble,
+              **{name: of(bound, "independent") for name, bound in MEASURED_BOUNDS.items() if name in runs}}
     return {"ranks": args.ranks, "batch_per_rank": args.batch,
             "tokens_per_s": {name: statistics.median(r["tokens_per_s"] for r in records)
                              for name, records in runs.items()},
-            "of_ceiling": {name: statistics.median(p["tokens_per_s"] / i["tokens_per_s"]
-                                                   for p, i in zip(runs[name], runs["independent"]))
-                           for name in runs if name in bounds},
-            "bound_of_ceiling": {name: bounds[name] for name in runs if name in bounds},
+            "of_ceiling": {name: of(name, "independent") for name in layouts},
+            "bound_of_ceiling": {name: bounds[name] for name in layouts},
+            "of_bound": {name: of(name, MEASURED_BOUNDS[name]) if name in MEASURED_BOUNDS
+                         else of(name, "independent") / bounds[name] for name in layouts},
             "pipeline_schedule": {"name": args.schedule, "micro_batches": args.micro_batches, "bubble": bubble},
             "weak_scaling_efficiency": statistics.median(
                 p["tokens_per_s"] / (args.ranks * s["tokens_per_s"]) for p, s in zip(runs["data_parallel"],
@@ -366,18 +389,19 @@ def report_data_parallel(result: dict[str, Any], rounds: int) -> None:
     print(f"  {n} independent ranks:    {t['independent']:9.0f}  (same per-rank work, no communication: the ceiling)")
     print(f"  {n} ranks data parallel:  {t['data_parallel']:9.0f}  {result['of_ceiling']['data_parallel']:.3f} of the "
           f"ceiling (bound 1), weak-scaling efficiency {result['weak_scaling_efficiency']:.3f}")
-    if "tensor_parallel" in t:
-        print(f"  tensor parallel T={n}:    {t['tensor_parallel']:9.0f}  {result['of_ceiling']['tensor_parallel']:.3f} "
-              "of the ceiling (bound 1)")
-    if "sequence_parallel" in t:
-        print(f"  ... sequence parallel:  {t['sequence_parallel']:9.0f}  "
-              f"{result['of_ceiling']['sequence_parallel']:.3f} of the ceiling (bound 1)")
-    if "pipeline" in t:
-        s = result["pipeline_schedule"]
-        print(f"  {n} pipeline stages:      {t['pipeline']:9.0f}  {result['of_ceiling']['pipeline']:.3f} "
-              "of the ceiling "
-              f"(bound {result['bound_of_ceiling']['pipeline']:.3f}: {s['name']}, {s['micro_batches']} "
-              f"micro-batches, bubble {s['bubble']:.3f})")
+    labels = {"tensor_parallel": f"tensor parallel T={n}:", "sequence_parallel": "... sequence parallel:",
+              "pipeline": f"{n} pipeline stages:"}
+    for name, label in labels.items():
+        if name not in t:
+            continue
+        if name == "pipeline":
+            s = result["pipeline_schedule"]
+            why = f"{s['name']}, {s['micro_batches']} micro-batches, bubble {s['bubble']:.3f}"
+        else:
+            why = "the same split with its collectives local, measured"
+        print(f"  {label:22s}  {t[name]:9.0f}  {result['of_ceiling'][name]:.3f} of the ceiling; "
+              f"{result['of_bound'][name]:.3f} of its bound ({result['bound_of_ceiling'][name]:.3f} of the ceiling: "
+              f"{why})")
 
 
 # --- training both GPTs side by side --------------------------------------------------------------------------
@@ -531,6 +555,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("steps", "rounds", "batch", "ranks", "micro_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    even_rows = args.batch % args.micro_batches == 0
+    if "data-parallel" in args.part_list and "sequence_parallel" in args.layouts and not even_rows:
+        parser.error(f"--batch {args.batch} must be a multiple of --micro-batches {args.micro_batches} for "
+                     "sequence_parallel, whose bound needs each micro-batch's rows to split evenly over the ranks")
     return args
 
 
