@@ -63,6 +63,57 @@ def test_core_matches_torch_with_explicit_math_and_fewer_queries_than_keys():
         numpy.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, 32])
+@pytest.mark.parametrize("queries, keys", [(7, 7), (5, 9), (40, 40), (33, 70)])
+def test_core_in_query_blocks_matches_torch_with_dropout(monkeypatch, block_rows, queries, keys):
+    """Blocks of queries that each stop at their last query's key, a short last block included, give torch's
+    numbers; so do the joined weights, zero in the future."""
+    monkeypatch.setattr(attention_math, "QUERY_BLOCK_ROWS", (block_rows, block_rows))
+    rng = numpy.random.default_rng(queries * 100 + keys)
+    q = rng.standard_normal((2, 3, queries, 4))
+    k, v = rng.standard_normal((2, 3, keys, 4)), rng.standard_normal((2, 3, keys, 4))
+    mask = attention_math.draw_dropout_mask((2, 3, queries, keys), 0.25, rng, numpy.float64)
+    dy = rng.standard_normal((2, 3, queries, 4))
+    y, cache = attention_math.causal_attention(q, k, v, mask)
+    dq, dk, dv = attention_math.causal_attention_backward(dy, cache)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    future = torch.ones(queries, keys, dtype=torch.bool).triu(keys - queries + 1)
+    weights = (tq @ tk.transpose(-1, -2) / 2.0).masked_fill(future, float("-inf")).softmax(-1)
+    ty = (weights * torch.tensor(mask)) @ tv
+    ty.backward(torch.tensor(dy))
+    for ours, theirs in ((y, ty), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad), (cache.weights, weights)):
+        numpy.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=0, atol=1e-10)
+    expected_blocks = -(-queries // block_rows)
+    assert len(cache.weight_blocks) == expected_blocks
+    assert cache.weight_blocks[0].shape == (2, 3, keys - queries + min(block_rows, queries), min(block_rows, queries))
+
+
+def test_query_blocks_are_half_the_queries_within_bounds_and_cover_them():
+    fewest, most = attention_math.QUERY_BLOCK_ROWS
+    for queries, keys in [(1, 1), (fewest, fewest), (2 * fewest, 2 * fewest), (4 * most + 5, 4 * most + 9)]:
+        blocks = attention_math.query_blocks(queries, keys)
+        rows = [block.stop - block.start for block, _ in blocks]
+        assert rows[0] == min(most, max(fewest, queries // 2), queries) and sum(rows) == queries
+        assert [block.start for block, _ in blocks] == [sum(rows[:i]) for i in range(len(rows))]
+        assert [seen for _, seen in blocks] == [keys - queries + block.stop for block, _ in blocks]
+    assert len(attention_math.query_blocks(64, 64)) == 2 and len(attention_math.query_blocks(1024, 1024)) == 1024 // most
+
+
+def test_the_layer_over_several_query_blocks_matches_torch(monkeypatch):
+    monkeypatch.setattr(attention_math, "QUERY_BLOCK_ROWS", (2, 2))
+    layer = _layer()
+    rng = numpy.random.default_rng(11)
+    x, dy = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
+    y, cache = layer.forward(x)
+    dx = layer.backward(dy, cache)
+    ty, tx, params = _torch_attention(layer, x)
+    ty.backward(torch.tensor(dy))
+    numpy.testing.assert_allclose(y, ty.detach().numpy(), rtol=0, atol=1e-10)
+    numpy.testing.assert_allclose(dx, tx.grad.numpy(), rtol=0, atol=1e-10)
+    for name, p in layer.named_parameters():
+        numpy.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=0, atol=1e-10, err_msg=name)
+
+
 def test_split_backward_halves_give_the_same_gradients_as_backward():
     layer = _layer(dropout=0.3)
     x = numpy.random.default_rng(3).standard_normal((B, T, C))

@@ -67,6 +67,21 @@ def test_gpt_and_cnn_parts_report_their_figures(bench, tmp_path, capsys):
     assert "mpiprop / torch" in out and "MFU" in out and "matmul peak" in out
 
 
+def test_attention_part_times_the_core_against_torch_and_in_one_block(bench, capsys):
+    pytest.importorskip("torch")
+    from mpiprop.network.layers import attention_math
+
+    blocks_before = attention_math.QUERY_BLOCK_ROWS
+    result = bench.main(["--parts", "attention", *TINY_GPT])["attention"]
+    assert attention_math.QUERY_BLOCK_ROWS == blocks_before
+    assert set(result["contexts"]) == set(bench.ATTENTION_CONTEXTS) and result["head_size"] == 8
+    for context, figures in result["contexts"].items():
+        assert figures["batch"] * context == bench.ATTENTION_TOKENS
+        assert set(figures["ms"]) == {"mpiprop", "mpiprop_one_block", "torch"}
+        assert figures["max_output_difference"] < 1e-4
+    assert "query blocks" in capsys.readouterr().out
+
+
 def test_compare_training_trains_both_alike_and_plots(bench, tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
@@ -85,7 +100,7 @@ def test_compare_training_trains_both_alike_and_plots(bench, tmp_path, capsys):
 def test_unknown_parts_are_refused_with_the_choices(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--parts", "gpt,speed"])
-    assert "unknown ['speed']; choose among gpt, cnn, data-parallel, compare-training" in capsys.readouterr().err
+    assert "unknown ['speed']; choose among gpt, attention, cnn, data-parallel, compare-training" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--layouts", "pipeline,zero"])
     assert "unknown ['zero']; choose among tensor_parallel, sequence_parallel, pipeline" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Model benchmarks against PyTorch eager on the CPU: the GPT's and the MNIST-1D CNN's training steps, the GPT's
-model-FLOPs utilisation, data parallel on 2 ranks against its ceiling, and training both GPTs side by side.
+model-FLOPs utilisation, its attention core at longer contexts, data parallel on 2 ranks against its ceiling, and
+training both GPTs side by side.
 
-    python examples/benchmarks/bench_models.py                           # GPT step, MFU, CNN, 2-rank data parallel
+    python examples/benchmarks/bench_models.py           # GPT step, MFU, attention, CNN, 2-rank data parallel
     python examples/benchmarks/bench_models.py --parts gpt --json gpt.json
     python examples/benchmarks/bench_models.py --parts compare-training --plot examples/benchmarks/gpt_loss_curves.png
 
@@ -20,6 +21,9 @@ against the ceiling and against its own bound. The pipeline's bound is the ceili
 schedule's bubble; tensor parallelism's is measured: the same split with its collectives kept on
 each rank (`communication_free.CommunicationFree`), which leaves the work the split itself adds
 (LayerNorms and residual sums on every rank, narrower products) and takes away the communication.
+The attention part times the causal attention core alone (forward and backward, 2048 tokens at
+contexts 64, 256 and 1024) against torch's scaled_dot_product_attention, and in one block of
+queries, to show what skipping the future's blocks saves.
 `compare-training` runs examples/train_gpt.py's training (its default run unless
 --epochs/--windows say otherwise) and the torch mirror from the same weights on the same batches
 with the same schedule, and prints both validation losses per epoch.
@@ -37,10 +41,11 @@ from examples.benchmarks.timing import medians, pin_threads, time_interleaved
 pin_threads(1)  # before numpy loads its BLAS
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+from typing import Any, Callable, Iterator, Sequence  # noqa: E402
 
 import numpy  # noqa: E402
 
@@ -49,8 +54,9 @@ from mpiprop.network.compute import mkl_gemm  # noqa: E402
 from mpiprop.network.compute.matmul import matmul  # noqa: E402
 from mpiprop.network.models.next_token_loss import NextTokenLoss  # noqa: E402
 
-PARTS = ("gpt", "cnn", "data-parallel", "compare-training")
-DEFAULT_PARTS = "gpt,cnn,data-parallel"
+PARTS = ("gpt", "attention", "cnn", "data-parallel", "compare-training")
+DEFAULT_PARTS = "gpt,attention,cnn,data-parallel"
+ATTENTION_TOKENS, ATTENTION_CONTEXTS = 2048, (64, 256, 1024)
 TARGETS = {"gpt_ratio": 1.0, "mfu": 0.5, "val_loss_relative_difference": 0.02}
 AGREEMENT_STEPS, AGREEMENT_TOLERANCE = 2, 1e-4
 WEIGHT_DECAY, BETAS = 0.1, (0.9, 0.95)
@@ -239,6 +245,72 @@ def report_gpt(result: dict[str, Any], rounds: int) -> None:
 
 
 # --- the CNN ---------------------------------------------------------------------------------------------
+# --- the causal attention core at longer contexts ----------------------------------------------------------
+def bench_attention(args: argparse.Namespace) -> dict[str, Any]:
+    """Forward and backward of the causal attention core on ATTENTION_TOKENS tokens per context: ours (in blocks of
+    queries), ours in one block (the whole future computed, then masked) and torch's scaled_dot_product_attention
+    (is_causal), milliseconds per step (medians of interleaved rounds) and our output's largest difference from
+    torch's."""
+    import torch
+
+    from mpiprop.network.layers import attention_math
+
+    heads, size = args.heads, args.embed_dim // args.heads
+    results = {}
+    for context in ATTENTION_CONTEXTS:
+        batch = max(1, ATTENTION_TOKENS // context)
+        rng = numpy.random.default_rng(args.seed)
+        q, k, v = attention_math.split_heads(rng.standard_normal((batch, context, 3 * heads * size),
+                                                                 dtype=numpy.float32), heads)
+        dy = rng.standard_normal(q.shape, dtype=numpy.float32)
+        tq, tk, tv = (torch.from_numpy(numpy.ascontiguousarray(part)).requires_grad_() for part in (q, k, v))
+
+        def ours() -> numpy.ndarray:
+            y, cache = attention_math.causal_attention(q, k, v)
+            attention_math.causal_attention_backward(dy, cache)
+            return y
+
+        def ours_in_one_block() -> None:
+            with one_query_block(attention_math):
+                ours()
+
+        def theirs() -> Any:
+            y = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+            y.backward(torch.from_numpy(dy))
+            return y
+
+        difference = float(numpy.abs(ours() - theirs().detach().numpy()).max())
+        rounds = time_interleaved({"mpiprop": ours, "mpiprop_one_block": ours_in_one_block, "torch": theirs},
+                                  args.rounds, args.warmup)
+        ms = {name: 1e3 * value for name, value in medians(rounds).items()}
+        results[context] = {"batch": batch, "ms": ms, "ratio": ms["torch"] / ms["mpiprop"],
+                            "query_blocks_speedup": ms["mpiprop_one_block"] / ms["mpiprop"],
+                            "max_output_difference": difference}
+    return {"heads": heads, "head_size": size, "tokens": ATTENTION_TOKENS, "contexts": results}
+
+
+@contextlib.contextmanager
+def one_query_block(attention_math: Any) -> Iterator[None]:
+    """Inside, the attention core takes all its queries in one block, as if it had no query blocks."""
+    saved = attention_math.QUERY_BLOCK_ROWS
+    attention_math.QUERY_BLOCK_ROWS = (sys.maxsize, sys.maxsize)
+    try:
+        yield
+    finally:
+        attention_math.QUERY_BLOCK_ROWS = saved
+
+
+def report_attention(result: dict[str, Any], rounds: int) -> None:
+    print(f"\nCausal attention core, forward and backward, {result['tokens']} tokens, {result['heads']} heads of "
+          f"{result['head_size']}, float32, median of {rounds} interleaved rounds:")
+    for context, figures in result["contexts"].items():
+        ms = figures["ms"]
+        print(f"  context {context:5d} (batch {figures['batch']:3d}):  mpiprop {ms['mpiprop']:7.2f} ms (in one block "
+              f"{ms['mpiprop_one_block']:7.2f}: the query blocks {figures['query_blocks_speedup']:.2f}x), torch "
+              f"{ms['torch']:7.2f} ms: {figures['ratio']:.2f}x torch; largest output difference "
+              f"{figures['max_output_difference']:.1e}")
+
+
 def bench_cnn_part(args: argparse.Namespace) -> dict[str, Any]:
     """bench_cnn's measurement (the MNIST-1D CNN against torch) with this run's rounds."""
     from examples.benchmarks import bench_cnn
@@ -578,6 +650,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if "gpt" in args.part_list:
         results["gpt"] = bench_gpt(args)
         report_gpt(results["gpt"], args.rounds)
+    if "attention" in args.part_list:
+        results["attention"] = bench_attention(args)
+        report_attention(results["attention"], args.rounds)
     if "cnn" in args.part_list:
         results["cnn"] = bench_cnn_part(args)
     if "data-parallel" in args.part_list:
