@@ -99,6 +99,14 @@ def test_query_blocks_are_half_the_queries_within_bounds_and_cover_them():
     assert len(attention_math.query_blocks(64, 64)) == 2 and len(attention_math.query_blocks(1024, 1024)) == 1024 // most
 
 
+def test_no_queries_give_empty_outputs_and_zero_key_and_value_gradients():
+    k = numpy.ones((2, 3, 4, 5))
+    y, cache = attention_math.causal_attention(numpy.ones((2, 3, 0, 5)), k, k)
+    assert y.shape == (2, 3, 0, 5) and cache.weights.shape == (2, 3, 0, 4)
+    dq, dk, dv = attention_math.causal_attention_backward(y, cache)
+    assert dq.shape == (2, 3, 0, 5) and not dk.any() and not dv.any()
+
+
 def test_the_layer_over_several_query_blocks_matches_torch(monkeypatch):
     monkeypatch.setattr(attention_math, "QUERY_BLOCK_ROWS", (2, 2))
     layer = _layer()

@@ -13,9 +13,9 @@ from mpiprop.network.compute.reductions import column_sums, row_dots
 
 
 # Queries per block: half the queries, within these bounds. A block's scores stop at its last query's key, so the
-# future of whole blocks is never computed: forward and backward of 32 x 4 heads take 3.8 instead of 4.2 ms at 64
-# positions (two blocks of 32), 11 instead of 22 ms at 256 and 45 instead of 142 ms at 1024 (blocks of 64), on one
-# thread. Blocks of 16 rows lose to the calls they add; beyond 64 rows the saved work shrinks.
+# future of whole blocks is never computed: forward and backward run 1.1x as fast as in one block at 64 positions
+# (two blocks of 32), 1.7x at 256 and 3.4x at 1024 (blocks of 64), on one thread (examples/benchmarks/
+# bench_models.py --parts attention). Blocks of 16 rows lose to the calls they add; beyond 64 the saving shrinks.
 QUERY_BLOCK_ROWS = (32, 64)
 
 
@@ -38,9 +38,9 @@ class AttentionCache(NamedTuple):
     @property
     def weights(self) -> Array:
         """The softmax weights as one (B, H, T, S) array, queries by keys (zero where a key lies in the future)."""
-        xp = get_array_module(self.weight_blocks[0])
         batch, heads, queries, _ = self.q.shape
-        whole = xp.zeros((batch, heads, queries, self.k.shape[2]), dtype=self.weight_blocks[0].dtype)
+        whole = get_array_module(self.q).zeros((batch, heads, queries, self.k.shape[2]),
+                                                dtype=statistics_dtype(self.q.dtype))
         for (rows, keys), block in zip(query_blocks(queries, self.k.shape[2]), self.weight_blocks):
             whole[:, :, rows, :keys] = block.swapaxes(-1, -2)
         return whole
@@ -140,9 +140,12 @@ def causal_attention_backward(dy: Array, cache: AttentionCache, *,
     else:
         dq, dk, dv = split_heads(into, q.shape[1])
     blocks = list(zip(query_blocks(q.shape[2], k.shape[2]), weight_blocks))
+    if not blocks:  # no queries: nothing reached the keys and values
+        dk[...], dv[...] = 0, 0
     scale = 1.0 / math.sqrt(q.shape[-1])
-    for order, ((rows, keys), weights) in enumerate(reversed(blocks)):  # the last block sees every key: it writes
-        first = order == 0                                                # dk and dv whole, the others add to them
+    # the last block sees every key: it writes dk and dv whole, and the blocks before it add to their first keys
+    for order, ((rows, keys), weights) in enumerate(reversed(blocks)):
+        first = order == 0
         mask = None if dropout_mask is None else dropout_mask[:, :, rows, :keys].swapaxes(-1, -2)
         dscores = _block_backward(dy[:, :, rows], output[:, :, rows], weights, mask, v[:, :, :keys],
                                   dv[:, :, :keys], first, scale).astype(q.dtype, copy=False)
