@@ -244,7 +244,6 @@ def report_gpt(result: dict[str, Any], rounds: int) -> None:
           f"MFU target >= {TARGETS['mfu']}")
 
 
-# --- the CNN ---------------------------------------------------------------------------------------------
 # --- the causal attention core at longer contexts ----------------------------------------------------------
 def bench_attention(args: argparse.Namespace) -> dict[str, Any]:
     """Forward and backward of the causal attention core on ATTENTION_TOKENS tokens per context: ours (in blocks of
@@ -271,7 +270,7 @@ def bench_attention(args: argparse.Namespace) -> dict[str, Any]:
             return y
 
         def ours_in_one_block() -> None:
-            with one_query_block(attention_math):
+            with one_query_block():
                 ours()
 
         def theirs() -> Any:
@@ -290,8 +289,10 @@ def bench_attention(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def one_query_block(attention_math: Any) -> Iterator[None]:
+def one_query_block() -> Iterator[None]:
     """Inside, the attention core takes all its queries in one block, as if it had no query blocks."""
+    from mpiprop.network.layers import attention_math
+
     saved = attention_math.QUERY_BLOCK_ROWS
     attention_math.QUERY_BLOCK_ROWS = (sys.maxsize, sys.maxsize)
     try:
@@ -311,6 +312,7 @@ def report_attention(result: dict[str, Any], rounds: int) -> None:
               f"{figures['max_output_difference']:.1e}")
 
 
+# --- the CNN ---------------------------------------------------------------------------------------------
 def bench_cnn_part(args: argparse.Namespace) -> dict[str, Any]:
     """bench_cnn's measurement (the MNIST-1D CNN against torch) with this run's rounds."""
     from examples.benchmarks import bench_cnn
