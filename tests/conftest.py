@@ -13,6 +13,7 @@ import pytest
 
 from mpiprop.launch.job_processes import kill_processes, processes_with
 from mpiprop.network import backend
+from mpiprop.network.compute import cpu_kernels
 from processes import command_line
 
 TEST_RUN_VARIABLE = "MPIPROP_TEST_RUN"
@@ -31,6 +32,21 @@ def _array_module_params() -> list:
 def xp(request):
     """The array module under test: numpy, or cupy where `mpiprop.network.backend.cupy_available()`."""
     return numpy if request.param == "numpy" else backend.module_for_device("cuda")
+
+
+def _cpu_loop_params() -> list:
+    numba_mark = pytest.mark.skipif(not cpu_kernels.available(), reason="numba is not installed (mpiprop[numba])")
+    return [pytest.param("numba", id="numba-loops", marks=numba_mark), pytest.param("numpy", id="numpy-passes")]
+
+
+@pytest.fixture(params=_cpu_loop_params())
+def cpu_loops(request):
+    """Runs the test with the layers' numba loops (`cpu_kernels`) and again with numpy's passes only."""
+    if request.param == "numba":
+        yield request.param
+        return
+    with cpu_kernels.disabled():
+        yield request.param
 
 
 @pytest.fixture

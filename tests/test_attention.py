@@ -34,6 +34,7 @@ def _torch_attention(layer: CausalSelfAttention, x: numpy.ndarray):
 
 @pytest.mark.parametrize("query_block_rows", [None, 2], ids=["default blocks", "blocks of 2 queries"])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.usefixtures("cpu_loops")
 def test_forward_and_every_gradient_match_torch(monkeypatch, bias, query_block_rows):
     if query_block_rows is not None:
         monkeypatch.setattr(attention_math, "QUERY_BLOCK_ROWS", (query_block_rows, query_block_rows))
@@ -68,6 +69,7 @@ def test_core_matches_torch_with_explicit_math_and_fewer_queries_than_keys():
 
 @pytest.mark.parametrize("block_rows", [1, 3, 32])
 @pytest.mark.parametrize("queries, keys", [(7, 7), (5, 9), (40, 40), (33, 70)])
+@pytest.mark.usefixtures("cpu_loops")
 def test_core_in_query_blocks_matches_torch_with_dropout(monkeypatch, block_rows, queries, keys):
     """Blocks of queries that each stop at their last query's key, a short last block included, give torch's
     numbers; so do the joined weights, zero in the future."""
@@ -130,6 +132,7 @@ def test_split_backward_halves_give_the_same_gradients_as_backward():
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.usefixtures("cpu_loops")
 def test_gradcheck(dropout):
     x = numpy.random.default_rng(6).standard_normal((2, 4, C))
     result = nn.gradcheck(_layer(dropout), x)
@@ -166,6 +169,7 @@ def test_dropout_drops_attention_weights_and_outputs_at_the_asked_rate():
     assert abs(weights_kept - 0.75) < 0.02 and abs(outputs_kept - 0.75) < 0.03
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_float32_by_default_and_float16_softmax_statistics_in_float32():
     layer = CausalSelfAttention(C, H)
     assert layer.qkv.weight.dtype == numpy.float32

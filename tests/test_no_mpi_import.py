@@ -1,4 +1,4 @@
-"""Importing any module of mpiprop has no side effect: it needs no mpi4py, starts no MPI, thread or handler."""
+"""Importing any mpiprop module has no side effect: needs no mpi4py, starts no MPI, thread or handler, loads no numba."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,7 @@ print(json.dumps({{"imported": imported, "failures": failures,
                   "threads": [thread.name for thread in threading.enumerate()],
                   "handlers_changed": sorted(name for name in before[0] if before[0][name] != after[0][name]),
                   "hooks_changed": before[1:] != after[1:],
-                  "mpi_loaded": "mpi4py.MPI" in sys.modules}}))
+                  "mpi_loaded": "mpi4py.MPI" in sys.modules, "numba_loaded": "numba" in sys.modules}}))
 """
 WITHOUT_MPI4PY = "sys.modules['mpi4py'] = None  # `import mpi4py` now raises ImportError"
 
@@ -53,6 +53,7 @@ def check_no_side_effects(report: dict) -> None:
             "mpiprop.distributed.transport.communicator"} <= set(report["imported"])
     assert report["threads"] == ["MainThread"]
     assert report["handlers_changed"] == [] and not report["hooks_changed"]
+    assert not report["numba_loaded"]  # compiled loops load numba at their first use, not at import
 
 
 def test_every_module_imports_without_mpi4py_and_changes_nothing():

@@ -77,6 +77,7 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("name, options", OPTION_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTION_CASES)])
+@pytest.mark.usefixtures("cpu_loops")
 def test_amsgrad_and_maximize_match_torch(name, options, seed):
     _assert_same(*_train_both(name, options, None, seed=seed))
 
@@ -92,6 +93,7 @@ GROUP_CASES = [
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("name, options, group_options", GROUP_CASES,
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(GROUP_CASES)])
+@pytest.mark.usefixtures("cpu_loops")
 def test_parameter_groups_match_torch(name, options, group_options, seed):
     _assert_same(*_train_both(name, options, group_options, seed=seed))
 

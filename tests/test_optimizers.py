@@ -119,16 +119,19 @@ def test_adam_first_step_moves_every_element_by_lr():
     numpy.testing.assert_allclose(run_steps(numpy, nn.optim.Adam, count=1)[0], P0 - LR * numpy.sign(g1), rtol=1e-7)
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_adam(xp):
     assert_steps(run_steps(xp, nn.optim.Adam), _adam_by_hand())
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_adam_custom_betas_and_l2_weight_decay(xp):
     options = dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
     assert_steps(run_steps(xp, nn.optim.Adam, **options),
                  _adam_by_hand(weight_decay=0.05, b1=0.8, b2=0.99, eps=1e-6))
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_adamw_decoupled_weight_decay(xp):
     assert_steps(run_steps(xp, nn.optim.AdamW, weight_decay=0.1), _adam_by_hand(weight_decay=0.1, decoupled=True))
 

@@ -128,12 +128,14 @@ def test_linear_rejects_wrong_output_gradient_naming_shapes():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.usefixtures("cpu_loops")
 def test_gelu_matches_torch(xp, dtype, approximate):
     x = float_input(xp, (3, 4, 5), dtype) * 3
     compare_with_torch(nn.GELU(approximate), lambda _: torch.nn.GELU(approximate), x, {}, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("cpu_loops")
 def test_tanh_gelu_over_several_cache_blocks_matches_torch(xp, dtype):
     from mpiprop.network.compute.blocks import BLOCK_BYTES
 
@@ -143,6 +145,7 @@ def test_tanh_gelu_over_several_cache_blocks_matches_torch(xp, dtype):
     compare_with_torch(nn.GELU("tanh"), lambda _: torch.nn.GELU("tanh"), x, {}, dtype)
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_gelu_tanh_gradcheck(xp):
     nn.gradcheck(nn.GELU(approximate="tanh"), float_input(xp, (4, 6), numpy.float64) * 3)
 
@@ -242,6 +245,7 @@ def torch_layer_norm(ours, normalized_shape, affine, bias):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, normalized_shape", [((4, 6), 6), ((2, 3, 6), (6,)), ((2, 3, 4, 5), (4, 5))])
 @pytest.mark.parametrize("affine, bias", [(True, True), (True, False), (False, True)])
+@pytest.mark.usefixtures("cpu_loops")
 def test_layer_norm_matches_torch(xp, device, dtype, shape, normalized_shape, affine, bias):
     ours = nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=affine, bias=bias, dtype=dtype, device=device)
     for p in ours.parameters():  # away from the ones/zeros start, so a swapped weight and bias would show
@@ -258,6 +262,7 @@ def test_layer_norm_defaults_follow_torch():
     numpy.testing.assert_array_equal(layer.bias.data, numpy.zeros(4, numpy.float32))
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_layer_norm_gradcheck(xp, device):
     layer = nn.LayerNorm((3, 4), device=device)
     for p in layer.parameters():
@@ -265,6 +270,7 @@ def test_layer_norm_gradcheck(xp, device):
     nn.gradcheck(layer, float_input(xp, (2, 3, 4), numpy.float64))
 
 
+@pytest.mark.usefixtures("cpu_loops")
 def test_layer_norm_of_no_rows_is_empty_and_adds_no_gradient():
     layer = nn.LayerNorm((3, 4))
     y, cache = layer.forward(numpy.zeros((0, 2, 3, 4), numpy.float32))

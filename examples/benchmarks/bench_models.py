@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator, Sequence  # noqa: E402
 import numpy  # noqa: E402
 
 import mpiprop.network as nn  # noqa: E402
-from mpiprop.network.compute import mkl_gemm  # noqa: E402
+from mpiprop.network.compute import cpu_kernels, mkl_gemm  # noqa: E402
 from mpiprop.network.compute.matmul import matmul  # noqa: E402
 from mpiprop.network.models.next_token_loss import NextTokenLoss  # noqa: E402
 
@@ -647,7 +647,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
     torch.set_num_threads(1)
     print(f"numpy {numpy.__version__}, torch {torch.__version__} ({torch.get_num_threads()} thread); mpiprop's "
-          f"matrix products through {'MKL' if mkl_gemm.available() else 'numpy'}", flush=True)
+          f"matrix products through {'MKL' if mkl_gemm.available() else 'numpy'}, elementwise work through "
+          f"{'numba loops' if cpu_kernels.available() else 'numpy passes'}", flush=True)
     results: dict[str, Any] = {}
     if "gpt" in args.part_list:
         results["gpt"] = bench_gpt(args)

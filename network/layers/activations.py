@@ -5,6 +5,7 @@ import math
 
 from mpiprop.network.backend import Array, erf, get_array_module
 from mpiprop.network.checks import float_array
+from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.compute.blocks import as_rows, row_blocks
 from mpiprop.network.layers.layer import Layer
 
@@ -127,12 +128,15 @@ _TANH_CUBIC = 0.044715
 
 
 def _tanh_gelu(x: Array) -> tuple[Array, tuple[Array, Array]]:
-    """0.5 x u with u = 1 + tanh(s (x + c x³)), and the cache (x, u), block by block, each step in place."""
+    """0.5 x u with u = 1 + tanh(s (x + c x³)), and the cache (x, u), block by block, each block through
+    `cpu_kernels` where it can, else each step in place."""
     xp = get_array_module(x)
     rows = as_rows(x)
     y, u = xp.empty_like(rows), xp.empty_like(rows)
     for block in row_blocks(rows):
         xb, ub, yb = rows[block], u[block], y[block]
+        if cpu_kernels.tanh_gelu_(xb, ub, yb, _TANH_SCALE, _TANH_CUBIC):
+            continue
         xp.multiply(xb, xb, out=ub)
         ub *= _TANH_SCALE * _TANH_CUBIC
         ub += _TANH_SCALE
@@ -146,10 +150,13 @@ def _tanh_gelu(x: Array) -> tuple[Array, tuple[Array, Array]]:
 
 def _tanh_gelu_grad(dy: Array, x: Array, u: Array) -> Array:
     """dy * d/dx of 0.5 x u, u = 1 + tanh(s (x + c x³)): dy * u (0.5 + 0.5 s x (1 + 3 c x²) (2 - u)),
-    since 1 - tanh² = u (2 - u); block by block, each step in place."""
+    since 1 - tanh² = u (2 - u); in one pass through `cpu_kernels`, else block by block, each step in place."""
     xp = get_array_module(dy)
     rows, x_rows, u_rows = as_rows(dy), as_rows(x), as_rows(u)
-    grad, slope = xp.empty_like(u_rows), xp.empty_like(u_rows)
+    grad = xp.empty_like(u_rows)
+    if cpu_kernels.tanh_gelu_grad_(rows, x_rows, u_rows, _TANH_SCALE, _TANH_CUBIC, grad):
+        return grad.reshape(dy.shape)
+    slope = xp.empty_like(u_rows)
     for block in row_blocks(u_rows):
         xb, ub, gb, sb = x_rows[block], u_rows[block], grad[block], slope[block]
         xp.multiply(xb, xb, out=sb)

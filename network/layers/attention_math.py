@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module
+from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.compute.matmul import matmul
 from mpiprop.network.compute.reductions import column_sums, row_dots
 
@@ -105,6 +106,8 @@ def _softmax_of_scores(q: Array, k: Array) -> Array:
     xp = get_array_module(q)
     stats = statistics_dtype(q.dtype)
     scores = matmul(k, q.swapaxes(-1, -2)).astype(stats, copy=False)
+    if cpu_kernels.causal_softmax_(scores, 1.0 / math.sqrt(q.shape[-1])):
+        return scores
     scores *= stats.type(1.0 / math.sqrt(q.shape[-1]))
     scores += future_bias(q.shape[-2], k.shape[-2], stats, xp).T
     scores -= scores.max(axis=-2, keepdims=True)

@@ -6,6 +6,7 @@ import math
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
+from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_kind_as_weights
 from mpiprop.network.compute.reductions import column_dots, column_sums, row_dots, row_means
 from mpiprop.network.layers.layer import Layer
@@ -47,6 +48,9 @@ class LayerNorm(Layer):
 
     def forward(self, x: Array) -> tuple[Array, tuple[Array, Array]]:
         self._check_input(x)
+        fused = self._fused_forward(x)
+        if fused is not None:
+            return fused
         xp = get_array_module(x)
         statistics = self._rows(x.astype(numpy.promote_types(x.dtype, numpy.float32), copy=False))
         normalised = statistics - row_means(statistics)
@@ -66,6 +70,9 @@ class LayerNorm(Layer):
     def backward_input(self, dy: Array, cache: tuple[Array, Array]) -> Array:
         normalised, inverse_std = cache
         self._check_output_grad(dy, normalised)
+        fused = self._fused_input_grad(dy, normalised, inverse_std)
+        if fused is not None:
+            return fused
         rows = self._rows(dy)
         g = rows * self.weight.data.reshape(-1) if self.weight is not None else rows.astype(normalised.dtype)
         g = g.astype(normalised.dtype, copy=False)
@@ -85,6 +92,36 @@ class LayerNorm(Layer):
         self.weight.grad += column_dots(rows, normalised).reshape(self.normalized_shape)
         if self.bias is not None:
             self.bias.grad += column_sums(rows).reshape(self.normalized_shape)
+
+    def _fused_forward(self, x: Array) -> tuple[Array, tuple[Array, Array]] | None:
+        """forward through `cpu_kernels`' one-pass loop, with the numpy path's cache; None when it cannot run."""
+        if type(x) is not numpy.ndarray or not cpu_kernels.available():
+            return None
+        rows = self._rows(x)
+        output, normalised = numpy.empty(x.shape, x.dtype), numpy.empty(rows.shape, x.dtype)
+        inverse_std = numpy.empty(rows.shape[:-1] + (1,), x.dtype)
+        width = rows.shape[-1]
+        if not cpu_kernels.layer_norm_(rows.reshape(-1, width), self._vector(self.weight), self._vector(self.bias),
+                                       self.eps, output.reshape(-1, width), normalised.reshape(-1, width),
+                                       inverse_std.reshape(-1, 1)):
+            return None
+        return output, (normalised, inverse_std)
+
+    def _fused_input_grad(self, dy: Array, normalised: Array, inverse_std: Array) -> Array | None:
+        """backward_input through `cpu_kernels`' one-pass loop; None when it cannot run."""
+        if type(dy) is not numpy.ndarray or not cpu_kernels.available():
+            return None
+        width = normalised.shape[-1]
+        input_grad = numpy.empty(dy.shape, dy.dtype)
+        if not cpu_kernels.layer_norm_input_grad_(dy.reshape(-1, width), normalised.reshape(-1, width),
+                                                  inverse_std.reshape(-1, 1), self._vector(self.weight),
+                                                  input_grad.reshape(-1, width)):
+            return None
+        return input_grad
+
+    @staticmethod
+    def _vector(parameter: Parameter | None) -> Array | None:
+        return None if parameter is None else parameter.data.reshape(-1)
 
     def _rows(self, x: Array) -> Array:
         """x with the normalised dimensions as one last axis (a view where it can be one)."""

@@ -9,6 +9,7 @@ import numpy
 
 from mpiprop.network.backend import elementwise_kernel, get_array_module
 from mpiprop.network.checks import non_negative_float
+from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.compute.inplace import add_scaled_
 from mpiprop.network.optim.optimizer import Optimizer, ParamsOrGroups
 from mpiprop.network.layers.parameter import Parameter
@@ -45,8 +46,7 @@ class Adam(Optimizer):
 
     def _update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> None:
         xp = get_array_module(p.data)
-        if xp is not numpy and "exp_avg" in state and not group["amsgrad"]:
-            self._fused_gpu_update(p, state, group)
+        if "exp_avg" in state and not group["amsgrad"] and self._fused_update(p, state, group):
             return
         beta1, beta2 = group["betas"]
         lr, weight_decay = group["lr"], group["weight_decay"]
@@ -77,25 +77,36 @@ class Adam(Optimizer):
         xp.divide(m, update, out=update)
         add_scaled_(p.data, update, -step_size)
 
-    def _fused_gpu_update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> None:
-        """The update above without amsgrad in one GPU pass (cupy would otherwise run a kernel per operation)."""
-        kernel = elementwise_kernel(
-            "T g, T sign, T beta1, T beta2, T step_size, T bias2_correction, T eps, T l2, T decay", "T p, T m, T v",
-            """T grad = sign * g + l2 * p;
-               p *= decay;
-               m = beta1 * m + (1 - beta1) * grad;
-               v = beta2 * v + (1 - beta2) * grad * grad;
-               p -= step_size * m / (sqrt(v) * bias2_correction + eps);""",
-            "mpiprop_adam")
-        state["step"] += 1
+    def _fused_update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> bool:
+        """The update above without amsgrad in one pass: a GPU kernel for cupy (which would otherwise run a
+        kernel per operation), `cpu_kernels`' loop for numpy; False, changing nothing, when neither can run."""
         beta1, beta2 = group["betas"]
-        lr, weight_decay, t = group["lr"], group["weight_decay"], state["step"]
+        lr, weight_decay, t = group["lr"], group["weight_decay"], state["step"] + 1
         decoupled = self.decoupled_weight_decay
         scalar = p.data.dtype.type
-        kernel(p.grad, scalar(-1.0 if group["maximize"] else 1.0), scalar(beta1), scalar(beta2),
-               scalar(lr / (1.0 - beta1**t)), scalar(1.0 / math.sqrt(1.0 - beta2**t)), scalar(group["eps"]),
-               scalar(0.0 if decoupled else weight_decay), scalar(1.0 - lr * weight_decay if decoupled else 1.0),
-               p.data, state["exp_avg"], state["exp_avg_sq"])
+        arguments = (p.grad, scalar(-1.0 if group["maximize"] else 1.0), scalar(beta1), scalar(beta2),
+                     scalar(lr / (1.0 - beta1**t)), scalar(1.0 / math.sqrt(1.0 - beta2**t)), scalar(group["eps"]),
+                     scalar(0.0 if decoupled else weight_decay), scalar(1.0 - lr * weight_decay if decoupled else 1.0),
+                     p.data, state["exp_avg"], state["exp_avg_sq"])
+        if get_array_module(p.data) is numpy:
+            if not cpu_kernels.adam_(*arguments):
+                return False
+        else:
+            _gpu_adam_kernel()(*arguments)
+        state["step"] = t
+        return True
+
+
+def _gpu_adam_kernel() -> Any:
+    """The fused update as a cupy kernel: the arithmetic of `cpu_kernels`' Adam loop."""
+    return elementwise_kernel(
+        "T g, T sign, T beta1, T beta2, T step_size, T bias2_correction, T eps, T l2, T decay", "T p, T m, T v",
+        """T grad = sign * g + l2 * p;
+           p *= decay;
+           m = beta1 * m + (1 - beta1) * grad;
+           v = beta2 * v + (1 - beta2) * grad * grad;
+           p -= step_size * m / (sqrt(v) * bias2_correction + eps);""",
+        "mpiprop_adam")
 
 
 class AdamW(Adam):
