@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from mpi_launch import REPOSITORY_ROOT, local_launcher, mpi_env, run_bounded
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import leaves_out_ucx
+from mpiprop.distributed.transport.shared_memory_room import leaves_out_ucx
 from mpiprop.launch.mpiexec import OPENMPI, OPENMPI_WITHOUT_UCX_WINDOWS
 
 REPORT_KIND = textwrap.dedent("""

@@ -109,7 +109,7 @@ def test_optimizer_state_per_rank_is_one_nth_of_data_parallel(ranks):
 
 
 def test_a_dev_shm_without_room_for_the_parameters_means_a_warning_and_mpi_allgather(monkeypatch):
-    import mpiprop.distributed.data_parallel.bucket_allreduce_shared as windows
+    import mpiprop.distributed.transport.shared_memory_room as windows
     import mpiprop.distributed.data_parallel.parameter_allgather_shared as shared
     from mpiprop.distributed.data_parallel.parameter_allgather import ParameterAllgather
     from mpiprop.distributed.data_parallel.sharded_optimizer import _parameter_allgather

@@ -17,22 +17,18 @@ each barrier orders the loads and stores on processors that may reorder them.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy
 
 from mpiprop.distributed.data_parallel.bucket_allreduce import BucketAllreduce
 from mpiprop.distributed.transport.communicator import Communicator
-from mpiprop.distributed.transport.mpi_library import is_open_mpi
 from mpiprop.distributed.transport.request import wait_all
+from mpiprop.distributed.transport.shared_memory_room import room_shortage, window_prints_errors
 from mpiprop.distributed.reliability.timeline import span
 
 ALIGNMENT = 64  # bytes: each buffer starts on a cache line
-SHARED_MEMORY_DIRECTORY = "/dev/shm"  # where MPICH and Open MPI keep the files behind shared windows on Linux
-ROOM_MARGIN = 1.25  # free space wanted beyond the window itself (MPI's own shared segments live there too)
 CHUNK_BYTES = 256 * 1024  # summed and copied piece by piece: 0.42 instead of 0.59 ms for 7.4 MB on 2 ranks
-OPEN_MPI_ONE_SIDED_VARIABLE = "OMPI_MCA_osc"  # Open MPI's choice of one-sided components, read when MPI starts
 
 
 def shared_memory_possible(comm: Communicator, dtypes: Sequence[numpy.dtype], on_cpu: bool) -> bool:
@@ -41,31 +37,6 @@ def shared_memory_possible(comm: Communicator, dtypes: Sequence[numpy.dtype], on
     (see `window_prints_errors`). Which ranks share a node is `node_groups`' business."""
     return (comm.size > 1 and on_cpu and all(numpy.dtype(dtype).kind == "f" for dtype in dtypes)
             and not window_prints_errors())
-
-
-def window_prints_errors() -> bool:
-    """True under Open MPI unless its UCX one-sided component was left out when MPI started (`--mca osc ^ucx`,
-    as `mpiprop run` passes): where UCX finds no network, that component prints an error on every rank for
-    every window it is asked about, and it cannot be left out once MPI has started.
-    """
-    return is_open_mpi() and not leaves_out_ucx(os.environ.get(OPEN_MPI_ONE_SIDED_VARIABLE, ""))
-
-
-def leaves_out_ucx(components: str) -> bool:
-    """Whether an Open MPI component selection ("^ucx", "sm,rdma", "") leaves out the `ucx` component."""
-    components = components.replace(" ", "")
-    if components.startswith("^"):
-        return "ucx" in components[1:].split(",")
-    return bool(components) and "ucx" not in components.split(",")
-
-
-def free_shared_memory_bytes() -> int | None:
-    """Bytes free in SHARED_MEMORY_DIRECTORY (a tmpfs: 64 MB by default inside Docker); None where it does not exist."""
-    try:
-        stats = os.statvfs(SHARED_MEMORY_DIRECTORY)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
 
 
 def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Sequence[numpy.dtype],
@@ -79,28 +50,8 @@ def shared_memory_shortage(comm: Communicator, sizes: Sequence[int], dtypes: Seq
     ranks_per_window = comm.size if ranks_per_window is None else ranks_per_window
     needed = ranks_per_window * _aligned_offsets(sizes, [numpy.dtype(dtype) for dtype in dtypes])[1]
     return room_shortage(comm, needed, f"the shared gradient buckets of {ranks_per_window} ranks need",
-                         "summing gradients with MPI's allreduce instead", " to choose MPI's allreduce")
-
-
-def room_shortage(comm: Communicator, needed: int, what_needs: str, instead: str, fix_suffix: str = "") -> str | None:
-    """Why a window of `needed` bytes would not fit: the first rank of `comm` whose /dev/shm lacks
-    ROOM_MARGIN x `needed` bytes, named with its free space, what needs them and what is done `instead`;
-    None when every rank has room. Collective.
-
-    Args:
-        what_needs: e.g. "the shared copy of the parameters needs".
-        instead: what the caller falls back to, e.g. "summing gradients with MPI's allreduce instead".
-        fix_suffix: words after the advice to pass `shared_memory=False`.
-    """
-    free = free_shared_memory_bytes()
-    short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
-    short = next(((rank, free) for rank, free in enumerate(short_on) if free is not None), None)
-    if short is None:
-        return None
-    rank, free = short
-    return (f"{SHARED_MEMORY_DIRECTORY} on rank {rank} has {free / 2**20:.0f} MiB free, less than {ROOM_MARGIN} x "
-            f"the {needed / 2**20:.0f} MiB {what_needs}; {instead}. Give it more room (e.g. docker run "
-            f"--shm-size=2g) or pass DataParallel(..., shared_memory=False){fix_suffix}")
+                         "summing gradients with MPI's allreduce instead",
+                         "pass DataParallel(..., shared_memory=False) to choose MPI's allreduce")
 
 
 class SharedMemoryBucketAllreduce(BucketAllreduce):

@@ -5,7 +5,8 @@ from typing import Sequence
 
 import numpy
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT
+from mpiprop.distributed.transport.shared_memory_room import room_shortage
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
 from mpiprop.distributed.transport.communicator import Communicator
 

@@ -5,7 +5,8 @@ from typing import Sequence
 
 import numpy
 
-from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT, room_shortage
+from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT
+from mpiprop.distributed.transport.shared_memory_room import room_shortage
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator
 from mpiprop.network.layers.parameter import Parameter

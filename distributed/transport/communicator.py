@@ -10,6 +10,8 @@ from mpiprop.distributed.reliability.waits import waiting_in
 from mpiprop.distributed.transport.mpi_library import load_mpi, mpi_finalized
 from mpiprop.distributed.transport.nccl_transport import NCCL_REDUCE_OPS, NcclTransport, nccl_usable
 from mpiprop.distributed.transport.request import Request
+from mpiprop.distributed.transport.shared_exchange import SharedExchange
+from mpiprop.distributed.transport.shared_memory_room import window_prints_errors
 from mpiprop.distributed.transport.shared_window import SharedWindow
 from mpiprop.distributed.transport.staging import mpi_cuda_aware, must_stage, receive_buffer, send_buffer
 from mpiprop.network.backend import Array, device_of, is_array
@@ -73,6 +75,7 @@ class Communicator:
         finally:
             node.Free()
         self._nccl: NcclTransport | None = None  # made at the first GPU collective (NCCL setup is costly)
+        self._exchange: SharedExchange | None = None  # set by share_memory()
 
     @property
     def mpi_comm(self) -> MpiComm:
@@ -116,6 +119,14 @@ class Communicator:
         return self.mpi_comm.Get_attr(self._mpi.TAG_UB)
 
     # --- collectives on arrays --------------------------------------------------------
+    def share_memory(self) -> bool:
+        """From now on, sum and gather numpy arrays of `shared_exchange.SMALLEST_BYTES` or more through a window
+        the ranks share (`SharedExchange`), where they all run on one node and MPI's windows are safe (see
+        `window_prints_errors`); returns whether they will. The same calls give the same results."""
+        if self.size > 1 and self.local_size == self.size and not window_prints_errors():
+            self._exchange = SharedExchange(self)
+        return self._exchange is not None
+
     def allreduce(self, array: Array, op: "str | MpiOp" = "sum") -> Array:
         """Reduce `array` over all ranks, in place; returns `array`."""
         self.iallreduce(array, op).wait()
@@ -126,6 +137,8 @@ class Communicator:
         if self._goes_through_nccl(array) and isinstance(op, str) and op in NCCL_REDUCE_OPS:
             self._nccl_transport().allreduce(array, op)
             return Request(self._mpi.REQUEST_NULL)  # ordered on the array's stream: nothing left to wait for
+        if self._shared(array, op) and self._exchange.allreduce(array, f"allreduce of {_describe(array)}"):
+            return Request(self._mpi.REQUEST_NULL)  # done
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="iallreduce")
         mpi_request = self.mpi_comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._reduce_op(op))
         return Request(mpi_request, copy_back, keep_alive=buffer, what=f"allreduce of {_describe(array)}",
@@ -143,6 +156,9 @@ class Communicator:
 
     def ireduce_scatter(self, array: Array, part: Array, counts: Sequence[int], op: "str | MpiOp" = "sum") -> Request:
         """Start reducing `array` over all ranks into `part`, rank r receiving `counts[r]` elements in order."""
+        if self._shared(array, op) and self._exchange.reduce_scatter(
+                array, part, counts, f"reduce-scatter of {_describe(array)}"):
+            return Request(self._mpi.REQUEST_NULL)  # done
         source = self._send_buffer(array, "ireduce_scatter")
         buffer, copy_back = self._receive_buffer(part, keep_contents=False, what="ireduce_scatter")
         mpi_request = self.mpi_comm.Ireduce_scatter(source, buffer, list(counts), self._reduce_op(op))
@@ -151,6 +167,8 @@ class Communicator:
 
     def allgatherv(self, array: Array, counts: Sequence[int]) -> Array:
         """Rank r's `counts[r]` elements, at their place in `array` (ranks in order), on every rank; in place."""
+        if self._shared(array) and self._exchange.allgatherv(array, counts, f"allgather of {_describe(array)}"):
+            return array
         buffer, copy_back = self._receive_buffer(array, keep_contents=True, what="allgatherv")
         displacements = [sum(counts[:rank]) for rank in range(len(counts))]
         with waiting_in(f"allgather of {_describe(array)}", self.world_ranks):
@@ -343,6 +361,10 @@ class Communicator:
             self._resources.remove(resource)
 
     # --- how arrays reach MPI or NCCL -------------------------------------------------------
+    def _shared(self, array: Array, op: Any = "sum") -> bool:
+        """Whether this collective goes through the shared window (`share_memory`): alike on every rank."""
+        return self._exchange is not None and self._exchange.takes(array, op)
+
     def _goes_through_nccl(self, array: Array) -> bool:
         return self.nccl_enabled and is_array(array) and device_of(array) != "cpu" and array.flags.c_contiguous
 

@@ -138,16 +138,16 @@ def check_sub_communicator(world) -> None:
 
 def check_short_shared_memory_falls_back_to_mpi(world) -> None:
     """One rank short of /dev/shm room: every rank uses MPI's allreduce, rank 0 warns with the sizes."""
-    from mpiprop.distributed.data_parallel import bucket_allreduce_shared
+    from mpiprop.distributed.transport import shared_memory_room
 
-    measured = bucket_allreduce_shared.free_shared_memory_bytes
-    bucket_allreduce_shared.free_shared_memory_bytes = lambda: 2**10 if world.rank == world.size - 1 else None
+    measured = shared_memory_room.free_shared_memory_bytes
+    shared_memory_room.free_shared_memory_bytes = lambda: 2**10 if world.rank == world.size - 1 else None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             dp = DataParallel(build_model(seed=5))
     finally:
-        bucket_allreduce_shared.free_shared_memory_bytes = measured
+        shared_memory_room.free_shared_memory_bytes = measured
     assert dp.allreduce_kind == "mpi", dp.allreduce_kind
     messages = [str(warning.message) for warning in caught]
     if world.rank == 0:

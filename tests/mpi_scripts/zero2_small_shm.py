@@ -13,7 +13,7 @@ import warnings
 import numpy
 from mpi4py import MPI
 
-import mpiprop.distributed.data_parallel.bucket_allreduce_shared as windows
+import mpiprop.distributed.transport.shared_memory_room as windows
 import mpiprop.network as nn
 from mpiprop.distributed import DataParallel
 
