@@ -35,6 +35,9 @@ class Communicator:
     array passed in (in place); non-blocking calls return a `Request` whose `wait()`
     finishes that copy. Making one starts no thread and installs no handler.
 
+    After `share_memory()`, sums and gathers of large numpy arrays go through a window the ranks
+    share instead of MPI's collectives (`SharedExchange`), where the ranks all run on one node.
+
     Sub-communicators (`split`, `split_by_node`, `clone`) and shared windows (`allocate_shared`)
     made through it are freed with it: `free()`, `close()` or leaving a `with` block (other than
     by an exception) releases them all (collective); using it afterwards raises RuntimeError.

@@ -25,25 +25,22 @@ from typing import Any, Callable
 
 import numpy
 
+from mpiprop.network.compute.switch import Switch
+
 FLOAT_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 # reordering sums and fusing multiply-adds lets the loops use vector instructions; no flag that assumes finite values
 FAST_MATH = {"reassoc", "contract", "nsz", "arcp"}
-_switch = {"on": True}
+_switch = Switch()
 
 
 def available() -> bool:
     """True when numba is installed and the loops are not turned off."""
-    return _switch["on"] and _numba_found()
+    return _switch.on and _numba_found()
 
 
-@contextlib.contextmanager
-def disabled():
+def disabled() -> contextlib.AbstractContextManager:
     """Within the block, every layer takes its numpy path (to compare the two)."""
-    before, _switch["on"] = _switch["on"], False
-    try:
-        yield
-    finally:
-        _switch["on"] = before
+    return _switch.turned_off()
 
 
 def layer_norm_(rows: Any, weight: Any | None, bias: Any | None, eps: float, output: Any, normalised: Any,

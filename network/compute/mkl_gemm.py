@@ -20,27 +20,24 @@ from pathlib import Path
 
 import numpy
 
+from mpiprop.network.compute.switch import Switch
+
 _ROW_MAJOR, _NO_TRANSPOSE, _TRANSPOSE = 101, 111, 112
 _ARGUMENT_TYPES = [ctypes.c_int] * 6 + [None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                                         None, ctypes.c_void_p, ctypes.c_int]
 _ROUTINES = {numpy.dtype(numpy.float32): ("cblas_sgemm", ctypes.c_float),
              numpy.dtype(numpy.float64): ("cblas_dgemm", ctypes.c_double)}
-_switch = {"on": True}
+_switch = Switch()
 
 
 def available() -> bool:
     """True when MKL was found and is not turned off."""
-    return _switch["on"] and bool(_routines())
+    return _switch.on and bool(_routines())
 
 
-@contextlib.contextmanager
-def disabled():
+def disabled() -> contextlib.AbstractContextManager:
     """Within the block, every product goes through numpy's own BLAS (to compare the two)."""
-    before, _switch["on"] = _switch["on"], False
-    try:
-        yield
-    finally:
-        _switch["on"] = before
+    return _switch.turned_off()
 
 
 def gemm(a: numpy.ndarray, b: numpy.ndarray, out: numpy.ndarray, *, trans_a: bool = False,
@@ -51,7 +48,7 @@ def gemm(a: numpy.ndarray, b: numpy.ndarray, out: numpy.ndarray, *, trans_a: boo
     matching shapes, `out` must share no memory with `a` or `b`; otherwise nothing happens and
     False comes back.
     """
-    routine = _routines().get(out.dtype) if _switch["on"] else None
+    routine = _routines().get(out.dtype) if _switch.on else None
     if routine is None or not _usable(out, a, b):
         return False
     rows, inner = a.shape[::-1] if trans_a else a.shape

@@ -6,8 +6,8 @@ import math
 import numpy
 
 from mpiprop.network.backend import Array, get_array_module, module_for_device
-from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.checks import float_array, float_dtype, non_negative_float, positive_int, same_kind_as_weights
+from mpiprop.network.compute import cpu_kernels
 from mpiprop.network.compute.reductions import column_dots, column_sums, row_dots, row_means
 from mpiprop.network.layers.layer import Layer
 from mpiprop.network.layers.parameter import Parameter
@@ -94,7 +94,7 @@ class LayerNorm(Layer):
             self.bias.grad += column_sums(rows).reshape(self.normalized_shape)
 
     def _fused_forward(self, x: Array) -> tuple[Array, tuple[Array, Array]] | None:
-        """forward through `cpu_kernels`' one-pass loop, with the numpy path's cache; None when it cannot run."""
+        """`forward` through `cpu_kernels`' loop, with the numpy path's cache; None when the loop cannot run."""
         if type(x) is not numpy.ndarray or not cpu_kernels.available():
             return None
         rows = self._rows(x)
@@ -108,7 +108,7 @@ class LayerNorm(Layer):
         return output, (normalised, inverse_std)
 
     def _fused_input_grad(self, dy: Array, normalised: Array, inverse_std: Array) -> Array | None:
-        """backward_input through `cpu_kernels`' one-pass loop; None when it cannot run."""
+        """`backward_input` through `cpu_kernels`' loop; None when the loop cannot run."""
         if type(dy) is not numpy.ndarray or not cpu_kernels.available():
             return None
         width = normalised.shape[-1]
