@@ -111,7 +111,7 @@ class SharedExchange:
         self._window.sync()
 
     def _room_for(self, nbytes: int) -> bool:
-        """Grow the window to slots of `nbytes` when its are smaller (collective); False when /dev/shm lacks
+        """Grow the window to slots of `nbytes` when they are smaller (collective); False when /dev/shm lacks
         the room, from then on."""
         if nbytes <= self._slot_bytes:
             return True
