@@ -6,9 +6,9 @@ from typing import Sequence
 import numpy
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT
-from mpiprop.distributed.transport.shared_memory_room import room_shortage
 from mpiprop.distributed.data_parallel.sharded_gradient_bucket import ShardedGradientBucket
 from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.shared_memory_room import room_shortage
 
 
 def slot_count(buckets: int, slots: int) -> int:
@@ -33,7 +33,7 @@ def slots_shortage(buckets: Sequence[ShardedGradientBucket], slots: int, comm: C
     _, part = slot_offsets([bucket.gradient_size * bucket.dtype.itemsize for bucket in buckets],
                            slot_count(len(buckets), slots))
     return room_shortage(comm, comm.size * part, f"the shared gradient slots of {comm.size} ranks need",
-                         "reduce-scattering gradients with MPI instead")
+                         "reduce-scattering gradients with MPI instead", "pass DataParallel(..., shared_memory=False)")
 
 
 class GradientSlots:

@@ -6,9 +6,9 @@ from typing import Sequence
 import numpy
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import ALIGNMENT
-from mpiprop.distributed.transport.shared_memory_room import room_shortage
 from mpiprop.distributed.reliability.timeline import span
 from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.shared_memory_room import room_shortage
 from mpiprop.network.layers.parameter import Parameter
 
 
@@ -59,7 +59,8 @@ def parameter_window_shortage(params: Sequence[Parameter], owner_of: dict[int, i
     """Why the window for the parameters would not fit on some rank's node, or None when it fits. Collective."""
     needed = sum(_segments(params, owner_of, comm.size)[1])
     return room_shortage(comm, needed, "the shared copy of the parameters needs",
-                         "giving the updated parameters to the ranks with MPI's allgather instead")
+                         "giving the updated parameters to the ranks with MPI's allgather instead",
+                         "pass DataParallel(..., shared_memory=False)")
 
 
 def _segments(params: Sequence[Parameter], owner_of: dict[int, int], ranks: int) -> tuple[dict[int, int], list[int]]:

@@ -8,10 +8,10 @@ from typing import Callable, Sequence
 import numpy
 
 from mpiprop.distributed.data_parallel.bucket_allreduce_shared import shared_memory_shortage
-from mpiprop.distributed.transport.shared_memory_room import window_prints_errors
 from mpiprop.distributed.data_parallel.compression import NoCompression
 from mpiprop.distributed.data_parallel.node_groups import NodeGroups, node_groups
 from mpiprop.distributed.transport.communicator import Communicator
+from mpiprop.distributed.transport.shared_memory_room import window_prints_errors
 
 SHARED_MEMORY = "shared memory"
 HIERARCHICAL = "hierarchical"

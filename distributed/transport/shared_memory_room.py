@@ -39,8 +39,7 @@ def free_shared_memory_bytes() -> int | None:
     return stats.f_bavail * stats.f_frsize
 
 
-def room_shortage(comm: "Communicator", needed: int, what_needs: str, instead: str,
-                  fix: str = "pass DataParallel(..., shared_memory=False)") -> str | None:
+def room_shortage(comm: "Communicator", needed: int, what_needs: str, instead: str, fix: str) -> str | None:
     """Why a window of `needed` bytes would not fit: the first rank of `comm` whose /dev/shm lacks
     ROOM_MARGIN x `needed` bytes, named with its free space, what needs them and what is done `instead`;
     None when every rank has room. Collective.
@@ -48,7 +47,8 @@ def room_shortage(comm: "Communicator", needed: int, what_needs: str, instead: s
     Args:
         what_needs: e.g. "the shared copy of the parameters needs".
         instead: what the caller falls back to, e.g. "summing gradients with MPI's allreduce instead".
-        fix: the other way out, after giving /dev/shm more room.
+        fix: the other way out, after giving /dev/shm more room, e.g. "pass DataParallel(...,
+            shared_memory=False)".
     """
     free = free_shared_memory_bytes()
     short_on = comm.allgather_object(None if free is None or free >= ROOM_MARGIN * needed else free)
