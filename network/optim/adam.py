@@ -80,6 +80,9 @@ class Adam(Optimizer):
     def _fused_update(self, p: Parameter, state: dict[str, Any], group: dict[str, Any]) -> bool:
         """The update above without amsgrad in one pass: a GPU kernel for cupy (which would otherwise run a
         kernel per operation), `cpu_kernels`' loop for numpy; False, changing nothing, when neither can run."""
+        on_cpu = get_array_module(p.data) is numpy
+        if on_cpu and not cpu_kernels.available():  # spares building the arguments on every step without numba
+            return False
         beta1, beta2 = group["betas"]
         lr, weight_decay, t = group["lr"], group["weight_decay"], state["step"] + 1
         decoupled = self.decoupled_weight_decay
@@ -88,7 +91,7 @@ class Adam(Optimizer):
                      scalar(lr / (1.0 - beta1**t)), scalar(1.0 / math.sqrt(1.0 - beta2**t)), scalar(group["eps"]),
                      scalar(0.0 if decoupled else weight_decay), scalar(1.0 - lr * weight_decay if decoupled else 1.0),
                      p.data, state["exp_avg"], state["exp_avg_sq"])
-        if get_array_module(p.data) is numpy:
+        if on_cpu:
             if not cpu_kernels.adam_(*arguments):
                 return False
         else:
